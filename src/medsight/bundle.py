@@ -1,0 +1,172 @@
+"""The model bundle: everything needed to use a trained model anywhere.
+
+A bundle is a folder::
+
+    model/
+      weights.safetensors   the state dict (never a pickle)
+      bundle.json           task, model name + kwargs, head, preprocessing, label names,
+                            the operating threshold, validation metrics and provenance
+
+Evaluate, predict, explain, export and serve take a bundle and nothing else, so the
+preprocessing used in training is replayed exactly.
+
+Example:
+    >>> bundle = load_bundle("runs/demo/model")
+    >>> model = bundle.build_model()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from medsight import __version__
+from medsight.config import ModelConfig, PreprocessConfig
+from medsight.errors import BundleError
+
+FORMAT_VERSION = 1
+WEIGHTS = "weights.safetensors"
+MANIFEST = "bundle.json"
+
+
+@dataclass
+class Bundle:
+    """A trained model with its preprocessing and provenance."""
+
+    task: str
+    model: ModelConfig
+    preprocess: PreprocessConfig
+    label_names: list[str]
+    threshold: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    state_dict: dict[str, Any] | None = None
+
+    @property
+    def num_outputs(self) -> int:
+        if self.task == "classification" and self.model.head == "sigmoid":
+            return 1
+        return len(self.label_names)
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.preprocess.size)
+
+    def build_model(self):
+        """The network with the bundle's weights loaded, in eval mode."""
+        from medsight.models import create_model
+
+        net = create_model(
+            self.model.name,
+            in_channels=self.preprocess.channels,
+            num_outputs=self.num_outputs,
+            spatial_dims=self.spatial_dims,
+            **self.model.kwargs,
+        )
+        if self.state_dict is not None:
+            net.load_state_dict(self.state_dict)
+        return net.eval()
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the bundle atomically: a crash never leaves half a bundle behind."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        if self.state_dict is None:
+            raise BundleError(folder, "no weights to save", "train the model first")
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict.items()}
+        save_file(tensors, str(staging / WEIGHTS))
+        (staging / MANIFEST).write_text(json.dumps(self.manifest(), indent=2))
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}-old-{os.getpid()}")
+            folder.rename(old)
+            staging.rename(folder)
+            _remove_tree(old)
+        else:
+            staging.rename(folder)
+        return folder
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "task": self.task,
+            "model": self.model.model_dump(mode="json"),
+            "preprocess": self.preprocess.model_dump(mode="json"),
+            "label_names": self.label_names,
+            "threshold": self.threshold,
+            "metrics": self.metrics,
+            "provenance": self.provenance,
+        }
+
+
+def load_bundle(folder: str | Path, *, weights: bool = True) -> Bundle:
+    """Read a bundle folder.
+
+    Raises:
+        BundleError: the folder, its manifest or its weights are missing or unreadable.
+    """
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(folder, f"no {MANIFEST} here", "pass the model folder a training run wrote (RUN/model)")
+    try:
+        raw = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(manifest_path, f"not valid JSON ({exc})", "re-export the bundle") from exc
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            manifest_path,
+            f"bundle format {raw.get('format_version')} is not {FORMAT_VERSION}",
+            f"use the medsight version that wrote it, or retrain with medsight {__version__}",
+        )
+    state = None
+    if weights:
+        weights_path = folder / WEIGHTS
+        if not weights_path.is_file():
+            raise BundleError(folder, f"{WEIGHTS} is missing", "copy the whole model folder")
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(weights_path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise BundleError(weights_path, f"unreadable weights ({exc})", "copy the bundle again") from exc
+    return Bundle(
+        task=raw["task"],
+        model=ModelConfig.model_validate(raw["model"]),
+        preprocess=PreprocessConfig.model_validate(raw["preprocess"]),
+        label_names=list(raw["label_names"]),
+        threshold=raw.get("threshold"),
+        metrics=dict(raw.get("metrics") or {}),
+        provenance=dict(raw.get("provenance") or {}),
+        state_dict=state,
+    )
+
+
+def provenance(**extra: Any) -> dict[str, Any]:
+    """Versions and time stamp recorded with every bundle."""
+    import torch
+
+    return {
+        "medsight": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+__all__ = ["Bundle", "load_bundle", "provenance"]

@@ -1,0 +1,206 @@
+"""Typed configuration, validated once at the edge.
+
+A run is described by a YAML file (or a packaged recipe) that maps onto
+:class:`RunConfig`. CLI flags override keys with dotted paths
+(``train.lr=0.01``). Inside the code the typed objects are passed, never dicts.
+
+Example:
+    >>> cfg = load_config(recipe="medmnist", overrides={"train.epochs": 2})
+    >>> cfg.train.epochs
+    2
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from medsight.errors import ConfigError
+
+Task = Literal["classification", "segmentation"]
+
+
+class Strict(BaseModel):
+    """Unknown keys are an error, so a typo in YAML never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(Strict):
+    """Where the data is and how to split it."""
+
+    path: str | None = None
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    folds: int = Field(1, ge=1)
+    fold: int = Field(0, ge=0)
+    on_bad_file: Literal["error", "skip"] = "error"
+    series_uid: str | None = None
+
+
+class PreprocessConfig(Strict):
+    """Deterministic preprocessing; saved in the bundle and replayed at inference.
+
+    ``size`` is the spatial size the network sees (2 values for 2D, 3 for 3D).
+    ``window`` is a named CT preset (``lung``, ``mediastinum``, ``bone``, ``brain``,
+    ``abdomen``, ``liver``), ``[center, width]``, ``file`` (the DICOM's own VOI) or None.
+    """
+
+    size: list[int] = Field(default_factory=lambda: [64, 64])
+    channels: int = Field(1, ge=1, le=4)
+    normalize: Literal["minmax", "zscore", "ct_window", "none"] = "minmax"
+    window: str | list[float] | None = None
+    clahe: bool = False
+    denoise: Literal["median", "gaussian"] | None = None
+    denoise_size: float = 1.0
+
+    @field_validator("size")
+    @classmethod
+    def _size_dims(cls, value: list[int]) -> list[int]:
+        if len(value) not in (2, 3) or min(value) < 4:
+            raise ValueError("size must list 2 (2D) or 3 (3D) sizes of at least 4 pixels")
+        return value
+
+
+class AugmentConfig(Strict):
+    """Random augmentation on the training set only; each knob off at 0."""
+
+    flip_h: float = Field(0.0, ge=0.0, le=1.0)
+    flip_v: float = Field(0.0, ge=0.0, le=1.0)
+    rotate_deg: float = Field(0.0, ge=0.0, le=180.0)
+    scale: float = Field(0.0, ge=0.0, lt=1.0)
+    shift: float = Field(0.0, ge=0.0, lt=0.5)
+    noise_std: float = Field(0.0, ge=0.0)
+    blur_sigma: float = Field(0.0, ge=0.0)
+    contrast: float = Field(0.0, ge=0.0, lt=1.0)
+    brightness: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class ModelConfig(Strict):
+    """A registered model by name, with its keyword arguments."""
+
+    name: str = "compact_cnn"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    head: Literal["softmax", "sigmoid"] = "softmax"
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["none", "cosine", "step", "plateau"] = "cosine"
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: int = Field(0, ge=0)
+    early_stopping_metric: str = "auc"
+    patience: int = Field(0, ge=0, description="0 turns early stopping off")
+    class_weights: Literal["none", "balanced"] = "none"
+    balanced_sampling: bool = False
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    seed: int = 0
+    num_threads: int = Field(0, ge=0, description="0 uses every core")
+    amp: bool = True
+    time_limit_min: float | None = Field(None, gt=0)
+
+
+class EvalConfig(Strict):
+    threshold: Literal["youden", "sensitivity", "fixed"] = "youden"
+    target_sensitivity: float = Field(0.9, gt=0, le=1)
+    fixed_threshold: float = Field(0.5, gt=0, lt=1)
+    bootstrap: int = Field(1000, ge=0)
+    ci: float = Field(0.95, gt=0, lt=1)
+
+
+class RunConfig(Strict):
+    """Everything a training run needs."""
+
+    name: str = "run"
+    task: Task = "classification"
+    data: DataConfig = Field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+def list_recipes() -> list[str]:
+    """Names of the packaged recipes (``--recipe NAME``)."""
+    folder = resources.files("medsight.recipes")
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    recipe: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Build a validated :class:`RunConfig`.
+
+    Layers, later wins: defaults, the recipe, the YAML file, then ``overrides``
+    (dotted keys such as ``"train.lr"``).
+
+    Raises:
+        ConfigError: an unknown recipe, unreadable YAML, or a value that fails validation.
+    """
+    raw: dict[str, Any] = {}
+    if recipe is not None:
+        if recipe not in list_recipes():
+            raise ConfigError(
+                f"--recipe {recipe}", "no such recipe", f"choose one of: {', '.join(list_recipes())}"
+            )
+        text = resources.files("medsight.recipes").joinpath(f"{recipe}.yaml").read_text()
+        _merge(raw, yaml.safe_load(text) or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(path, "config file not found", "check the path")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(path, f"not valid YAML ({exc})", "fix the syntax") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(path, "the top level must be a mapping", "see the README's config example")
+        _merge(raw, loaded)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, key, value)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        where = path or (f"recipe {recipe}" if recipe else "config")
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(where, problems, "fix these keys (see the README's config reference)") from exc
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _set_dotted(into: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = into
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(key, f"'{part}' is not a section", "use a dotted path such as train.lr")
+    node[leaf] = value
