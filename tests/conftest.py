@@ -30,3 +30,31 @@ def _few_threads() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def small_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small folder-per-class phantom data set (normal / nodule, 32 px)."""
+    from medsight.data.phantoms import make_chest_phantoms
+
+    return make_chest_phantoms(tmp_path_factory.mktemp("phantoms"), n_per_class=40, size=32, seed=1)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, small_phantoms: Path) -> Path:
+    """A run folder from a 3-epoch training on the small phantoms."""
+    from medsight.config import load_config
+    from medsight.engine.pipeline import run_training
+
+    cfg = load_config(
+        recipe="demo",
+        overrides={
+            "data.path": str(small_phantoms),
+            "preprocess.size": [32, 32],
+            "train.epochs": 3,
+            "eval.bootstrap": 200,
+        },
+    )
+    out = tmp_path_factory.mktemp("run")
+    run_training(cfg, out=out, progress=False)
+    return out

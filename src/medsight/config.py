@@ -47,7 +47,8 @@ class PreprocessConfig(Strict):
 
     ``size`` is the spatial size the network sees (2 values for 2D, 3 for 3D).
     ``window`` is a named CT preset (``lung``, ``mediastinum``, ``bone``, ``brain``,
-    ``abdomen``, ``liver``), ``[center, width]``, ``file`` (the DICOM's own VOI) or None.
+    ``abdomen``, ``liver``, ``soft_tissue``) or ``[center, width]``, applied to the raw
+    (rescaled, e.g. HU) values when ``normalize`` is ``ct_window``.
     """
 
     size: list[int] = Field(default_factory=lambda: [64, 64])

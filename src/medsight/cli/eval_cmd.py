@@ -1,0 +1,28 @@
+"""``medsight evaluate BUNDLE --data PATH [--split test] --out DIR``"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from medsight.cli.errors import reports_errors
+
+
+@reports_errors
+def evaluate(
+    bundle: Path = typer.Argument(..., help="A model folder written by training (RUN_DIR/model)."),
+    data: str = typer.Option(..., help="A .npz, a class folder, a CSV manifest or a DICOM folder."),
+    split: str = typer.Option("test", help="train, val, test, or all."),
+    out: Path = typer.Option(..., help="Output folder for metrics.json, per_case.csv, report.html."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Evaluate a bundle on a data set split, with 95% bootstrap CIs and a report."""
+    from medsight.engine.pipeline import run_evaluation
+
+    metrics = run_evaluation(bundle=bundle, data=data, split=split, out=out, progress=progress)
+    typer.echo(
+        f"{split}: n={metrics['n']} accuracy={metrics['accuracy']:.4f} auc={metrics['auc']:.4f} "
+        f"sensitivity={metrics['sensitivity']:.4f} specificity={metrics['specificity']:.4f} "
+        f"(threshold {metrics['threshold']})\nwrote {out / 'metrics.json'} and {out / 'report.html'}"
+    )

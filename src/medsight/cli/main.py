@@ -1,0 +1,29 @@
+"""The ``medsight`` command line: one Typer app, a thin module per subcommand.
+
+Each subcommand parses its options and calls one importable, keyword-only function.
+Heavy imports (torch, MONAI) happen inside the commands so ``medsight --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from medsight.cli import data_cmd, demo_cmd, eval_cmd, models_cmd, predict_cmd, train_cmd
+
+app = typer.Typer(
+    name="medsight",
+    help="Deep learning on medical images: data -> trained model -> evaluation -> deployment.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("train")(train_cmd.train)
+app.command("evaluate")(eval_cmd.evaluate)
+app.command("predict")(predict_cmd.predict)
+app.command("demo")(demo_cmd.demo)
+app.add_typer(data_cmd.app, name="data")
+app.add_typer(models_cmd.app, name="models")
+
+
+if __name__ == "__main__":
+    app()

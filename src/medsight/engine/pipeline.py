@@ -1,0 +1,241 @@
+"""The classification workflow: data set -> splits -> tensors -> fit -> bundle -> report.
+
+``run_training`` and ``run_evaluation`` are what ``medsight train`` and ``medsight evaluate``
+call; tests call them directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from medsight.config import DataConfig, EvalConfig, RunConfig, save_config
+from medsight.errors import ConfigError, DatasetError
+
+
+def run_training(cfg: RunConfig, *, out: Path, resume: bool = False, progress: bool = True) -> str:
+    """Train (or cross-validate) a classifier and write the run folder.
+
+    Returns:
+        A few lines saying what was written where, for the CLI to print.
+    """
+    from medsight.data.layouts import open_dataset
+    from medsight.engine.device import set_threads
+
+    if cfg.task != "classification":
+        raise ConfigError(f"task={cfg.task}", "segmentation training is not available yet", "use task=classification")
+    if not cfg.data.path:
+        raise ConfigError("data.path", "no data set given", "pass --data PATH or set data.path in the config")
+    set_threads(cfg.train.num_threads)
+    out = Path(out)
+    ds = open_dataset(cfg.data.path, series_uid=cfg.data.series_uid)
+    if cfg.data.folds == 1:
+        metrics = _train_one(cfg, ds, out=out, resume=resume, progress=progress)
+        return _summary(out, metrics)
+    from medsight.engine.evaluate import aggregate_folds
+
+    fold_metrics = []
+    for fold in range(cfg.data.folds):
+        fold_cfg = cfg.model_copy(deep=True)
+        fold_cfg.data.fold = fold
+        fold_cfg.name = f"{cfg.name}-fold{fold}"
+        fold_metrics.append(_train_one(fold_cfg, ds, out=out / f"fold{fold}", resume=resume, progress=progress))
+    aggregate_folds(fold_metrics, out, title=f"{cfg.name}: {cfg.data.folds}-fold cross-validation")
+    return f"cross-validation of {cfg.data.folds} folds written to {out}/cv_report.html"
+
+
+def run_evaluation(*, bundle: Path, data: str, split: str = "test", out: Path, progress: bool = True) -> dict:
+    """Evaluate a bundle on one split of a data set; writes metrics.json, per_case.csv, report.html."""
+    from medsight.bundle import load_bundle
+    from medsight.data.layouts import open_dataset
+    from medsight.engine.evaluate import evaluate_predictions
+    from medsight.engine.prepare import load_tensors
+    from medsight.engine.trainer import predict_probs
+
+    model_bundle = load_bundle(bundle)
+    data_cfg = DataConfig.model_validate({**model_bundle.provenance.get("data_config", {}), "path": data})
+    ds = open_dataset(data, series_uid=data_cfg.series_uid)
+    if ds.class_names != model_bundle.label_names:
+        raise DatasetError(
+            data,
+            f"its classes {ds.class_names} differ from the model's {model_bundle.label_names}",
+            "evaluate on data with the same classes the model was trained on",
+        )
+    indices = np.arange(len(ds.items)) if split == "all" else _split_indices(ds, data_cfg, split)
+    tensors, bad = load_tensors(
+        ds, indices, model_bundle.preprocess, on_bad_file=data_cfg.on_bad_file, progress=progress, desc=split
+    )
+    _write_bad_files(out, bad)
+    probs = predict_probs(model_bundle.build_model(), tensors, head=model_bundle.model.head)
+    return evaluate_predictions(
+        tensors.labels.numpy(),
+        probs,
+        label_names=model_bundle.label_names,
+        case_ids=tensors.ids,
+        threshold=model_bundle.threshold,
+        threshold_note=model_bundle.provenance.get("threshold_note", "stored in the bundle"),
+        cfg=EvalConfig.model_validate(model_bundle.provenance.get("eval_config", {})),
+        out=Path(out),
+        title=f"{Path(bundle).resolve().parent.name}: {split} split of {Path(data).name}",
+        split=split,
+        extra={"bundle": str(bundle), "data": str(data), "skipped files": len(bad)},
+    )
+
+
+def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -> dict:
+    from medsight.bundle import Bundle, provenance
+    from medsight.engine.evaluate import evaluate_predictions
+    from medsight.engine.metrics import classification_metrics
+    from medsight.engine.prepare import load_tensors
+    from medsight.engine.trainer import fit, predict_probs
+    from medsight.models import create_model
+    from medsight.transforms import BatchAugment
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    splits = {name: idx for name, idx in _resolve(ds, cfg.data).items() if len(idx)}
+    if "val" not in splits:
+        raise ConfigError("data.val_fraction", "there is no validation split", "set data.val_fraction above 0")
+    tensors, bad = {}, []
+    for name, idx in splits.items():
+        tensors[name], skipped = load_tensors(
+            ds, idx, cfg.preprocess, on_bad_file=cfg.data.on_bad_file, progress=progress, desc=name
+        )
+        bad += skipped
+    _write_bad_files(out, bad)
+    num_classes = len(ds.class_names)
+    if cfg.model.head == "sigmoid" and num_classes != 2:
+        raise ConfigError("model.head=sigmoid", f"needs 2 classes, the data has {num_classes}", "use head: softmax")
+    spatial_dims = len(cfg.preprocess.size)
+    model = create_model(
+        cfg.model.name,
+        in_channels=cfg.preprocess.channels,
+        num_outputs=1 if cfg.model.head == "sigmoid" else num_classes,
+        spatial_dims=spatial_dims,
+        **cfg.model.kwargs,
+    )
+    augment = BatchAugment(cfg.augment, spatial_dims)
+    result = fit(
+        model,
+        tensors["train"],
+        tensors["val"],
+        cfg=cfg.train,
+        head=cfg.model.head,
+        num_classes=num_classes,
+        run_dir=out,
+        augment=augment if augment.enabled else None,
+        resume=resume,
+        progress=progress,
+    )
+    model.load_state_dict(result.best_state)
+    y_val = tensors["val"].labels.numpy()
+    val_probs = predict_probs(model, tensors["val"], head=cfg.model.head)
+    threshold, note = _operating_threshold(y_val, val_probs, cfg.eval)
+    val_metrics = classification_metrics(y_val, val_probs, threshold)
+    bundle = Bundle(
+        task=cfg.task,
+        model=cfg.model,
+        preprocess=cfg.preprocess,
+        label_names=ds.class_names,
+        threshold=threshold,
+        metrics={f"val_{k}": float(v) for k, v in val_metrics.items() if np.isscalar(v)},
+        provenance=provenance(
+            run=cfg.name,
+            data=str(cfg.data.path),
+            data_hash=_data_hash(tensors["train"].ids, tensors["train"].labels.tolist()),
+            data_config=cfg.data.model_dump(mode="json", exclude={"path"}),
+            eval_config=cfg.eval.model_dump(mode="json"),
+            threshold_note=note,
+            best_epoch=result.best_epoch,
+            epochs_run=result.epochs_run,
+            train_seconds=round(result.seconds, 1),
+            n_train=len(tensors["train"].ids),
+        ),
+        state_dict=result.best_state,
+    )
+    bundle.save(out / "model")
+    report_split = "test" if "test" in tensors else "val"
+    report_probs = val_probs if report_split == "val" else predict_probs(model, tensors["test"], head=cfg.model.head)
+    return evaluate_predictions(
+        tensors[report_split].labels.numpy(),
+        report_probs,
+        label_names=ds.class_names,
+        case_ids=tensors[report_split].ids,
+        threshold=threshold,
+        threshold_note=note,
+        cfg=cfg.eval,
+        out=out,
+        title=f"{cfg.name}: {report_split} split",
+        split=report_split,
+        history_csv=out / "metrics.csv",
+        extra={
+            "data": str(cfg.data.path),
+            "model": cfg.model.name,
+            "best epoch": result.best_epoch,
+            "epochs run": result.epochs_run,
+            "training time (s)": round(result.seconds, 1),
+            "cases per split": {k: len(v.ids) for k, v in tensors.items()},
+            "skipped files": len(bad),
+        },
+    )
+
+
+def _resolve(ds, data_cfg: DataConfig) -> dict[str, np.ndarray]:
+    from medsight.data.splits import resolve_splits
+
+    return resolve_splits(ds, data_cfg)
+
+
+def _split_indices(ds, data_cfg: DataConfig, split: str) -> np.ndarray:
+    splits = _resolve(ds, data_cfg)
+    if split not in splits or not len(splits[split]):
+        available = [k for k, v in splits.items() if len(v)]
+        raise DatasetError(ds.root, f"has no '{split}' split", f"use --split with one of {available + ['all']}")
+    return splits[split]
+
+
+def _operating_threshold(y_val: np.ndarray, val_probs: np.ndarray, cfg: EvalConfig) -> tuple[float | None, str]:
+    """The binary operating point, chosen on validation and stated; None for multi-class (argmax)."""
+    from medsight.engine.metrics import choose_threshold
+
+    if val_probs.shape[1] != 2:
+        return None, "multi-class: the predicted class is the most probable one"
+    threshold = choose_threshold(
+        y_val, val_probs, method=cfg.threshold, target_sensitivity=cfg.target_sensitivity, fixed=cfg.fixed_threshold
+    )
+    how = {
+        "youden": "maximises Youden's J (sensitivity + specificity - 1)",
+        "sensitivity": f"the highest threshold reaching sensitivity >= {cfg.target_sensitivity}",
+        "fixed": "fixed in the config",
+    }[cfg.threshold]
+    return float(threshold), f"{threshold:.4f}: {how}, chosen on the validation split (n={len(y_val)})"
+
+
+def _data_hash(ids: list[str], labels: list[int]) -> str:
+    digest = hashlib.sha256()
+    for case, label in sorted(zip(ids, labels)):
+        digest.update(f"{case}\t{label}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _write_bad_files(out: Path, bad: list[dict[str, str]]) -> None:
+    if not bad:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "skipped_files.json").write_text(json.dumps(bad, indent=2))
+    from rich.console import Console
+
+    Console(stderr=True).print(
+        f"[yellow]skipped {len(bad)} unreadable file(s); listed in {out / 'skipped_files.json'}[/yellow]"
+    )
+
+
+def _summary(out: Path, metrics: dict) -> str:
+    return (
+        f"{metrics['split']}: n={metrics['n']} accuracy={metrics['accuracy']:.4f} auc={metrics['auc']:.4f} "
+        f"sensitivity={metrics['sensitivity']:.4f} specificity={metrics['specificity']:.4f}\n"
+        f"bundle:  {out / 'model'}\nreport:  {out / 'report.html'}\nmetrics: {out / 'metrics.json'}"
+    )

@@ -1,0 +1,68 @@
+"""From a labelled data set to preprocessed tensors held in memory.
+
+Decoding and preprocessing happen once per run; every epoch then reads the cached
+tensors, so the CPU spends its time on the network, not on PNG decoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from medsight.config import PreprocessConfig
+from medsight.data.layouts import Item, LabelledSet
+from medsight.errors import DatasetError, MedsightError
+
+
+def case_id(item: Item) -> str:
+    """A stable id for a case: the file path, or ``file.npz#split/index`` for array rows."""
+    if item.index is None:
+        return item.source
+    return f"{item.source}#{item.split or 'all'}/{item.index}"
+
+
+def load_tensors(
+    ds: LabelledSet,
+    indices: Sequence[int],
+    prep: PreprocessConfig,
+    *,
+    on_bad_file: str = "error",
+    progress: bool = True,
+    desc: str = "loading",
+):
+    """Read and preprocess ``ds.items[indices]`` into a :class:`TensorSet`.
+
+    Returns:
+        ``(tensor_set, bad_files)`` where ``bad_files`` lists ``{"path", "reason"}`` for every
+        file skipped under ``on_bad_file="skip"``.
+
+    Raises:
+        MedsightError: the first unreadable file when ``on_bad_file="error"``.
+        DatasetError: no readable file at all.
+    """
+    import torch
+
+    from medsight.engine.data import TensorSet
+    from medsight.progress import track
+    from medsight.transforms import preprocess
+
+    arrays: list[np.ndarray] = []
+    labels: list[int] = []
+    ids: list[str] = []
+    bad: list[dict[str, str]] = []
+    for i in track(indices, description=desc, enabled=progress):
+        item = ds.items[int(i)]
+        try:
+            arrays.append(preprocess(ds.read(item), prep))
+        except MedsightError as exc:
+            if on_bad_file == "error":
+                raise
+            bad.append({"path": item.source, "reason": str(exc)})
+            continue
+        labels.append(int(item.label) if item.label is not None else -1)
+        ids.append(case_id(item))
+    if not arrays:
+        raise DatasetError(ds.root, f"no readable image in the {desc} split", "run medsight data inspect on it")
+    images = torch.from_numpy(np.stack(arrays).astype(np.float32, copy=False))
+    return TensorSet(images=images, labels=torch.tensor(labels, dtype=torch.long), ids=ids), bad

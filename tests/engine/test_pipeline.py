@@ -1,0 +1,87 @@
+"""The classification workflow end to end, on small synthetic phantoms."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medsight.bundle import load_bundle
+from medsight.config import load_config
+from medsight.engine.pipeline import run_evaluation, run_training
+from medsight.errors import DatasetError
+
+
+def test_run_folder_has_everything(trained_run: Path) -> None:
+    for name in ("config.yaml", "metrics.csv", "metrics.json", "per_case.csv", "report.html"):
+        assert (trained_run / name).is_file(), name
+    assert (trained_run / "checkpoints" / "last.safetensors").is_file()
+    assert any((trained_run / "tensorboard").iterdir())
+    with (trained_run / "metrics.csv").open() as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3"]
+    bundle = load_bundle(trained_run / "model")
+    assert bundle.label_names == ["nodule", "normal"]
+    assert 0.0 < bundle.threshold < 1.0
+    assert "Youden" in bundle.provenance["threshold_note"]
+
+
+def test_evaluate_reproduces_the_training_report(trained_run: Path, small_phantoms: Path, tmp_path: Path) -> None:
+    at_training = json.loads((trained_run / "metrics.json").read_text())
+    again = run_evaluation(
+        bundle=trained_run / "model", data=str(small_phantoms), split="test", out=tmp_path, progress=False
+    )
+    assert at_training["split"] == "test"
+    assert again["n"] == at_training["n"]
+    for key in ("accuracy", "auc", "sensitivity", "specificity", "threshold"):
+        assert again[key] == pytest.approx(at_training[key], abs=1e-9)
+
+
+def test_offline_prediction_equals_evaluation_probability(trained_run: Path) -> None:
+    from medsight.inference.predictor import Predictor
+
+    predictor = Predictor(trained_run / "model")
+    with (trained_run / "per_case.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    row = rows[0]
+    case = next(k for k in row if "case" in k or k == "id")
+    result = predictor.predict_file(row[case])
+    prob_key = next(k for k in row if k.endswith("nodule"))
+    assert result["probabilities"]["nodule"] == pytest.approx(float(row[prob_key]), abs=1e-5)
+
+
+def test_evaluate_unknown_split_lists_the_choices(trained_run: Path, small_phantoms: Path, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="holdout") as info:
+        run_evaluation(bundle=trained_run / "model", data=str(small_phantoms), split="holdout", out=tmp_path)
+    assert "test" in str(info.value)
+
+
+def test_kfold_writes_an_aggregate(small_phantoms: Path, tmp_path: Path) -> None:
+    cfg = load_config(
+        recipe="demo",
+        overrides={
+            "data.path": str(small_phantoms),
+            "data.folds": 2,
+            "preprocess.size": [32, 32],
+            "train.epochs": 1,
+            "eval.bootstrap": 50,
+        },
+    )
+    run_training(cfg, out=tmp_path, progress=False)
+    summary = json.loads((tmp_path / "cv_metrics.json").read_text())
+    assert (tmp_path / "fold0" / "model" / "bundle.json").is_file()
+    assert (tmp_path / "fold1" / "model" / "bundle.json").is_file()
+    assert (tmp_path / "cv_report.html").is_file()
+    text = json.dumps(summary)
+    assert "accuracy" in text and "auc" in text
+
+
+def test_same_seed_same_weights(small_phantoms: Path, tmp_path: Path) -> None:
+    overrides = {"data.path": str(small_phantoms), "preprocess.size": [32, 32], "train.epochs": 1, "eval.bootstrap": 0}
+    for name in ("a", "b"):
+        run_training(load_config(recipe="demo", overrides=overrides), out=tmp_path / name, progress=False)
+    first = load_bundle(tmp_path / "a" / "model").state_dict
+    second = load_bundle(tmp_path / "b" / "model").state_dict
+    assert all(np.array_equal(first[k].numpy(), second[k].numpy()) for k in first)
