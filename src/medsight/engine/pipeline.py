@@ -211,7 +211,7 @@ def _operating_threshold(y_val: np.ndarray, val_probs: np.ndarray, cfg: EvalConf
         "sensitivity": f"the highest threshold reaching sensitivity >= {cfg.target_sensitivity}",
         "fixed": "fixed in the config",
     }[cfg.threshold]
-    return float(threshold), f"{threshold:.4f}: {how}, chosen on the validation split (n={len(y_val)})"
+    return float(threshold), f"{how}, chosen on the validation split (n={len(y_val)})"
 
 
 def _data_hash(ids: list[str], labels: list[int]) -> str:

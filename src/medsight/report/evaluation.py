@@ -1,0 +1,133 @@
+"""The evaluation and cross-validation reports, written for a clinician reader.
+
+Both take the dicts that :mod:`medsight.engine.evaluate` writes to JSON, so the numbers in
+the report are exactly the numbers in ``metrics.json`` / ``cv_metrics.json``.
+
+Example:
+    >>> text = render_evaluation(metrics, [Figure(Path("roc.png"), "ROC curve", "...")])
+"""
+
+from __future__ import annotations
+
+from medsight.report.html import Figure, figures, fmt, key_values, page, paragraph, section, table
+
+HEADLINE_ORDER = (
+    "auc",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "npv",
+    "accuracy",
+    "balanced_accuracy",
+    "f1",
+    "pr_auc",
+)
+DISPLAY_NAMES = {
+    "auc": "ROC AUC",
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+    "precision": "Precision (PPV)",
+    "npv": "NPV",
+    "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced accuracy",
+    "f1": "F1 score",
+    "pr_auc": "PR AUC (average precision)",
+    "ece": "Calibration error (ECE)",
+    "threshold": "Threshold",
+}
+
+
+def render_evaluation(metrics: dict, figs: list[Figure]) -> str:
+    """The evaluation report: headline metrics with CIs, threshold, cases per class, plots, extras."""
+    names = metrics["label_names"]
+    binary = len(names) == 2
+    ci_pct = f"{metrics['ci_level']:.0%}"
+    rows = []
+    for key in HEADLINE_ORDER:
+        entry = metrics["metrics"][key]
+        rows.append([DISPLAY_NAMES[key], entry["value"], _interval(entry), _meaning(key, names)])
+    headline = table(["metric", "value", f"{ci_pct} CI", "what it means"], rows)
+    ci_note = (
+        f"Confidence intervals: percentile bootstrap over cases ({metrics['bootstrap']} resamples), "
+        "threshold held fixed. n/a means undefined for these data (for example only one class "
+        "present, or no case predicted positive)."
+        if metrics["bootstrap"]
+        else "Confidence intervals were not computed (bootstrap resamples set to 0)."
+    )
+    if binary:
+        rule = (
+            f"A case is called '{names[1]}' when its predicted probability of '{names[1]}' is at least "
+            f"{fmt(metrics['threshold'], 4)}. How it was chosen: {metrics['threshold_note']}."
+        )
+    else:
+        rule = (
+            f"The predicted class is the most probable one ({metrics['threshold_note']}). Sensitivity, "
+            "specificity, precision, NPV and F1 are macro averages of the one-vs-rest values over classes."
+        )
+    counts = metrics["n_per_class"]
+    class_rows = [[name, count, count / metrics["n"]] for name, count in counts.items()]
+    class_rows.append(["all", metrics["n"], 1.0])
+    body = [
+        paragraph(f"Split: {metrics['split']}. Cases: {metrics['n']}."),
+        section("Headline metrics", headline, paragraph(ci_note, note=True)),
+        section("Operating threshold", paragraph(rule)),
+        section("Cases per class", table(["class", "cases", "fraction"], class_rows)),
+        section(
+            "Calibration",
+            paragraph(
+                f"Expected calibration error ({metrics['calibration']['mode']}): {fmt(metrics['ece'])}. "
+                "0 means the predicted probabilities match the observed frequencies; 0.1 means they are "
+                "off by 10 percentage points on average."
+            ),
+        ),
+        section("Plots", figures(figs), *(paragraph(text, note=True) for text in metrics.get("notes", []))),
+    ]
+    if metrics.get("extra"):
+        body.append(section("About this evaluation", key_values(metrics["extra"])))
+    return page(metrics["title"], "\n".join(body))
+
+
+def render_cv(summary: dict) -> str:
+    """The cross-validation report: one row per fold, then mean and standard deviation."""
+    keys = list(summary["metrics"])
+    header = ["fold", "cases"] + [DISPLAY_NAMES.get(k, k) for k in keys]
+    rows: list[list[object]] = []
+    for i, n in enumerate(summary["n_per_fold"]):
+        rows.append([f"fold {i}", n] + [summary["metrics"][k]["per_fold"][i] for k in keys])
+    rows.append(
+        ["mean ± sd", sum(n for n in summary["n_per_fold"] if n is not None)]
+        + [f"{fmt(summary['metrics'][k]['mean'])} ± {fmt(summary['metrics'][k]['sd'])}" for k in keys]
+    )
+    note = (
+        f"{summary['folds']} folds; each fold's model was evaluated on its own held-out cases. The standard "
+        "deviation (n - 1 denominator) shows how much the result depends on the split; n/a values are "
+        "left out of the mean."
+    )
+    body = section("Metrics per fold", table(header, rows), paragraph(note, note=True))
+    return page(summary["title"], body)
+
+
+def _interval(entry: dict) -> str:
+    low, high = entry.get("ci_low"), entry.get("ci_high")
+    if low is None or high is None or low != low or high != high:
+        return "n/a"
+    return f"{fmt(low)} – {fmt(high)}"
+
+
+def _meaning(key: str, names: list[str]) -> str:
+    if len(names) != 2:
+        positive, other = "a class", "not that class"
+    else:
+        positive, other = f"'{names[1]}'", f"'{names[0]}'"
+    return {
+        "auc": f"chance that a random {positive} case scores above a random {other} case; "
+        "0.5 is guessing, 1 is perfect; does not depend on the threshold",
+        "sensitivity": f"of the cases that are {positive}, the fraction the model calls {positive}",
+        "specificity": f"of the cases that are {other}, the fraction the model calls {other}",
+        "precision": f"of the cases the model calls {positive}, the fraction that truly are",
+        "npv": f"of the cases the model calls {other}, the fraction that truly are",
+        "accuracy": "fraction of all cases classified correctly; misleading when classes are imbalanced",
+        "balanced_accuracy": "mean sensitivity over the classes; not inflated by imbalance",
+        "f1": "harmonic mean of sensitivity and precision",
+        "pr_auc": "precision averaged over all thresholds; compare with the fraction of positive cases",
+    }[key]
