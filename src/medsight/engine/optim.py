@@ -1,0 +1,102 @@
+"""Optimizers and learning-rate schedules, built from :class:`~medsight.config.TrainConfig`.
+
+Every schedule moves once per epoch. ``cosine``, ``step`` and ``none`` may start with a
+linear warmup of ``warmup_epochs``; ``plateau`` watches the early-stopping metric.
+
+=========  ==========================================================================
+schedule   learning rate in epoch ``e`` (0-based), after ``w`` warmup epochs
+=========  ==========================================================================
+none       ``lr``
+cosine     ``lr * 0.5 * (1 + cos(pi * (e - w) / (epochs - w)))``
+step       ``lr * gamma ** ((e - w) // step_size)``
+plateau    ``lr``, times ``gamma`` after each ``step_size`` epochs without improvement
+=========  ==========================================================================
+
+During warmup (``e < w``) the rate is ``lr * (e + 1) / (w + 1)``.
+
+Example:
+    >>> optimizer = build_optimizer(model.parameters(), cfg)
+    >>> scheduler = build_scheduler(optimizer, cfg)
+    >>> for epoch in range(cfg.epochs):
+    ...     ...  # train, validate
+    ...     step_scheduler(scheduler, metric=val_auc)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
+
+from medsight.config import TrainConfig
+from medsight.engine.callbacks import lower_is_better
+from medsight.errors import ConfigError
+
+Scheduler = LRScheduler | ReduceLROnPlateau
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (with momentum), Adam or AdamW over ``params``.
+
+    Weight decay applies to weight matrices and kernels only; biases and normalisation
+    scales (1-D parameters) are not decayed, as is usual for CNNs.
+    """
+    params = [p for p in params if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    groups = [group for group in groups if group["params"]]
+    if not groups:
+        raise ConfigError("model", "has no trainable parameters", "unfreeze layers or choose another model")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Scheduler:
+    """The per-epoch learning-rate schedule named by ``cfg.schedule`` (see the module table).
+
+    Raises:
+        ConfigError: warmup with ``plateau``, or ``plateau`` with ``gamma`` 1 (it would never act).
+    """
+    if cfg.schedule == "plateau":
+        if cfg.warmup_epochs:
+            raise ConfigError(
+                "train.warmup_epochs", "warmup is not available with schedule=plateau",
+                "set warmup_epochs: 0 or use schedule: cosine",
+            )
+        if cfg.gamma >= 1.0:
+            raise ConfigError("train.gamma", "schedule=plateau needs gamma below 1", "set e.g. gamma: 0.1")
+        mode = "min" if lower_is_better(cfg.early_stopping_metric) else "max"
+        return ReduceLROnPlateau(optimizer, mode=mode, factor=cfg.gamma, patience=cfg.step_size - 1)
+    return LambdaLR(optimizer, lr_lambda=lambda epoch: lr_factor(epoch, cfg))
+
+
+def lr_factor(epoch: int, cfg: TrainConfig) -> float:
+    """The multiple of ``cfg.lr`` used in ``epoch`` (0-based) by the non-plateau schedules."""
+    warm = cfg.warmup_epochs
+    if epoch < warm:
+        return (epoch + 1) / (warm + 1)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - warm) / max(cfg.epochs - warm, 1)))
+    if cfg.schedule == "step":
+        return cfg.gamma ** ((epoch - warm) // cfg.step_size)
+    return 1.0
+
+
+def step_scheduler(scheduler: Scheduler, metric: float) -> None:
+    """Advance the schedule by one epoch; ``metric`` matters only to ``plateau``."""
+    if isinstance(scheduler, ReduceLROnPlateau):
+        scheduler.step(metric)
+    else:
+        scheduler.step()
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The learning rate of the first parameter group (all groups share one schedule)."""
+    return float(optimizer.param_groups[0]["lr"])

@@ -1,0 +1,376 @@
+"""The training loop: in-memory batches -> model -> loss -> optimizer, validated every epoch.
+
+One small loop whose behaviour changes through :class:`~medsight.config.TrainConfig`,
+never through subclasses. Each epoch draws all its randomness (shuffling, balanced
+sampling, augmentation, dropout) from seeds derived from ``(cfg.seed, epoch)``, and a
+checkpoint is written after every epoch, so a run stopped after epoch k and resumed
+ends with exactly the weights of an uninterrupted run.
+
+Example:
+    >>> result = fit(model, train, val, cfg=TrainConfig(epochs=5), head="softmax", num_classes=2,
+    ...              run_dir=Path("runs/demo"))
+    >>> model.load_state_dict(result.best_state)
+    >>> probs = predict_probs(model, val, head="softmax")     # (N, 2)
+"""
+
+from __future__ import annotations
+
+import numbers
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medsight.config import TrainConfig
+from medsight.engine.callbacks import Callback, EarlyStopping, ProgressDisplay, RunLog
+from medsight.engine.checkpoint import load_checkpoint, save_checkpoint
+from medsight.engine.data import TensorSet, class_counts, inverse_frequency_weights, iterate_batches
+from medsight.engine.device import autocast, grad_scaler, pick_device, set_threads
+from medsight.engine.optim import build_optimizer, build_scheduler, current_lr, step_scheduler
+from medsight.errors import ConfigError, DatasetError
+from medsight.models.heads import logits_to_probs
+
+CHECKPOINT = Path("checkpoints") / "last.safetensors"
+LOSS_EVERY = 10  # batches between reads of the running loss (a device sync) for the live bar
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        best_state: CPU copy of the weights at the best epoch (by ``metric_name``).
+        best_epoch: 1-based epoch of ``best_state``.
+        best_metric: the monitored metric at ``best_epoch``.
+        metric_name: the monitored ``metrics.csv`` column.
+        history: one dict per epoch, the rows of ``metrics.csv``.
+        stopped_early: training ended before ``cfg.epochs`` (patience or time limit).
+        epochs_run: epochs completed by the whole run (resumed parts included).
+        seconds: training + validation time of those epochs.
+        stop_reason: why it stopped early ("" when it did not).
+    """
+
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_metric: float
+    metric_name: str
+    history: list[dict[str, float]]
+    stopped_early: bool
+    epochs_run: int
+    seconds: float
+    stop_reason: str = ""
+
+
+def fit(
+    model: nn.Module,
+    train: TensorSet,
+    val: TensorSet,
+    *,
+    cfg: TrainConfig,
+    head: str,
+    num_classes: int,
+    run_dir: Path,
+    augment: Callable | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
+) -> FitResult:
+    """Train ``model`` on ``train``, validate on ``val`` every epoch, keep the best weights.
+
+    Writes ``run_dir/checkpoints/last.safetensors`` (every epoch), ``run_dir/metrics.csv``
+    and ``run_dir/tensorboard/``.
+
+    Args:
+        model: maps ``(N, C, *spatial)`` to logits ``(N, num_classes)`` (softmax head) or
+            ``(N, 1)`` (sigmoid head).
+        train: the training tensors.
+        val: the validation tensors (loss and metrics every epoch; the best epoch is chosen on them).
+        cfg: optimizer, schedule, loss options, early stopping, seed, threads, AMP, time limit.
+        head: ``"softmax"`` (cross-entropy) or ``"sigmoid"`` (binary, BCE on one logit).
+        num_classes: number of classes (2 for the sigmoid head).
+        run_dir: the run folder.
+        augment: ``augment(images, None, generator=g) -> (images, None)``, applied to each training
+            batch on the CPU before it moves to the device; ``g`` is the epoch's generator.
+        resume: continue from the checkpoint in ``run_dir``; False starts over, removing an
+            earlier run's checkpoint, ``metrics.csv`` and TensorBoard events there.
+        callbacks: ``on_epoch_end(epoch, row)`` after each epoch's checkpoint; raising stops the run.
+        progress: live bar on a terminal, one line per epoch otherwise; False prints nothing.
+
+    Raises:
+        ConfigError: a head/metric/model output that does not fit the task.
+        DatasetError: empty splits, labels outside ``0..num_classes-1``, a class with no training case.
+        MedsightError: ``resume=True`` without a usable checkpoint.
+    """
+    from medsight.engine.metrics import classification_metrics
+
+    run_dir = Path(run_dir)
+    _check_inputs(train, val, cfg=cfg, head=head, num_classes=num_classes)
+    set_threads(cfg.num_threads)
+    device = pick_device()
+    model.to(device)
+    if train.images.ndim == 4:  # channels-last convolutions are ~1.5-2x faster on CPU
+        model.to(memory_format=torch.channels_last)
+    _check_outputs(model, train.images[:2], head=head, num_classes=num_classes, device=device)
+    optimizer = build_optimizer(model.parameters(), cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    scaler = grad_scaler(device, cfg.amp)
+    weights = inverse_frequency_weights(train.labels, num_classes)
+    class_weights = weights.to(device) if cfg.class_weights == "balanced" else None
+    train_loss = make_loss(head, cfg.label_smoothing, class_weights)
+    val_loss = make_loss(head, 0.0, None)
+    sample_weights = weights[train.labels] if cfg.balanced_sampling else None
+    eval_batch = max(cfg.batch_size, 256)
+    metric = cfg.early_stopping_metric
+    stopper = EarlyStopping(metric, cfg.patience)
+    history: list[dict[str, float]] = []
+    best_state: dict[str, torch.Tensor] = {}
+    stop_reason = ""
+    checkpoint = run_dir / CHECKPOINT
+    if resume:
+        saved = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
+        history, best_state = saved["history"], saved["best_state"]
+        stopper.load_state_dict(saved["early_stopping"])
+        if saved["scaler"]:
+            scaler.load_state_dict(saved["scaler"])
+        stop_reason = saved["stop_reason"] if stopper.should_stop else ""  # a time limit may be resumed
+    else:
+        _clear_run(run_dir)
+    started = time.perf_counter()
+    log = RunLog(run_dir)
+    try:
+        log.write_csv(history)
+        with ProgressDisplay(progress, cfg.epochs, metric) as display:
+            for epoch in range(len(history) + 1, cfg.epochs + 1):
+                if stop_reason:
+                    break
+                epoch_start = time.perf_counter()
+                generator = _seed_epoch(cfg.seed, epoch)
+                display.start_epoch(epoch, _num_batches(len(train), cfg.batch_size))
+                model.train()
+                row = {"epoch": epoch, "lr": current_lr(optimizer)}
+                row["train_loss"] = _train_epoch(
+                    model, train, cfg=cfg, loss_fn=train_loss, optimizer=optimizer, scaler=scaler,
+                    generator=generator, sample_weights=sample_weights, augment=augment, device=device,
+                    display=display,
+                )
+                logits = _logits(model, val.images, batch_size=eval_batch, device=device, amp=cfg.amp)
+                row["val_loss"] = float(val_loss(logits, val.labels))
+                scores = classification_metrics(val.labels.numpy(), logits_to_probs(logits, head).numpy())
+                row.update({k: float(v) for k, v in scores.items() if isinstance(v, numbers.Real)})
+                if stopper.update(epoch, row[metric]):
+                    best_state = _cpu_state(model)
+                step_scheduler(scheduler, row[metric])
+                row["seconds"] = time.perf_counter() - epoch_start
+                history.append(row)
+                stop_reason = _stop_reason(stopper, cfg, epoch, time.perf_counter() - started)
+                state = {
+                    "epoch": epoch, "history": history, "early_stopping": stopper.state_dict(),
+                    "scaler": scaler.state_dict(), "stop_reason": stop_reason,
+                }
+                save_checkpoint(
+                    checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
+                    best_state=best_state,
+                )
+                log.write(history)
+                display.end_epoch(row, f"; stopping: {stop_reason}" if stop_reason else "")
+                if stop_reason:
+                    log.note(f"stopped after epoch {epoch}: {stop_reason}")
+                for callback in callbacks:
+                    callback.on_epoch_end(epoch, row)
+    finally:
+        log.close()
+    model.to(memory_format=torch.contiguous_format)  # hand back a plain model (export, bundles)
+    return FitResult(
+        best_state=best_state or _cpu_state(model),
+        best_epoch=stopper.best_epoch,
+        best_metric=float("nan") if stopper.best is None else float(stopper.best),
+        metric_name=metric,
+        history=history,
+        stopped_early=bool(stop_reason),
+        epochs_run=len(history),
+        seconds=sum(row["seconds"] for row in history),
+        stop_reason=stop_reason,
+    )
+
+
+def predict_probs(
+    model: nn.Module,
+    data: TensorSet | torch.Tensor,
+    *,
+    head: str,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+) -> np.ndarray:
+    """Class probabilities ``(N, num_classes)``; a sigmoid head's one logit gives ``[1 - p, p]``.
+
+    The model is put in eval mode (and moved to ``device`` when one is given; by default it
+    stays where its parameters are).
+    """
+    images = data.images if isinstance(data, TensorSet) else data
+    if device is not None:
+        model.to(device)
+    if device is None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else "cpu"
+    target = torch.device(device)
+    logits = _logits(model, images, batch_size=batch_size, device=target, amp=False)
+    return logits_to_probs(logits, head).numpy()
+
+
+def make_loss(head: str, label_smoothing: float, class_weights: torch.Tensor | None) -> Loss:
+    """The training (or, with no smoothing and no weights, validation) loss for ``head``.
+
+    ``softmax``: cross-entropy with label smoothing and optional per-class weights.
+    ``sigmoid``: BCE-with-logits on one logit, targets smoothed towards 0.5, and
+    ``pos_weight = w[1] / w[0]`` (negatives per positive) when class weights are given.
+    """
+    if head == "softmax":
+        return lambda logits, labels: F.cross_entropy(
+            logits.float(), labels, weight=class_weights, label_smoothing=label_smoothing
+        )
+    pos_weight = None if class_weights is None else class_weights[1:2] / class_weights[0]
+
+    def binary(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        target = labels.float() * (1.0 - label_smoothing) + 0.5 * label_smoothing
+        return F.binary_cross_entropy_with_logits(logits.float().reshape(-1), target, pos_weight=pos_weight)
+
+    return binary
+
+
+def _train_epoch(
+    model: nn.Module,
+    data: TensorSet,
+    *,
+    cfg: TrainConfig,
+    loss_fn: Loss,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    generator: torch.Generator,
+    sample_weights: torch.Tensor | None,
+    augment: Callable | None,
+    device: torch.device,
+    display: ProgressDisplay,
+) -> float:
+    """One pass over ``data``; returns the mean training loss (one device sync per epoch)."""
+    total = torch.zeros((), device=device)
+    seen = 0
+    batches = iterate_batches(
+        data, cfg.batch_size, shuffle=True, generator=generator, sampler_weights=sample_weights,
+        drop_last=len(data) > cfg.batch_size,
+    )
+    for step, (images, labels) in enumerate(batches, 1):
+        if augment is not None:
+            images, _ = augment(images, None, generator=generator)
+        images, labels = _to_device(images, device), labels.to(device, non_blocking=True)
+        with autocast(device, cfg.amp):
+            logits = model(images)
+        loss = loss_fn(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total += loss.detach() * len(labels)
+        seen += len(labels)
+        live_loss = float(total) / seen if display.live and step % LOSS_EVERY == 0 else None
+        display.advance(1, live_loss)
+    return float(total) / seen
+
+
+@torch.inference_mode()
+def _logits(model: nn.Module, images: torch.Tensor, *, batch_size: int, device: torch.device, amp: bool):
+    """Float32 CPU logits of ``images`` in eval mode, batch by batch."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        with autocast(device, amp):
+            outputs.append(model(_to_device(images[start : start + batch_size], device)).float().cpu())
+    return torch.cat(outputs)
+
+
+def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    images = images.to(device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if images.ndim == 4 else images
+
+
+def _seed_epoch(seed: int, epoch: int) -> torch.Generator:
+    """Seed the global torch RNG (dropout) and return the epoch's generator, both from (seed, epoch)."""
+    data_seed, global_seed = np.random.SeedSequence([seed % 2**64, epoch]).generate_state(2, dtype=np.uint64)
+    torch.manual_seed(int(global_seed))
+    return torch.Generator().manual_seed(int(data_seed))
+
+
+def _num_batches(n: int, batch_size: int) -> int:
+    return n // batch_size if n > batch_size else 1
+
+
+def _stop_reason(stopper: EarlyStopping, cfg: TrainConfig, epoch: int, elapsed: float) -> str:
+    if epoch >= cfg.epochs:
+        return ""
+    if stopper.should_stop:
+        return f"early stopping: no better {stopper.metric} for {stopper.patience} epochs"
+    if cfg.time_limit_min is not None and elapsed > cfg.time_limit_min * 60:
+        return f"time limit of {cfg.time_limit_min:g} min reached"
+    return ""
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def _clear_run(run_dir: Path) -> None:
+    """Starting over: drop an earlier run's checkpoint, metrics.csv and TensorBoard events."""
+    events = (run_dir / "tensorboard").glob("events.out.tfevents.*")
+    for path in (run_dir / CHECKPOINT, run_dir / "metrics.csv", *events):
+        path.unlink(missing_ok=True)
+
+
+def _check_inputs(train: TensorSet, val: TensorSet, *, cfg: TrainConfig, head: str, num_classes: int) -> None:
+    from medsight.engine.metrics import METRIC_KEYS
+
+    if head not in ("softmax", "sigmoid"):
+        raise ConfigError(f"model.head={head}", "unknown head", "use softmax or sigmoid")
+    if head == "sigmoid" and num_classes != 2:
+        raise ConfigError("model.head=sigmoid", f"needs 2 classes, got {num_classes}", "use head: softmax")
+    metrics = ("val_loss", "train_loss", *METRIC_KEYS)
+    if cfg.early_stopping_metric not in metrics:
+        raise ConfigError(
+            f"train.early_stopping_metric={cfg.early_stopping_metric}", "not a validation metric",
+            f"choose one of: {', '.join(metrics)}",
+        )
+    for name, data in (("training", train), ("validation", val)):
+        if len(data) < 2:
+            problem = f"the {name} split has {len(data)} case(s)"
+            raise DatasetError(None, problem, "give each split at least 2 cases")
+        bad = ((data.labels < 0) | (data.labels >= num_classes)).nonzero()
+        if len(bad):
+            row = int(bad[0])
+            raise DatasetError(
+                data.ids[row], f"label {int(data.labels[row])} is outside 0..{num_classes - 1}",
+                "check the labels and the class list",
+            )
+    if train.images.shape[1:] != val.images.shape[1:]:
+        raise DatasetError(
+            None, f"training images are {tuple(train.images.shape[1:])} but validation images are "
+            f"{tuple(val.images.shape[1:])}", "preprocess both splits with the same settings",
+        )
+    missing = (class_counts(train.labels, num_classes) == 0).nonzero().flatten().tolist()
+    if missing:
+        raise DatasetError(
+            None, f"class index(es) {missing} have no training case", "add cases or split stratified by class"
+        )
+
+
+def _check_outputs(model: nn.Module, images: torch.Tensor, *, head: str, num_classes: int, device) -> None:
+    want = 1 if head == "sigmoid" else num_classes
+    shape = tuple(_logits(model, images, batch_size=len(images), device=device, amp=False).shape)
+    if shape != (len(images), want):
+        raise ConfigError(
+            "model", f"outputs shape {shape} per batch of {len(images)}, the {head} head needs (N, {want})",
+            f"build the model with num_outputs={want}",
+        )
