@@ -107,7 +107,8 @@ class TrainConfig(Strict):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     seed: int = 0
     num_threads: int = Field(0, ge=0, description="0 uses every core")
-    amp: bool = True
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
+    amp: bool = Field(True, description="mixed precision; used on CUDA only")
     time_limit_min: float | None = Field(None, gt=0)
 
 

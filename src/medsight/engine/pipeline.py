@@ -216,7 +216,7 @@ def _operating_threshold(y_val: np.ndarray, val_probs: np.ndarray, cfg: EvalConf
 
 def _data_hash(ids: list[str], labels: list[int]) -> str:
     digest = hashlib.sha256()
-    for case, label in sorted(zip(ids, labels)):
+    for case, label in sorted(zip(ids, labels, strict=True)):
         digest.update(f"{case}\t{label}\n".encode())
     return digest.hexdigest()[:16]
 

@@ -112,7 +112,7 @@ def fit(
     run_dir = Path(run_dir)
     _check_inputs(train, val, cfg=cfg, head=head, num_classes=num_classes)
     set_threads(cfg.num_threads)
-    device = pick_device()
+    device = pick_device(cfg.device)
     model.to(device)
     if train.images.ndim == 4:  # channels-last convolutions are ~1.5-2x faster on CPU
         model.to(memory_format=torch.channels_last)

@@ -63,13 +63,10 @@ class Predictor:
 
     def _decide(self, probs: np.ndarray) -> dict[str, Any]:
         threshold = self.bundle.threshold
-        if threshold is not None and len(probs) == 2:
-            index = int(probs[1] >= threshold)
-        else:
-            index = int(np.argmax(probs))
+        index = int(probs[1] >= threshold) if threshold is not None and len(probs) == 2 else int(np.argmax(probs))
         return {
             "label": self.label_names[index],
-            "probabilities": {name: float(p) for name, p in zip(self.label_names, probs)},
+            "probabilities": {name: float(p) for name, p in zip(self.label_names, probs, strict=True)},
             "threshold": threshold,
         }
 
