@@ -1,0 +1,149 @@
+"""Image readers behind one interface: :func:`read_image` picks the reader by file type.
+
+Contract (every reader, see :class:`medsight.data.sample.Sample`):
+
+* ``array`` is float32 and channel-first. 2D images ``(C, H, W)``; volumes ``(C, D, H, W)``.
+  C is 1 for grey and 3 for colour (RGB; alpha is composited on black, palettes are
+  expanded, YBR is converted). The spatial axes keep the file's own index order:
+  NIfTI ``(i, j, k)``; a DICOM series ``(slice, row, column)`` with slices sorted along
+  the normal; a multi-frame DICOM ``(frame, row, column)``; a 2D image ``(row, column)``.
+  A 4D NIfTI's last axis becomes the channels.
+* values: DICOM after RescaleSlope/RescaleIntercept (CT in HU) with MONOCHROME1
+  inverted so high is bright; NIfTI after its scaling; images in their stored range
+  (0..255, or 0..65535 for 16-bit). With ``window=...`` the windowed values in ``[0, 1]``.
+* ``spacing``: mm per spatial axis (DICOM slice spacing from positions; 1.0 where the
+  file does not say, e.g. PNG).
+* ``affine``: 4x4, array index -> RAS+ mm (DICOM's LPS is converted), diagonal from the
+  spacing where the file carries no orientation.
+* ``meta``: JSON-able source facts (``path``, ``format``, and for DICOM ``modality``,
+  ``photometric``, ``transfer_syntax``, ``window``, the UIDs). Never patient identifiers.
+* Bad input raises a :class:`medsight.errors.MedsightError` naming the file and the fix.
+
+========================================  ======================================
+input                                     reader
+========================================  ======================================
+a folder                                  :func:`read_dicom_series`
+``.nii``, ``.nii.gz``                     :func:`read_nifti`
+``.png .jpg .jpeg .tif .tiff .gif .bmp``  :func:`read_image_file`
+``.dcm``, ``.dicom``, no/unknown suffix   :func:`read_dicom_file` if it is DICOM
+========================================  ======================================
+
+Example:
+    >>> sample = read_image("chest_ct/", window="lung")
+    >>> sample.array.shape, sample.spacing
+    ((1, 120, 512, 512), (2.5, 0.7, 0.7))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medsight.data.sample import Sample
+from medsight.errors import ConfigError, UnreadableFileError, UnsupportedFileError
+from medsight.io.dicom import is_dicom_file, read_dicom_file
+from medsight.io.dicom_series import SeriesInfo, list_series, read_dicom_series
+from medsight.io.image import read_image_file, to_channels, write_png
+from medsight.io.nifti import read_nifti, write_nifti
+from medsight.io.npz import medmnist_sample, read_medmnist
+from medsight.io.phi import PHI_KEYWORDS, phi_fields_present
+from medsight.io.windowing import WINDOW_PRESETS, Window, apply_window, resolve_window
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+#: Every suffix :func:`read_image` knows (DICOM files without a suffix are read too).
+SUPPORTED_SUFFIXES = NIFTI_SUFFIXES + IMAGE_SUFFIXES + DICOM_SUFFIXES
+
+__all__ = [
+    "PHI_KEYWORDS",
+    "SUPPORTED_SUFFIXES",
+    "WINDOW_PRESETS",
+    "SeriesInfo",
+    "Window",
+    "apply_window",
+    "is_dicom_file",
+    "is_image_file",
+    "list_series",
+    "medmnist_sample",
+    "phi_fields_present",
+    "read_dicom_file",
+    "read_dicom_series",
+    "read_image",
+    "read_image_file",
+    "read_medmnist",
+    "read_nifti",
+    "resolve_window",
+    "to_channels",
+    "write_nifti",
+    "write_png",
+]
+
+
+def read_image(path: str | Path, *, window: Window = None, series_uid: str | None = None) -> Sample:
+    """Read any supported image file or DICOM folder into a :class:`Sample`.
+
+    Args:
+        path: a file, or a folder holding a DICOM series.
+        window: None for raw (rescaled) values, a preset name (``lung``, ``mediastinum``,
+            ``bone``, ``brain``, ``abdomen``, ``liver``, ``soft_tissue``), ``"file"`` for a
+            DICOM's own window, or ``(center, width)``; output is then in ``[0, 1]``.
+        series_uid: for a folder with several DICOM series, the one to read.
+
+    Raises:
+        UnreadableFileError: missing, empty, truncated or corrupt file.
+        UnsupportedFileError: a file type medsight does not read.
+        DatasetError: a DICOM folder with several series and no (or an unknown) ``series_uid``.
+        ConfigError: an unknown window, or ``series_uid`` for a single file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return read_dicom_series(path, series_uid=series_uid, window=window)
+    if not path.is_file():
+        raise UnreadableFileError(path, "no such file or folder", "check the path")
+    if series_uid is not None:
+        raise ConfigError(path, "series_uid applies to a DICOM folder, not a single file", "pass the folder")
+    kind = _kind(path)
+    if kind == "dicom":
+        return read_dicom_file(path, window=window)
+    sample = read_nifti(path) if kind == "nifti" else read_image_file(path)
+    center_width = resolve_window(window, None)
+    if center_width is not None:
+        sample.array = apply_window(sample.array, *center_width)
+    sample.meta["window"] = list(center_width) if center_width is not None else None
+    return sample
+
+
+def is_image_file(path: str | Path) -> bool:
+    """True for a file :func:`read_image` would read: a supported suffix, or DICOM content.
+
+    Hidden files and DICOMDIR indexes are not images. Files without a known suffix are
+    sniffed (132 bytes) for a DICOM header.
+    """
+    path = Path(path)
+    if path.name.startswith(".") or path.name.upper() == "DICOMDIR" or not path.is_file():
+        return False
+    return _suffix(path) in SUPPORTED_SUFFIXES or is_dicom_file(path)
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def _kind(path: Path) -> str:
+    suffix = _suffix(path)
+    if suffix in NIFTI_SUFFIXES:
+        return "nifti"
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix in DICOM_SUFFIXES or is_dicom_file(path):
+        return "dicom"
+    if path.stat().st_size == 0:
+        raise UnreadableFileError(path, "the file is empty (0 bytes)", "export or copy it again")
+    hint = " (a MedMNIST .npz is a data set: read it with read_medmnist)" if suffix == ".npz" else ""
+    raise UnsupportedFileError(
+        path,
+        f"unsupported file type {suffix or '(no suffix)'} and not DICOM{hint}",
+        f"medsight reads DICOM files and folders and {', '.join(NIFTI_SUFFIXES + IMAGE_SUFFIXES)}; "
+        "convert it to one of these",
+    )

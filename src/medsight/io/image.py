@@ -1,0 +1,142 @@
+"""2D images (PNG, JPEG, TIFF, GIF, BMP) via Pillow, and the channel contract of the readers.
+
+The file's content decides how it is decoded, not its suffix (a PNG named ``.jpg`` reads
+fine). Values keep their range: 8-bit stays 0..255, 16-bit stays 0..65535.
+
+=============================  ===========================================================
+Pillow mode                    array
+=============================  ===========================================================
+L, I;16*, I, F, 1 (as 0/255)   ``(1, H, W)``
+LA                             ``(1, H, W)``, composited on black
+RGB, CMYK, YCbCr, ...          ``(3, H, W)`` RGB
+RGBA                           ``(3, H, W)``, composited on black
+P (palette)                    ``(3, H, W)``, or ``(1, H, W)`` luminance if the colours are grey
+=============================  ===========================================================
+
+EXIF orientation is applied; a multi-page TIFF/GIF gives its first page (``meta["n_frames"]``
+says how many there are).
+
+Example:
+    >>> s = read_image_file("xray.png")
+    >>> s.array.shape, s.meta["mode"]
+    ((1, 512, 512), 'L')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from medsight.data.sample import Sample
+from medsight.errors import ConfigError, InvalidImageError, UnreadableFileError
+
+_GREY_MODES = ("L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+#: A palette whose colours differ by at most this many levels between R, G and B is grey
+#: (quantised grey scans often carry such palettes).
+GREY_PALETTE_TOLERANCE = 2.0
+#: ITU-R BT.601 luma weights for RGB -> grey.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+_RESAVE = "open and save it again in an image editor, or export it again from the source"
+
+
+def read_image_file(path: str | Path) -> Sample:
+    """Read a 2D image into a float32 ``(C, H, W)`` :class:`Sample` with spacing 1.0.
+
+    Raises:
+        UnreadableFileError: empty, truncated, corrupt or not an image Pillow knows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableFileError(path, "no such file", "check the path")
+    if path.stat().st_size == 0:
+        raise UnreadableFileError(path, "the file is empty (0 bytes)", _RESAVE)
+    try:
+        with Image.open(path) as opened:
+            n_frames = int(getattr(opened, "n_frames", 1))
+            mode, fmt, size = opened.mode, opened.format, opened.size
+            image = ImageOps.exif_transpose(opened)
+            image.load()
+    except (OSError, SyntaxError, ValueError) as err:
+        raise UnreadableFileError(
+            path, f"the image cannot be decoded, it is truncated or corrupt ({err})", _RESAVE
+        ) from err
+    meta = {
+        "path": str(path),
+        "format": (fmt or path.suffix.lstrip(".")).lower(),
+        "mode": mode,
+        "size": [int(size[0]), int(size[1])],
+        "n_frames": n_frames,
+    }
+    return Sample(_pixels(image), spacing=(1.0, 1.0), meta=meta)
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode in _GREY_MODES:
+        return np.asarray(image, dtype=np.float32)[np.newaxis]
+    if mode == "1":
+        return np.asarray(image.convert("L"), dtype=np.float32)[np.newaxis]
+    if mode == "LA":
+        grey_alpha = np.asarray(image, dtype=np.float32)
+        return (grey_alpha[..., 0] * grey_alpha[..., 1] / 255.0)[np.newaxis]
+    if mode in ("P", "PA", "RGBA"):
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
+        rgb = np.ascontiguousarray(np.moveaxis(rgba[..., :3] * (rgba[..., 3:] / 255.0), -1, 0))
+        if mode != "RGBA" and np.ptp(rgb, axis=0).max() <= GREY_PALETTE_TOLERANCE:
+            return to_channels(rgb, 1)
+        return rgb
+    return np.ascontiguousarray(np.moveaxis(np.asarray(image.convert("RGB"), dtype=np.float32), -1, 0))
+
+
+def write_png(array: np.ndarray, path: str | Path) -> Path:
+    """Write a 2D uint8 array, or a bool mask as 0/255, as an 8-bit grey PNG.
+
+    Example:
+        >>> write_png(mask > 0, "mask.png")
+        PosixPath('mask.png')
+    """
+    path = Path(path)
+    data = np.asarray(array)
+    if data.ndim != 2 or data.dtype not in (np.uint8, np.bool_):
+        raise InvalidImageError(
+            path,
+            f"write_png takes a 2D uint8 or bool array, got {data.dtype} with shape {data.shape}",
+            "pass one channel, e.g. array[0], converted with .astype(np.uint8) or (array > 0)",
+        )
+    if data.dtype == np.bool_:
+        data = data.astype(np.uint8) * 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(data, mode="L").save(path, format="PNG")
+    return path
+
+
+def to_channels(array: np.ndarray, channels: int) -> np.ndarray:
+    """Convert a channel-first ``(C, ...)`` array to ``channels`` channels.
+
+    1 -> 3 repeats the grey channel; 3 -> 1 is the ITU-R 601 luminance; 4 -> 3 drops
+    the alpha channel; an equal count is returned unchanged.
+
+    Raises:
+        ConfigError: any other pair of counts.
+
+    Example:
+        >>> to_channels(np.ones((1, 2, 2), np.float32), 3).shape
+        (3, 2, 2)
+    """
+    have = int(array.shape[0])
+    if have == channels:
+        return array
+    if have == 1 and channels == 3:
+        return np.repeat(array, 3, axis=0)
+    if have == 3 and channels == 1:
+        weights = np.asarray(LUMA_WEIGHTS, dtype=np.float32).reshape(3, *([1] * (array.ndim - 1)))
+        return (array * weights).sum(axis=0, keepdims=True).astype(np.float32)
+    if have == 4 and channels == 3:
+        return array[:3]
+    raise ConfigError(
+        "channels",
+        f"cannot convert an image with {have} channel(s) to {channels}",
+        "set the model's input channels to 1 or 3 to match the images (1<->3 and 4->3 are converted)",
+    )
