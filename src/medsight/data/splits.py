@@ -1,0 +1,193 @@
+"""Train / validation / test splits: stratified by label, grouped by patient, reproducible.
+
+One assignment rule serves every split: groups (patients, or single items when there are no
+patient ids) are shuffled by the seed, then taken largest first and each is put in the part
+that brings the per-class counts closest to their targets. So the classes keep their
+proportions in every part, no patient is in two parts, and the same seed gives the same arrays.
+
+Example:
+    >>> labels = np.array([0] * 70 + [1] * 30)
+    >>> parts = split_indices(labels, val_fraction=0.2, test_fraction=0.1, seed=0)
+    >>> [len(parts[k]) for k in ("train", "val", "test")], labels[parts["val"]].mean()
+    ([70, 20, 10], 0.3)
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from medsight.config import DataConfig
+from medsight.data.layouts import LabelledSet
+from medsight.errors import ConfigError, DatasetError
+
+SPLITS = ("train", "val", "test")
+
+
+def split_indices(
+    labels: np.ndarray,
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    groups: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Stratified (and, given ``groups``, grouped) train/val/test index arrays.
+
+    Args:
+        labels: one integer label per item.
+        val_fraction, test_fraction: shares of the items for validation and test (0 gives
+            an empty split).
+        seed: the split is a function of the seed.
+        groups: one id per item (e.g. the patient id); items with the same id stay together.
+
+    Returns:
+        ``{"train", "val", "test"}`` -> sorted int64 index arrays that cover every item once.
+
+    Raises:
+        ConfigError: fractions that leave no training data.
+    """
+    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
+        raise ConfigError(
+            f"val_fraction={val_fraction}, test_fraction={test_fraction}",
+            "the fractions must be >= 0 and leave some data for training",
+            "make val_fraction + test_fraction less than 1",
+        )
+    fractions = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
+    part = _assign(np.asarray(labels), groups, fractions, seed)
+    _warn_missing_classes(np.asarray(labels), part, fractions, SPLITS)
+    return {name: np.flatnonzero(part == k) for k, name in enumerate(SPLITS)}
+
+
+def kfold_indices(
+    labels: np.ndarray, *, folds: int, seed: int, groups: np.ndarray | None = None
+) -> list[dict[str, np.ndarray]]:
+    """Stratified (and grouped) k-fold: fold ``k`` validates on part ``k`` and trains on the rest.
+
+    Returns:
+        ``folds`` dicts ``{"train", "val"}`` of sorted index arrays; the val parts are disjoint
+        and together cover every item.
+
+    Raises:
+        ConfigError: fewer than 2 folds, or more folds than items (or patients).
+    """
+    labels = np.asarray(labels)
+    n_groups = len(labels) if groups is None else len(np.unique(np.asarray(groups)))
+    if folds < 2 or folds > n_groups:
+        raise ConfigError(
+            f"data.folds={folds}",
+            f"k-fold needs between 2 and {n_groups} folds for {n_groups} "
+            f"{'patients' if groups is not None else 'items'}",
+            "choose a number of folds in that range",
+        )
+    part = _assign(labels, groups, np.full(folds, 1.0 / folds), seed)
+    _warn_missing_classes(labels, part, np.full(folds, 1.0 / folds), [f"fold {k}" for k in range(folds)])
+    return [{"train": np.flatnonzero(part != k), "val": np.flatnonzero(part == k)} for k in range(folds)]
+
+
+def resolve_splits(ds: LabelledSet, cfg: DataConfig, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """The train/val/test indices into ``ds.items`` for a run.
+
+    The data set's own splits are kept (an npz's train/val, a manifest's split column, a
+    ``train/ val/ test/`` folder); only the missing ones are carved out of ``train``, taking
+    ``cfg.val_fraction`` / ``cfg.test_fraction`` of it (0 leaves that split empty). Without
+    defined splits the whole set is split. With ``cfg.folds > 1`` the result is fold
+    ``cfg.fold`` of a k-fold over everything that is not test. Items are grouped by
+    ``patient_id`` where the data set gives one. The seed defaults to a fixed 0 so that
+    evaluation recreates the split a model was trained on.
+
+    Raises:
+        ConfigError: ``cfg.fold`` outside ``0 .. folds-1``.
+        DatasetError: defined splits without a train split.
+    """
+    if cfg.folds > 1 and cfg.fold >= cfg.folds:
+        raise ConfigError(f"data.fold={cfg.fold}", f"there are only {cfg.folds} folds", f"use 0..{cfg.folds - 1}")
+    labels = ds.labels()
+    groups = _patient_groups(ds)
+    defined = ds.defined_splits()
+    if defined is None:
+        splits = {"train": np.arange(len(ds.items))}
+    elif "train" not in defined:
+        raise DatasetError(
+            ds.root, f"defines the splits {sorted(defined)} but no train split", "add a train split"
+        )
+    else:
+        splits = {name: np.asarray(idx, dtype=np.int64) for name, idx in defined.items()}
+    missing = {"val": cfg.val_fraction, "test": cfg.test_fraction}
+    missing = {name: f for name, f in missing.items() if name not in splits}
+    if cfg.folds > 1:
+        missing.pop("val", None)
+    if missing:
+        train = splits["train"]
+        sub = split_indices(
+            labels[train],
+            val_fraction=missing.get("val", 0.0),
+            test_fraction=missing.get("test", 0.0),
+            seed=seed,
+            groups=None if groups is None else groups[train],
+        )
+        splits["train"] = train[sub["train"]]
+        for name in missing:
+            splits[name] = train[sub[name]]
+    test = splits.get("test", np.array([], dtype=np.int64))
+    if cfg.folds > 1:
+        rest = np.sort(np.concatenate([splits["train"], splits.get("val", np.array([], dtype=np.int64))]))
+        fold = kfold_indices(
+            labels[rest], folds=cfg.folds, seed=seed, groups=None if groups is None else groups[rest]
+        )[cfg.fold]
+        return {"train": rest[fold["train"]], "val": rest[fold["val"]], "test": test}
+    return {name: np.sort(splits.get(name, np.array([], dtype=np.int64))) for name in SPLITS}
+
+
+def _patient_groups(ds: LabelledSet) -> np.ndarray | None:
+    """Patient ids as group ids; an item without one is its own group. None when nobody has one."""
+    if all(item.patient_id is None for item in ds.items):
+        return None
+    return np.array(
+        [f"patient:{it.patient_id}" if it.patient_id is not None else f"item:{i}" for i, it in enumerate(ds.items)]
+    )
+
+
+def _assign(labels: np.ndarray, groups: np.ndarray | None, fractions: np.ndarray, seed: int) -> np.ndarray:
+    """Put each group in one part so that every class is shared out by ``fractions``.
+
+    Returns:
+        The part number of every item.
+    """
+    classes, y = np.unique(labels, return_inverse=True)
+    if groups is None:
+        group_of = np.arange(len(labels))
+    else:
+        _, group_of = np.unique(np.asarray(groups), return_inverse=True)
+    n_groups = int(group_of.max()) + 1 if len(labels) else 0
+    counts = np.zeros((n_groups, len(classes)))
+    np.add.at(counts, (group_of, y), 1)
+    order = np.random.default_rng(seed).permutation(n_groups)
+    order = order[np.argsort(-counts[order].sum(axis=1), kind="stable")]
+    target = fractions[:, None] * counts.sum(axis=0)[None, :]
+    have = np.zeros_like(target)
+    allowed = fractions > 0
+    part_of_group = np.empty(n_groups, dtype=np.int64)
+    for g in order:
+        # Change in the squared distance to the targets if group g joins each part.
+        cost = (2 * (have - target) * counts[g] + counts[g] ** 2).sum(axis=1)
+        cost[~allowed] = np.inf
+        best = int(np.argmin(cost))
+        part_of_group[g] = best
+        have[best] += counts[g]
+    return part_of_group[group_of]
+
+
+def _warn_missing_classes(labels: np.ndarray, part: np.ndarray, fractions: np.ndarray, names) -> None:
+    """Warn when a class has too few members (or patients) to appear in every requested part."""
+    for k, name in enumerate(names):
+        if fractions[k] <= 0:
+            continue
+        absent = sorted(set(labels.tolist()) - set(labels[part == k].tolist()))
+        if absent:
+            warnings.warn(
+                f"{name} has no item of class(es) {absent}: too few members to share out; "
+                "its metrics for those classes are undefined (add data or lower the number of splits)",
+                stacklevel=3,
+            )
