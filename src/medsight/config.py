@@ -34,6 +34,9 @@ class DataConfig(Strict):
     """Where the data is and how to split it."""
 
     path: str | None = None
+    class_names: list[str] | None = Field(
+        None, description="classes in label order (default: sorted); for two classes the second is the positive one"
+    )
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     folds: int = Field(1, ge=1)

@@ -23,7 +23,7 @@ def test_run_folder_has_everything(trained_run: Path) -> None:
     with (trained_run / "metrics.csv").open() as handle:
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3"]
     bundle = load_bundle(trained_run / "model")
-    assert bundle.label_names == ["nodule", "normal"]
+    assert bundle.label_names == ["normal", "nodule"]
     assert 0.0 < bundle.threshold < 1.0
     assert "Youden" in bundle.provenance["threshold_note"]
 

@@ -31,7 +31,7 @@ def run_training(cfg: RunConfig, *, out: Path, resume: bool = False, progress: b
         raise ConfigError("data.path", "no data set given", "pass --data PATH or set data.path in the config")
     set_threads(cfg.train.num_threads)
     out = Path(out)
-    ds = open_dataset(cfg.data.path, series_uid=cfg.data.series_uid)
+    ds = open_dataset(cfg.data.path, series_uid=cfg.data.series_uid, class_names=cfg.data.class_names)
     if cfg.data.folds == 1:
         metrics = _train_one(cfg, ds, out=out, resume=resume, progress=progress)
         return _summary(out, metrics)
@@ -57,7 +57,7 @@ def run_evaluation(*, bundle: Path, data: str, split: str = "test", out: Path, p
 
     model_bundle = load_bundle(bundle)
     data_cfg = DataConfig.model_validate({**model_bundle.provenance.get("data_config", {}), "path": data})
-    ds = open_dataset(data, series_uid=data_cfg.series_uid)
+    ds = open_dataset(data, series_uid=data_cfg.series_uid, class_names=model_bundle.label_names)
     if ds.class_names != model_bundle.label_names:
         raise DatasetError(
             data,
@@ -86,6 +86,8 @@ def run_evaluation(*, bundle: Path, data: str, split: str = "test", out: Path, p
 
 
 def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -> dict:
+    import torch
+
     from medsight.bundle import Bundle, provenance
     from medsight.engine.evaluate import evaluate_predictions
     from medsight.engine.metrics import classification_metrics
@@ -110,6 +112,7 @@ def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -
     if cfg.model.head == "sigmoid" and num_classes != 2:
         raise ConfigError("model.head=sigmoid", f"needs 2 classes, the data has {num_classes}", "use head: softmax")
     spatial_dims = len(cfg.preprocess.size)
+    torch.manual_seed(cfg.train.seed)  # the initial weights are part of what the seed reproduces
     model = create_model(
         cfg.model.name,
         in_channels=cfg.preprocess.channels,
@@ -146,7 +149,7 @@ def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -
             run=cfg.name,
             data=str(cfg.data.path),
             data_hash=_data_hash(tensors["train"].ids, tensors["train"].labels.tolist()),
-            data_config=cfg.data.model_dump(mode="json", exclude={"path"}),
+            data_config=cfg.data.model_dump(mode="json", exclude={"path", "class_names"}),
             eval_config=cfg.eval.model_dump(mode="json"),
             threshold_note=note,
             best_epoch=result.best_epoch,

@@ -11,15 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from medsight.config import PreprocessConfig
-from medsight.data.layouts import Item, LabelledSet
+from medsight.data.layouts import LabelledSet, item_id
 from medsight.errors import DatasetError, MedsightError
-
-
-def case_id(item: Item) -> str:
-    """A stable id for a case: the file path, or ``file.npz#split/index`` for array rows."""
-    if item.index is None:
-        return item.source
-    return f"{item.source}#{item.split or 'all'}/{item.index}"
 
 
 def load_tensors(
@@ -61,7 +54,7 @@ def load_tensors(
             bad.append({"path": item.source, "reason": str(exc)})
             continue
         labels.append(int(item.label) if item.label is not None else -1)
-        ids.append(case_id(item))
+        ids.append(item_id(item))
     if not arrays:
         raise DatasetError(ds.root, f"no readable image in the {desc} split", "run medsight data inspect on it")
     images = torch.from_numpy(np.stack(arrays).astype(np.float32, copy=False))
