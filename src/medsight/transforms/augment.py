@@ -1,0 +1,234 @@
+"""Random augmentation of whole batches of tensors, on CPU or GPU, reproducible from a seed.
+
+Following STYLE rule 5, :class:`BatchAugment` first samples every example's parameters
+from the caller's ``torch.Generator`` (:meth:`BatchAugment.sample`), then applies a fixed
+transform (:meth:`BatchAugment.apply`). The same seed gives the same batch.
+
+What each :class:`~medsight.config.AugmentConfig` knob does, per example:
+
+* ``flip_h`` / ``flip_v``: probability of mirroring left-right (last axis) / up-down
+  (second-last axis).
+* ``rotate_deg``: an angle uniform in ``[-rotate_deg, rotate_deg]``, in the image plane
+  (for 3D: about the slice axis, i.e. within each ``(H, W)`` plane); a positive angle
+  turns the image counter-clockwise as displayed, like ``torch.rot90(x, 1, (-2, -1))``.
+* ``scale``: a zoom factor uniform in ``[1 - scale, 1 + scale]`` (all spatial axes; > 1 zooms in).
+* ``shift``: a translation uniform in ``[-shift, shift]`` times the size, per axis.
+* ``blur_sigma``: a Gaussian blur with sigma uniform in ``[0, blur_sigma]`` pixels.
+* ``contrast``: scaling around the image's mean by a factor uniform in ``[1 - c, 1 + c]``.
+* ``brightness``: an offset uniform in ``[-b, b]`` times the image's standard deviation,
+  so it means the same after ``minmax`` or ``zscore`` normalisation.
+* ``noise_std``: Gaussian noise whose std is uniform in ``[0, noise_std]``, in the units of
+  the normalised image.
+
+The geometric knobs form one affine per example, applied with ``F.affine_grid`` +
+``F.grid_sample`` (bilinear for images, nearest for masks, the same grid for both; outside
+the image is 0). With only flips on, the flips are done by indexing, which is exact and
+fast; with no geometric knob on, no resampling happens at all. Intensity knobs touch
+images only, in the order blur, contrast, brightness, noise.
+
+Example:
+    >>> aug = BatchAugment(AugmentConfig(flip_h=0.5, rotate_deg=10), spatial_dims=2)
+    >>> images, masks = aug(torch.rand(8, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from medsight.config import AugmentConfig
+from medsight.errors import ConfigError
+
+
+@dataclass
+class AugmentParams:
+    """Per-example parameters of one batch; every field has the batch size as its first axis.
+
+    ``shift`` is ``(N, spatial_dims)`` in the order of ``F.affine_grid`` (W, H[, D]) as a
+    fraction of the size; ``noise`` is the noise tensor itself (already scaled), or None.
+    """
+
+    flip_h: Tensor
+    flip_v: Tensor
+    angle: Tensor
+    scale: Tensor
+    shift: Tensor
+    blur_sigma: Tensor
+    contrast: Tensor
+    brightness: Tensor
+    noise: Tensor | None
+
+
+class BatchAugment:
+    """Augment ``(N, C, *spatial)`` image batches (and their masks) from an :class:`AugmentConfig`.
+
+    Args:
+        cfg: the augmentation knobs (each off at 0).
+        spatial_dims: 2 or 3.
+    """
+
+    def __init__(self, cfg: AugmentConfig, spatial_dims: int) -> None:
+        if spatial_dims not in (2, 3):
+            raise ConfigError(
+                f"spatial_dims={spatial_dims}", "augmentation works on 2D or 3D images", "pass 2 or 3"
+            )
+        self.cfg = cfg
+        self.spatial_dims = spatial_dims
+
+    @property
+    def enabled(self) -> bool:
+        """False when every knob is 0: then calling it returns its inputs unchanged."""
+        return any(value > 0 for value in self.cfg.model_dump().values())
+
+    @property
+    def _resamples(self) -> bool:
+        c = self.cfg
+        return c.rotate_deg > 0 or c.scale > 0 or c.shift > 0
+
+    def __call__(
+        self, images: Tensor, masks: Tensor | None = None, *, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor | None]:
+        """Sample parameters from ``generator`` and apply them.
+
+        Args:
+            images: float ``(N, C, *spatial)``.
+            masks: optional labels ``(N, *spatial)`` or ``(N, K, *spatial)``, any dtype;
+                they get the same geometric transform (nearest neighbour) and keep their dtype.
+            generator: the source of randomness; on GPU, a generator on the images' device
+                avoids copying the noise tensor.
+
+        Returns:
+            ``(images, masks)``, new tensors (the inputs are not modified).
+        """
+        if not self.enabled:
+            return images, masks
+        self._check(images, masks)
+        return self.apply(images, masks, self.sample(images.shape, generator))
+
+    def sample(self, shape: torch.Size | tuple[int, ...], generator: torch.Generator) -> AugmentParams:
+        """Draw every example's parameters for a batch of ``shape`` ``(N, C, *spatial)``."""
+        c, n, dims = self.cfg, int(shape[0]), self.spatial_dims
+        u = torch.rand(n, 8 + dims, generator=generator, device=generator.device)
+        signed = 2 * u - 1
+        noise = None
+        if c.noise_std > 0:
+            noise = torch.randn(tuple(shape), generator=generator, device=generator.device)
+            noise = noise * (u[:, 4] * c.noise_std).view(-1, *[1] * (len(shape) - 1))
+        return AugmentParams(
+            flip_h=u[:, 0] < c.flip_h,
+            flip_v=u[:, 1] < c.flip_v,
+            angle=signed[:, 2] * math.radians(c.rotate_deg),
+            scale=1 + signed[:, 3] * c.scale,
+            shift=signed[:, 8:] * c.shift,
+            blur_sigma=u[:, 5] * c.blur_sigma,
+            contrast=1 + signed[:, 6] * c.contrast,
+            brightness=signed[:, 7] * c.brightness,
+            noise=noise,
+        )
+
+    def apply(self, images: Tensor, masks: Tensor | None, params: AugmentParams) -> tuple[Tensor, Tensor | None]:
+        """Apply fixed, already-sampled parameters (no randomness here)."""
+        c = self.cfg
+        if self._resamples:
+            images, masks = self._affine(images, masks, params)
+        elif c.flip_h > 0 or c.flip_v > 0:
+            images, masks = _flip(images, masks, params)
+        if c.blur_sigma > 0:
+            images = _blur(images, params.blur_sigma.to(images.device), c.blur_sigma)
+        reduce = tuple(range(1, images.ndim))
+        view = (-1,) + (1,) * (images.ndim - 1)
+        if c.contrast > 0:
+            mean = images.mean(dim=reduce, keepdim=True)
+            images = (images - mean) * params.contrast.to(images).view(view) + mean
+        if c.brightness > 0:
+            std = images.std(dim=reduce, keepdim=True)
+            images = images + params.brightness.to(images).view(view) * std
+        if params.noise is not None:
+            images = images + params.noise.to(images)
+        return images, masks
+
+    def _affine(
+        self, images: Tensor, masks: Tensor | None, p: AugmentParams
+    ) -> tuple[Tensor, Tensor | None]:
+        spatial = images.shape[2:]
+        dtype = images.dtype if images.dtype.is_floating_point else torch.float32
+        theta = _theta(p, spatial).to(device=images.device, dtype=dtype)
+        grid = F.affine_grid(theta, [images.shape[0], 1, *spatial], align_corners=False)
+        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if masks is not None:
+            squeeze = masks.ndim == images.ndim - 1
+            m = (masks.unsqueeze(1) if squeeze else masks).to(dtype)
+            m = F.grid_sample(m, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+            m = m.squeeze(1) if squeeze else m
+            masks = m.to(masks.dtype)
+        return images, masks
+
+    def _check(self, images: Tensor, masks: Tensor | None) -> None:
+        dims = self.spatial_dims
+        if images.ndim != dims + 2:
+            raise ConfigError(
+                f"images of shape {tuple(images.shape)}",
+                f"expected a {dims}D batch (N, C, {'D, ' if dims == 3 else ''}H, W)",
+                "check preprocess.size against the data, or build BatchAugment with the right spatial_dims",
+            )
+        if masks is not None and (
+            masks.shape[0] != images.shape[0] or tuple(masks.shape[-dims:]) != tuple(images.shape[2:])
+        ):
+            raise ConfigError(
+                f"masks of shape {tuple(masks.shape)}",
+                f"they do not fit the images {tuple(images.shape)}",
+                "pass one mask per image on the same grid",
+            )
+
+
+def _theta(p: AugmentParams, spatial: torch.Size) -> Tensor:
+    """``(N, d, d + 1)`` matrices mapping output to input coordinates, as ``F.affine_grid`` wants.
+
+    Built in pixel units (so a rotation stays a rotation on a non-square image) and
+    converted to the normalised ``[-1, 1]`` grid: ``A = D^-1 R D diag(flip) / scale``.
+    """
+    n, dims = p.angle.shape[0], len(spatial)
+    angle, scale = p.angle.float().cpu(), p.scale.float().cpu()
+    half = torch.tensor([s / 2 for s in reversed(spatial)])
+    rot = torch.eye(dims).repeat(n, 1, 1)
+    rot[:, 0, 0], rot[:, 0, 1] = torch.cos(angle), -torch.sin(angle)
+    rot[:, 1, 0], rot[:, 1, 1] = torch.sin(angle), torch.cos(angle)
+    diag = torch.ones(n, dims)
+    diag[:, 0] = torch.where(p.flip_h.cpu(), -1.0, 1.0)
+    diag[:, 1] = torch.where(p.flip_v.cpu(), -1.0, 1.0)
+    diag = diag / scale.view(-1, 1)
+    matrix = rot / half.view(1, -1, 1) * half.view(1, 1, -1) * diag.view(n, 1, dims)
+    return torch.cat([matrix, 2 * p.shift.float().cpu().view(n, dims, 1)], dim=2)
+
+
+def _flip(images: Tensor, masks: Tensor | None, p: AugmentParams) -> tuple[Tensor, Tensor | None]:
+    """Mirror the examples whose flip flag is set, by indexing (exact, no resampling)."""
+    for flags, axis in ((p.flip_h, -1), (p.flip_v, -2)):
+        if not bool(flags.any()):
+            continue
+        flags = flags.to(images.device)
+        images = torch.where(flags.view(-1, *[1] * (images.ndim - 1)), images.flip(axis), images)
+        if masks is not None:
+            masks = torch.where(flags.view(-1, *[1] * (masks.ndim - 1)), masks.flip(axis), masks)
+    return images, masks
+
+
+def _blur(images: Tensor, sigma: Tensor, max_sigma: float) -> Tensor:
+    """Separable Gaussian blur with one sigma per example (0 leaves the example unchanged)."""
+    n, c, *spatial = images.shape
+    radius = max(1, math.ceil(3 * max_sigma))
+    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    sigma = sigma.to(images.dtype).clamp_min(1e-3).view(-1, 1)
+    kernel = torch.exp(-(offsets.view(1, -1) ** 2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)
+    flat = F.pad(images.reshape(1, n * c, *spatial), [radius] * (2 * len(spatial)), mode="replicate")
+    conv = F.conv2d if len(spatial) == 2 else F.conv3d
+    for axis in range(len(spatial)):
+        shape = [n * c, 1] + [1] * len(spatial)
+        shape[2 + axis] = 2 * radius + 1
+        flat = conv(flat, kernel.view(shape), groups=n * c)
+    return flat.reshape(images.shape)
