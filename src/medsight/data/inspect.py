@@ -131,6 +131,7 @@ def render_inspection(report: dict, console) -> None:
     for key in ("sizes", "modes", "spacings"):
         table.add_row(key, _counts(report[key], top=5))
     s = report["summary"]
+    root = str(report["path"]).rstrip("/") + "/"
     problems = [
         ("unreadable files", s["unreadable"], report["unreadable"][:3]),
         ("non-image files skipped", s["skipped_files"], report["skipped_files"][:3]),
@@ -144,7 +145,7 @@ def render_inspection(report: dict, console) -> None:
     ]
     for name, count, examples in problems:
         style = "green" if count == 0 else "yellow"
-        detail = "" if count == 0 else "\n".join(_short(e) for e in examples)
+        detail = "" if count == 0 else "\n".join(_short(e, root) for e in examples)
         table.add_row(f"[{style}]{name}[/{style}]", f"[{style}]{count}[/{style}]" + (f"\n{detail}" if detail else ""))
     console.print(table)
 
@@ -266,9 +267,12 @@ def _counts(counts: dict[str, int], top: int | None = None) -> str:
     return text + (f", ... ({len(items) - top} more)" if top is not None and len(items) > top else "")
 
 
-def _short(example: Any) -> str:
+def _short(example: Any, root: str) -> str:
+    """One example for the table, with paths shown relative to the data set's root."""
     if isinstance(example, dict):
-        return "  " + ", ".join(f"{k}={v}" for k, v in example.items())
-    if isinstance(example, list):
-        return "  " + " = ".join(str(e) for e in example)
-    return f"  {example}"
+        text = ", ".join(f"{k}={v}" for k, v in example.items())
+    elif isinstance(example, list):
+        text = " = ".join(str(e) for e in example)
+    else:
+        text = str(example)
+    return "  " + text.replace(root, "")
