@@ -85,3 +85,18 @@ def test_same_seed_same_weights(small_phantoms: Path, tmp_path: Path) -> None:
     first = load_bundle(tmp_path / "a" / "model").state_dict
     second = load_bundle(tmp_path / "b" / "model").state_dict
     assert all(np.array_equal(first[k].numpy(), second[k].numpy()) for k in first)
+
+
+def test_trains_on_a_folder_of_dicom_files(tmp_path: Path) -> None:
+    from medsight.data.phantoms import make_chest_phantoms
+
+    data = make_chest_phantoms(tmp_path / "dicom", n_per_class=20, size=32, seed=3, fmt="dcm")
+    assert sorted(p.suffix for p in (data / "nodule").iterdir())[0] == ".dcm"
+    cfg = load_config(
+        recipe="demo",
+        overrides={"data.path": str(data), "preprocess.size": [32, 32], "train.epochs": 1, "eval.bootstrap": 0},
+    )
+    run_training(cfg, out=tmp_path / "run", progress=False)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["n"] == 6 and metrics["split"] == "test"
+    assert load_bundle(tmp_path / "run" / "model").label_names == ["normal", "nodule"]
