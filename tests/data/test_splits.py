@@ -125,3 +125,29 @@ def test_resolve_refuses_splits_without_train():
     with pytest.raises(DatasetError, match="no train split"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         resolve_splits(_set(["val"] * 50 + ["test"] * 50), DataConfig())
+
+
+def test_exact_copies_never_straddle_splits(tmp_path) -> None:
+    """A file copied under another name (as in the brain MRI set) stays in one split with its twin."""
+    from PIL import Image
+
+    from medsight.config import DataConfig
+    from medsight.data.layouts import open_dataset
+    from medsight.data.splits import resolve_splits
+
+    rng = np.random.default_rng(0)
+    for cls in ("no", "yes"):
+        (tmp_path / cls).mkdir()
+        for i in range(30):
+            Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+        for i in range(10):  # ten copies per class under new names
+            (tmp_path / cls / f"copy{i}.png").write_bytes((tmp_path / cls / f"{i}.png").read_bytes())
+    ds = open_dataset(tmp_path)
+    for seed_split in range(5):
+        cfg = DataConfig(val_fraction=0.3, test_fraction=0.3)
+        splits = resolve_splits(ds, cfg, seed=seed_split)
+        where = {ds.items[i].source: name for name, idx in splits.items() for i in idx}
+        for cls in ("no", "yes"):
+            for i in range(10):
+                assert where[str(tmp_path / cls / f"{i}.png")] == where[str(tmp_path / cls / f"copy{i}.png")]
+        assert sum(len(v) for v in splits.values()) == 80

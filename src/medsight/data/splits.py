@@ -14,7 +14,9 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -94,7 +96,8 @@ def resolve_splits(ds: LabelledSet, cfg: DataConfig, *, seed: int = 0) -> dict[s
     ``cfg.val_fraction`` / ``cfg.test_fraction`` of it (0 leaves that split empty). Without
     defined splits the whole set is split. With ``cfg.folds > 1`` the result is fold
     ``cfg.fold`` of a k-fold over everything that is not test. Items are grouped by
-    ``patient_id`` where the data set gives one. The seed defaults to a fixed 0 so that
+    ``patient_id`` where the data set gives one, and byte-identical files always share a
+    split, so a copied image can never leak from train into test. The seed defaults to a fixed 0 so that
     evaluation recreates the split a model was trained on.
 
     Raises:
@@ -104,7 +107,7 @@ def resolve_splits(ds: LabelledSet, cfg: DataConfig, *, seed: int = 0) -> dict[s
     if cfg.folds > 1 and cfg.fold >= cfg.folds:
         raise ConfigError(f"data.fold={cfg.fold}", f"there are only {cfg.folds} folds", f"use 0..{cfg.folds - 1}")
     labels = ds.labels()
-    groups = _patient_groups(ds)
+    groups = _split_groups(ds)
     defined = ds.defined_splits()
     if defined is None:
         splits = {"train": np.arange(len(ds.items))}
@@ -140,13 +143,38 @@ def resolve_splits(ds: LabelledSet, cfg: DataConfig, *, seed: int = 0) -> dict[s
     return {name: np.sort(splits.get(name, np.array([], dtype=np.int64))) for name in SPLITS}
 
 
-def _patient_groups(ds: LabelledSet) -> np.ndarray | None:
-    """Patient ids as group ids; an item without one is its own group. None when nobody has one."""
-    if all(item.patient_id is None for item in ds.items):
+def _split_groups(ds: LabelledSet) -> np.ndarray | None:
+    """Group ids that must stay in one split: the patient, merged across exact file copies.
+
+    An item without a patient id is its own group. None when there is nothing to group.
+    """
+    groups = [f"patient:{it.patient_id}" if it.patient_id is not None else f"item:{i}" for i, it in enumerate(ds.items)]
+    merged = _merge_exact_copies(ds, groups)
+    if merged == [f"item:{i}" for i in range(len(ds.items))]:
         return None
-    return np.array(
-        [f"patient:{it.patient_id}" if it.patient_id is not None else f"item:{i}" for i, it in enumerate(ds.items)]
-    )
+    return np.array(merged)
+
+
+def _merge_exact_copies(ds: LabelledSet, groups: list[str]) -> list[str]:
+    """Join the groups of files with identical bytes (union-find), so copies share a split."""
+    parent: dict[str, str] = {g: g for g in groups}
+
+    def root(group: str) -> str:
+        while parent[group] != group:
+            parent[group] = parent[parent[group]]
+            group = parent[group]
+        return group
+
+    first_by_digest: dict[str, str] = {}
+    for i, item in enumerate(ds.items):
+        path = Path(item.source)
+        if item.index is not None or not path.is_file():
+            continue
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        a, b = root(first_by_digest.setdefault(digest, groups[i])), root(groups[i])
+        if a != b:
+            parent[b] = a
+    return [root(g) for g in groups]
 
 
 def _assign(labels: np.ndarray, groups: np.ndarray | None, fractions: np.ndarray, seed: int) -> np.ndarray:
