@@ -89,6 +89,8 @@ def test_supported_suffixes() -> None:
     assert set(SUPPORTED_SUFFIXES) == {
         ".nii",
         ".nii.gz",
+        ".nrrd",
+        ".nhdr",
         ".png",
         ".jpg",
         ".jpeg",

@@ -24,6 +24,7 @@ input                                     reader
 ========================================  ======================================
 a folder                                  :func:`read_dicom_series`
 ``.nii``, ``.nii.gz``                     :func:`read_nifti`
+``.nrrd``, ``.nhdr``                      :func:`read_nrrd`
 ``.png .jpg .jpeg .tif .tiff .gif .bmp``  :func:`read_image_file`
 ``.dcm``, ``.dicom``, no/unknown suffix   :func:`read_dicom_file` if it is DICOM
 ========================================  ======================================
@@ -45,14 +46,16 @@ from medsight.io.dicom_series import SeriesInfo, list_series, read_dicom_series
 from medsight.io.image import read_image_file, to_channels, write_png
 from medsight.io.nifti import read_nifti, write_nifti
 from medsight.io.npz import medmnist_sample, read_medmnist
+from medsight.io.nrrd import read_nrrd
 from medsight.io.phi import PHI_KEYWORDS, phi_fields_present
 from medsight.io.windowing import WINDOW_PRESETS, Window, apply_window, resolve_window
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 #: Every suffix :func:`read_image` knows (DICOM files without a suffix are read too).
-SUPPORTED_SUFFIXES = NIFTI_SUFFIXES + IMAGE_SUFFIXES + DICOM_SUFFIXES
+SUPPORTED_SUFFIXES = NIFTI_SUFFIXES + NRRD_SUFFIXES + IMAGE_SUFFIXES + DICOM_SUFFIXES
 
 __all__ = [
     "PHI_KEYWORDS",
@@ -72,6 +75,7 @@ __all__ = [
     "read_image_file",
     "read_medmnist",
     "read_nifti",
+    "read_nrrd",
     "resolve_window",
     "to_channels",
     "write_nifti",
@@ -105,7 +109,7 @@ def read_image(path: str | Path, *, window: Window = None, series_uid: str | Non
     kind = _kind(path)
     if kind == "dicom":
         return read_dicom_file(path, window=window)
-    sample = read_nifti(path) if kind == "nifti" else read_image_file(path)
+    sample = {"nifti": read_nifti, "nrrd": read_nrrd, "image": read_image_file}[kind](path)
     center_width = resolve_window(window, None)
     if center_width is not None:
         sample.array = apply_window(sample.array, *center_width)
@@ -134,6 +138,8 @@ def _kind(path: Path) -> str:
     suffix = _suffix(path)
     if suffix in NIFTI_SUFFIXES:
         return "nifti"
+    if suffix in NRRD_SUFFIXES:
+        return "nrrd"
     if suffix in IMAGE_SUFFIXES:
         return "image"
     if suffix in DICOM_SUFFIXES or is_dicom_file(path):
@@ -144,6 +150,6 @@ def _kind(path: Path) -> str:
     raise UnsupportedFileError(
         path,
         f"unsupported file type {suffix or '(no suffix)'} and not DICOM{hint}",
-        f"medsight reads DICOM files and folders and {', '.join(NIFTI_SUFFIXES + IMAGE_SUFFIXES)}; "
+        f"medsight reads DICOM files and folders and {', '.join(NIFTI_SUFFIXES + NRRD_SUFFIXES + IMAGE_SUFFIXES)}; "
         "convert it to one of these",
     )
