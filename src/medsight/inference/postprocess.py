@@ -1,0 +1,101 @@
+"""From probabilities to a label map on disk, in the geometry of the source image.
+
+Example:
+    >>> labels = keep_largest_component(probs_to_labels(probs, thresholds={1: 0.7}))
+    >>> write_mask(labels, sample, Path("liver_mask.nii.gz"))
+    PosixPath('liver_mask.nii.gz')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from medsight.data.sample import Sample
+from medsight.errors import ConfigError, InvalidImageError
+from medsight.io.image import write_png
+from medsight.io.nifti import write_nifti
+
+MASK_SUFFIXES = (".nii", ".nii.gz", ".png")
+
+
+def probs_to_labels(probs: np.ndarray, *, thresholds: dict[int, float] | None = None) -> np.ndarray:
+    """Argmax over the class axis of ``(K, *spatial)`` probabilities.
+
+    With ``thresholds``, a voxel whose argmax is class ``c`` keeps it only where
+    ``probs[c] >= thresholds[c]``; elsewhere it becomes background (0).
+
+    Raises:
+        ConfigError: a threshold for a class that is not in ``probs``.
+    """
+    labels = np.argmax(probs, axis=0).astype(np.uint8 if probs.shape[0] <= 256 else np.int32)
+    for cls, threshold in (thresholds or {}).items():
+        if not 0 < cls < probs.shape[0]:
+            raise ConfigError(
+                "thresholds",
+                f"class {cls} is not a foreground class of the {probs.shape[0]}-class output",
+                f"use class indices 1..{probs.shape[0] - 1}",
+            )
+        labels[(labels == cls) & (probs[cls] < threshold)] = 0
+    return labels
+
+
+def keep_largest_component(labels: np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:
+    """Keep only the largest connected region of each class (full connectivity); the rest becomes 0.
+
+    Args:
+        labels: a spatial label map (no channel axis).
+        classes: the classes to clean; default every non-zero label present.
+    """
+    out = labels.copy()
+    structure = ndimage.generate_binary_structure(labels.ndim, labels.ndim)
+    for cls in np.unique(labels) if classes is None else classes:
+        if cls == 0:
+            continue
+        components, count = ndimage.label(labels == cls, structure=structure)
+        if count > 1:
+            sizes = np.bincount(components.ravel())[1:]
+            out[(components > 0) & (components != np.argmax(sizes) + 1)] = 0
+    return out
+
+
+def write_mask(labels: np.ndarray, sample_like: Sample, path: Path) -> Path:
+    """Write a label map so it overlays ``sample_like`` voxel for voxel.
+
+    NIfTI (``.nii``, ``.nii.gz``) gets the sample's own affine. PNG (2D only) gets 0/255
+    for a binary mask and the label values otherwise.
+
+    Raises:
+        InvalidImageError: ``labels`` does not have the sample's spatial shape, or a PNG
+            is asked for a volume or labels above 255.
+        ConfigError: any other suffix.
+    """
+    path = Path(path)
+    labels = np.asarray(labels)
+    if labels.shape != sample_like.spatial_shape:
+        raise InvalidImageError(
+            path,
+            f"the labels have shape {labels.shape} but the image is {sample_like.spatial_shape}",
+            "pass the prediction before any resampling or cropping, without the channel axis",
+        )
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        dtype = np.uint8 if labels.max(initial=0) <= 255 else np.int16
+        return write_nifti(labels.astype(dtype), sample_like.affine, path)
+    if name.endswith(".png"):
+        if labels.ndim != 2 or labels.max(initial=0) > 255:
+            raise InvalidImageError(
+                path,
+                f"a PNG mask holds a 2D map with labels 0..255, got shape {labels.shape}",
+                "write volumes or many labels as .nii.gz",
+            )
+        binary = labels.max(initial=0) <= 1
+        return write_png(labels > 0 if binary else labels.astype(np.uint8), path)
+    raise ConfigError(
+        path,
+        f"cannot write a mask as {path.suffix or '(no suffix)'}",
+        f"use one of {', '.join(MASK_SUFFIXES)}",
+    )

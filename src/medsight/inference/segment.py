@@ -1,0 +1,97 @@
+"""Segmentation inference: Gaussian-weighted sliding window with optional mirror TTA.
+
+The stitching buffer lives on the CPU while patches run on ``device``, so a large volume
+does not exhaust GPU memory. Each patch's softmax is blended with a Gaussian weight (the
+patch centre counts most), which removes seams where windows overlap.
+
+Example:
+    >>> probs = sliding_window_probs(net, sample.array, patch_size=(96, 96, 96), mirror_tta=True)
+    >>> labels = probs_to_labels(probs)  # from medsight.inference.postprocess
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import combinations
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from medsight.errors import ConfigError, InvalidImageError
+
+
+def sliding_window_probs(
+    network: torch.nn.Module,
+    image: np.ndarray,
+    *,
+    patch_size: Sequence[int],
+    overlap: float = 0.5,
+    mirror_tta: bool = False,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Predict per-class probabilities for a whole image, window by window.
+
+    Args:
+        network: maps ``(B, C, *patch_size)`` to ``(B, K, *patch_size)`` logits.
+        image: the preprocessed ``(C, *spatial)`` float32 array (2D or 3D).
+        patch_size: the window, one size per spatial axis; smaller images are padded.
+        overlap: fraction of a window shared with its neighbour, in ``[0, 1)``.
+        mirror_tta: also predict on every combination of flipped spatial axes (4 passes
+            in 2D, 8 in 3D) and average the softmax.
+        batch_size: windows per forward pass.
+        device: where the network runs; the stitched output is kept on the CPU.
+
+    Returns:
+        ``(K, *spatial)`` float32 softmax probabilities (sum to 1 over K).
+
+    Raises:
+        InvalidImageError: the image is not ``(C, H, W)`` or ``(C, D, H, W)``.
+        ConfigError: ``patch_size`` does not match the spatial axes, or a bad ``overlap``.
+    """
+    array = np.asarray(image, dtype=np.float32)
+    if array.ndim not in (3, 4):
+        raise InvalidImageError(
+            "image",
+            f"expected a channel-first (C, H, W) or (C, D, H, W) array, got shape {array.shape}",
+            "pass Sample.array after preprocessing (add the channel axis with array[None])",
+        )
+    spatial_dims = array.ndim - 1
+    if len(patch_size) != spatial_dims or min(patch_size) < 1:
+        raise ConfigError(
+            "patch_size",
+            f"{tuple(patch_size)} does not give one positive size per spatial axis of {array.shape[1:]}",
+            f"pass {spatial_dims} sizes, e.g. {(96,) * spatial_dims}",
+        )
+    if not 0.0 <= overlap < 1.0:
+        raise ConfigError("overlap", f"{overlap} is outside [0, 1)", "use e.g. 0.5")
+
+    def predict(patches: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(network(patches).float(), dim=1)
+
+    inputs = torch.from_numpy(array)[None]
+    axes = range(2, array.ndim + 1)
+    flips = [c for n in range(spatial_dims + 1) for c in combinations(axes, n)] if mirror_tta else [()]
+    was_training = network.training
+    network.eval()
+    try:
+        with torch.inference_mode():
+            total = None
+            for dims in flips:
+                flipped = torch.flip(inputs, dims) if dims else inputs
+                probs = sliding_window_inference(
+                    flipped,
+                    roi_size=tuple(int(n) for n in patch_size),
+                    sw_batch_size=batch_size,
+                    predictor=predict,
+                    overlap=overlap,
+                    mode="gaussian",
+                    sw_device=device,
+                    device="cpu",
+                )
+                probs = torch.flip(probs, dims) if dims else probs
+                total = probs if total is None else total + probs
+    finally:
+        network.train(was_training)
+    return (total / len(flips))[0].numpy().astype(np.float32)

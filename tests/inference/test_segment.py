@@ -1,0 +1,162 @@
+"""Sliding-window segmentation, postprocessing and masks written in the source geometry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medsight.data.sample import Sample
+from medsight.errors import ConfigError, InvalidImageError
+from medsight.inference.postprocess import keep_largest_component, probs_to_labels, write_mask
+from medsight.inference.segment import sliding_window_probs
+from medsight.io import read_image_file, read_nifti
+
+
+def threshold_net(spatial_dims: int) -> torch.nn.Module:
+    """A 1x1 conv whose class-1 logit is ``intensity - 0.5`` (class 0 logit is 0)."""
+    conv = (torch.nn.Conv2d if spatial_dims == 2 else torch.nn.Conv3d)(1, 2, kernel_size=1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([0.0, 1.0]).reshape(2, 1, *([1] * spatial_dims)))
+        conv.bias.copy_(torch.tensor([0.0, -0.5]))
+    return conv
+
+
+def intensities(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Uniform values in [0, 1] kept at least 0.01 away from the 0.5 threshold."""
+    values = np.random.default_rng(seed).uniform(0, 1, shape).astype(np.float32)
+    values[np.abs(values - 0.5) < 0.01] = 0.8
+    return values
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5, 0.75])
+@pytest.mark.parametrize("mirror_tta", [False, True])
+@pytest.mark.parametrize("shape,patch", [((40, 33), (16, 16)), ((13, 11, 9), (8, 8, 8)), ((5, 6, 4), (8, 8, 8))])
+def test_sliding_window_gives_the_threshold_mask(overlap, mirror_tta, shape, patch):
+    image = intensities(shape)[None]
+    probs = sliding_window_probs(
+        threshold_net(len(shape)), image, patch_size=patch, overlap=overlap, mirror_tta=mirror_tta
+    )
+    assert probs.shape == (2, *shape)
+    np.testing.assert_array_equal(probs_to_labels(probs), image[0] > 0.5)
+
+
+@pytest.mark.parametrize("mirror_tta", [False, True])
+def test_gaussian_stitching_sums_to_one_without_seams(mirror_tta):
+    image = intensities((37, 29), seed=1)[None]
+    net = threshold_net(2)
+    probs = sliding_window_probs(net, image, patch_size=(12, 10), overlap=0.5, mirror_tta=mirror_tta, batch_size=3)
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    with torch.no_grad():
+        whole = torch.softmax(net(torch.from_numpy(image)[None]), dim=1)[0].numpy()
+    np.testing.assert_allclose(probs, whole, atol=1e-5)
+
+
+def test_keep_largest_component_removes_the_small_blob():
+    labels = np.zeros((20, 20), np.uint8)
+    labels[2:10, 2:10] = 1  # 64 pixels
+    labels[15:17, 15:17] = 1  # 4 pixels
+    labels[12, 12] = 1  # diagonal neighbour of nothing big: removed
+    labels[10, 10] = 1  # touches the big square only at a corner: kept (full connectivity)
+    labels[0:3, 15:19] = 2  # class 2 untouched by classes=[1]
+    labels[18, 0] = 2
+    cleaned = keep_largest_component(labels, classes=[1])
+    assert (cleaned == 1).sum() == 65
+    assert cleaned[15, 15] == 0 and cleaned[12, 12] == 0 and cleaned[10, 10] == 1
+    assert (cleaned == 2).sum() == 13
+    assert (keep_largest_component(labels) == 2).sum() == 12
+
+
+def test_per_class_threshold_drops_low_confidence_voxels():
+    probs = np.array(
+        [
+            [0.1, 0.4, 0.2, 0.2],
+            [0.9, 0.6, 0.1, 0.3],
+            [0.0, 0.0, 0.7, 0.5],
+        ],
+        np.float32,
+    )
+    np.testing.assert_array_equal(probs_to_labels(probs), [1, 1, 2, 2])
+    np.testing.assert_array_equal(probs_to_labels(probs, thresholds={1: 0.7, 2: 0.6}), [1, 0, 2, 0])
+
+
+def oblique_affine() -> np.ndarray:
+    angle = np.deg2rad(30.0)
+    rotation = np.array(
+        [[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]]
+    )
+    tilt = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(0.2), -np.sin(0.2)], [0.0, np.sin(0.2), np.cos(0.2)]])
+    affine = np.eye(4)
+    affine[:3, :3] = tilt @ rotation @ np.diag([0.8, 1.3, 2.5])
+    affine[:3, 3] = [-91.5, 40.25, 17.0]
+    return affine
+
+
+def test_mask_overlays_an_oblique_nifti_voxel_for_voxel(tmp_path: Path):
+    source = intensities((21, 17, 9), seed=2)
+    source_path = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(source, oblique_affine()), source_path)
+    sample = read_nifti(source_path)
+    probs = sliding_window_probs(threshold_net(3), sample.array, patch_size=(8, 8, 8), mirror_tta=True)
+    out = write_mask(probs_to_labels(probs), sample, tmp_path / "out" / "mask.nii.gz")
+    mask = nib.load(out)
+    reference = nib.load(source_path)
+    np.testing.assert_array_equal(mask.affine, reference.affine)
+    np.testing.assert_allclose(mask.affine, oblique_affine(), atol=1e-4)
+    np.testing.assert_array_equal(mask.get_fdata() == 1, reference.get_fdata() > 0.5)
+    assert mask.get_data_dtype() == np.uint8
+
+
+def test_png_mask_round_trip(tmp_path: Path):
+    pixels = (intensities((30, 45), seed=3) * 255).round().astype(np.uint8)
+    Image.fromarray(pixels, mode="L").save(tmp_path / "xray.png")
+    sample = read_image_file(tmp_path / "xray.png")
+    probs = sliding_window_probs(threshold_net(2), sample.array / 255.0, patch_size=(16, 16))
+    write_mask(probs_to_labels(probs), sample, tmp_path / "mask.png")
+    mask = np.asarray(Image.open(tmp_path / "mask.png"))
+    np.testing.assert_array_equal(mask, np.where(pixels / 255.0 > 0.5, 255, 0))
+
+
+def test_png_mask_keeps_label_values(tmp_path: Path):
+    labels = np.array([[0, 1], [2, 3]], np.uint8)
+    write_mask(labels, Sample(np.zeros((1, 2, 2), np.float32), spacing=(1.0, 1.0)), tmp_path / "m.png")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "m.png")), labels)
+
+
+@pytest.mark.parametrize(
+    "labels,spatial,name,error,words",
+    [
+        (np.zeros((4, 4), np.uint8), (4, 4), "mask.mha", ConfigError, [".nii.gz", ".png"]),
+        (np.zeros((4, 5), np.uint8), (4, 4), "mask.nii.gz", InvalidImageError, ["(4, 5)", "without the channel"]),
+        (np.zeros((2, 4, 4), np.uint8), (2, 4, 4), "mask.png", InvalidImageError, ["2D", ".nii.gz"]),
+    ],
+)
+def test_write_mask_rejects_bad_input(tmp_path, labels, spatial, name, error, words):
+    sample = Sample(np.zeros((1, *spatial), np.float32), spacing=(1.0,) * len(spatial))
+    with pytest.raises(error) as raised:
+        write_mask(labels, sample, tmp_path / name)
+    assert name in str(raised.value)
+    assert all(word in str(raised.value) for word in words)
+
+
+@pytest.mark.parametrize(
+    "image,patch,overlap,error,words",
+    [
+        (np.zeros((8, 8), np.float32), (4, 4), 0.5, InvalidImageError, ["(8, 8)", "channel"]),
+        (np.zeros((1, 8, 8), np.float32), (4, 4, 4), 0.5, ConfigError, ["patch_size", "2 sizes"]),
+        (np.zeros((1, 8, 8), np.float32), (4, 4), 1.0, ConfigError, ["overlap", "0.5"]),
+    ],
+)
+def test_sliding_window_rejects_bad_input(image, patch, overlap, error, words):
+    with pytest.raises(error) as raised:
+        sliding_window_probs(threshold_net(2), image, patch_size=patch, overlap=overlap)
+    assert all(word in str(raised.value) for word in words)
+
+
+def test_threshold_for_an_unknown_class_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"thresholds: class 3 .*use class indices 1\.\.1"):
+        probs_to_labels(np.full((2, 3), 0.5, np.float32), thresholds={3: 0.5})
