@@ -25,10 +25,10 @@ def run_training(cfg: RunConfig, *, out: Path, resume: bool = False, progress: b
     from medsight.data.layouts import open_dataset
     from medsight.engine.device import set_threads
 
-    if cfg.task != "classification":
-        raise ConfigError(f"task={cfg.task}", "segmentation training is not available yet", "use task=classification")
     if not cfg.data.path:
         raise ConfigError("data.path", "no data set given", "pass --data PATH or set data.path in the config")
+    if cfg.task == "segmentation":
+        return _train_segmentation(cfg, out=Path(out), resume=resume, progress=progress)
     set_threads(cfg.train.num_threads)
     out = Path(out)
     ds = open_dataset(cfg.data.path, series_uid=cfg.data.series_uid, class_names=cfg.data.class_names)
@@ -183,6 +183,25 @@ def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -
             "cases per split": {k: len(v.ids) for k, v in tensors.items()},
             "skipped files": len(bad),
         },
+    )
+
+
+def _train_segmentation(cfg: RunConfig, *, out: Path, resume: bool, progress: bool) -> str:
+    """Segmentation: patches from the plan, sliding-window validation, Dice early stopping."""
+    from medsight.engine.seg_pipeline import train_segmenter
+    from medsight.models import list_models
+
+    model = cfg.model.name if cfg.model.name in list_models("segmentation") else "unet"
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    result = train_segmenter(
+        data=cfg.data.path, out=out, model=model, model_kwargs=cfg.model.kwargs if model == cfg.model.name else None,
+        epochs=cfg.train.epochs, lr=cfg.train.lr, seed=cfg.train.seed, val_fraction=cfg.data.val_fraction,
+        patience=cfg.train.patience, resume=resume, progress=progress,
+    )
+    return (
+        f"val: best mean Dice {result['best_val_dice']:.4f} at epoch {result['best_epoch']}\n"
+        f"bundle:  {out / 'model'}\nmetrics: {out / 'metrics.json'}"
     )
 
 
