@@ -111,3 +111,6 @@ def test_train_task_segmentation_uses_the_run_folder(disc_folder, tmp_path) -> N
     assert json.loads((tmp_path / "run" / "model" / "bundle.json").read_text())["task"] == "segmentation"
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert (tmp_path / "run" / "metrics.json").is_file()
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == 3  # best, median and worst overlays
+    assert "worst case" in report and "best case" in report and "http" not in report

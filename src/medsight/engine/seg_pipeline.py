@@ -163,7 +163,7 @@ def train_segmenter(
         state_dict=best_state,
     )
     bundle_path = bundle.save(out / "model")
-    metrics = _evaluate(net, [cases[i] for i in val_idx], [images[i] for i in val_idx], patch, device, names)
+    metrics = _evaluate(net, [cases[i] for i in val_idx], [images[i] for i in val_idx], patch, device, names, out)
     (out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2))
     return {"best_epoch": state["best_epoch"], "best_val_dice": state["best_dice"],
             "epochs_run": state["epoch"], "bundle": str(bundle_path), "metrics": metrics}
@@ -204,16 +204,22 @@ def _mean_dice(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> float:
     return float(np.mean(scores)) if scores else 1.0
 
 
-def _evaluate(net, cases, images, patch, device, names: dict[int, str]) -> dict:
-    """Per-case metrics of the val cases (inside the ROI when given) and their summary."""
-    per_case, rows = [], []
+def _evaluate(net, cases, images, patch, device, names: dict[int, str], out: Path) -> dict:
+    """Per-case metrics of the val cases (inside the ROI when given), their summary, and report.html."""
+    from medsight.report.segmentation import SegCase, write_segmentation_report
+
+    per_case, rows, shown = [], [], []
     foreground = [k for k in names if k > 0]
     for (case_id, sample, labels, roi), image in zip(cases, images, strict=True):
         pred = _predict(net, image, patch, device)
         scores = segmentation_case_metrics(pred, labels, spacing=sample.spacing, labels=foreground, roi=roi)
         per_case.append(scores)
         rows.append({"case_id": case_id, "metrics": {names[k]: v for k, v in scores.items()}})
-    return {"summary": summarise_cases(per_case, label_names=names), "per_case": rows}
+        dice = float(np.nanmean([scores[k]["dice"] for k in foreground])) if foreground else float("nan")
+        shown.append(SegCase(case_id, image, labels, pred, dice))
+    summary = summarise_cases(per_case, label_names=names)
+    write_segmentation_report(out, title=f"{out.name}: segmentation, validation cases", summary=summary, cases=shown)
+    return {"summary": summary, "per_case": rows}
 
 
 def _write_csv(path: Path, history: list[dict]) -> None:
