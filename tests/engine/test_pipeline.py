@@ -45,11 +45,10 @@ def test_offline_prediction_equals_evaluation_probability(trained_run: Path) -> 
     predictor = Predictor(trained_run / "model")
     with (trained_run / "per_case.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    row = rows[0]
-    case = next(k for k in row if "case" in k or k == "id")
-    result = predictor.predict_file(row[case])
-    prob_key = next(k for k in row if k.endswith("nodule"))
-    assert result["probabilities"]["nodule"] == pytest.approx(float(row[prob_key]), abs=1e-5)
+    for row in rows[:3]:
+        result = predictor.predict_file(row["case_id"])
+        assert result["probabilities"]["nodule"] == pytest.approx(float(row["prob_nodule"]), abs=1e-5)
+        assert result["label"] == row["predicted_label"]
 
 
 def test_evaluate_unknown_split_lists_the_choices(trained_run: Path, small_phantoms: Path, tmp_path: Path) -> None:

@@ -114,3 +114,12 @@ def test_train_task_segmentation_uses_the_run_folder(disc_folder, tmp_path) -> N
     report = (tmp_path / "run" / "report.html").read_text()
     assert report.count("data:image/png;base64,") == 3  # best, median and worst overlays
     assert "worst case" in report and "best case" in report and "http" not in report
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(disc_folder, tmp_path) -> None:
+    from medsight.errors import MedsightError
+
+    with pytest.raises(MedsightError, match="without --resume"):
+        train_segmenter(data=disc_folder, out=tmp_path / "fresh", epochs=1, steps_per_epoch=1, resume=True,
+                        patch_size=[48, 48], batch_size=2, model_kwargs={"base_features": 8}, progress=False)
+    assert not (tmp_path / "fresh" / "model").exists()

@@ -4,7 +4,7 @@
 image, trains on random patches (foreground oversampled), validates every epoch by
 sliding-window prediction (mean foreground Dice), checkpoints each epoch, and writes:
 
-    out/checkpoint.safetensors   resumable training state
+    out/checkpoints/last.safetensors   resumable training state (the same place as classification)
     out/metrics.csv              one row per epoch
     out/model/                   the best model as a Bundle
     out/metrics.json             per-class means with CIs and per-case metrics (val cases)
@@ -17,8 +17,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,8 @@ from medsight.data.fingerprint import fingerprint
 from medsight.data.seg_layouts import open_seg_dataset
 from medsight.data.splits import split_indices
 from medsight.engine.checkpoint import load_checkpoint, save_checkpoint
+from medsight.engine.device import pick_device
+from medsight.engine.evaluate import write_json
 from medsight.engine.optim import build_optimizer, build_scheduler
 from medsight.engine.patches import sample_patches
 from medsight.engine.plan import make_plan
@@ -41,7 +41,7 @@ from medsight.inference.postprocess import probs_to_labels
 from medsight.inference.segment import sliding_window_probs
 from medsight.models import create_model
 
-CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT = Path("checkpoints") / "last.safetensors"
 
 
 def train_segmenter(
@@ -77,7 +77,7 @@ def train_segmenter(
         seed: seeds the split, the patches and the weights.
         val_fraction: share of cases kept for validation (at least one case).
         patience: stop after this many epochs without a better val Dice (0: never).
-        resume: continue from ``out/checkpoint.safetensors`` when it exists.
+        resume: continue from ``out/checkpoints/last.safetensors`` (an error when there is none).
         progress: print one line per epoch.
 
     Returns:
@@ -110,7 +110,7 @@ def train_segmenter(
     net = create_model(
         model, in_channels=images[0].shape[0], num_outputs=n_classes, spatial_dims=len(patch), **kwargs
     )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device("auto")
     net.to(device)
     cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed, early_stopping_metric="dice", patience=patience)
     optimizer = build_optimizer(net.parameters(), cfg)
@@ -119,13 +119,13 @@ def train_segmenter(
     rng = np.random.default_rng(seed)
     state: dict[str, Any] = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "history": []}
     best_state: dict[str, torch.Tensor] = {}
-    if resume and (out / CHECKPOINT).is_file():
+    if resume:  # a missing checkpoint is a clear error from load_checkpoint
         state = load_checkpoint(out / CHECKPOINT, model=net, optimizer=optimizer, scheduler=scheduler)
         best_state = state.pop("best_state")
         rng.bit_generator.state = state.pop("numpy_rng")
     train_images = [images[i] for i in train_idx]
     train_labels = [cases[i][2] for i in train_idx]
-    val_cases = [(images[i], cases[i][2]) for i in val_idx]
+    foreground = list(range(1, n_classes))
     for epoch in range(state["epoch"] + 1, epochs + 1):
         if patience and epoch - state["best_epoch"] > patience:
             break
@@ -139,7 +139,7 @@ def train_segmenter(
             optimizer.step()
             total += float(value.detach())
         scheduler.step()
-        dice = float(np.mean([_mean_dice(_predict(net, im, patch, device), lab, n_classes) for im, lab in val_cases]))
+        dice = float(np.nanmean([_score(net, images[i], cases[i], patch, device, foreground)[2] for i in val_idx]))
         state["history"].append({"epoch": epoch, "train_loss": total / steps_per_epoch, "val_dice": dice,
                                  "lr": optimizer.param_groups[0]["lr"]})
         if dice > state["best_dice"]:
@@ -164,7 +164,7 @@ def train_segmenter(
     )
     bundle_path = bundle.save(out / "model")
     metrics = _evaluate(net, [cases[i] for i in val_idx], [images[i] for i in val_idx], patch, device, names, out)
-    (out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2))
+    write_json(out / "metrics.json", metrics)
     return {"best_epoch": state["best_epoch"], "best_val_dice": state["best_dice"],
             "epochs_run": state["epoch"], "bundle": str(bundle_path), "metrics": metrics}
 
@@ -193,15 +193,16 @@ def _predict(net: torch.nn.Module, image: np.ndarray, patch: list[int], device: 
         return probs_to_labels(sliding_window_probs(net, image, patch_size=patch, device=device))
 
 
-def _mean_dice(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> float:
-    """Mean Dice over foreground classes present in the prediction or the truth (1 if none)."""
-    scores = []
-    for label in range(1, n_classes):
-        p, t = pred == label, truth == label
-        denom = int(p.sum() + t.sum())
-        if denom:
-            scores.append(2.0 * int((p & t).sum()) / denom)
-    return float(np.mean(scores)) if scores else 1.0
+def _score(net, image: np.ndarray, case, patch: list[int], device, foreground: list[int]):
+    """Predict one case and score it inside its ROI: ``(pred, per-class metrics, mean foreground Dice)``.
+
+    Validation during training and the final evaluation use this one function, so early
+    stopping sees the same Dice the report shows.
+    """
+    _, sample, labels, roi = case
+    pred = _predict(net, image, patch, device)
+    scores = segmentation_case_metrics(pred, labels, spacing=sample.spacing, labels=foreground, roi=roi)
+    return pred, scores, float(np.nanmean([scores[k]["dice"] for k in foreground]))
 
 
 def _evaluate(net, cases, images, patch, device, names: dict[int, str], out: Path) -> dict:
@@ -210,13 +211,11 @@ def _evaluate(net, cases, images, patch, device, names: dict[int, str], out: Pat
 
     per_case, rows, shown = [], [], []
     foreground = [k for k in names if k > 0]
-    for (case_id, sample, labels, roi), image in zip(cases, images, strict=True):
-        pred = _predict(net, image, patch, device)
-        scores = segmentation_case_metrics(pred, labels, spacing=sample.spacing, labels=foreground, roi=roi)
+    for case, image in zip(cases, images, strict=True):
+        pred, scores, dice = _score(net, image, case, patch, device, foreground)
         per_case.append(scores)
-        rows.append({"case_id": case_id, "metrics": {names[k]: v for k, v in scores.items()}})
-        dice = float(np.nanmean([scores[k]["dice"] for k in foreground])) if foreground else float("nan")
-        shown.append(SegCase(case_id, image, labels, pred, dice))
+        rows.append({"case_id": case[0], "metrics": {names[k]: v for k, v in scores.items()}})
+        shown.append(SegCase(case[0], image, case[2], pred, dice))
     summary = summarise_cases(per_case, label_names=names)
     write_segmentation_report(out, title=f"{out.name}: segmentation, validation cases", summary=summary, cases=shown)
     return {"summary": summary, "per_case": rows}
@@ -227,14 +226,3 @@ def _write_csv(path: Path, history: list[dict]) -> None:
         writer = csv.DictWriter(handle, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf become None so the file is strict JSON."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
