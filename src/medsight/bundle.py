@@ -5,7 +5,9 @@ A bundle is a folder::
     model/
       weights.safetensors   the state dict (never a pickle)
       bundle.json           task, model name + kwargs, head, preprocessing, label names,
-                            the operating threshold, validation metrics and provenance
+                            the operating threshold, validation metrics and provenance;
+                            segmentation bundles add ``segmentation``: the plan's intensity
+                            normalisation and the sliding-window / postprocessing settings
 
 Evaluate, predict, explain, export and serve take a bundle and nothing else, so the
 preprocessing used in training is replayed exactly.
@@ -47,6 +49,7 @@ class Bundle:
     metrics: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     state_dict: dict[str, Any] | None = None
+    segmentation: dict[str, Any] | None = None
 
     @property
     def num_outputs(self) -> int:
@@ -104,6 +107,7 @@ class Bundle:
             "threshold": self.threshold,
             "metrics": self.metrics,
             "provenance": self.provenance,
+            **({"segmentation": self.segmentation} if self.segmentation is not None else {}),
         }
 
 
@@ -147,6 +151,7 @@ def load_bundle(folder: str | Path, *, weights: bool = True) -> Bundle:
         metrics=dict(raw.get("metrics") or {}),
         provenance=dict(raw.get("provenance") or {}),
         state_dict=state,
+        segmentation=raw.get("segmentation"),
     )
 
 

@@ -123,6 +123,37 @@ class EvalConfig(Strict):
     ci: float = Field(0.95, gt=0, lt=1)
 
 
+class SegmentConfig(Strict):
+    """Segmentation training and inference; a ``None`` size takes the plan's value (``medsight plan``).
+
+    The inference keys (``overlap``, ``mirror_tta``, ``largest_component``, ``thresholds``) are
+    saved in the bundle and replayed by ``medsight evaluate`` and ``medsight predict``.
+    """
+
+    patch_size: list[int] | None = Field(None, description="training and sliding-window patch; default: the plan's")
+    batch_size: int | None = Field(None, ge=1, description="patches per step; default: the plan's")
+    steps_per_epoch: int = Field(100, ge=1)
+    foreground_fraction: float = Field(0.33, ge=0.0, le=1.0, description="share of foreground-centred patches")
+    loss: Literal["dice_ce", "dice_focal", "focal", "tversky"] = "dice_ce"
+    deep_supervision: bool = Field(False, description="dynunet only: loss on every decoder level")
+    overlap: float = Field(0.5, ge=0.0, lt=1.0, description="sliding-window overlap")
+    mirror_tta: bool = Field(False, description="average predictions over every flip of the spatial axes")
+    largest_component: bool = Field(False, description="keep only the largest connected region per class")
+    thresholds: dict[int, float] = Field(
+        default_factory=dict, description="class -> probability threshold; binary tasks choose one on validation"
+    )
+    tune_threshold: bool = Field(True, description="binary tasks: pick the threshold that maximises val Dice")
+    memory_budget_mb: float = Field(2000, gt=0, description="what the plan fits patch and batch into")
+    plan: dict[str, Any] = Field(default_factory=dict, description="overrides of plan.json keys")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _threshold_range(cls, value: dict[int, float]) -> dict[int, float]:
+        if any(not 0.0 < t < 1.0 or c < 1 for c, t in value.items()):
+            raise ValueError("thresholds map foreground classes (1, 2, ...) to probabilities strictly inside (0, 1)")
+        return value
+
+
 class RunConfig(Strict):
     """Everything a training run needs."""
 
@@ -134,6 +165,7 @@ class RunConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
 
 
 def list_recipes() -> list[str]:

@@ -12,8 +12,8 @@ from medsight.cli.errors import reports_errors
 @reports_errors
 def evaluate(
     bundle: Path = typer.Argument(..., help="A model folder written by training (RUN_DIR/model)."),
-    data: str = typer.Option(..., help="A .npz, a class folder, a CSV manifest or a DICOM folder."),
-    split: str = typer.Option("test", help="train, val, test, or all."),
+    data: str = typer.Option(..., help="The data set: any layout medsight trains on (classification or segmentation)."),
+    split: str = typer.Option(None, help="train, val, test, or all (default: test; segmentation: all)."),
     out: Path = typer.Option(..., help="Output folder for metrics.json, per_case.csv, report.html."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
@@ -21,8 +21,13 @@ def evaluate(
     from medsight.engine.pipeline import run_evaluation
 
     metrics = run_evaluation(bundle=bundle, data=data, split=split, out=out, progress=progress)
+    if metrics.get("task") == "segmentation":
+        from medsight.engine.pipeline import seg_summary
+
+        typer.echo(f"{seg_summary(metrics['split'], metrics)}\nwrote {out / 'metrics.json'} and {out / 'report.html'}")
+        return
     typer.echo(
-        f"{split}: n={metrics['n']} accuracy={metrics['accuracy']:.4f} auc={metrics['auc']:.4f} "
+        f"{metrics['split']}: n={metrics['n']} accuracy={metrics['accuracy']:.4f} auc={metrics['auc']:.4f} "
         f"sensitivity={metrics['sensitivity']:.4f} specificity={metrics['specificity']:.4f} "
         f"(threshold {metrics['threshold']})\nwrote {out / 'metrics.json'} and {out / 'report.html'}"
     )

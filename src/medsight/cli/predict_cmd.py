@@ -1,4 +1,4 @@
-"""``medsight predict BUNDLE INPUT... [--out preds.csv|preds.json]``"""
+"""``medsight predict BUNDLE INPUT... [--out preds.csv|preds.json|MASK_DIR]``"""
 
 from __future__ import annotations
 
@@ -13,11 +13,29 @@ from medsight.cli.errors import reports_errors
 def predict(
     bundle: Path = typer.Argument(..., help="A model folder (RUN_DIR/model)."),
     inputs: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
-    out: Path = typer.Option(Path("predictions.csv"), help="A .csv or .json file."),
+    out: Path = typer.Option(
+        None, help="Classifiers: a .csv or .json file (default predictions.csv). Segmenters: a folder for the "
+        "masks and predictions.csv (default masks/)."
+    ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Predict class probabilities for images; unreadable files get an error row."""
+    """Predict labels for images (classifiers) or write masks (segmenters); unreadable files get an error row."""
+    from medsight.bundle import load_bundle
+
+    if load_bundle(bundle, weights=False).task == "segmentation":
+        from medsight.errors import ConfigError
+        from medsight.inference.segmenter import segment_to_folder
+
+        out = out or Path("masks")
+        if out.suffix.lower() in {".csv", ".json"}:
+            raise ConfigError(f"--out {out}", "a segmentation model writes mask files into a folder",
+                              "pass a folder, e.g. --out masks")
+        counts = segment_to_folder(bundle=bundle, inputs=inputs, out=out, progress=progress)
+        typer.echo(f"wrote {counts['ok']} mask(s) to {out}/ and {out / 'predictions.csv'}; "
+                   f"{counts['errors']} unreadable")
+        return
     from medsight.inference.predictor import predict_to_file
 
+    out = out or Path("predictions.csv")
     counts = predict_to_file(bundle=bundle, inputs=inputs, out=out, progress=progress)
     typer.echo(f"wrote {out}: {counts['ok']} predicted, {counts['errors']} unreadable")

@@ -47,8 +47,12 @@ def run_training(cfg: RunConfig, *, out: Path, resume: bool = False, progress: b
     return f"cross-validation of {cfg.data.folds} folds written to {out}/cv_report.html"
 
 
-def run_evaluation(*, bundle: Path, data: str, split: str = "test", out: Path, progress: bool = True) -> dict:
-    """Evaluate a bundle on one split of a data set; writes metrics.json, per_case.csv, report.html."""
+def run_evaluation(*, bundle: Path, data: str, split: str | None = None, out: Path, progress: bool = True) -> dict:
+    """Evaluate a bundle on one split of a data set; writes metrics.json, per_case.csv, report.html.
+
+    ``split``: ``train``, ``val``, ``test`` or ``all``; default ``test`` for classifiers and
+    ``all`` for segmenters (a segmentation run keeps no test split: evaluate on a held-out folder).
+    """
     from medsight.bundle import load_bundle
     from medsight.data.layouts import open_dataset
     from medsight.engine.evaluate import evaluate_predictions
@@ -56,6 +60,10 @@ def run_evaluation(*, bundle: Path, data: str, split: str = "test", out: Path, p
     from medsight.engine.trainer import predict_probs
 
     model_bundle = load_bundle(bundle)
+    if model_bundle.task == "segmentation":
+        return _evaluate_segmentation(model_bundle, bundle=bundle, data=data, split=split or "all", out=Path(out),
+                                      progress=progress)
+    split = split or "test"
     data_cfg = DataConfig.model_validate({**model_bundle.provenance.get("data_config", {}), "path": data})
     ds = open_dataset(data, series_uid=data_cfg.series_uid, class_names=model_bundle.label_names)
     if ds.class_names != model_bundle.label_names:
@@ -82,6 +90,28 @@ def run_evaluation(*, bundle: Path, data: str, split: str = "test", out: Path, p
         title=f"{Path(bundle).resolve().parent.name}: {split} split of {Path(data).name}",
         split=split,
         extra={"bundle": str(bundle), "data": str(data), "skipped files": len(bad)},
+    )
+
+
+def _evaluate_segmentation(model_bundle, *, bundle: Path, data: str, split: str, out: Path, progress: bool) -> dict:
+    """Score a segmentation bundle on the cases of ``data`` (``split`` all, or the run's train/val cases)."""
+    from medsight.data.seg_layouts import open_seg_dataset
+    from medsight.engine.seg_evaluate import DatasetCases, evaluate_segmentation
+    from medsight.inference.segmenter import Segmenter
+
+    dataset = open_seg_dataset(data, label_names=dict(enumerate(model_bundle.label_names)))
+    items = dataset.items
+    if split != "all":
+        chosen = set(model_bundle.provenance.get("split", {}).get(split, []))
+        items = [item for item in items if item.case_id in chosen]
+        if not items:
+            raise DatasetError(data, f"has none of the model's '{split}' cases",
+                               "use --split all for a data set other than the one the model was trained on")
+    return evaluate_segmentation(
+        Segmenter(model_bundle), DatasetCases(dataset, items), out=out, progress=progress,
+        title=f"{Path(bundle).resolve().parent.name}: {split} cases of {Path(data).name}",
+        extra={"split": split, "bundle": str(bundle), "data": str(data),
+               "threshold_note": model_bundle.provenance.get("threshold_note", "")},
     )
 
 
@@ -188,21 +218,27 @@ def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -
 
 def _train_segmentation(cfg: RunConfig, *, out: Path, resume: bool, progress: bool) -> str:
     """Segmentation: patches from the plan, sliding-window validation, Dice early stopping."""
+    from medsight.config import ModelConfig
     from medsight.engine.seg_pipeline import train_segmenter
     from medsight.models import list_models
 
-    model = cfg.model.name if cfg.model.name in list_models("segmentation") else "unet"
+    if cfg.model.name not in list_models("segmentation") and cfg.model.name == ModelConfig().name:
+        cfg = cfg.model_copy(update={"model": ModelConfig(name="unet")}, deep=True)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    result = train_segmenter(
-        data=cfg.data.path, out=out, model=model, model_kwargs=cfg.model.kwargs if model == cfg.model.name else None,
-        epochs=cfg.train.epochs, lr=cfg.train.lr, seed=cfg.train.seed, val_fraction=cfg.data.val_fraction,
-        patience=cfg.train.patience, resume=resume, progress=progress,
+    result = train_segmenter(cfg, out=out, resume=resume, progress=progress)
+    return seg_summary("val", result["metrics"]) + (
+        f"\nbest epoch {result['best_epoch']} of {result['epochs_run']}\n"
+        f"bundle:  {out / 'model'}\nreport:  {out / 'report.html'}\nmetrics: {out / 'metrics.json'}"
     )
-    return (
-        f"val: best mean Dice {result['best_val_dice']:.4f} at epoch {result['best_epoch']}\n"
-        f"bundle:  {out / 'model'}\nmetrics: {out / 'metrics.json'}"
-    )
+
+
+def seg_summary(split: str, metrics: dict) -> str:
+    line = (f"{split}: n={metrics['n']} dice={metrics['dice']:.4f} iou={metrics['iou']:.4f} "
+            f"hd95={metrics['hd95']:.2f} mm")
+    if "auc" in metrics:
+        line += f" pixel auc={metrics['auc']:.4f} f1={metrics['f1']:.4f} accuracy={metrics['accuracy']:.4f}"
+    return line
 
 
 def _resolve(ds, data_cfg: DataConfig) -> dict[str, np.ndarray]:

@@ -1,123 +1,115 @@
-"""Segmentation training end to end: data -> plan -> patch training -> bundle + metrics.
+"""Segmentation training end to end: data -> plan -> patch training -> bundle -> evaluation.
 
-``train_segmenter`` opens a segmentation data set, splits its cases, normalises each
-image, trains on random patches (foreground oversampled), validates every epoch by
-sliding-window prediction (mean foreground Dice), checkpoints each epoch, and writes:
+``train_segmenter`` opens a segmentation data set, plans it (``medsight plan``; overridden by
+``segment.*`` and ``segment.plan``), splits its cases, trains on random patches (foreground
+oversampled, augmented by ``augment.*``), validates every epoch by sliding-window prediction
+(mean foreground Dice, inside the region of interest), checkpoints each epoch, and writes:
 
-    out/checkpoints/last.safetensors   resumable training state (the same place as classification)
-    out/metrics.csv              one row per epoch
-    out/model/                   the best model as a Bundle
-    out/metrics.json             per-class means with CIs and per-case metrics (val cases)
+    out/config.yaml, out/plan.json       what was asked and what was planned
+    out/checkpoints/last.safetensors     resumable training state (as classification)
+    out/metrics.csv                      one row per epoch
+    out/model/                           the best model as a Bundle, with its inference settings
+    out/metrics.json, per_case.csv, report.html
+                                         the validation cases scored by the bundle itself
+
+Binary tasks pick the foreground threshold that maximises the pooled validation Dice (unless
+``segment.thresholds`` gives one); the bundle keeps it, and evaluation and prediction use it.
 
 Example:
-    >>> result = train_segmenter(data="data/drive", out=Path("runs/seg"), epochs=5)
-    >>> result["best_val_dice"]
+    >>> cfg = load_config(recipe="drive", overrides={"data.path": "data/drive/training"})
+    >>> result = train_segmenter(cfg, out=Path("runs/drive"))
+    >>> result["metrics"]["dice"], result["metrics"]["auc"]
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from medsight.bundle import Bundle
-from medsight.config import ModelConfig, PreprocessConfig, TrainConfig
+from medsight.bundle import Bundle, provenance
+from medsight.config import ModelConfig, RunConfig
 from medsight.data.fingerprint import fingerprint
-from medsight.data.seg_layouts import open_seg_dataset
+from medsight.data.seg_layouts import SegSet, open_seg_dataset
 from medsight.data.splits import split_indices
 from medsight.engine.checkpoint import load_checkpoint, save_checkpoint
-from medsight.engine.device import pick_device
-from medsight.engine.evaluate import write_json
+from medsight.engine.device import pick_device, set_threads
 from medsight.engine.optim import build_optimizer, build_scheduler
 from medsight.engine.patches import sample_patches
+from medsight.engine.pixel_scores import PixelScores
 from medsight.engine.plan import make_plan
 from medsight.engine.seg_losses import make_seg_loss
-from medsight.engine.seg_metrics import segmentation_case_metrics, summarise_cases
-from medsight.errors import DatasetError
+from medsight.engine.seg_metrics import segmentation_case_metrics
+from medsight.errors import ConfigError, DatasetError
 from medsight.inference.postprocess import probs_to_labels
 from medsight.inference.segment import sliding_window_probs
-from medsight.models import create_model
+from medsight.models import create_model, list_models
+from medsight.transforms.preprocess import intensity_steps, plan_normalize
 
 CHECKPOINT = Path("checkpoints") / "last.safetensors"
 
 
-def train_segmenter(
-    *,
-    data: str | Path,
-    out: Path,
-    model: str = "unet",
-    model_kwargs: dict[str, Any] | None = None,
-    epochs: int = 20,
-    steps_per_epoch: int = 50,
-    patch_size: list[int] | None = None,
-    batch_size: int | None = None,
-    lr: float = 1e-3,
-    loss: str = "dice_ce",
-    seed: int = 0,
-    val_fraction: float = 0.2,
-    patience: int = 0,
-    resume: bool = False,
-    progress: bool = True,
-) -> dict:
-    """Train a segmenter on the data set at ``data`` and write its run folder ``out``.
+def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train a segmenter as ``cfg`` says and write its run folder ``out``.
 
-    Args:
-        data: a segmentation data set (see :func:`medsight.data.seg_layouts.open_seg_dataset`).
-        out: the run folder.
-        model: a registered segmentation model (``unet``, ``classic_unet``, ``dynunet``).
-        model_kwargs: extra model arguments; ``unet`` gets ``base_features``/``depth`` from
-            the plan unless given here.
-        epochs, steps_per_epoch: training length (a step is one patch batch).
-        patch_size, batch_size: default: the plan's.
-        lr: AdamW learning rate (cosine schedule).
-        loss: see :func:`medsight.engine.seg_losses.make_seg_loss`.
-        seed: seeds the split, the patches and the weights.
-        val_fraction: share of cases kept for validation (at least one case).
-        patience: stop after this many epochs without a better val Dice (0: never).
-        resume: continue from ``out/checkpoints/last.safetensors`` (an error when there is none).
-        progress: print one line per epoch.
+    ``cfg.model.name`` must be a segmentation model (``unet``, ``classic_unet``, ``dynunet``);
+    ``unet`` and ``dynunet`` get their depth (and width) from the plan unless
+    ``model.kwargs`` sets them. ``train.*`` gives the optimiser, schedule, epochs, patience
+    (on val Dice), seed and time limit; ``segment.*`` the patches, loss and inference.
 
     Returns:
         ``{"best_epoch", "best_val_dice", "epochs_run", "bundle", "metrics"}``.
 
     Raises:
         DatasetError: fewer than 2 cases, or a case without a mask.
-        MedsightError: unreadable files, a bad configuration or checkpoint.
+        ConfigError: a model that is not a segmenter, a patch of the wrong dimensionality.
+        MedsightError: unreadable files or checkpoint.
     """
+    started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    dataset = open_seg_dataset(data)
-    cases = [(item.case_id, *dataset.read(item)) for item in dataset.items]
-    if len(cases) < 2:
-        raise DatasetError(dataset.root, f"has {len(cases)} case(s)", "add cases: training and validation need 2+")
-    for case_id, _, labels, _ in cases:
-        if labels is None:
-            raise DatasetError(case_id, "has no mask", "add its mask or remove the image")
-    plan = make_plan(fingerprint(((s, lab) for _, s, lab, _ in cases), modality=dataset.modality))
-    patch = [int(p) for p in (patch_size or plan["patch_size"])]
-    batch = int(batch_size or plan["batch_size"])
-    images = [_normalise(sample.array, plan["normalization"]) for _, sample, _, _ in cases]
-    split = split_indices(np.zeros(len(cases), int), val_fraction=val_fraction, test_fraction=0.0, seed=seed)
-    train_idx, val_idx = list(split["train"]), list(split["val"])
-    if not val_idx:
-        val_idx = [train_idx.pop()]
-    n_classes = max(max(dataset.label_names), int(max(lab.max() for _, _, lab, _ in cases))) + 1
-    kwargs = _model_kwargs(model, plan, patch, model_kwargs or {})
-    net = create_model(
-        model, in_channels=images[0].shape[0], num_outputs=n_classes, spatial_dims=len(patch), **kwargs
+    set_threads(cfg.train.num_threads)
+    torch.manual_seed(cfg.train.seed)
+    if cfg.model.name not in list_models("segmentation"):
+        raise ConfigError(
+            f"model.name={cfg.model.name}", "is not a segmentation model",
+            f"choose one of: {', '.join(list_models('segmentation'))}",
+        )
+    dataset = _open(cfg)
+    cases = _read_cases(dataset, cfg, progress)
+    plan = make_plan(
+        fingerprint(((s, lab) for _, s, lab, _ in cases), modality=dataset.modality),
+        memory_budget_mb=cfg.segment.memory_budget_mb, overrides=cfg.segment.plan or None,
     )
-    device = pick_device("auto")
+    (out / "plan.json").write_text(json.dumps(plan, indent=2))
+    patch = [int(p) for p in (cfg.segment.patch_size or plan["patch_size"])]
+    if len(patch) != cases[0][1].spatial_dims:
+        raise ConfigError(
+            f"segment.patch_size={patch}", f"the images are {cases[0][1].spatial_dims}D",
+            f"give {cases[0][1].spatial_dims} sizes",
+        )
+    batch = int(cfg.segment.batch_size or plan["batch_size"])
+    images = [plan_normalize(s.array, plan["normalization"]) for _, s, _, _ in cases]
+    train_idx, val_idx = _split(len(cases), cfg)
+    n_classes = max(max(dataset.label_names), int(max(lab.max() for _, _, lab, _ in cases))) + 1
+    kwargs = _model_kwargs(cfg, plan, patch)
+    net = create_model(
+        cfg.model.name, in_channels=images[0].shape[0], num_outputs=n_classes, spatial_dims=len(patch), **kwargs
+    )
+    device = pick_device(cfg.train.device)
     net.to(device)
-    cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed, early_stopping_metric="dice", patience=patience)
-    optimizer = build_optimizer(net.parameters(), cfg)
-    scheduler = build_scheduler(optimizer, cfg)
-    loss_fn = make_seg_loss(loss, num_classes=n_classes)
-    rng = np.random.default_rng(seed)
-    state: dict[str, Any] = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "history": []}
+    optimizer = build_optimizer(net.parameters(), cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train)
+    loss_fn = make_seg_loss(cfg.segment.loss, num_classes=n_classes, deep_supervision=cfg.segment.deep_supervision)
+    augment = _augmenter(cfg, len(patch))
+    rng = np.random.default_rng(cfg.train.seed)
+    state: dict[str, Any] = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
     best_state: dict[str, torch.Tensor] = {}
     if resume:  # a missing checkpoint is a clear error from load_checkpoint
         state = load_checkpoint(out / CHECKPOINT, model=net, optimizer=optimizer, scheduler=scheduler)
@@ -126,99 +118,175 @@ def train_segmenter(
     train_images = [images[i] for i in train_idx]
     train_labels = [cases[i][2] for i in train_idx]
     foreground = list(range(1, n_classes))
+    epochs, patience, limit = cfg.train.epochs, cfg.train.patience, cfg.train.time_limit_min
+    resumed_seconds = state["seconds"]
     for epoch in range(state["epoch"] + 1, epochs + 1):
         if patience and epoch - state["best_epoch"] > patience:
             break
+        if limit and resumed_seconds + time.perf_counter() - started > limit * 60:
+            print(f"stopping before epoch {epoch}: the time limit of {limit} min is reached")
+            break
         net.train()
         total = 0.0
-        for _ in range(steps_per_epoch):
-            x, y = sample_patches(train_images, train_labels, patch_size=patch, batch_size=batch, generator=rng)
+        for _ in range(cfg.segment.steps_per_epoch):
+            x, y = sample_patches(train_images, train_labels, patch_size=patch, batch_size=batch,
+                                  foreground_fraction=cfg.segment.foreground_fraction, generator=rng)
+            x, y = torch.from_numpy(x), torch.from_numpy(y)
+            if augment is not None:
+                x, y = augment(x, y, generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
             optimizer.zero_grad()
-            value = loss_fn(net(torch.from_numpy(x).to(device)), torch.from_numpy(y).to(device))
+            value = loss_fn(net(x.to(device)), y.to(device))
             value.backward()
             optimizer.step()
             total += float(value.detach())
         scheduler.step()
-        dice = float(np.nanmean([_score(net, images[i], cases[i], patch, device, foreground)[2] for i in val_idx]))
-        state["history"].append({"epoch": epoch, "train_loss": total / steps_per_epoch, "val_dice": dice,
-                                 "lr": optimizer.param_groups[0]["lr"]})
+        dice = float(np.nanmean([
+            _val_dice(net, images[i], cases[i], patch, cfg.segment.overlap, device, foreground) for i in val_idx
+        ]))
+        state["history"].append({"epoch": epoch, "train_loss": total / cfg.segment.steps_per_epoch,
+                                 "val_dice": dice, "lr": optimizer.param_groups[0]["lr"]})
         if dice > state["best_dice"]:
             state.update(best_dice=dice, best_epoch=epoch)
             best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         state["epoch"] = epoch
+        state["seconds"] = resumed_seconds + time.perf_counter() - started
         save_checkpoint(out / CHECKPOINT, model=net, optimizer=optimizer, scheduler=scheduler,
                         state={**state, "numpy_rng": rng.bit_generator.state}, best_state=best_state)
         _write_csv(out / "metrics.csv", state["history"])
         if progress:
-            print(f"epoch {epoch}/{epochs}  loss {total / steps_per_epoch:.4f}  val dice {dice:.4f}")
+            print(f"epoch {epoch}/{epochs}  loss {total / cfg.segment.steps_per_epoch:.4f}  val dice {dice:.4f}"
+                  f"  ({state['seconds']:.0f} s)")
     net.load_state_dict(best_state)
-    names = {k: dataset.label_names.get(k, f"label_{k}") for k in range(n_classes)}
-    bundle = Bundle(
-        task="segmentation",
-        model=ModelConfig(name=model, kwargs=kwargs),
-        preprocess=PreprocessConfig(size=patch, channels=images[0].shape[0], normalize="zscore"),
-        label_names=[names[k] for k in range(n_classes)],
-        metrics={"val_dice": state["best_dice"]},
-        provenance={"data": str(data), "plan": plan, "best_epoch": state["best_epoch"], "seed": seed},
-        state_dict=best_state,
-    )
+    val_cases = [cases[i] for i in val_idx]
+    thresholds, note = _thresholds(cfg, net, val_cases, images, val_idx, patch, device, n_classes)
+    bundle = _bundle(cfg, dataset, plan, patch, kwargs, n_classes, thresholds, note, state, best_state, cases,
+                     train_idx, val_idx, images[0].shape[0])
     bundle_path = bundle.save(out / "model")
-    metrics = _evaluate(net, [cases[i] for i in val_idx], [images[i] for i in val_idx], patch, device, names, out)
-    write_json(out / "metrics.json", metrics)
+    from medsight.engine.seg_evaluate import evaluate_segmentation
+    from medsight.inference.segmenter import Segmenter
+
+    metrics = evaluate_segmentation(
+        Segmenter(bundle, device=str(device)), val_cases, out=out,
+        title=f"{cfg.name}: segmentation, validation cases",
+        extra={"split": "val", "data": str(cfg.data.path), "model": cfg.model.name, "best_epoch": state["best_epoch"],
+               "epochs_run": state["epoch"], "training_seconds": round(state["seconds"], 1),
+               "threshold_note": note, "cases_per_split": {"train": len(train_idx), "val": len(val_idx)}},
+    )
     return {"best_epoch": state["best_epoch"], "best_val_dice": state["best_dice"],
             "epochs_run": state["epoch"], "bundle": str(bundle_path), "metrics": metrics}
 
 
-def _model_kwargs(model: str, plan: dict, patch: list[int], given: dict[str, Any]) -> dict[str, Any]:
-    """Plan-derived defaults for the built-in segmenters, overridden by ``given``."""
-    if model == "unet":
+def _open(cfg: RunConfig) -> SegSet:
+    names = dict(enumerate(cfg.data.class_names)) if cfg.data.class_names else None
+    return open_seg_dataset(cfg.data.path, label_names=names)
+
+
+def _read_cases(dataset: SegSet, cfg: RunConfig, progress: bool) -> list[tuple]:
+    """Decode every case once, with the bundle's intensity steps (channels, denoise, CLAHE) applied."""
+    from medsight.progress import track
+
+    if len(dataset.items) < 2:
+        raise DatasetError(dataset.root, f"has {len(dataset.items)} case(s)", "add cases: training and validation "
+                           "need 2+")
+    cases = []
+    for item in track(dataset.items, description="reading cases", enabled=progress):
+        sample, labels, roi = dataset.read(item)
+        if labels is None:
+            raise DatasetError(item.case_id, "has no mask", "add its mask or remove the image")
+        steps = _steps_config(cfg, sample.spatial_dims)
+        sample = dataclasses.replace(sample, array=intensity_steps(sample, steps))
+        cases.append((item.case_id, sample, labels, roi))
+    return cases
+
+
+def _steps_config(cfg: RunConfig, spatial_dims: int):
+    """``cfg.preprocess`` with a size of the data's dimensionality (only the intensity steps are used)."""
+    size = cfg.segment.patch_size or [64] * spatial_dims
+    return cfg.preprocess.model_copy(update={"size": list(size)})
+
+
+def _split(n_cases: int, cfg: RunConfig) -> tuple[list[int], list[int]]:
+    split = split_indices(np.zeros(n_cases, int), val_fraction=cfg.data.val_fraction, test_fraction=0.0,
+                          seed=cfg.train.seed)
+    train_idx, val_idx = [int(i) for i in split["train"]], [int(i) for i in split["val"]]
+    if not val_idx:
+        val_idx = [train_idx.pop()]
+    return train_idx, val_idx
+
+
+def _model_kwargs(cfg: RunConfig, plan: dict, patch: list[int]) -> dict[str, Any]:
+    """Plan-derived defaults for the built-in segmenters, overridden by ``model.kwargs``."""
+    given = dict(cfg.model.kwargs)
+    if cfg.model.name == "unet":
         return {"base_features": plan["base_features"], "depth": plan["depth"], **given}
-    if model == "dynunet":
-        return {"depth": plan["depth"], "patch_size": patch, **given}
-    return dict(given)
+    if cfg.model.name == "dynunet":
+        return {"depth": plan["depth"], "patch_size": patch, "deep_supervision": cfg.segment.deep_supervision,
+                **given}
+    if cfg.segment.deep_supervision:
+        raise ConfigError("segment.deep_supervision", f"{cfg.model.name} has no deep supervision heads",
+                          "use model.name=dynunet or set segment.deep_supervision=false")
+    return given
 
 
-def _normalise(array: np.ndarray, scheme: dict[str, Any]) -> np.ndarray:
-    """The plan's normalisation: CT clip + global z-score, else per-image z-score."""
-    array = np.asarray(array, dtype=np.float32)
-    if scheme.get("scheme") == "ct":
-        low, high = scheme["clip"]
-        return ((np.clip(array, low, high) - scheme["mean"]) / max(scheme["std"], 1e-8)).astype(np.float32)
-    return ((array - array.mean()) / max(float(array.std()), 1e-8)).astype(np.float32)
+def _augmenter(cfg: RunConfig, spatial_dims: int):
+    from medsight.transforms import BatchAugment
+
+    augment = BatchAugment(cfg.augment, spatial_dims)
+    return augment if augment.enabled else None
 
 
-def _predict(net: torch.nn.Module, image: np.ndarray, patch: list[int], device: torch.device) -> np.ndarray:
-    net.eval()
-    with torch.no_grad():
-        return probs_to_labels(sliding_window_probs(net, image, patch_size=patch, device=device))
-
-
-def _score(net, image: np.ndarray, case, patch: list[int], device, foreground: list[int]):
-    """Predict one case and score it inside its ROI: ``(pred, per-class metrics, mean foreground Dice)``.
-
-    Validation during training and the final evaluation use this one function, so early
-    stopping sees the same Dice the report shows.
-    """
+def _val_dice(net, image: np.ndarray, case, patch, overlap: float, device, foreground: list[int]) -> float:
+    """Mean foreground Dice of one validation case at argmax, inside its ROI (early stopping's score)."""
     _, sample, labels, roi = case
-    pred = _predict(net, image, patch, device)
-    scores = segmentation_case_metrics(pred, labels, spacing=sample.spacing, labels=foreground, roi=roi)
-    return pred, scores, float(np.nanmean([scores[k]["dice"] for k in foreground]))
+    probs = sliding_window_probs(net, image, patch_size=patch, overlap=overlap, device=device)
+    scores = segmentation_case_metrics(probs_to_labels(probs), labels, spacing=sample.spacing,
+                                       labels=foreground, roi=roi)
+    return float(np.nanmean([scores[k]["dice"] for k in foreground]))
 
 
-def _evaluate(net, cases, images, patch, device, names: dict[int, str], out: Path) -> dict:
-    """Per-case metrics of the val cases (inside the ROI when given), their summary, and report.html."""
-    from medsight.report.segmentation import SegCase, write_segmentation_report
+def _thresholds(cfg: RunConfig, net, val_cases, images, val_idx, patch, device, n_classes: int):
+    """The per-class thresholds the bundle keeps, and how they were chosen."""
+    if cfg.segment.thresholds:
+        return dict(cfg.segment.thresholds), "given in segment.thresholds"
+    if n_classes != 2 or not cfg.segment.tune_threshold:
+        return {}, "the most probable class of each voxel"
+    scores = PixelScores()
+    for (_, _, labels, roi), i in zip(val_cases, val_idx, strict=True):
+        probs = sliding_window_probs(net, images[i], patch_size=patch, overlap=cfg.segment.overlap,
+                                     mirror_tta=cfg.segment.mirror_tta, device=device)
+        scores.add(probs[1], labels, roi=roi)
+    threshold, dice = scores.best_threshold()
+    return {1: threshold}, (f"foreground probability >= {threshold:.4f}, which maximises the pooled Dice "
+                            f"({dice:.4f}) of the {len(val_cases)} validation cases")
 
-    per_case, rows, shown = [], [], []
-    foreground = [k for k in names if k > 0]
-    for case, image in zip(cases, images, strict=True):
-        pred, scores, dice = _score(net, image, case, patch, device, foreground)
-        per_case.append(scores)
-        rows.append({"case_id": case[0], "metrics": {names[k]: v for k, v in scores.items()}})
-        shown.append(SegCase(case[0], image, case[2], pred, dice))
-    summary = summarise_cases(per_case, label_names=names)
-    write_segmentation_report(out, title=f"{out.name}: segmentation, validation cases", summary=summary, cases=shown)
-    return {"summary": summary, "per_case": rows}
+
+def _bundle(cfg, dataset, plan, patch, kwargs, n_classes, thresholds, note, state, best_state, cases,
+            train_idx, val_idx, channels) -> Bundle:
+    names = {k: dataset.label_names.get(k, f"label_{k}") for k in range(n_classes)}
+    return Bundle(
+        task="segmentation",
+        model=ModelConfig(name=cfg.model.name, kwargs=kwargs),
+        preprocess=cfg.preprocess.model_copy(update={
+            "size": patch, "channels": channels,
+            "normalize": "ct_window" if cfg.preprocess.normalize == "ct_window" else "none",
+        }),
+        label_names=[names[k] for k in range(n_classes)],
+        metrics={"val_dice": state["best_dice"]},
+        provenance=provenance(
+            run=cfg.name, data=str(cfg.data.path), plan=plan, best_epoch=state["best_epoch"],
+            epochs_run=state["epoch"], train_seconds=round(state["seconds"], 1), seed=cfg.train.seed,
+            threshold_note=note, data_config=cfg.data.model_dump(mode="json", exclude={"path", "class_names"}),
+            split={"train": [cases[i][0] for i in train_idx], "val": [cases[i][0] for i in val_idx]},
+        ),
+        state_dict=best_state,
+        segmentation={
+            "normalization": plan["normalization"],
+            "overlap": cfg.segment.overlap,
+            "mirror_tta": cfg.segment.mirror_tta,
+            "largest_component": cfg.segment.largest_component,
+            "thresholds": {str(k): float(v) for k, v in thresholds.items()},
+        },
+    )
 
 
 def _write_csv(path: Path, history: list[dict]) -> None:

@@ -25,20 +25,26 @@ MASK_SUFFIXES = (".nii", ".nii.gz", ".png")
 def probs_to_labels(probs: np.ndarray, *, thresholds: dict[int, float] | None = None) -> np.ndarray:
     """Argmax over the class axis of ``(K, *spatial)`` probabilities.
 
-    With ``thresholds``, a voxel whose argmax is class ``c`` keeps it only where
+    With ``thresholds``: in a binary task (2 classes) the foreground is ``probs[1] >= t``, so a
+    threshold below 0.5 adds voxels and one above removes them (the operating point chosen on
+    validation). With more classes, a voxel whose argmax is class ``c`` keeps it only where
     ``probs[c] >= thresholds[c]``; elsewhere it becomes background (0).
 
     Raises:
         ConfigError: a threshold for a class that is not in ``probs``.
     """
-    labels = np.argmax(probs, axis=0).astype(np.uint8 if probs.shape[0] <= 256 else np.int32)
-    for cls, threshold in (thresholds or {}).items():
+    dtype = np.uint8 if probs.shape[0] <= 256 else np.int32
+    for cls in thresholds or {}:
         if not 0 < cls < probs.shape[0]:
             raise ConfigError(
                 "thresholds",
                 f"class {cls} is not a foreground class of the {probs.shape[0]}-class output",
                 f"use class indices 1..{probs.shape[0] - 1}",
             )
+    if probs.shape[0] == 2 and thresholds:
+        return (probs[1] >= thresholds[1]).astype(dtype)
+    labels = np.argmax(probs, axis=0).astype(dtype)
+    for cls, threshold in (thresholds or {}).items():
         labels[(labels == cls) & (probs[cls] < threshold)] = 0
     return labels
 

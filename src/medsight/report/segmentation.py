@@ -25,11 +25,14 @@ class SegCase:
     dice: float
 
 
-def write_segmentation_report(out: Path, *, title: str, summary: dict, cases: list[SegCase]) -> Path:
+def write_segmentation_report(
+    out: Path, *, title: str, summary: dict, cases: list[SegCase], pixel: dict | None = None
+) -> Path:
     """Write ``out/report.html`` (self-contained) with overlays of the best, median and worst cases.
 
     Overlays: ground truth outlined in green, the prediction filled in red; for a volume, the
-    slice with the most ground-truth foreground.
+    slice with the most ground-truth foreground. ``pixel`` (binary tasks): the pooled pixel-level
+    ``auc``, ``pr_auc``, ``f1``, ``accuracy`` and the ``threshold`` they used.
     """
     out = Path(out)
     ranked = sorted(cases, key=lambda c: (np.nan_to_num(c.dice, nan=-1.0), c.case_id))
@@ -48,12 +51,26 @@ def write_segmentation_report(out: Path, *, title: str, summary: dict, cases: li
                   "inside the region of interest when the data set has one."),
         section("Metrics per class (mean over cases, 95% bootstrap CI)",
                 table(["class", "metric", "mean", "95% CI"], metric_rows)),
+        _pixel_section(pixel) if pixel else "",
         section("Best, median and worst cases", figures(figs)),
         section("Per case", table(["case", "mean foreground Dice"], [[c.case_id, c.dice] for c in ranked])),
     ])
     path = out / "report.html"
     path.write_text(page(title, body))
     return path
+
+
+def _pixel_section(pixel: dict) -> str:
+    threshold = pixel.get("threshold")
+    rows = [["ROC-AUC", pixel["auc"]], ["PR-AUC (average precision)", pixel["pr_auc"]],
+            ["F1 (= Dice of the pooled pixels)", pixel["f1"]], ["accuracy", pixel["accuracy"]]]
+    note = (f"threshold {threshold:.4f} on the foreground probability, chosen on the validation cases"
+            if threshold is not None else "the most probable class of each pixel")
+    return section(
+        "Pixel level, all cases pooled",
+        paragraph(f"Every pixel inside the region of interest is one sample; the masks use {note}."),
+        table(["metric", "value"], rows),
+    )
 
 
 def _overlay(case: SegCase, path: Path) -> Path:

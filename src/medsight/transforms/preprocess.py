@@ -69,11 +69,53 @@ def preprocess(
     """
     where = sample.meta.get("path", "sample")
     size = tuple(int(n) for n in cfg.size)
-    if len(size) != sample.spatial_dims:
+    image = intensity_steps(sample, cfg)
+    image = resize(image, size)
+    image = normalize(image, cfg.normalize)
+    if image is sample.array:
+        image = image.copy()
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    if mask is None:
+        return image
+    return image, _resize_mask(mask, sample, size, where)
+
+
+def preprocess_for_segmentation(sample: Sample, cfg: PreprocessConfig, normalization: dict) -> np.ndarray:
+    """Preprocess a whole image for segmentation: steps 1-4, no resize, then the plan's normalisation.
+
+    The image keeps its own grid, so a predicted mask overlays the source voxel for voxel.
+
+    Args:
+        normalization: the plan's scheme, ``{"scheme": "zscore"}`` (per image) or
+            ``{"scheme": "ct", "clip": [low, high], "mean": m, "std": s}`` (clip to the data
+            set's foreground percentiles, then one global z-score).
+    """
+    return plan_normalize(intensity_steps(sample, cfg), normalization)
+
+
+def plan_normalize(image: np.ndarray, normalization: dict) -> np.ndarray:
+    """The plan's intensity normalisation (see :func:`preprocess_for_segmentation`)."""
+    image = np.asarray(image, dtype=np.float32)
+    if normalization.get("scheme") == "ct":
+        low, high = normalization["clip"]
+        image = (np.clip(image, low, high) - normalization["mean"]) / max(float(normalization["std"]), 1e-8)
+    else:
+        image = (image - image.mean()) / max(float(image.std()), 1e-8)
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def intensity_steps(sample: Sample, cfg: PreprocessConfig) -> np.ndarray:
+    """Steps 1-4 (channels, window, denoise, CLAHE) on the sample's own grid.
+
+    Raises:
+        ConfigError, InvalidImageError: as :func:`preprocess`.
+    """
+    where = sample.meta.get("path", "sample")
+    if len(cfg.size) != sample.spatial_dims:
         raise ConfigError(
             where,
             f"the image is {sample.spatial_dims}D {sample.spatial_shape} but preprocess.size "
-            f"{list(size)} is {len(size)}D",
+            f"{list(cfg.size)} is {len(cfg.size)}D",
             f"set preprocess.size to {sample.spatial_dims} values for {sample.spatial_dims}D images",
         )
     image = np.asarray(sample.array, dtype=np.float32)
@@ -93,14 +135,7 @@ def preprocess(
         image = denoise(image, cfg.denoise, cfg.denoise_size)
     if cfg.clahe:
         image = clahe(image)
-    image = resize(image, size)
-    image = normalize(image, cfg.normalize)
-    if image is sample.array:
-        image = image.copy()
-    image = np.ascontiguousarray(image, dtype=np.float32)
-    if mask is None:
-        return image
-    return image, _resize_mask(mask, sample, size, where)
+    return image
 
 
 def resize(array: np.ndarray, size: Sequence[int], *, nearest: bool = False) -> np.ndarray:
