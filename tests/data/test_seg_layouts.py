@@ -232,3 +232,16 @@ def test_fractional_mask_is_an_error(tmp_path: Path) -> None:
     ds = open_seg_dataset(root)
     with pytest.raises(DatasetError, match=r"liver_0\.nii\.gz: .*not labels.*; save masks losslessly"):
         ds.read(ds.items[0])
+
+
+def test_mask_on_another_grid_is_an_error(tmp_path: Path) -> None:
+    """Same shape, different geometry: a mask shifted by 5 mm would overlay the wrong voxels."""
+    root = _msd(tmp_path, {"0": "background", "1": "liver", "2": "tumour"})
+    image = nib.load(root / "imagesTr" / "liver_0.nii.gz")
+    shifted = image.affine.copy()
+    shifted[:3, 3] += 5.0
+    nib.save(nib.Nifti1Image(np.zeros(image.shape, np.uint8), shifted), root / "labelsTr" / "liver_0.nii.gz")
+    ds = open_seg_dataset(root)
+    with pytest.raises(DatasetError, match=r"liver_0\.nii\.gz: the mask lies on another grid .*resample the mask"):
+        ds.read(ds.items[0])
+    assert (ds.read(ds.items[1])[1] == 1).sum() == 4  # the other case still reads

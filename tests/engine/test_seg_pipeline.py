@@ -132,3 +132,35 @@ def test_resume_without_a_checkpoint_is_a_clear_error(disc_folder, tmp_path) -> 
         train_segmenter(_cfg(disc_folder, **{"train.epochs": 1}), out=tmp_path / "fresh", resume=True,
                         progress=False)
     assert not (tmp_path / "fresh" / "model").exists()
+
+
+def test_an_empty_mask_set_is_a_clear_error_and_writes_no_model(disc_folder, tmp_path) -> None:
+    from medsight.errors import DatasetError
+
+    for mask in (disc_folder / "masks").iterdir():
+        Image.fromarray(np.zeros((48, 48), np.uint8)).save(mask)
+    with pytest.raises(DatasetError, match=r"every one of the 12 masks is empty.*check that the masks"):
+        train_segmenter(_cfg(disc_folder), out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_a_classifier_name_for_segmentation_is_a_config_error(disc_folder, tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"model.name=resnet18: is not a segmentation model.*unet"):
+        train_segmenter(_cfg(disc_folder, **{"model.name": "resnet18"}), out=tmp_path / "run", progress=False)
+
+
+def test_dynunet_with_deep_supervision_trains_and_its_bundle_segments(disc_folder, tmp_path) -> None:
+    from medsight.inference.segmenter import Segmenter
+
+    cfg = _cfg(disc_folder, **{"model.name": "dynunet", "model.kwargs": {"depth": 4},
+                               "segment.deep_supervision": True, "segment.loss": "dice_focal",
+                               "train.epochs": 1, "segment.steps_per_epoch": 2})
+    result = train_segmenter(cfg, out=tmp_path / "run", progress=False)
+    segmenter = Segmenter(result["bundle"])
+    assert segmenter.bundle.model.kwargs["deep_supervision"] is True
+    from medsight.io import read_image
+
+    sample = read_image(next((disc_folder / "images").iterdir()))
+    result = segmenter.segment_sample(sample)
+    assert result.labels.shape == (48, 48) and result.probs.shape == (2, 48, 48)
+    assert np.allclose(result.probs.sum(axis=0), 1.0, atol=1e-5)

@@ -90,8 +90,8 @@ class SegSet:
             image, labels, _ = read_dicom_seg(item.mask, item.image)
             return image, labels.astype(np.int64), None
         image = read_image(item.image)
-        labels = None if item.mask is None else _read_mask(item.mask, image.spatial_shape)
-        roi = None if item.roi is None else _read_mask(item.roi, image.spatial_shape) > 0
+        labels = None if item.mask is None else _read_mask(item.mask, image)
+        roi = None if item.roi is None else _read_mask(item.roi, image) > 0
         if labels is not None:
             unknown = sorted(set(np.unique(labels).tolist()) - set(self.label_names))
             if unknown:
@@ -270,11 +270,13 @@ def _open_dicom_seg(root: Path) -> SegSet:
     return SegSet("dicom_seg", root, names, items, "SEG")
 
 
-def _read_mask(path: str, shape: tuple[int, ...] | None) -> np.ndarray:
-    """An integer label map from a mask file (0/255 -> 0/1); shape checked against ``shape`` if given."""
+def _read_mask(path: str, image: Sample | None) -> np.ndarray:
+    """An integer label map from a mask file (0/255 -> 0/1); shape and geometry checked against ``image``."""
     from medsight.io import read_image
 
-    array = read_image(path).array
+    mask = read_image(path)
+    array = mask.array
+    shape = None if image is None else image.spatial_shape
     if array.shape[0] > 1 and not all(np.array_equal(array[0], ch) for ch in array[1:]):
         raise DatasetError(path, f"the mask has {array.shape[0]} differing colour channels",
                            "save the mask as a single-channel (grey or palette) image of label values")
@@ -285,10 +287,24 @@ def _read_mask(path: str, shape: tuple[int, ...] | None) -> np.ndarray:
     if not np.array_equal(array, np.rint(array)) or array.min(initial=0) < 0:
         raise DatasetError(path, "the mask holds values that are not labels (fractions or negatives)",
                            "save masks losslessly (PNG, not JPEG) with integer labels; resample with nearest neighbour")
+    if image is not None and not _same_grid(mask, image):
+        raise DatasetError(
+            path, f"the mask lies on another grid than its image (mask affine {np.round(mask.affine[:3], 3).tolist()}"
+            f", image affine {np.round(image.affine[:3], 3).tolist()})",
+            "resample the mask onto the image grid (nearest neighbour) or pair it with the image it was drawn on",
+        )
     labels = array.astype(np.int64)
     if set(np.unique(labels).tolist()) <= {0, 255}:
         labels //= 255
     return labels
+
+
+def _same_grid(a: Sample, b: Sample) -> bool:
+    """Both voxel-to-world affines agree to a hundredth of a voxel (or either has none)."""
+    if a.affine is None or b.affine is None:
+        return True
+    tolerance = 0.01 * float(min(min(a.spacing), min(b.spacing)))
+    return bool(np.allclose(a.affine, b.affine, atol=max(tolerance, 1e-4)))
 
 
 def _names_from_values(found: SegSet) -> dict[int, str]:

@@ -127,7 +127,7 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
             print(f"stopping before epoch {epoch}: the time limit of {limit} min is reached")
             break
         net.train()
-        total = 0.0
+        total, epoch_start = 0.0, time.perf_counter()
         for _ in range(cfg.segment.steps_per_epoch):
             x, y = sample_patches(train_images, train_labels, patch_size=patch, batch_size=batch,
                                   foreground_fraction=cfg.segment.foreground_fraction, generator=rng)
@@ -140,11 +140,13 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
             optimizer.step()
             total += float(value.detach())
         scheduler.step()
+        train_seconds = time.perf_counter() - epoch_start
         dice = float(np.nanmean([
             _val_dice(net, images[i], cases[i], patch, cfg.segment.overlap, device, foreground) for i in val_idx
         ]))
         state["history"].append({"epoch": epoch, "train_loss": total / cfg.segment.steps_per_epoch,
-                                 "val_dice": dice, "lr": optimizer.param_groups[0]["lr"]})
+                                 "val_dice": dice, "lr": optimizer.param_groups[0]["lr"],
+                                 "patches_per_s": round(cfg.segment.steps_per_epoch * batch / train_seconds, 1)})
         if dice > state["best_dice"]:
             state.update(best_dice=dice, best_epoch=epoch)
             best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
@@ -196,6 +198,9 @@ def _read_cases(dataset: SegSet, cfg: RunConfig, progress: bool) -> list[tuple]:
         steps = _steps_config(cfg, sample.spatial_dims)
         sample = dataclasses.replace(sample, array=intensity_steps(sample, steps))
         cases.append((item.case_id, sample, labels, roi))
+    if not any(labels.any() for _, _, labels, _ in cases):
+        raise DatasetError(dataset.root, f"every one of the {len(cases)} masks is empty (no foreground voxel)",
+                           "check that the masks hold the labels (PNG masks: 0 and 255 or label values)")
     return cases
 
 
