@@ -223,7 +223,7 @@ def _train_segmentation(cfg: RunConfig, *, out: Path, resume: bool, progress: bo
     from medsight.models import list_models
 
     if cfg.model.name not in list_models("segmentation") and cfg.model.name == ModelConfig().name:
-        cfg = cfg.model_copy(update={"model": ModelConfig(name="unet")}, deep=True)
+        cfg = cfg.model_copy(update={"model": ModelConfig(name="unet", kwargs=cfg.model.kwargs)}, deep=True)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     result = train_segmenter(cfg, out=out, resume=resume, progress=progress)

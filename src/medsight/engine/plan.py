@@ -211,8 +211,8 @@ def _fit_patch(
             f"Shrunk the largest axis (in mm) step by step until batch {MIN_BATCH} fits {budget_mb:g} MB: {patch}."
         )
     notes.append(
-        f"Depth {depth}: poolings keeping the smallest patch axis >= {MIN_BOTTLENECK} (max {MAX_DEPTH}); "
-        f"every axis divisible by {2**depth}."
+        f"Depth {depth}: poolings keeping the smallest patch axis >= {MIN_BOTTLENECK} (max {MAX_DEPTH}), so "
+        f"the U-Net has {depth + 1} resolution levels; every axis divisible by {2**depth}."
     )
     return patch, depth
 

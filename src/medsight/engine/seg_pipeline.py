@@ -220,13 +220,16 @@ def _split(n_cases: int, cfg: RunConfig) -> tuple[list[int], list[int]]:
 
 
 def _model_kwargs(cfg: RunConfig, plan: dict, patch: list[int]) -> dict[str, Any]:
-    """Plan-derived defaults for the built-in segmenters, overridden by ``model.kwargs``."""
+    """Plan-derived defaults for the built-in segmenters, overridden by ``model.kwargs``.
+
+    The plan's ``depth`` counts poolings; the networks' ``depth`` counts resolution levels (one more).
+    """
     given = dict(cfg.model.kwargs)
+    levels = plan["depth"] + 1
     if cfg.model.name == "unet":
-        return {"base_features": plan["base_features"], "depth": plan["depth"], **given}
+        return {"base_features": plan["base_features"], "depth": levels, **given}
     if cfg.model.name == "dynunet":
-        return {"depth": plan["depth"], "patch_size": patch, "deep_supervision": cfg.segment.deep_supervision,
-                **given}
+        return {"depth": levels, "patch_size": patch, "deep_supervision": cfg.segment.deep_supervision, **given}
     if cfg.segment.deep_supervision:
         raise ConfigError("segment.deep_supervision", f"{cfg.model.name} has no deep supervision heads",
                           "use model.name=dynunet or set segment.deep_supervision=false")
