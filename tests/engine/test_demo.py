@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from medsight.engine.demo import run_demo
 
@@ -16,3 +20,10 @@ def test_demo_writes_and_reports_every_output(tmp_path: Path) -> None:
     rows = (tmp_path / "predictions.csv").read_text().splitlines()
     assert len(rows) == 1 + 6
     assert all(row.split(",")[1] in {"nodule", "normal"} for row in rows[1:])
+    assert "segmentation:" in text and "masks:" in text
+    assert json.loads((tmp_path / "seg_run" / "metrics.json").read_text())["n"] == 8
+    masks = sorted((tmp_path / "masks").glob("*_mask.png"))
+    assert len(masks) == 3
+    for mask in masks:  # lung fields: a sizeable share of a 64x64 phantom, not all of it
+        share = (np.asarray(Image.open(mask)) > 0).mean()
+        assert 0.05 < share < 0.6, (mask, share)

@@ -43,10 +43,11 @@ class Nodule:
 
 @dataclass(frozen=True)
 class Phantom:
-    """A phantom image (float32 HxW in [0, 1]) and its nodule, if it has one."""
+    """A phantom image (float32 HxW in [0, 1]), its nodule if it has one, and its lung fields (bool HxW)."""
 
     image: np.ndarray
     nodule: Nodule | None
+    lungs: np.ndarray | None = None
 
 
 def make_phantom(rng: np.random.Generator, size: int, nodule: bool) -> Phantom:
@@ -81,7 +82,7 @@ def make_phantom(rng: np.random.Generator, size: int, nodule: bool) -> Phantom:
         amplitude = rng.uniform(0.25, 0.45)
         image += amplitude * _blob(rows, cols, found.row, found.col, found.radius)
     image += rng.normal(0, 0.035, (size, size))
-    return Phantom(np.clip(image, 0.0, 1.0).astype(np.float32), found)
+    return Phantom(np.clip(image, 0.0, 1.0).astype(np.float32), found, (lungs[0] + lungs[1]) > 0.5)
 
 
 def make_phantom_array(rng: np.random.Generator, size: int, nodule: bool) -> np.ndarray:
@@ -135,6 +136,28 @@ def make_chest_phantoms(
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["path", "label", "nodule_row", "nodule_col", "radius"])
         writer.writerows(rows)
+    return out
+
+
+def make_lung_phantoms(out: Path, *, n: int = 40, size: int = 64, seed: int = 0) -> Path:
+    """Write a segmentation set of phantoms: ``out/images/case_NNNN.png`` with ``out/masks/`` lung fields.
+
+    Half the phantoms have a nodule (inside a lung: it stays part of the lung field). The mask
+    is 255 on both lungs and 0 elsewhere, so the set reads as the image/mask pairs layout.
+
+    Returns:
+        ``out``, the data set root.
+    """
+    if size < 16 or n < 2:
+        raise ConfigError(f"size={size}, n={n}", "too small for a segmentation set", "use size >= 16 and n >= 2")
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        phantom = make_phantom(rng, size, nodule=i % 2 == 1)
+        _write_png(phantom.image, out / "images" / f"case_{i:04d}.png")
+        _write_png(phantom.lungs.astype(np.float32), out / "masks" / f"case_{i:04d}.png")
     return out
 
 
