@@ -7,7 +7,7 @@ oversampled, augmented by ``augment.*``), validates every epoch by sliding-windo
 
     out/config.yaml, out/plan.json       what was asked and what was planned
     out/checkpoints/last.safetensors     resumable training state (as classification)
-    out/metrics.csv                      one row per epoch
+    out/metrics.csv, out/tensorboard/    one row per epoch
     out/model/                           the best model as a Bundle, with its inference settings
     out/metrics.json, per_case.csv, report.html
                                          the validation cases scored by the bundle itself
@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import time
@@ -38,6 +37,7 @@ from medsight.config import ModelConfig, RunConfig
 from medsight.data.fingerprint import fingerprint
 from medsight.data.seg_layouts import SegSet, open_seg_dataset
 from medsight.data.splits import split_indices
+from medsight.engine.callbacks import ProgressDisplay, RunLog
 from medsight.engine.checkpoint import load_checkpoint, save_checkpoint
 from medsight.engine.device import pick_device, set_threads
 from medsight.engine.optim import build_optimizer, build_scheduler
@@ -120,44 +120,34 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
     foreground = list(range(1, n_classes))
     epochs, patience, limit = cfg.train.epochs, cfg.train.patience, cfg.train.time_limit_min
     resumed_seconds = state["seconds"]
-    for epoch in range(state["epoch"] + 1, epochs + 1):
-        if patience and epoch - state["best_epoch"] > patience:
-            break
-        if limit and resumed_seconds + time.perf_counter() - started > limit * 60:
-            print(f"stopping before epoch {epoch}: the time limit of {limit} min is reached")
-            break
-        net.train()
-        total, epoch_start = 0.0, time.perf_counter()
-        for _ in range(cfg.segment.steps_per_epoch):
-            x, y = sample_patches(train_images, train_labels, patch_size=patch, batch_size=batch,
-                                  foreground_fraction=cfg.segment.foreground_fraction, generator=rng)
-            x, y = torch.from_numpy(x), torch.from_numpy(y)
-            if augment is not None:
-                x, y = augment(x, y, generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
-            optimizer.zero_grad()
-            value = loss_fn(net(x.to(device)), y.to(device))
-            value.backward()
-            optimizer.step()
-            total += float(value.detach())
-        scheduler.step()
-        train_seconds = time.perf_counter() - epoch_start
-        dice = float(np.nanmean([
-            _val_dice(net, images[i], cases[i], patch, cfg.segment.overlap, device, foreground) for i in val_idx
-        ]))
-        state["history"].append({"epoch": epoch, "train_loss": total / cfg.segment.steps_per_epoch,
-                                 "val_dice": dice, "lr": optimizer.param_groups[0]["lr"],
-                                 "patches_per_s": round(cfg.segment.steps_per_epoch * batch / train_seconds, 1)})
-        if dice > state["best_dice"]:
-            state.update(best_dice=dice, best_epoch=epoch)
-            best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        state["epoch"] = epoch
-        state["seconds"] = resumed_seconds + time.perf_counter() - started
-        save_checkpoint(out / CHECKPOINT, model=net, optimizer=optimizer, scheduler=scheduler,
-                        state={**state, "numpy_rng": rng.bit_generator.state}, best_state=best_state)
-        _write_csv(out / "metrics.csv", state["history"])
-        if progress:
-            print(f"epoch {epoch}/{epochs}  loss {total / cfg.segment.steps_per_epoch:.4f}  val dice {dice:.4f}"
-                  f"  ({state['seconds']:.0f} s)")
+    log = RunLog(out)
+    with ProgressDisplay(progress, epochs, "val_dice") as display:
+        for epoch in range(state["epoch"] + 1, epochs + 1):
+            if patience and epoch - state["best_epoch"] > patience:
+                break
+            if limit and resumed_seconds + time.perf_counter() - started > limit * 60:
+                log.note(f"stopped before epoch {epoch}: the time limit of {limit} min is reached")
+                break
+            display.start_epoch(epoch, cfg.segment.steps_per_epoch)
+            loss, seconds = _train_epoch(cfg, net, optimizer, loss_fn, augment, rng, (train_images, train_labels),
+                                         patch, batch, device, display)
+            scheduler.step()
+            dice = float(np.nanmean([
+                _val_dice(net, images[i], cases[i], patch, cfg.segment.overlap, device, foreground) for i in val_idx
+            ]))
+            row = {"epoch": epoch, "train_loss": loss, "val_dice": dice, "lr": optimizer.param_groups[0]["lr"],
+                   "patches_per_s": round(cfg.segment.steps_per_epoch * batch / seconds, 1)}
+            if dice > state["best_dice"]:
+                state.update(best_dice=dice, best_epoch=epoch)
+                best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            state["epoch"] = epoch
+            state["seconds"] = resumed_seconds + time.perf_counter() - started
+            state["history"].append({**row, "seconds": round(state["seconds"], 1)})
+            save_checkpoint(out / CHECKPOINT, model=net, optimizer=optimizer, scheduler=scheduler,
+                            state={**state, "numpy_rng": rng.bit_generator.state}, best_state=best_state)
+            log.write(state["history"])
+            display.end_epoch(state["history"][-1], "  (best)" if state["best_epoch"] == epoch else "")
+    log.close()
     net.load_state_dict(best_state)
     val_cases = [cases[i] for i in val_idx]
     thresholds, note = _thresholds(cfg, net, val_cases, images, val_idx, patch, device, n_classes)
@@ -243,6 +233,26 @@ def _augmenter(cfg: RunConfig, spatial_dims: int):
     return augment if augment.enabled else None
 
 
+def _train_epoch(cfg: RunConfig, net, optimizer, loss_fn, augment, rng, train_set, patch, batch, device,
+                 display) -> tuple[float, float]:
+    """One epoch of ``segment.steps_per_epoch`` patch batches: ``(mean loss, seconds)``."""
+    net.train()
+    total, start = 0.0, time.perf_counter()
+    for _ in range(cfg.segment.steps_per_epoch):
+        x, y = sample_patches(*train_set, patch_size=patch, batch_size=batch,
+                              foreground_fraction=cfg.segment.foreground_fraction, generator=rng)
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        if augment is not None:
+            x, y = augment(x, y, generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
+        optimizer.zero_grad()
+        value = loss_fn(net(x.to(device)), y.to(device))
+        value.backward()
+        optimizer.step()
+        total += float(value.detach())
+        display.advance(1, float(value.detach()))
+    return total / cfg.segment.steps_per_epoch, time.perf_counter() - start
+
+
 def _val_dice(net, image: np.ndarray, case, patch, overlap: float, device, foreground: list[int]) -> float:
     """Mean foreground Dice of one validation case at argmax, inside its ROI (early stopping's score)."""
     _, sample, labels, roi = case
@@ -295,10 +305,3 @@ def _bundle(cfg, dataset, plan, patch, kwargs, n_classes, thresholds, note, stat
             "thresholds": {str(k): float(v) for k, v in thresholds.items()},
         },
     )
-
-
-def _write_csv(path: Path, history: list[dict]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
