@@ -36,7 +36,6 @@ from medsight.bundle import Bundle, provenance
 from medsight.config import ModelConfig, RunConfig
 from medsight.data.fingerprint import fingerprint
 from medsight.data.seg_layouts import SegSet, open_seg_dataset
-from medsight.data.splits import split_indices
 from medsight.engine.callbacks import ProgressDisplay, RunLog
 from medsight.engine.checkpoint import load_checkpoint, save_checkpoint
 from medsight.engine.device import pick_device, set_threads
@@ -201,12 +200,10 @@ def _steps_config(cfg: RunConfig, spatial_dims: int):
 
 
 def _split(n_cases: int, cfg: RunConfig) -> tuple[list[int], list[int]]:
-    split = split_indices(np.zeros(n_cases, int), val_fraction=cfg.data.val_fraction, test_fraction=0.0,
-                          seed=cfg.train.seed)
-    train_idx, val_idx = [int(i) for i in split["train"]], [int(i) for i in split["val"]]
-    if not val_idx:
-        val_idx = [train_idx.pop()]
-    return train_idx, val_idx
+    """Seeded shuffle of the cases: ``round(val_fraction * n)`` for validation (at least 1), the rest train."""
+    order = np.random.default_rng(cfg.train.seed).permutation(n_cases)
+    n_val = min(max(1, round(cfg.data.val_fraction * n_cases)), n_cases - 1)
+    return sorted(int(i) for i in order[n_val:]), sorted(int(i) for i in order[:n_val])
 
 
 def _model_kwargs(cfg: RunConfig, plan: dict, patch: list[int]) -> dict[str, Any]:

@@ -1,0 +1,170 @@
+"""The loaded model behind the service: one per worker process, loaded once at start-up.
+
+:class:`ModelService` reads the bundle, builds the classifier (:class:`Predictor`) or the
+segmenter, and answers for the model: its version (name, a hash of the bundle files, the
+creation stamp), its model card, predictions, masks and (when ``medsight.explain`` is
+installed) heatmaps.
+
+Example:
+    >>> service = ModelService("runs/demo/model")
+    >>> service.card()["label_names"]
+    ['normal', 'nodule']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+import numpy as np
+
+from medsight.bundle import MANIFEST, WEIGHTS, load_bundle
+from medsight.data.sample import Sample
+from medsight.errors import BundleError
+from medsight.inference.predictor import Predictor
+from medsight.serve.errors import ExplainUnavailableError
+from medsight.serve.pictures import middle_slice, preview_png
+
+TASKS = ("classification", "segmentation")
+#: Provenance keys that may list source files (and so patient names in file names); dropped from the card.
+_FILE_LIST_KEYS = ("file", "files", "paths", "skipped", "ids", "cases")
+_SPLIT_KEYS = ("split", "splits")
+
+
+class ModelService:
+    """A bundle loaded for serving: the network, its preprocessing, version and card."""
+
+    def __init__(self, bundle_path: str | Path, *, device: str = "cpu") -> None:
+        start = perf_counter()
+        self.path = Path(bundle_path)
+        self.task = load_bundle(self.path, weights=False).task
+        # the runners get the folder, not a loaded Bundle, so a classifier can pick its ONNX export
+        if self.task == "classification":
+            self.runner: Any = Predictor(self.path, device=device)
+        elif self.task == "segmentation":
+            from medsight.inference.segmenter import Segmenter
+
+            self.runner = Segmenter(self.path, device=device)
+        else:
+            raise BundleError(self.path, f"task {self.task!r} cannot be served", f"serve one of {', '.join(TASKS)}")
+        self.bundle = self.runner.bundle
+        self.version = {**model_version(self.path, self.bundle.model.name, self.bundle.provenance),
+                        "backend": getattr(self.runner, "backend", "torch")}
+        self.explainer = load_explainer()
+        self._warm_up()
+        self.load_seconds = perf_counter() - start
+
+    def _warm_up(self) -> None:
+        """One prediction on a synthetic ramp, so the first request does not pay for lazy set-up."""
+        cfg = self.bundle.preprocess
+        size = tuple(int(n) for n in cfg.size)
+        ramp = np.linspace(0.0, 1.0, int(np.prod(size)) * cfg.channels, dtype=np.float32)
+        sample = Sample(ramp.reshape(cfg.channels, *size), spacing=(1.0,) * len(size))
+        if self.task == "classification":
+            self.classify(sample)
+        else:
+            self.segment(sample)
+
+    def classify(self, sample: Sample) -> dict[str, Any]:
+        """Label, probabilities and threshold, as :meth:`Predictor.predict_sample`."""
+        return self.runner.predict_sample(sample)
+
+    def segment(self, sample: Sample):
+        """A :class:`SegmentationResult` on the sample's own grid."""
+        return self.runner.segment_sample(sample)
+
+    def preview(self, sample: Sample) -> bytes:
+        """PNG of what the model sees: the preprocessed input (classification) or the image on its own grid
+        after the intensity steps (segmentation, so the mask overlays it); the middle slice of a volume."""
+        from medsight.transforms.preprocess import intensity_steps, preprocess
+
+        cfg = self.bundle.preprocess
+        image = preprocess(sample, cfg) if self.task == "classification" else intensity_steps(sample, cfg)
+        return preview_png(middle_slice(image, sample.spatial_dims))
+
+    def require_explainer(self) -> Callable[..., bytes]:
+        """``medsight.explain.explain_png``.
+
+        Raises:
+            ExplainUnavailableError: no ``medsight.explain`` module with ``explain_png`` is installed.
+        """
+        if self.explainer is None:
+            raise ExplainUnavailableError(
+                "/v1/explain",
+                "heatmaps (Grad-CAM) are not available in this medsight version",
+                "use /v1/predict for the label and probabilities; upgrade medsight for explanations",
+            )
+        return self.explainer
+
+    def explain(self, sample: Sample, *, target: str | None = None) -> bytes:
+        """A heatmap PNG from ``medsight.explain.explain_png(runner, sample, target=...)``.
+
+        Raises:
+            ExplainUnavailableError: explanations are not installed.
+        """
+        return self.require_explainer()(self.runner, sample, target=target)
+
+    def card(self) -> dict[str, Any]:
+        """The model card: what the model does, what it expects, how well it did, where it came from."""
+        bundle = self.bundle
+        return {
+            "task": bundle.task,
+            "model": bundle.model.model_dump(mode="json"),
+            "label_names": bundle.label_names,
+            "preprocess": bundle.preprocess.model_dump(mode="json"),
+            "spatial_dims": bundle.spatial_dims,
+            "threshold": bundle.threshold,
+            "segmentation": getattr(bundle, "segmentation", None),
+            "metrics": bundle.metrics,
+            "version": self.version,
+            "provenance": public_provenance(bundle.provenance),
+            "explain_available": self.explainer is not None,
+            "accepts": ["DICOM", "NIfTI (.nii, .nii.gz)", "PNG", "JPEG"],
+        }
+
+
+def model_version(folder: Path, name: str, provenance: dict[str, Any]) -> dict[str, Any]:
+    """``{"name", "hash", "created", "medsight"}``; the hash is SHA-256 over bundle.json and the weights."""
+    digest = hashlib.sha256()
+    for part in (MANIFEST, WEIGHTS):
+        with (folder / part).open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return {
+        "name": name,
+        "hash": f"sha256:{digest.hexdigest()[:16]}",
+        "created": provenance.get("created"),
+        "medsight": provenance.get("medsight"),
+    }
+
+
+def public_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
+    """Provenance without source file names or case ids, which may name a patient.
+
+    Lists of files (``skipped_files``, ``*_paths``, ``case_ids``...) are dropped; a ``split``
+    of case ids becomes the number of cases per split. The data set path (``data``) stays.
+    """
+    public: dict[str, Any] = {}
+    for key, value in provenance.items():
+        name = key.lower()
+        if name in _SPLIT_KEYS and isinstance(value, dict):
+            public[key] = {part: len(ids) if isinstance(ids, list) else ids for part, ids in value.items()}
+        elif name not in _FILE_LIST_KEYS and not name.endswith(("_files", "_paths", "_ids")):
+            public[key] = public_provenance(value) if isinstance(value, dict) else value
+    return public
+
+
+def load_explainer() -> Callable[..., bytes] | None:
+    """``medsight.explain.explain_png`` when that module exists; None until then."""
+    try:
+        module = importlib.import_module("medsight.explain")
+    except ModuleNotFoundError as exc:
+        if exc.name == "medsight.explain":
+            return None
+        raise
+    return getattr(module, "explain_png", None)
+
