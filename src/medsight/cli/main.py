@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import typer
 
-from medsight.cli import data_cmd, demo_cmd, eval_cmd, models_cmd, plan_cmd, predict_cmd, serve_cmd, train_cmd
+from medsight.cli import (
+    data_cmd,
+    demo_cmd,
+    eval_cmd,
+    export_cmd,
+    models_cmd,
+    plan_cmd,
+    predict_cmd,
+    serve_cmd,
+    train_cmd,
+)
 
 app = typer.Typer(
     name="medsight",
@@ -22,6 +32,7 @@ app.command("evaluate")(eval_cmd.evaluate)
 app.command("predict")(predict_cmd.predict)
 app.command("demo")(demo_cmd.demo)
 app.command("plan")(plan_cmd.plan)
+app.command("export")(export_cmd.export)
 app.command("serve")(serve_cmd.serve)
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(models_cmd.app, name="models")

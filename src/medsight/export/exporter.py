@@ -1,0 +1,234 @@
+"""``export_bundle``: a bundle -> ONNX or TorchScript files beside its weights, checked on real images.
+
+Files written into the bundle folder (atomically: everything is built and checked in a
+staging folder first, so a failed export leaves the bundle as it was):
+
+    model.onnx            fp32 ONNX, opset 20, dynamic batch (and spatial axes for segmentation)
+    model.int8.onnx       with --int8: ONNX Runtime dynamic int8 quantisation of model.onnx
+    model.torchscript.pt  TorchScript archive (torch.jit.load; not a pickle)
+    export.json           per format: file, SHA-256 of it and of the weights it came from, opset,
+                          input/output names and shapes, the preprocessing (outside the graph /
+                          in it / after it), parity numbers and the int8 metric loss
+
+Checks: the fp32 probabilities must match PyTorch's within :data:`PARITY_TOLERANCE` on every
+sample; int8 may lose at most :data:`MAX_INT8_LOSS` (one point) of the validation metric.
+
+Example:
+    >>> result = export_bundle(bundle=Path("runs/demo/model"), fmt="onnx", int8=True)
+    >>> result["parity"]["max_abs_diff"] <= 1e-4, result["int8"]["loss_points"] <= 1
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from medsight import __version__
+from medsight.bundle import WEIGHTS, load_bundle
+from medsight.errors import ConfigError
+from medsight.export.errors import ExportError
+from medsight.inference.predictor import EXPORT_MANIFEST, file_sha256, read_export_manifest
+
+FORMATS = ("onnx", "torchscript")
+FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+INT8_FILE = "model.int8.onnx"
+#: Largest allowed |p_export - p_pytorch| on any probability (fp32).
+PARITY_TOLERANCE = 1e-4
+#: Largest allowed drop of the validation metric with int8 (0.01 = one point on a 0-1 metric).
+MAX_INT8_LOSS = 0.01
+MANIFEST_VERSION = 1
+
+
+def export_bundle(
+    *,
+    bundle: str | Path,
+    fmt: str,
+    int8: bool = False,
+    data: str | None = None,
+    metric: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Export a bundle to ``fmt``, check it on real images, and record it in ``export.json``.
+
+    Args:
+        bundle: the bundle folder (``RUN_DIR/model``).
+        fmt: ``"onnx"`` or ``"torchscript"``.
+        int8: also write ``model.int8.onnx`` (ONNX only) and check its metric loss.
+        data: the data set for the checks; default the one recorded in the bundle.
+        metric: the validation metric the int8 check compares; default ``auc`` for a
+            classifier (any of :data:`medsight.engine.metrics.METRIC_KEYS`), ``dice`` (pooled
+            over the parity patches) for a segmenter.
+        progress: show progress while loading the validation images.
+
+    Returns:
+        The format's ``export.json`` record, plus ``"folder"``.
+
+    Raises:
+        ConfigError: an unknown format or metric, ``int8`` with TorchScript.
+        BundleError: no bundle at ``bundle``.
+        DatasetError: no reachable data (pass ``data``).
+        ExportError: the export failed, or missed the parity or int8 limits (nothing is written).
+    """
+    import torch
+
+    from medsight.export.graph import build_graph, describe_preprocessing
+    from medsight.export.parity import check_parity, load_parity_data
+
+    folder = Path(bundle)
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt}", "unknown export format", f"use one of {', '.join(FORMATS)}")
+    if int8 and fmt != "onnx":
+        raise ConfigError("--int8", f"int8 quantisation is for ONNX, not {fmt}", "use --format onnx --int8")
+    model_bundle = load_bundle(folder)
+    metric = _metric(model_bundle.task, metric) if int8 else None
+    graph, input_preprocess = build_graph(model_bundle)
+    parity = load_parity_data(
+        model_bundle, folder, data=data, input_preprocess=input_preprocess, progress=progress
+    )
+    example = torch.from_numpy(parity.inputs[:2] if len(parity.inputs) > 1 else parity.inputs.repeat(2, axis=0))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
+    except OSError as exc:
+        raise ExportError(folder, f"cannot write into the bundle folder ({exc})", "export a writable copy") from exc
+    try:
+        built = staging / FILES[fmt]
+        info, run = _build(fmt, graph, example, built, segmentation=model_bundle.task == "segmentation")
+        check = check_parity(run, parity, tolerance=PARITY_TOLERANCE)
+        check.pop("probabilities")
+        record: dict[str, Any] = {
+            "file": FILES[fmt],
+            "sha256": file_sha256(built),
+            "weights_sha256": file_sha256(folder / WEIGHTS),
+            **info,
+            "preprocessing": describe_preprocessing(model_bundle),
+            "input_preprocess": input_preprocess.model_dump(mode="json"),
+            "parity": check,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(fmt),
+        }
+        installs = {built: folder / FILES[fmt]}
+        if int8:
+            quantised = staging / INT8_FILE
+            record["int8"] = _int8(built, quantised, model_bundle, parity, metric)
+            installs[quantised] = folder / INT8_FILE
+        _install(installs, folder, record, fmt, model_bundle)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {**record, "folder": str(folder)}
+
+
+def _build(fmt: str, graph, example, path: Path, *, segmentation: bool):
+    """Export ``graph`` to ``path``; returns its signature info and a runner for the checks."""
+    import torch
+
+    if fmt == "onnx":
+        from medsight.export.onnx_export import export_onnx
+
+        info = export_onnx(graph, example, path, dynamic_spatial=segmentation)
+        return info, _onnx_runner(path)
+    from medsight.export.torchscript_export import export_torchscript, load_torchscript
+
+    info = export_torchscript(graph, example, path)
+    module = load_torchscript(path)
+
+    def run(batch):
+        with torch.inference_mode():
+            return module(torch.from_numpy(batch))[0].numpy()
+
+    return info, run
+
+
+def _onnx_runner(path: Path):
+    import torch
+
+    from medsight.inference.predictor import onnx_session
+
+    session = onnx_session(path, threads=torch.get_num_threads())
+    return lambda batch: session.run(["probabilities"], {"image": batch})[0]
+
+
+def _int8(source: Path, target: Path, bundle, parity, metric: str) -> dict[str, Any]:
+    """Quantise, then compare the validation metric with PyTorch's; raises when it loses too much."""
+    import numpy as np
+
+    from medsight.export.onnx_export import quantize_int8
+    from medsight.export.parity import check_parity, metric_value
+
+    quantize_int8(source, target)
+    check = check_parity(_onnx_runner(target), parity)
+    reference = metric_value(bundle, parity, parity.reference, metric)
+    value = metric_value(bundle, parity, check.pop("probabilities"), metric)
+    if np.isnan(reference) or np.isnan(value):
+        raise ExportError(
+            f"int8 {metric}", f"undefined on {parity.source}", "choose another metric with --metric (e.g. accuracy)"
+        )
+    loss = reference - value
+    result = {
+        "file": INT8_FILE,
+        "sha256": file_sha256(target),
+        "quantisation": "onnxruntime.quantization.quantize_dynamic, weights QInt8",
+        "metric": metric,
+        "fp32": reference,
+        "int8": value,
+        "loss": loss,
+        "loss_points": 100 * loss,
+        "max_loss": MAX_INT8_LOSS,
+        "samples": check["samples"],
+        "max_abs_diff": check["max_abs_diff"],
+    }
+    if loss > MAX_INT8_LOSS:
+        raise ExportError(
+            "int8 quantisation",
+            f"val {metric} drops from {reference:.4f} (PyTorch) to {value:.4f} (int8): a loss of "
+            f"{100 * loss:.2f} points, above the {100 * MAX_INT8_LOSS:.0f} allowed, on {parity.source}",
+            "nothing was written; use the fp32 export (drop --int8)",
+        )
+    return result
+
+
+def _metric(task: str, metric: str | None) -> str:
+    from medsight.engine.metrics import METRIC_KEYS
+
+    allowed = ("dice",) if task == "segmentation" else METRIC_KEYS
+    metric = metric or ("dice" if task == "segmentation" else "auc")
+    if metric not in allowed:
+        raise ConfigError(f"--metric {metric}", f"not a {task} metric", f"use one of {', '.join(allowed)}")
+    return metric
+
+
+def _install(installs: dict[Path, Path], folder: Path, record: dict, fmt: str, bundle) -> None:
+    """Move the checked files into the bundle folder, then rewrite ``export.json`` atomically."""
+    manifest = read_export_manifest(folder)
+    for source, target in installs.items():
+        os.replace(source, target)
+    if fmt == "onnx" and "int8" not in record:  # an int8 file from an earlier export would be stale
+        (folder / INT8_FILE).unlink(missing_ok=True)
+    formats = {**manifest.get("formats", {}), fmt: record}
+    manifest = {
+        "format_version": MANIFEST_VERSION,
+        "task": bundle.task,
+        "label_names": bundle.label_names,
+        "threshold": bundle.threshold,
+        "formats": formats,
+    }
+    tmp = folder / f".{EXPORT_MANIFEST}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, folder / EXPORT_MANIFEST)
+
+
+def _versions(fmt: str) -> dict[str, str]:
+    import torch
+
+    versions = {"medsight": __version__, "torch": torch.__version__}
+    if fmt == "onnx":
+        import onnx
+        import onnxruntime
+
+        versions.update(onnx=onnx.__version__, onnxruntime=onnxruntime.__version__)
+    return versions
