@@ -17,6 +17,8 @@ def predict(
         None, help="Classifiers: a .csv or .json file (default predictions.csv). Segmenters: a folder for the "
         "masks and predictions.csv (default masks/)."
     ),
+    resume: bool = typer.Option(False, "--resume", help="Skip files that already have a row in the output CSV."),
+    backend: str = typer.Option("auto", help="Classifiers: torch, onnx (needs medsight export), or auto."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Predict labels for images (classifiers) or write masks (segmenters); unreadable files get an error row."""
@@ -30,12 +32,14 @@ def predict(
         if out.suffix.lower() in {".csv", ".json"}:
             raise ConfigError(f"--out {out}", "a segmentation model writes mask files into a folder",
                               "pass a folder, e.g. --out masks")
-        counts = segment_to_folder(bundle=bundle, inputs=inputs, out=out, progress=progress)
+        counts = segment_to_folder(bundle=bundle, inputs=inputs, out=out, progress=progress, resume=resume)
         typer.echo(f"wrote {counts['ok']} mask(s) to {out}/ and {out / 'predictions.csv'}; "
-                   f"{counts['errors']} unreadable")
+                   f"{counts['errors']} unreadable; {counts['skipped']} already done")
         return
     from medsight.inference.predictor import predict_to_file
 
     out = out or Path("predictions.csv")
-    counts = predict_to_file(bundle=bundle, inputs=inputs, out=out, progress=progress)
-    typer.echo(f"wrote {out}: {counts['ok']} predicted, {counts['errors']} unreadable")
+    counts = predict_to_file(bundle=bundle, inputs=inputs, out=out, progress=progress, resume=resume,
+                             backend=backend)
+    typer.echo(f"wrote {out}: {counts['ok']} predicted, {counts['errors']} unreadable, "
+               f"{counts['skipped']} already done")

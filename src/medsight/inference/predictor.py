@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import importlib.util
 import json
@@ -235,30 +234,41 @@ def iter_predictions(predictor: Predictor, files: list[Path], *, progress: bool)
 
 
 def predict_to_file(
-    *, bundle: str | Path, inputs: list[Path], out: Path, progress: bool = True, backend: str = "auto"
+    *, bundle: str | Path, inputs: list[Path], out: Path, progress: bool = True, backend: str = "auto",
+    resume: bool = False,
 ) -> dict[str, int]:
-    """Predict every input and write a CSV (streamed row by row) or a JSON list."""
+    """Predict every input and write a CSV (streamed row by row) or a JSON list.
+
+    With ``resume`` (CSV only), files that already have a row in ``out`` are skipped and the
+    new rows are appended; ``counts["skipped"]`` says how many.
+
+    Raises:
+        ConfigError: ``resume`` with a JSON output, or a CSV another model wrote.
+    """
+    from medsight.inference.results_csv import ResultsCsv
+
     predictor = Predictor(bundle, backend=backend)
     files = expand_inputs(inputs)
-    counts = {"ok": 0, "errors": 0}
+    counts = {"ok": 0, "errors": 0, "skipped": 0}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = iter_predictions(predictor, files, progress=progress)
     if out.suffix.lower() == ".json":
+        if resume:
+            raise ConfigError(f"--out {out}", "--resume appends to a CSV; a JSON list is written whole",
+                              "use a .csv output to resume")
         collected = []
-        for row in rows:
+        for row in iter_predictions(predictor, files, progress=progress):
             counts["errors" if row["error"] else "ok"] += 1
             collected.append(row)
         out.write_text(json.dumps(collected, indent=2))
         return counts
     fields = ["path", "label", *(f"prob_{n}" for n in predictor.label_names), "threshold", "error"]
-    with out.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        for row in rows:
+    with ResultsCsv(out, fields, resume=resume) as results:
+        todo = [path for path in files if str(path) not in results.done]
+        counts["skipped"] = len(files) - len(todo)
+        for row in iter_predictions(predictor, todo, progress=progress):
             counts["errors" if row["error"] else "ok"] += 1
             probs = {f"prob_{n}": row["probabilities"].get(n, "") for n in predictor.label_names}
-            writer.writerow({"path": row["path"], "label": row["label"], **probs,
-                             "threshold": row["threshold"], "error": row["error"]})
-            handle.flush()
+            results.write({"path": row["path"], "label": row["label"], **probs,
+                           "threshold": row["threshold"], "error": row["error"]})
     return counts

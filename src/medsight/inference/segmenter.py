@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,26 +111,27 @@ def mask_path(source: Path, out_dir: Path, sample: Sample) -> Path:
 
 
 def segment_to_folder(
-    *, bundle: str | Path, inputs: list[Path], out: Path, progress: bool = True
+    *, bundle: str | Path, inputs: list[Path], out: Path, progress: bool = True, resume: bool = False
 ) -> dict[str, int]:
     """Segment every input and write one mask per file plus ``out/predictions.csv``.
 
     The CSV has a row per file: the mask path and the voxel count of each class, or the
-    error that stopped it (an unreadable file never stops the others).
+    error that stopped it (an unreadable file never stops the others). With ``resume``, files
+    that already have a row are skipped (``counts["skipped"]``).
     """
     from medsight.inference.predictor import expand_inputs
+    from medsight.inference.results_csv import ResultsCsv
     from medsight.progress import track
 
     segmenter = Segmenter(bundle)
     files = expand_inputs(inputs)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    counts = {"ok": 0, "errors": 0}
+    counts = {"ok": 0, "errors": 0, "skipped": 0}
     fields = ["path", "mask", *(f"voxels_{n}" for n in segmenter.label_names), "error"]
-    with (out / "predictions.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        for path in track(files, description="segmenting", enabled=progress):
+    with ResultsCsv(out / "predictions.csv", fields, resume=resume) as results:
+        todo = [path for path in files if str(path) not in results.done]
+        counts["skipped"] = len(files) - len(todo)
+        for path in track(todo, description="segmenting", enabled=progress):
             row: dict[str, Any] = {"path": str(path), "mask": "", "error": ""}
             try:
                 sample, result = segmenter.segment_file(path)
@@ -141,6 +141,5 @@ def segment_to_folder(
             except MedsightError as exc:
                 row["error"] = str(exc)
                 counts["errors"] += 1
-            writer.writerow(row)
-            handle.flush()
+            results.write(row)
     return counts

@@ -1,0 +1,61 @@
+"""A results CSV written row by row, that a crashed or stopped batch can resume.
+
+Each row is flushed as soon as it is written, so a crash loses at most the row being
+written. With ``resume=True`` the rows already there are kept (a half-written last row is
+dropped), their paths are reported in :attr:`ResultsCsv.done` so the caller skips them, and
+new rows are appended.
+
+Example:
+    >>> with ResultsCsv(Path("preds.csv"), ["path", "label", "error"], resume=True) as results:
+    ...     for path in files:
+    ...         if str(path) not in results.done:
+    ...             results.write({"path": str(path), "label": "nodule", "error": ""})
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+from medsight.errors import ConfigError
+
+
+class ResultsCsv:
+    """Context manager around a streamed, resumable CSV of one row per input file."""
+
+    def __init__(self, path: Path, fields: list[str], *, resume: bool = False) -> None:
+        self.path, self.fields, self.resume = Path(path), fields, resume
+        self.done: set[str] = set()
+
+    def __enter__(self) -> ResultsCsv:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = self._kept_rows() if self.resume and self.path.is_file() else []
+        self.done = {row["path"] for row in kept}
+        staging = self.path.with_name(f".{self.path.name}.tmp")
+        with staging.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(kept)
+        os.replace(staging, self.path)
+        self._handle = self.path.open("a", newline="")
+        self._writer = csv.DictWriter(self._handle, fieldnames=self.fields)
+        return self
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._writer.writerow(row)
+        self._handle.flush()
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()
+
+    def _kept_rows(self) -> list[dict[str, str]]:
+        with self.path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames != self.fields:
+                raise ConfigError(
+                    self.path, f"has the columns {reader.fieldnames}, not {self.fields} (another model wrote it)",
+                    "resume into the file this model started, or choose a new --out",
+                )
+            return [row for row in reader if None not in row.values() and None not in row]
