@@ -18,7 +18,7 @@ def test_predict_folder_with_a_broken_file(trained_run: Path, small_phantoms: Pa
     counts = predict_to_file(bundle=trained_run / "model", inputs=[folder], out=out, progress=False)
     with out.open() as handle:
         rows = list(csv.DictReader(handle))
-    assert counts == {"ok": 40, "errors": 1}
+    assert counts == {"ok": 40, "errors": 1, "skipped": 0}
     assert len(rows) == 41
     broken = next(r for r in rows if r["path"].endswith("broken.png"))
     assert "broken.png" in broken["error"] and broken["label"] == ""

@@ -71,7 +71,7 @@ def test_predict_to_file_with_either_backend(exported_bundle: Path, small_phanto
     for backend in ("torch", "onnx"):
         out = tmp_path / f"{backend}.csv"
         assert predict_to_file(bundle=exported_bundle, inputs=files, out=out, progress=False, backend=backend) == {
-            "ok": len(files), "errors": 0}
+            "ok": len(files), "errors": 0, "skipped": 0}
         with out.open() as handle:
             rows[backend] = list(csv.DictReader(handle))
     for a, b in zip(rows["torch"], rows["onnx"], strict=True):
