@@ -72,8 +72,12 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=None, help="training time limit (default: the recipe's)")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--ref-seconds", type=float, default=30.0)
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="recipe override KEY=VALUE")
     args = parser.parse_args()
-    overrides = {"data.path": str(args.data), "train.time_limit_min": args.minutes, "train.epochs": args.epochs}
+    from medsight.cli.errors import parse_overrides
+
+    overrides = {"data.path": str(args.data), "train.time_limit_min": args.minutes, "train.epochs": args.epochs,
+                 **parse_overrides(args.sets)}
     cfg = load_config(recipe="drive", overrides=overrides)
     torch.set_num_threads(os.cpu_count() or 1)
     start = time.perf_counter()
@@ -89,6 +93,7 @@ def main() -> None:
     print(f"data: {args.data} -> {metrics['cases_per_split']} (seeded split; DRIVE test withheld), "
           "metrics inside the field of view")
     flags = (f" --minutes {args.minutes}" if args.minutes else "") + (f" --epochs {args.epochs}" if args.epochs else "")
+    flags += "".join(f" --set '{item}'" for item in args.sets)
     print(f"command: .venv/bin/python bench/drive.py --data {args.data}{flags}")
     print(f"threshold: {metrics['threshold_note']}\n")
     print("| split | n | AUC | F1 | accuracy | Dice (mean/case) | HD95 mm | epochs (best) | train s | wall s "

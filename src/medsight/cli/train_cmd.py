@@ -13,9 +13,12 @@ from medsight.cli.errors import parse_overrides, reports_errors
 def train(
     config: Path = typer.Argument(None, help="YAML config; flags override its keys."),
     config_opt: Path = typer.Option(None, "--config", help="YAML config (same as the argument)."),
-    recipe: str = typer.Option(None, help="A packaged recipe, e.g. medmnist, demo."),
-    task: str = typer.Option(None, help="classification (segmentation arrives with its issue)."),
-    data: str = typer.Option(None, help="A .npz, a class folder, a CSV manifest or a DICOM folder."),
+    recipe: str = typer.Option(None, help="A packaged recipe: demo, medmnist, photos, drive, demo_seg."),
+    task: str = typer.Option(None, help="classification or segmentation."),
+    data: str = typer.Option(
+        None, help="Classification: a .npz, class folders, a CSV manifest or DICOM folders. Segmentation: "
+        "images/ + masks/ (+ roi/), DRIVE, a Decathlon dataset.json, or a DICOM series with its SEG."
+    ),
     out: Path = typer.Option(None, help="Run folder (default runs/<name>)."),
     model: str = typer.Option(None, help="Registered model name (medsight models list)."),
     epochs: int = typer.Option(None, help="train.epochs"),
