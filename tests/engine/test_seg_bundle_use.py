@@ -43,6 +43,7 @@ def trained(tmp_path_factory):
         "train", "--task", "segmentation", "--data", str(data), "--out", str(run), "--epochs", "4",
         "--lr", "0.003", "--set", "model.kwargs={base_features: 8}", "--set", "segment.patch_size=[48, 48]",
         "--set", "segment.batch_size=4", "--set", "segment.steps_per_epoch=10", "--set", "data.val_fraction=0.2",
+        "--set", "preprocess.clahe=true",  # an intensity step: evaluation must apply it exactly once
         "--no-progress",
     ])
     assert result.exit_code == 0, result.output

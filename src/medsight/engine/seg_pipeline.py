@@ -35,6 +35,7 @@ import torch
 from medsight.bundle import Bundle, provenance
 from medsight.config import ModelConfig, RunConfig
 from medsight.data.fingerprint import fingerprint
+from medsight.data.sample import Sample
 from medsight.data.seg_layouts import SegSet, open_seg_dataset
 from medsight.engine.callbacks import ProgressDisplay, RunLog
 from medsight.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -81,9 +82,9 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
             f"choose one of: {', '.join(list_models('segmentation'))}",
         )
     dataset = _open(cfg)
-    cases = _read_cases(dataset, cfg, progress)
+    cases, stepped = _read_cases(dataset, cfg, progress)
     plan = make_plan(
-        fingerprint(((s, lab) for _, s, lab, _ in cases), modality=dataset.modality),
+        fingerprint(((s, case[2]) for s, case in zip(stepped, cases, strict=True)), modality=dataset.modality),
         memory_budget_mb=cfg.segment.memory_budget_mb, overrides=cfg.segment.plan or None,
     )
     (out / "plan.json").write_text(json.dumps(plan, indent=2))
@@ -94,7 +95,8 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
             f"give {cases[0][1].spatial_dims} sizes",
         )
     batch = int(cfg.segment.batch_size or plan["batch_size"])
-    images = [plan_normalize(s.array, plan["normalization"]) for _, s, _, _ in cases]
+    images = [plan_normalize(s.array, plan["normalization"]) for s in stepped]
+    del stepped
     train_idx, val_idx = _split(len(cases), cfg)
     n_classes = max(max(dataset.label_names), int(max(lab.max() for _, _, lab, _ in cases))) + 1
     kwargs = _model_kwargs(cfg, plan, patch)
@@ -172,25 +174,30 @@ def _open(cfg: RunConfig) -> SegSet:
     return open_seg_dataset(cfg.data.path, label_names=names)
 
 
-def _read_cases(dataset: SegSet, cfg: RunConfig, progress: bool) -> list[tuple]:
-    """Decode every case once, with the bundle's intensity steps (channels, denoise, CLAHE) applied."""
+def _read_cases(dataset: SegSet, cfg: RunConfig, progress: bool) -> tuple[list[tuple], list[Sample]]:
+    """Decode every case once: ``(cases, stepped)``.
+
+    ``cases`` hold the decoded samples as read (the final evaluation replays the bundle's
+    preprocessing on them, as ``medsight evaluate`` does); ``stepped`` the same samples after
+    the bundle's intensity steps (channels, denoise, CLAHE), which training normalises and uses.
+    """
     from medsight.progress import track
 
     if len(dataset.items) < 2:
         raise DatasetError(dataset.root, f"has {len(dataset.items)} case(s)", "add cases: training and validation "
                            "need 2+")
-    cases = []
+    cases, stepped = [], []
     for item in track(dataset.items, description="reading cases", enabled=progress):
         sample, labels, roi = dataset.read(item)
         if labels is None:
             raise DatasetError(item.case_id, "has no mask", "add its mask or remove the image")
         steps = _steps_config(cfg, sample.spatial_dims)
-        sample = dataclasses.replace(sample, array=intensity_steps(sample, steps))
+        stepped.append(dataclasses.replace(sample, array=intensity_steps(sample, steps)))
         cases.append((item.case_id, sample, labels, roi))
     if not any(labels.any() for _, _, labels, _ in cases):
         raise DatasetError(dataset.root, f"every one of the {len(cases)} masks is empty (no foreground voxel)",
                            "check that the masks hold the labels (PNG masks: 0 and 255 or label values)")
-    return cases
+    return cases, stepped
 
 
 def _steps_config(cfg: RunConfig, spatial_dims: int):
