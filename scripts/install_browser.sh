@@ -21,5 +21,5 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update
-$SUDO apt-get install -y --no-install-recommends chromium
+$SUDO apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=300 chromium
 echo "chromium installed: $(command -v chromium)"
