@@ -144,6 +144,8 @@ class SegmentConfig(Strict):
     )
     tune_threshold: bool = Field(True, description="binary tasks: pick the threshold that maximises val Dice")
     memory_budget_mb: float = Field(2000, gt=0, description="what the plan fits patch and batch into")
+    resample: bool = Field(True, description="train and predict at the plan's target spacing (masks come back "
+                           "on the input's own grid)")
     plan: dict[str, Any] = Field(default_factory=dict, description="overrides of plan.json keys")
 
     @field_validator("thresholds")

@@ -95,10 +95,11 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
             f"give {cases[0][1].spatial_dims} sizes",
         )
     batch = int(cfg.segment.batch_size or plan["batch_size"])
-    images = [plan_normalize(s.array, plan["normalization"]) for s in stepped]
+    target = plan["target_spacing"] if cfg.segment.resample else None
+    images, labels, rois = _at_target_spacing(stepped, cases, target, plan["normalization"])
     del stepped
     train_idx, val_idx = _split(len(cases), cfg)
-    n_classes = max(max(dataset.label_names), int(max(lab.max() for _, _, lab, _ in cases))) + 1
+    n_classes = max(max(dataset.label_names), int(max(lab.max() for lab in labels))) + 1
     kwargs = _model_kwargs(cfg, plan, patch)
     net = create_model(
         cfg.model.name, in_channels=images[0].shape[0], num_outputs=n_classes, spatial_dims=len(patch), **kwargs
@@ -117,7 +118,7 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
         best_state = state.pop("best_state")
         rng.bit_generator.state = state.pop("numpy_rng")
     train_images = [images[i] for i in train_idx]
-    train_labels = [cases[i][2] for i in train_idx]
+    train_labels = [labels[i] for i in train_idx]
     foreground = list(range(1, n_classes))
     epochs, patience, limit = cfg.train.epochs, cfg.train.patience, cfg.train.time_limit_min
     resumed_seconds = state["seconds"]
@@ -134,7 +135,9 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
                                          patch, batch, device, display)
             scheduler.step()
             dice = float(np.nanmean([
-                _val_dice(net, images[i], cases[i], patch, cfg.segment.overlap, device, foreground) for i in val_idx
+                _val_dice(net, images[i], labels[i], rois[i], target or cases[i][1].spacing, patch,
+                          cfg.segment.overlap, device, foreground)
+                for i in val_idx
             ]))
             row = {"epoch": epoch, "train_loss": loss, "val_dice": dice, "lr": optimizer.param_groups[0]["lr"],
                    "patches_per_s": round(cfg.segment.steps_per_epoch * batch / seconds, 1)}
@@ -151,7 +154,8 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
     log.close()
     net.load_state_dict(best_state)
     val_cases = [cases[i] for i in val_idx]
-    thresholds, note = _thresholds(cfg, net, val_cases, images, val_idx, patch, device, n_classes)
+    thresholds, note = _thresholds(cfg, net, [(images[i], labels[i], rois[i]) for i in val_idx], patch, device,
+                                   n_classes)
     bundle = _bundle(cfg, dataset, plan, patch, kwargs, n_classes, thresholds, note, state, best_state, cases,
                      train_idx, val_idx, images[0].shape[0])
     bundle_path = bundle.save(out / "model")
@@ -198,6 +202,19 @@ def _read_cases(dataset: SegSet, cfg: RunConfig, progress: bool) -> tuple[list[t
         raise DatasetError(dataset.root, f"every one of the {len(cases)} masks is empty (no foreground voxel)",
                            "check that the masks hold the labels (PNG masks: 0 and 255 or label values)")
     return cases, stepped
+
+
+def _at_target_spacing(stepped: list[Sample], cases: list[tuple], target, normalization: dict):
+    """Normalised images, label maps and ROIs on the training grid (the target spacing, if any)."""
+    from medsight.transforms.preprocess import resize, spacing_shape
+
+    images, labels, rois = [], [], []
+    for sample, (_, _, label, roi) in zip(stepped, cases, strict=True):
+        shape = spacing_shape(sample.spatial_shape, sample.spacing, target)
+        images.append(plan_normalize(resize(sample.array, shape), normalization))
+        labels.append(resize(label[None], shape, nearest=True)[0])
+        rois.append(None if roi is None else resize(roi[None].astype(np.uint8), shape, nearest=True)[0] > 0)
+    return images, labels, rois
 
 
 def _steps_config(cfg: RunConfig, spatial_dims: int):
@@ -257,29 +274,30 @@ def _train_epoch(cfg: RunConfig, net, optimizer, loss_fn, augment, rng, train_se
     return total / cfg.segment.steps_per_epoch, time.perf_counter() - start
 
 
-def _val_dice(net, image: np.ndarray, case, patch, overlap: float, device, foreground: list[int]) -> float:
-    """Mean foreground Dice of one validation case at argmax, inside its ROI (early stopping's score)."""
-    _, sample, labels, roi = case
+def _val_dice(net, image: np.ndarray, labels, roi, spacing, patch, overlap: float, device,
+              foreground: list[int]) -> float:
+    """Mean foreground Dice of one validation case at argmax, inside its ROI, on the training grid
+    (early stopping's score)."""
     probs = sliding_window_probs(net, image, patch_size=patch, overlap=overlap, device=device)
-    scores = segmentation_case_metrics(probs_to_labels(probs), labels, spacing=sample.spacing,
+    scores = segmentation_case_metrics(probs_to_labels(probs), labels, spacing=spacing,
                                        labels=foreground, roi=roi)
     return float(np.nanmean([scores[k]["dice"] for k in foreground]))
 
 
-def _thresholds(cfg: RunConfig, net, val_cases, images, val_idx, patch, device, n_classes: int):
-    """The per-class thresholds the bundle keeps, and how they were chosen."""
+def _thresholds(cfg: RunConfig, net, val_set, patch, device, n_classes: int):
+    """The per-class thresholds the bundle keeps, and how they were chosen (on the training grid)."""
     if cfg.segment.thresholds:
         return dict(cfg.segment.thresholds), "given in segment.thresholds"
     if n_classes != 2 or not cfg.segment.tune_threshold:
         return {}, "the most probable class of each voxel"
     scores = PixelScores()
-    for (_, _, labels, roi), i in zip(val_cases, val_idx, strict=True):
-        probs = sliding_window_probs(net, images[i], patch_size=patch, overlap=cfg.segment.overlap,
+    for image, labels, roi in val_set:
+        probs = sliding_window_probs(net, image, patch_size=patch, overlap=cfg.segment.overlap,
                                      mirror_tta=cfg.segment.mirror_tta, device=device)
         scores.add(probs[1], labels, roi=roi)
     threshold, dice = scores.best_threshold()
     return {1: threshold}, (f"foreground probability >= {threshold:.4f}, which maximises the pooled Dice "
-                            f"({dice:.4f}) of the {len(val_cases)} validation cases")
+                            f"({dice:.4f}) of the {len(val_set)} validation cases")
 
 
 def _bundle(cfg, dataset, plan, patch, kwargs, n_classes, thresholds, note, state, best_state, cases,
@@ -306,6 +324,7 @@ def _bundle(cfg, dataset, plan, patch, kwargs, n_classes, thresholds, note, stat
             "overlap": cfg.segment.overlap,
             "mirror_tta": cfg.segment.mirror_tta,
             "largest_component": cfg.segment.largest_component,
+            "target_spacing": plan["target_spacing"] if cfg.segment.resample else None,
             "thresholds": {str(k): float(v) for k, v in thresholds.items()},
         },
     )

@@ -69,17 +69,25 @@ class Segmenter:
         return preprocess_for_segmentation(sample, self.bundle.preprocess, self.settings["normalization"])
 
     def probabilities(self, sample: Sample) -> np.ndarray:
-        """``(K, *spatial)`` softmax probabilities on the sample's grid."""
-        from medsight.inference.segment import sliding_window_probs
+        """``(K, *spatial)`` softmax probabilities on the sample's grid.
 
-        return sliding_window_probs(
+        With a target spacing in the bundle, the image is resampled to it, predicted there,
+        and the probabilities are interpolated back onto the sample's own grid.
+        """
+        from medsight.inference.segment import sliding_window_probs
+        from medsight.transforms.preprocess import resize, spacing_shape
+
+        image = self.prepare(sample)
+        working = spacing_shape(sample.spatial_shape, sample.spacing, self.settings.get("target_spacing"))
+        probs = sliding_window_probs(
             self.model,
-            self.prepare(sample),
+            resize(image, working),
             patch_size=self.bundle.preprocess.size,
             overlap=float(self.settings.get("overlap", 0.5)),
             mirror_tta=bool(self.settings.get("mirror_tta", False)),
             device=self.device,
         )
+        return resize(probs, sample.spatial_shape)
 
     def labels_from(self, probs: np.ndarray) -> np.ndarray:
         """Thresholds, then largest-component cleaning, as the bundle says."""

@@ -104,6 +104,24 @@ def plan_normalize(image: np.ndarray, normalization: dict) -> np.ndarray:
     return np.ascontiguousarray(image, dtype=np.float32)
 
 
+def spacing_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float] | None) -> tuple[int, ...]:
+    """The grid shape of ``shape`` at ``spacing`` resampled to ``target`` (unchanged without a target).
+
+    Axes within 1% of the target keep their size, so a data set already at the target spacing
+    is never interpolated.
+
+    Example:
+        >>> spacing_shape((40, 100, 100), (3.0, 1.0, 1.0), (1.5, 1.0, 1.0))
+        (80, 100, 100)
+    """
+    if target is None:
+        return tuple(int(n) for n in shape)
+    return tuple(
+        int(n) if abs(s - t) <= 0.01 * t else max(1, round(n * s / t))
+        for n, s, t in zip(shape, spacing, target, strict=True)
+    )
+
+
 def intensity_steps(sample: Sample, cfg: PreprocessConfig) -> np.ndarray:
     """Steps 1-4 (channels, window, denoise, CLAHE) on the sample's own grid.
 
