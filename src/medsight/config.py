@@ -134,7 +134,7 @@ class SegmentConfig(Strict):
     batch_size: int | None = Field(None, ge=1, description="patches per step; default: the plan's")
     steps_per_epoch: int = Field(100, ge=1)
     foreground_fraction: float = Field(0.33, ge=0.0, le=1.0, description="share of foreground-centred patches")
-    loss: Literal["dice_ce", "dice_focal", "focal", "tversky"] = "dice_ce"
+    loss: Literal["dice_ce", "dice_focal", "focal", "tversky", "ce"] = "dice_ce"
     deep_supervision: bool = Field(False, description="dynunet only: loss on every decoder level")
     overlap: float = Field(0.5, ge=0.0, lt=1.0, description="sliding-window overlap")
     mirror_tta: bool = Field(False, description="average predictions over every flip of the spatial axes")

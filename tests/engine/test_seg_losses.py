@@ -91,3 +91,13 @@ def test_deep_supervision_loss_trains_dynunet_train_mode_output():
 def test_bad_loss_settings_raise_config_error_naming_the_fix(name, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         make_seg_loss(name, **kwargs)
+
+
+def test_ce_is_plain_cross_entropy_and_takes_class_weights():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+    assert float(make_seg_loss("ce", num_classes=3)(logits, labels)) == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, labels)), rel=1e-6)
+    weighted = make_seg_loss("ce", num_classes=3, weight=[0.2, 1.0, 3.0])(logits, labels)
+    expected = torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor([0.2, 1.0, 3.0]))
+    assert float(weighted) == pytest.approx(float(expected), rel=1e-6)

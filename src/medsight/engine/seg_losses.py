@@ -20,7 +20,7 @@ from torch.nn import functional
 
 from medsight.errors import ConfigError
 
-SEG_LOSSES = ("dice_ce", "dice_focal", "focal", "tversky")
+SEG_LOSSES = ("dice_ce", "dice_focal", "focal", "tversky", "ce")
 
 
 def _monai_loss(name: str, kwargs: dict[str, Any]) -> Callable[[Tensor, Tensor], Tensor]:
@@ -29,6 +29,11 @@ def _monai_loss(name: str, kwargs: dict[str, Any]) -> Callable[[Tensor, Tensor],
 
     if name == "focal":
         return losses.FocalLoss(to_onehot_y=True, use_softmax=True, **{"gamma": 2.0, **kwargs})
+    if name == "ce":
+        weight = kwargs.get("weight")
+        return lambda logits, target: functional.cross_entropy(
+            logits, target[:, 0].long(), weight=None if weight is None else torch.as_tensor(weight, dtype=logits.dtype)
+        )
     common = {"to_onehot_y": True, "softmax": True, "include_background": False, **kwargs}
     if name == "dice_ce":
         return losses.DiceCELoss(**common)
@@ -76,7 +81,8 @@ def make_seg_loss(
 
     Args:
         name: ``dice_ce`` (Dice + cross-entropy), ``dice_focal`` (Dice + focal), ``focal``
-            (focal, gamma 2) or ``tversky`` (alpha 0.3 on false positives, beta 0.7 on
+            (focal, gamma 2), ``ce`` (plain cross-entropy, optional class
+            ``weight``) or ``tversky`` (alpha 0.3 on false positives, beta 0.7 on
             false negatives).
         num_classes: logits per pixel, background included (at least 2).
         deep_supervision: accept the stacked train-mode output of a deep-supervised DynUNet,
