@@ -144,10 +144,24 @@ def test_model_card(client) -> None:
     assert card["provenance"]["split"] == {"train": 2, "val": 1}  # counts, not case names
     assert "skipped_files" not in card["provenance"] and "Doe_Jane" not in str(card)
     assert card["version"]["hash"].startswith("sha256:")
-    assert card["explain_available"] is False
+    assert card["explain_available"] is True
 
 
-def test_explain_is_501_until_grad_cam_arrives(client, png: bytes) -> None:
+def test_explain_returns_a_grad_cam_heatmap_on_the_image_grid(client, png: bytes) -> None:
+    import io
+
+    from PIL import Image
+
+    response = client.post("/v1/explain", files={"file": ("a.png", png)})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    heat = Image.open(io.BytesIO(response.content))
+    assert heat.mode == "RGBA" and heat.size == (40, 48)  # the uploaded image's own width x height
+    alpha = np.asarray(heat)[..., 3]
+    assert alpha.max() == 255  # the map's peak is opaque, its zeros transparent
+
+
+def test_explain_is_501_when_no_explainer_is_installed(client, png: bytes, monkeypatch) -> None:
+    monkeypatch.setattr(client.app.state.service, "explainer", None)
     response = client.post("/v1/explain", files={"file": ("a.png", png)})
     assert response.status_code == 501
     error = response.json()["error"]

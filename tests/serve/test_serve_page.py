@@ -138,10 +138,14 @@ def test_bad_file_and_missing_heatmap_are_explained(page, png: bytes, tmp_path: 
     page.wait_for_selector("#label-name")
     assert page.is_hidden("#error")
     page.click("#explain")
-    page.wait_for_selector("#explain-note:not([hidden])")
-    assert "not available" in page.inner_text("#explain-note")
-    # only the two refusals themselves (the browser logs every 4xx/5xx), no script or CSP error
-    assert [p.split("status of ")[1][:3] for p in page.problems] == ["415", "501"]
+    page.wait_for_selector("#caption:has-text('Heatmap')")
+    painted = page.evaluate("""() => {
+        const c = document.getElementById('overlay');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }""")
+    assert painted > 0  # the Grad-CAM heatmap was drawn over the image
+    # only the refusal itself (the browser logs every 4xx/5xx), no script or CSP error
+    assert [p.split("status of ")[1][:3] for p in page.problems] == ["415"]
 
 
 def test_segmentation_mask_is_drawn_over_the_image(chromium: str, seg_bundle: Path, disc_images: Path) -> None:

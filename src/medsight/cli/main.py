@@ -12,10 +12,12 @@ from medsight.cli import (
     data_cmd,
     demo_cmd,
     eval_cmd,
+    explain_cmd,
     export_cmd,
     models_cmd,
     plan_cmd,
     predict_cmd,
+    robustness_cmd,
     serve_cmd,
     train_cmd,
 )
@@ -32,7 +34,9 @@ app.command("evaluate")(eval_cmd.evaluate)
 app.command("predict")(predict_cmd.predict)
 app.command("demo")(demo_cmd.demo)
 app.command("plan")(plan_cmd.plan)
+app.command("explain")(explain_cmd.explain)
 app.command("export")(export_cmd.export)
+app.command("robustness")(robustness_cmd.robustness)
 app.command("serve")(serve_cmd.serve)
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(models_cmd.app, name="models")
