@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="medmnist")
     parser.add_argument("--minutes", type=float, default=3.0, help="training time limit when no --bundle")
     parser.add_argument("--out", type=Path, default=Path("/tmp/medsight-bench-robustness"))
-    parser.add_argument("--split", default=None)
+    parser.add_argument("--split", default="val", help="the shared MedMNIST files hold train and val only")
     parser.add_argument("--max-cases", type=int, default=None)
     args = parser.parse_args()
     from medsight.robustness.run import run_robustness
