@@ -5,7 +5,9 @@ A bundle is a folder::
     model/
       weights.safetensors   the state dict (never a pickle)
       bundle.json           task, model name + kwargs, head, preprocessing, label names,
-                            the operating threshold, validation metrics and provenance;
+                            the operating threshold, the calibration temperature
+                            (absent or null in older bundles: 1.0), validation metrics
+                            and provenance;
                             segmentation bundles add ``segmentation``: the plan's intensity
                             normalisation and the sliding-window / postprocessing settings
 
@@ -50,6 +52,7 @@ class Bundle:
     provenance: dict[str, Any] = field(default_factory=dict)
     state_dict: dict[str, Any] | None = None
     segmentation: dict[str, Any] | None = None
+    temperature: float | None = None
 
     @property
     def num_outputs(self) -> int:
@@ -105,6 +108,7 @@ class Bundle:
             "preprocess": self.preprocess.model_dump(mode="json"),
             "label_names": self.label_names,
             "threshold": self.threshold,
+            "temperature": self.temperature,
             "metrics": self.metrics,
             "provenance": self.provenance,
             **({"segmentation": self.segmentation} if self.segmentation is not None else {}),
@@ -152,6 +156,7 @@ def load_bundle(folder: str | Path, *, weights: bool = True) -> Bundle:
         provenance=dict(raw.get("provenance") or {}),
         state_dict=state,
         segmentation=raw.get("segmentation"),
+        temperature=_temperature(raw.get("temperature"), manifest_path),
     )
 
 
@@ -166,6 +171,16 @@ def provenance(**extra: Any) -> dict[str, Any]:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }
+
+
+def _temperature(value: Any, manifest_path: Path) -> float | None:
+    """The stored temperature: None (older bundles, or no calibration) or a positive number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise BundleError(manifest_path, f"temperature {value!r} is not a positive number",
+                          "remove the temperature key (no calibration) or retrain the model")
+    return float(value)
 
 
 def _remove_tree(path: Path) -> None:

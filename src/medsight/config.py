@@ -121,6 +121,13 @@ class EvalConfig(Strict):
     fixed_threshold: float = Field(0.5, gt=0, lt=1)
     bootstrap: int = Field(1000, ge=0)
     ci: float = Field(0.95, gt=0, lt=1)
+    calibration: Literal["temperature", "none"] = Field(
+        "temperature", description="temperature scaling fitted on the validation logits, stored in the bundle"
+    )
+    uncertainty: Literal["none", "tta", "mc_dropout"] = Field(
+        "tta", description="per-case entropy from flip TTA, MC dropout, or the single prediction (none)"
+    )
+    uncertainty_passes: int = Field(4, ge=1, le=64, description="passes for tta (at most 2**dims flips) or mc_dropout")
 
 
 class SegmentConfig(Strict):

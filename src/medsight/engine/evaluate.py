@@ -5,9 +5,11 @@
     metrics.json        every metric as {"value", "ci_low", "ci_high"} under "metrics", plus flat
                         top-level keys (accuracy, auc, sensitivity, specificity, f1, precision, npv,
                         balanced_accuracy, pr_auc, threshold, n, ece), the confusion matrix,
-                        calibration bins, label names, split and how the threshold was chosen
-    per_case.csv        case_id, true_label, predicted_label, prob_<class>..., correct
-    roc.png pr.png confusion.png calibration.png [training_curves.png]
+                        calibration bins, label names, split and how the threshold was chosen;
+                        ece_uncalibrated and temperature (temperature scaling), ``selective``
+                        (accuracy against coverage when keeping the most certain cases)
+    per_case.csv        case_id, true_label, predicted_label, prob_<class>..., correct[, entropy]
+    roc.png pr.png confusion.png calibration.png [selective.png] [training_curves.png]
     report.html         self-contained, opens offline
 
 ``aggregate_folds`` writes ``cv_metrics.json`` and ``cv_report.html`` for k-fold runs.
@@ -43,7 +45,7 @@ from medsight.engine.metrics import (
 )
 from medsight.errors import DatasetError
 
-CV_KEYS = (*METRIC_KEYS, "ece")
+CV_KEYS = (*METRIC_KEYS, "ece", "ece_uncalibrated")
 _CALIBRATION_BINS = 15
 
 
@@ -61,6 +63,10 @@ def evaluate_predictions(
     split: str,
     history_csv: Path | None = None,
     extra: dict | None = None,
+    uncalibrated: np.ndarray | None = None,
+    temperature: float | None = None,
+    entropy: np.ndarray | None = None,
+    uncertainty: dict | None = None,
 ) -> dict:
     """Compute every metric with its CI and write metrics.json, per_case.csv, plots and report.html.
 
@@ -77,6 +83,13 @@ def evaluate_predictions(
         split: which split these cases are (shown and stored).
         history_csv: the trainer's ``metrics.csv`` for the training-curves plot.
         extra: facts for the report's "About this evaluation" table (data, model, provenance).
+        uncalibrated: ``(N, K)`` probabilities before temperature scaling (``probs`` are after);
+            adds ``ece_uncalibrated`` and a before/after reliability diagram.
+        temperature: the temperature that turned ``uncalibrated`` into ``probs`` (stored and shown).
+        entropy: ``(N,)`` per-case predictive entropy (:mod:`medsight.engine.uncertainty`); adds an
+            ``entropy`` column to per_case.csv, ``selective`` to metrics.json and the
+            selective-prediction plot.
+        uncertainty: how ``entropy`` was made, e.g. ``{"method": "tta", "passes": 4}``.
 
     Returns:
         The metrics dict written to ``metrics.json`` (NaN where the file has null).
@@ -100,6 +113,8 @@ def evaluate_predictions(
     pred = predict_labels(p, thr)
     bins = reliability_bins(y, p, _CALIBRATION_BINS)
     ece = expected_calibration_error(y, p, _CALIBRATION_BINS)
+    before = _uncalibrated(y, p, uncalibrated)
+    selective = _selective(y, pred, entropy, uncertainty)
     metrics: dict = {
         "title": title,
         "split": split,
@@ -107,6 +122,8 @@ def evaluate_predictions(
         "threshold": thr,
         "n": len(y),
         "ece": ece,
+        "ece_uncalibrated": before["ece"] if before else None,
+        "temperature": temperature,
         "threshold_note": threshold_note,
         "label_names": list(label_names),
         "n_per_class": dict(zip(label_names, np.bincount(y, minlength=p.shape[1]).tolist(), strict=True)),
@@ -120,13 +137,14 @@ def evaluate_predictions(
             "columns": "predicted class",
             "matrix": confusion(y, pred, p.shape[1]).tolist(),
         },
-        "calibration": {"ece": ece, **bins},
+        "calibration": {"ece": ece, **bins, "uncalibrated": before},
+        "selective": selective,
         "extra": extra or {},
         "notes": [],
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_per_case(out / "per_case.csv", y, p, pred, label_names, case_ids)
+    _write_per_case(out / "per_case.csv", y, p, pred, label_names, case_ids, entropy if selective else None)
     figs = _plots(y, p, metrics, out)
     curves = _training_curves(history_csv, out)
     if isinstance(curves, str):
@@ -184,15 +202,41 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def _write_per_case(
-    path: Path, y: np.ndarray, p: np.ndarray, pred: np.ndarray, names: list[str], case_ids: list[str]
+    path: Path, y: np.ndarray, p: np.ndarray, pred: np.ndarray, names: list[str], case_ids: list[str],
+    entropy: np.ndarray | None,
 ) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         probs_header = [f"prob_{name}" for name in names]
-        writer.writerow(["case_id", "true_label", "predicted_label", *probs_header, "correct"])
-        for case, true, guess, row in zip(case_ids, y, pred, p, strict=True):
+        writer.writerow(["case_id", "true_label", "predicted_label", *probs_header, "correct"]
+                        + (["entropy"] if entropy is not None else []))
+        for i, (case, true, guess, row) in enumerate(zip(case_ids, y, pred, p, strict=True)):
             correct = "true" if true == guess else "false"
-            writer.writerow([case, names[true], names[guess], *[f"{v:.6f}" for v in row], correct])
+            tail = [f"{entropy[i]:.6f}"] if entropy is not None else []
+            writer.writerow([case, names[true], names[guess], *[f"{v:.6f}" for v in row], correct, *tail])
+
+
+def _uncalibrated(y: np.ndarray, p: np.ndarray, uncalibrated: np.ndarray | None) -> dict | None:
+    """ECE and reliability bins of the probabilities before temperature scaling (None when not given)."""
+    if uncalibrated is None:
+        return None
+    _, raw = check_inputs(y, uncalibrated)
+    if raw.shape != p.shape:
+        raise DatasetError("uncalibrated", f"has shape {raw.shape}, probs {p.shape}", "pass both for the same cases")
+    return {"ece": expected_calibration_error(y, raw, _CALIBRATION_BINS), **reliability_bins(y, raw, _CALIBRATION_BINS)}
+
+
+def _selective(y: np.ndarray, pred: np.ndarray, entropy: np.ndarray | None, uncertainty: dict | None) -> dict | None:
+    """The selective-prediction curve of the predicted labels ranked by ``entropy`` (None when not given)."""
+    from medsight.engine.uncertainty import selective_curve
+
+    if entropy is None:
+        return None
+    entropy = np.asarray(entropy, dtype=np.float64).ravel()
+    if len(entropy) != len(y) or not np.all(np.isfinite(entropy)):
+        raise DatasetError("entropy", f"needs {len(y)} finite values, got {len(entropy)}", "pass one entropy per case")
+    info = uncertainty or {"method": "given", "passes": None}
+    return {**info, **selective_curve(pred == y, entropy), "mean_entropy": float(entropy.mean())}
 
 
 def _plots(y: np.ndarray, p: np.ndarray, metrics: dict, out: Path) -> list:
@@ -225,8 +269,10 @@ def _plots(y: np.ndarray, p: np.ndarray, metrics: dict, out: Path) -> list:
             "the count and the percentage of its true class.",
         ),
         Figure(
-            plots.reliability_figure(metrics["calibration"], metrics["ece"], out / "calibration.png"),
-            "Reliability diagram",
+            plots.reliability_figure(metrics["calibration"], metrics["ece"], out / "calibration.png",
+                                     before=metrics["calibration"]["uncalibrated"]),
+            "Reliability diagram" + (" before and after temperature scaling" if metrics["ece_uncalibrated"]
+                                     is not None else ""),
             "Bars on the diagonal mean a predicted 70% comes true 70% of the time. "
             + (
                 f"Bars below the line: the model over-estimates the chance of {positive}; above: it "
@@ -237,6 +283,14 @@ def _plots(y: np.ndarray, p: np.ndarray, metrics: dict, out: Path) -> list:
             + "The grey histogram shows how many cases fall in each bin.",
         ),
     ]
+    if metrics["selective"] is not None:
+        figs.append(Figure(
+            plots.selective_figure(metrics["selective"], out / "selective.png"),
+            "Selective prediction",
+            "Accuracy when the model answers only for the cases it is most certain about (lowest predictive "
+            "entropy, right to left) and refers the rest to a reader. A curve rising to the left means its "
+            "uncertainty is useful: the cases it is sure about are the ones it gets right.",
+        ))
     return figs
 
 

@@ -57,7 +57,6 @@ def run_evaluation(*, bundle: Path, data: str, split: str | None = None, out: Pa
     from medsight.data.layouts import open_dataset
     from medsight.engine.evaluate import evaluate_predictions
     from medsight.engine.prepare import load_tensors
-    from medsight.engine.trainer import predict_probs
 
     model_bundle = load_bundle(bundle)
     if model_bundle.task == "segmentation":
@@ -77,15 +76,18 @@ def run_evaluation(*, bundle: Path, data: str, split: str | None = None, out: Pa
         ds, indices, model_bundle.preprocess, on_bad_file=data_cfg.on_bad_file, progress=progress, desc=split
     )
     _write_bad_files(out, bad)
-    probs = predict_probs(model_bundle.build_model(), tensors, head=model_bundle.model.head)
+    eval_cfg = EvalConfig.model_validate(model_bundle.provenance.get("eval_config", {}))
+    scored = _score(model_bundle.build_model(), tensors, head=model_bundle.model.head,
+                    temperature=model_bundle.temperature, cfg=eval_cfg)
     return evaluate_predictions(
         tensors.labels.numpy(),
-        probs,
+        scored["probs"],
         label_names=model_bundle.label_names,
         case_ids=tensors.ids,
         threshold=model_bundle.threshold,
         threshold_note=model_bundle.provenance.get("threshold_note", "stored in the bundle"),
-        cfg=EvalConfig.model_validate(model_bundle.provenance.get("eval_config", {})),
+        cfg=eval_cfg,
+        **_calibration_kwargs(scored, model_bundle.temperature),
         out=Path(out),
         title=f"{Path(bundle).resolve().parent.name}: {split} split of {Path(data).name}",
         split=split,
@@ -120,9 +122,10 @@ def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -
 
     from medsight.bundle import Bundle, provenance
     from medsight.engine.evaluate import evaluate_predictions
-    from medsight.engine.metrics import classification_metrics
+    from medsight.engine.metrics import classification_metrics, expected_calibration_error
     from medsight.engine.prepare import load_tensors
-    from medsight.engine.trainer import fit, predict_probs
+    from medsight.engine.trainer import fit, predict_logits, probs_from_logits
+    from medsight.engine.uncertainty import check_dropout
     from medsight.models import create_model
     from medsight.transforms import BatchAugment
 
@@ -150,6 +153,8 @@ def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -
         spatial_dims=spatial_dims,
         **cfg.model.kwargs,
     )
+    if cfg.eval.uncertainty == "mc_dropout":
+        check_dropout(model)  # before training, not after it
     augment = BatchAugment(cfg.augment, spatial_dims)
     result = fit(
         model,
@@ -165,15 +170,21 @@ def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -
     )
     model.load_state_dict(result.best_state)
     y_val = tensors["val"].labels.numpy()
-    val_probs = predict_probs(model, tensors["val"], head=cfg.model.head)
+    val_logits = predict_logits(model, tensors["val"])
+    temperature = _fit_temperature(val_logits, y_val, head=cfg.model.head, cfg=cfg.eval)
+    val_probs = probs_from_logits(val_logits, cfg.model.head, temperature)
     threshold, note = _operating_threshold(y_val, val_probs, cfg.eval)
+    if temperature is not None:
+        note += f", on probabilities calibrated by temperature scaling (T = {temperature:.3f})"
     val_metrics = classification_metrics(y_val, val_probs, threshold)
+    val_metrics["ece"] = expected_calibration_error(y_val, val_probs)
     bundle = Bundle(
         task=cfg.task,
         model=cfg.model,
         preprocess=cfg.preprocess,
         label_names=ds.class_names,
         threshold=threshold,
+        temperature=temperature,
         metrics={f"val_{k}": float(v) for k, v in val_metrics.items() if np.isscalar(v)},
         provenance=provenance(
             run=cfg.name,
@@ -191,15 +202,16 @@ def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -
     )
     bundle.save(out / "model")
     report_split = "test" if "test" in tensors else "val"
-    report_probs = val_probs if report_split == "val" else predict_probs(model, tensors["test"], head=cfg.model.head)
+    scored = _score(model, tensors[report_split], head=cfg.model.head, temperature=temperature, cfg=cfg.eval)
     return evaluate_predictions(
         tensors[report_split].labels.numpy(),
-        report_probs,
+        scored["probs"],
         label_names=ds.class_names,
         case_ids=tensors[report_split].ids,
         threshold=threshold,
         threshold_note=note,
         cfg=cfg.eval,
+        **_calibration_kwargs(scored, temperature),
         out=out,
         title=f"{cfg.name}: {report_split} split",
         split=report_split,
@@ -253,6 +265,36 @@ def _split_indices(ds, data_cfg: DataConfig, split: str) -> np.ndarray:
         available = [k for k, v in splits.items() if len(v)]
         raise DatasetError(ds.root, f"has no '{split}' split", f"use --split with one of {available + ['all']}")
     return splits[split]
+
+
+def _fit_temperature(val_logits, y_val: np.ndarray, *, head: str, cfg: EvalConfig) -> float | None:
+    """Temperature scaling on the validation logits (``eval.calibration``); None when switched off."""
+    from medsight.engine.calibration import fit_temperature
+
+    if cfg.calibration == "none":
+        return None
+    return fit_temperature(val_logits.numpy(), y_val, head=head)
+
+
+def _score(model, tensors, *, head: str, temperature: float | None, cfg: EvalConfig) -> dict:
+    """Calibrated and raw probabilities plus per-case entropy: the same for training and evaluation."""
+    from medsight.engine.trainer import predict_logits, probs_from_logits
+    from medsight.engine.uncertainty import case_entropy
+
+    logits = predict_logits(model, tensors)
+    entropy, info = case_entropy(model, tensors.images, head=head, temperature=temperature,
+                                 method=cfg.uncertainty, passes=cfg.uncertainty_passes)
+    return {
+        "probs": probs_from_logits(logits, head, temperature),
+        "uncalibrated": probs_from_logits(logits, head, None),
+        "entropy": entropy,
+        "uncertainty": info,
+    }
+
+
+def _calibration_kwargs(scored: dict, temperature: float | None) -> dict:
+    return {"uncalibrated": scored["uncalibrated"], "temperature": temperature, "entropy": scored["entropy"],
+            "uncertainty": scored["uncertainty"]}
 
 
 def _operating_threshold(y_val: np.ndarray, val_probs: np.ndarray, cfg: EvalConfig) -> tuple[float | None, str]:

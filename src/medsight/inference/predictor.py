@@ -9,8 +9,9 @@ Two backends run the network:
 * ``"torch"``: the bundle's weights in PyTorch (any device);
 * ``"onnx"``: the ``model.onnx`` that ``medsight export BUNDLE --format onnx`` wrote into the
   bundle folder, run by ONNX Runtime on the CPU. Its graph holds the final intensity
-  normalisation (``minmax``/``zscore``) and the probability head; ``export.json`` says which
-  preprocessing stays outside the graph, and the predictor applies exactly that.
+  normalisation (``minmax``/``zscore``); ``export.json`` says which preprocessing stays
+  outside the graph, and the predictor applies exactly that. The predictor reads the graph's
+  ``logits`` and applies the bundle's temperature and head itself, as for PyTorch.
 
 ``backend="auto"`` (the default) takes ``"onnx"`` when the predictor is given a bundle folder
 whose ``export.json`` records an ONNX export of the very weights in that folder (SHA-256 of
@@ -95,22 +96,32 @@ class Predictor:
     def label_names(self) -> list[str]:
         return self.bundle.label_names
 
+    @property
+    def temperature(self) -> float:
+        """The bundle's calibration temperature (1.0 for a bundle without one)."""
+        return float(self.bundle.temperature or 1.0)
+
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
         """Preprocessed ``(N, C, *size)`` arrays -> ``(N, K)`` probabilities.
 
+        Both backends take the network's logits, divide them by the bundle's temperature
+        (calibration) and apply the head, so the probabilities are the calibrated ones the
+        evaluation reports. (The ONNX graph's own ``probabilities`` output is uncalibrated; the
+        predictor reads its ``logits`` output.)
         The ONNX graph normalises its input itself; minmax and z-score are idempotent, so the
         fully preprocessed arrays this method takes give the same probabilities there too.
         """
-        batch = np.ascontiguousarray(batch, np.float32)
-        if self._session is not None:
-            return self._session.run(["probabilities"], {"image": batch})[0]
         import torch
 
         from medsight.models.heads import logits_to_probs
 
+        batch = np.ascontiguousarray(batch, np.float32)
         with torch.inference_mode():
-            logits = self.model(torch.from_numpy(batch).to(self.device))
-            return logits_to_probs(logits, self.bundle.model.head).cpu().numpy()
+            if self._session is not None:
+                logits = torch.from_numpy(self._session.run(["logits"], {"image": batch})[0])
+            else:
+                logits = self.model(torch.from_numpy(batch).to(self.device))
+            return logits_to_probs(logits.float() / self.temperature, self.bundle.model.head).cpu().numpy()
 
     def predict_sample(self, sample: Sample) -> dict[str, Any]:
         """One decoded image -> label, probabilities and the threshold used."""

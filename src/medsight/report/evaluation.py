@@ -33,6 +33,7 @@ DISPLAY_NAMES = {
     "f1": "F1 score",
     "pr_auc": "PR AUC (average precision)",
     "ece": "Calibration error (ECE)",
+    "ece_uncalibrated": "ECE before calibration",
     "threshold": "Threshold",
 }
 
@@ -72,19 +73,49 @@ def render_evaluation(metrics: dict, figs: list[Figure]) -> str:
         section("Headline metrics", headline, paragraph(ci_note, note=True)),
         section("Operating threshold", paragraph(rule)),
         section("Cases per class", table(["class", "cases", "fraction"], class_rows)),
-        section(
-            "Calibration",
-            paragraph(
-                f"Expected calibration error ({metrics['calibration']['mode']}): {fmt(metrics['ece'])}. "
-                "0 means the predicted probabilities match the observed frequencies; 0.1 means they are "
-                "off by 10 percentage points on average."
-            ),
-        ),
+        section("Calibration", paragraph(_calibration_text(metrics))),
+        *_selective_section(metrics),
         section("Plots", figures(figs), *(paragraph(text, note=True) for text in metrics.get("notes", []))),
     ]
     if metrics.get("extra"):
         body.append(section("About this evaluation", key_values(metrics["extra"])))
     return page(metrics["title"], "\n".join(body))
+
+
+def _calibration_text(metrics: dict) -> str:
+    text = (
+        f"Expected calibration error ({metrics['calibration']['mode']}): {fmt(metrics['ece'])}. "
+        "0 means the predicted probabilities match the observed frequencies; 0.1 means they are "
+        "off by 10 percentage points on average."
+    )
+    temperature, before = metrics.get("temperature"), metrics.get("ece_uncalibrated")
+    if temperature is None:
+        return text + (" The probabilities are the network's own (no temperature scaling)." if before is not None
+                       else "")
+    side = "softened (the network was over-confident)" if temperature > 1 else "sharpened (it was under-confident)"
+    return text + (
+        f" The probabilities are calibrated by temperature scaling: every logit is divided by T = "
+        f"{fmt(temperature, 3)}, fitted on the validation split, which {side} without changing which class "
+        f"is most probable. Before scaling the ECE was {fmt(before)}."
+    )
+
+
+def _selective_section(metrics: dict) -> list[str]:
+    curve = metrics.get("selective")
+    if not curve:
+        return []
+    how = {"tta": "the mean of {p} flipped copies of each image (test-time augmentation)",
+           "mc_dropout": "{p} passes with dropout switched on (Monte Carlo dropout)",
+           "none": "the single prediction"}.get(curve.get("method"), "the given values")
+    rows = [[f"{float(c):.0%}", value] for c, value in curve["at_coverage"].items()]
+    note = (
+        f"Predictive entropy of {how.format(p=curve.get('passes'))} ranks the cases from most to least certain; "
+        "the model answers only the most certain fraction (the coverage) and refers the rest. Area under "
+        f"the accuracy-coverage curve: {fmt(curve['area'])} (higher is better; the accuracy on all cases is "
+        f"{fmt(curve['accuracy_at_full'])})."
+    )
+    return [section("Uncertainty: selective prediction", paragraph(note),
+                    table(["coverage (most certain cases kept)", "accuracy"], rows))]
 
 
 def render_cv(summary: dict) -> str:

@@ -1,5 +1,5 @@
 """The evaluation plots, each written as a PNG: ROC, precision-recall, confusion matrix,
-reliability diagram and training curves.
+reliability diagram (before/after calibration), selective prediction and training curves.
 
 Matplotlib runs with the Agg backend, so no display is needed. Every function takes the
 numbers to draw and a path, writes the PNG and returns the path.
@@ -105,14 +105,29 @@ def confusion_figure(matrix: np.ndarray, label_names: list[str], path: Path) -> 
     return _save(fig, path)
 
 
-def reliability_figure(bins: dict, ece: float, path: Path) -> Path:
-    """Reliability diagram from :func:`medsight.engine.metrics.reliability_bins`, with the ECE."""
+def reliability_figure(bins: dict, ece: float, path: Path, *, before: dict | None = None) -> Path:
+    """Reliability diagram from :func:`medsight.engine.metrics.reliability_bins`, with the ECE.
+
+    Args:
+        before: the bins (with their ``ece``) of the probabilities before temperature scaling;
+            when given, they are drawn on the left and ``bins`` on the right.
+    """
+    panels = [("after temperature scaling", bins, ece)] if before is not None else [("", bins, ece)]
+    if before is not None:
+        panels.insert(0, ("before temperature scaling", before, before["ece"]))
+    positive = bins["mode"] == "positive-class"
+    fig, axes = plt.subplots(2, len(panels), figsize=(5 * len(panels), 6), sharex=True, squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1]})
+    for column, (label, panel, panel_ece) in enumerate(panels):
+        _reliability_panel(axes[0, column], axes[1, column], panel, panel_ece, label, positive)
+    return _save(fig, path)
+
+
+def _reliability_panel(ax, hist, bins: dict, ece: float, label: str, positive: bool) -> None:
     edges = np.asarray(bins["edges"])
     accuracy = np.asarray(bins["accuracy"], dtype=np.float64)
     confidence = np.asarray(bins["confidence"], dtype=np.float64)
     count = np.asarray(bins["count"])
-    positive = bins["mode"] == "positive-class"
-    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
     used = count > 0
     widths = np.diff(edges)
@@ -120,13 +135,32 @@ def reliability_figure(bins: dict, ece: float, path: Path) -> Path:
            label="observed")
     ax.plot(confidence[used], accuracy[used], "o", color="black", ms=4, label="mean predicted")
     ax.set_ylabel("observed fraction positive" if positive else "fraction correct")
-    ax.set_title(f"Reliability diagram ({bins['mode']}), ECE {ece:.3f}")
+    title = f"Reliability diagram ({bins['mode']}), ECE {ece:.3f}"
+    ax.set_title(f"{title}\n{label}" if label else title, fontsize=10 if label else None)
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left", fontsize=8)
     hist.bar(edges[:-1], count, width=widths, align="edge", color="grey", edgecolor="black")
     hist.set_xlabel("predicted probability of the positive class" if positive else "top-class probability")
     hist.set_ylabel("cases")
     hist.set_xlim(0, 1)
+
+
+def selective_figure(curve: dict, path: Path) -> Path:
+    """Accuracy against coverage from :func:`medsight.engine.uncertainty.selective_curve`."""
+    coverage = np.asarray(curve["coverage"], dtype=np.float64)
+    accuracy = np.asarray(curve["accuracy"], dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot(coverage, accuracy, lw=2, marker="o" if len(coverage) <= 30 else None, ms=3,
+            label=f"kept by lowest entropy: area {curve['area']:.3f}")
+    ax.axhline(curve["accuracy_at_full"], ls="--", color="grey", lw=1,
+               label=f"all cases: accuracy {curve['accuracy_at_full']:.3f}")
+    method = curve.get("method")
+    how = {"tta": "flip TTA", "mc_dropout": "MC dropout", "none": "single prediction"}.get(method, method)
+    passes = f", {curve['passes']} passes" if curve.get("passes") else ""
+    _finish(ax, "coverage (fraction of cases the model answers)", "accuracy on the answered cases",
+            f"Selective prediction (entropy from {how}{passes})")
+    ax.set_ylim(max(0.0, float(np.nanmin(accuracy)) - 0.05), 1.02)
+    ax.legend(loc="lower left", fontsize=8)
     return _save(fig, path)
 
 

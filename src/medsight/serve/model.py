@@ -118,6 +118,7 @@ class ModelService:
             "preprocess": bundle.preprocess.model_dump(mode="json"),
             "spatial_dims": bundle.spatial_dims,
             "threshold": bundle.threshold,
+            "temperature": bundle.temperature,
             "segmentation": getattr(bundle, "segmentation", None),
             "metrics": bundle.metrics,
             "version": self.version,
