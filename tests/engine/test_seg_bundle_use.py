@@ -166,3 +166,27 @@ def test_bad_thresholds_are_config_errors():
 
     with pytest.raises(ConfigError, match="thresholds"):
         load_config(overrides={"segment.thresholds": {1: 1.5}})
+
+
+def test_uncertainty_maps_scores_and_their_link_to_dice(trained, tmp_path):
+    from medsight.inference.segmenter import case_uncertainty, entropy_map
+
+    data, run = trained
+    uniform, certain = np.full((2, 4, 4), 0.5), np.stack([np.ones((4, 4)), np.zeros((4, 4))])
+    assert np.allclose(entropy_map(uniform), 1.0) and np.allclose(entropy_map(certain), 0.0, atol=1e-9)
+    assert case_uncertainty(np.array([[0.2, 0.8]]), np.array([[0, 1]])) == pytest.approx(0.8)
+    result = CliRunner().invoke(app, ["evaluate", str(run / "model"), "--data", str(data), "--out",
+                                      str(tmp_path / "ev"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    link = metrics["uncertainty"]
+    assert link["n"] == 10 and -1 <= link["spearman_vs_dice"] <= 1 and 0 <= link["mean"] <= 1
+    assert all(0 <= row["uncertainty"] <= 1 for row in metrics["per_case"])
+    assert "Spearman rank correlation with the case Dice" in (tmp_path / "ev" / "report.html").read_text()
+    result = CliRunner().invoke(app, ["predict", str(run / "model"), str(data / "images" / "c0.png"),
+                                      "--out", str(tmp_path / "masks"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    row = next(csv.DictReader((tmp_path / "masks" / "predictions.csv").open()))
+    heat = np.asarray(Image.open(tmp_path / "masks" / "c0_uncertainty.png"))
+    assert heat.shape == (48, 48) and row["uncertainty_map"].endswith("c0_uncertainty.png")
+    assert 0 <= float(row["uncertainty"]) <= 1

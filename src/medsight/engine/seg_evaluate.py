@@ -29,6 +29,7 @@ from medsight.engine.evaluate import write_json
 from medsight.engine.pixel_scores import PixelScores
 from medsight.engine.seg_metrics import SEG_METRIC_KEYS, segmentation_case_metrics, summarise_cases
 from medsight.errors import DatasetError, InvalidImageError
+from medsight.inference.segmenter import case_uncertainty, entropy_map
 
 #: one case to score: ``(case_id, image, reference labels, region of interest or None)``
 Case = tuple[str, Sample, np.ndarray, np.ndarray | None]
@@ -71,7 +72,7 @@ def evaluate_segmentation(
     binary = len(names) == 2
     pixels = PixelScores()
     confusion = np.zeros(4, dtype=np.int64)  # tp, fp, fn, tn of the pooled binary masks
-    per_case, rows, shown = [], [], []
+    per_case, rows, shown, uncertainty = [], [], [], []
     for case_id, sample, truth, roi in track(cases, description="evaluating", enabled=progress):
         if truth is None:
             raise DatasetError(case_id, "has no reference mask", "evaluate on cases that have masks")
@@ -82,10 +83,12 @@ def evaluate_segmentation(
             )
         probs = segmenter.probabilities(sample)
         pred = segmenter.labels_from(probs)
+        uncertainty.append(case_uncertainty(entropy_map(probs), pred))
         scores = segmentation_case_metrics(pred, truth, spacing=sample.spacing, labels=foreground, roi=roi)
         per_case.append(scores)
         dice = float(np.nanmean([scores[k]["dice"] for k in foreground]))
-        rows.append({"case_id": case_id, "dice": dice, "metrics": {names[k]: v for k, v in scores.items()}})
+        rows.append({"case_id": case_id, "dice": dice, "uncertainty": uncertainty[-1],
+                     "metrics": {names[k]: v for k, v in scores.items()}})
         shown.append(_report_case(case_id, segmenter.prepare(sample), truth, pred, dice))
         if binary:
             inside = np.ones(truth.shape, bool) if roi is None else np.asarray(roi, bool)
@@ -99,6 +102,7 @@ def evaluate_segmentation(
         metrics[key] = float(np.nanmean([entry["metrics"][key]["mean"] for entry in summary.values()]))
     if binary:
         metrics.update(_pooled(pixels, confusion, segmenter.thresholds.get(1)))
+    metrics["uncertainty"] = _uncertainty_vs_dice(uncertainty, [row["dice"] for row in rows])
     metrics.update(summary=summary, per_case=rows, **(extra or {}))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,8 +111,20 @@ def evaluate_segmentation(
     write_segmentation_report(
         out, title=title, summary=summary, cases=shown,
         pixel={k: metrics[k] for k in ("auc", "pr_auc", "f1", "accuracy", "threshold")} if binary else None,
+        uncertainty=metrics["uncertainty"],
     )
     return metrics
+
+
+def _uncertainty_vs_dice(uncertainty: list[float], dice: list[float]) -> dict[str, float | str]:
+    """Do the uncertain cases score worse? Spearman's rank correlation of case uncertainty with Dice."""
+    from scipy.stats import spearmanr
+
+    finite = [(u, d) for u, d in zip(uncertainty, dice, strict=True) if np.isfinite(u) and np.isfinite(d)]
+    rho, p_value = spearmanr(*zip(*finite, strict=True)) if len(finite) >= 3 else (float("nan"), float("nan"))
+    return {"measure": "mean per-voxel predictive entropy (0-1) over the predicted foreground",
+            "mean": float(np.mean(uncertainty)) if uncertainty else float("nan"),
+            "spearman_vs_dice": float(rho), "p_value": float(p_value), "n": len(finite)}
 
 
 def _pooled(pixels: PixelScores, confusion: np.ndarray, threshold: float | None) -> dict[str, float | None]:
@@ -137,10 +153,10 @@ def _report_case(case_id: str, image: np.ndarray, truth: np.ndarray, pred: np.nd
 
 
 def _write_per_case(path: Path, rows: list[dict], foreground: list[int], names: dict[int, str]) -> None:
-    fields = ["case_id", "dice", *(f"{names[k]}_{m}" for k in foreground for m in SEG_METRIC_KEYS)]
+    fields = ["case_id", "dice", "uncertainty", *(f"{names[k]}_{m}" for k in foreground for m in SEG_METRIC_KEYS)]
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for row in rows:
             flat = {f"{name}_{m}": v for name, values in row["metrics"].items() for m, v in values.items()}
-            writer.writerow({"case_id": row["case_id"], "dice": row["dice"], **flat})
+            writer.writerow({"case_id": row["case_id"], "dice": row["dice"], "uncertainty": row["uncertainty"], **flat})

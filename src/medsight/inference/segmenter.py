@@ -26,6 +26,18 @@ from medsight.errors import BundleError, MedsightError
 from medsight.inference.postprocess import keep_largest_component, probs_to_labels, write_mask
 
 
+def entropy_map(probs: np.ndarray) -> np.ndarray:
+    """Per-voxel predictive entropy of ``(K, *spatial)`` probabilities, scaled to [0, 1] by log K."""
+    p = np.clip(probs, 1e-12, 1.0)
+    return (-(p * np.log(p)).sum(axis=0) / np.log(probs.shape[0])).astype(np.float32)
+
+
+def case_uncertainty(entropy: np.ndarray, labels: np.ndarray) -> float:
+    """One number per case: the mean entropy over the predicted foreground (the whole image when it is empty)."""
+    region = labels > 0
+    return float(entropy[region].mean() if region.any() else entropy.mean())
+
+
 @dataclass
 class SegmentationResult:
     """A predicted label map on the input's own grid, its probabilities and per-class sizes."""
@@ -33,6 +45,15 @@ class SegmentationResult:
     labels: np.ndarray
     probs: np.ndarray
     label_names: list[str]
+
+    @property
+    def uncertainty(self) -> np.ndarray:
+        """Per-voxel predictive entropy in [0, 1] (of the mirror-TTA mean when the bundle uses TTA)."""
+        return entropy_map(self.probs)
+
+    @property
+    def case_uncertainty(self) -> float:
+        return case_uncertainty(self.uncertainty, self.labels)
 
     @property
     def voxel_counts(self) -> dict[str, int]:
@@ -107,6 +128,17 @@ class Segmenter:
         return sample, self.segment_sample(sample)
 
 
+def _write_uncertainty(entropy: np.ndarray, sample: Sample, mask: Path) -> Path:
+    """Next to the mask: ``*_uncertainty.png`` (0-255) for a PNG mask, else ``*_uncertainty.nii.gz`` (float)."""
+    from medsight.io.image import write_png
+    from medsight.io.nifti import write_nifti
+
+    stem = mask.name[: -len("_mask.png")] if mask.name.endswith("_mask.png") else mask.name[: -len("_mask.nii.gz")]
+    if mask.suffix == ".png":
+        return write_png(np.round(entropy * 255).astype(np.uint8), mask.with_name(f"{stem}_uncertainty.png"))
+    return write_nifti(entropy, sample.affine, mask.with_name(f"{stem}_uncertainty.nii.gz"))
+
+
 def mask_path(source: Path, out_dir: Path, sample: Sample) -> Path:
     """``out_dir/<stem>_mask.png`` for 2D images, ``.nii.gz`` for volumes (and 2D DICOM/NIfTI)."""
     name = source.name
@@ -135,7 +167,8 @@ def segment_to_folder(
     files = expand_inputs(inputs)
     out = Path(out)
     counts = {"ok": 0, "errors": 0, "skipped": 0}
-    fields = ["path", "mask", *(f"voxels_{n}" for n in segmenter.label_names), "error"]
+    fields = ["path", "mask", "uncertainty_map", "uncertainty", *(f"voxels_{n}" for n in segmenter.label_names),
+              "error"]
     with ResultsCsv(out / "predictions.csv", fields, resume=resume) as results:
         todo = [path for path in files if str(path) not in results.done]
         counts["skipped"] = len(files) - len(todo)
@@ -143,7 +176,10 @@ def segment_to_folder(
             row: dict[str, Any] = {"path": str(path), "mask": "", "error": ""}
             try:
                 sample, result = segmenter.segment_file(path)
-                row["mask"] = str(write_mask(result.labels, sample, mask_path(path, out, sample)))
+                mask = write_mask(result.labels, sample, mask_path(path, out, sample))
+                row["mask"] = str(mask)
+                row["uncertainty_map"] = str(_write_uncertainty(result.uncertainty, sample, mask))
+                row["uncertainty"] = round(result.case_uncertainty, 6)
                 row.update({f"voxels_{n}": c for n, c in result.voxel_counts.items()})
                 counts["ok"] += 1
             except MedsightError as exc:

@@ -26,7 +26,8 @@ class SegCase:
 
 
 def write_segmentation_report(
-    out: Path, *, title: str, summary: dict, cases: list[SegCase], pixel: dict | None = None
+    out: Path, *, title: str, summary: dict, cases: list[SegCase], pixel: dict | None = None,
+    uncertainty: dict | None = None,
 ) -> Path:
     """Write ``out/report.html`` (self-contained) with overlays of the best, median and worst cases.
 
@@ -52,12 +53,23 @@ def write_segmentation_report(
         section("Metrics per class (mean over cases, 95% bootstrap CI)",
                 table(["class", "metric", "mean", "95% CI"], metric_rows)),
         _pixel_section(pixel) if pixel else "",
+        _uncertainty_section(uncertainty) if uncertainty else "",
         section("Best, median and worst cases", figures(figs)),
         section("Per case", table(["case", "mean foreground Dice"], [[c.case_id, c.dice] for c in ranked])),
     ])
     path = out / "report.html"
     path.write_text(page(title, body))
     return path
+
+
+def _uncertainty_section(uncertainty: dict) -> str:
+    rho = uncertainty["spearman_vs_dice"]
+    reading = ("the more uncertain cases are the lower-Dice ones" if np.isfinite(rho) and rho < 0 else
+               "uncertainty does not flag the low-Dice cases here" if np.isfinite(rho) else
+               "too few cases to tell (3 needed)")
+    return section("Uncertainty", paragraph(
+        f"Case uncertainty: {uncertainty['measure']}. Spearman rank correlation with the case Dice: "
+        f"{_num(rho)} (p = {_num(uncertainty['p_value'])}, n = {uncertainty['n']}): {reading}."))
 
 
 def _pixel_section(pixel: dict) -> str:
