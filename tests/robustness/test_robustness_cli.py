@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -84,12 +84,42 @@ def test_bad_severity_and_task(trained_run: Path, small_phantoms: Path, tmp_path
         with pytest.raises(ConfigError, match="severity"):
             run_robustness(bundle=trained_run / "model", data=str(small_phantoms), out=tmp_path,
                            kinds=["noise"], severities=[severity], progress=False)
-    seg = tmp_path / "seg_model"
-    shutil.copytree(trained_run / "model", seg)
-    manifest = json.loads((seg / "bundle.json").read_text())
-    (seg / "bundle.json").write_text(json.dumps({**manifest, "task": "segmentation"}))
-    with pytest.raises(ConfigError, match="supports classification bundles"):
-        run_robustness(bundle=seg, data=str(small_phantoms), out=tmp_path, progress=False)
     with pytest.raises(DatasetError, match="not MR"):
         run_robustness(bundle=trained_run / "model", data=str(small_phantoms), out=tmp_path,
                        kinds=["bias_field"], progress=False)
+
+
+def test_segmentation_bundle_is_scored_by_dice_under_corruption(tmp_path):
+    from PIL import Image
+
+    from medsight.config import load_config
+    from medsight.engine.seg_pipeline import train_segmenter
+    from medsight.robustness.run import run_robustness
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "discs"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    yy, xx = np.mgrid[:40, :40]
+    for k in range(6):
+        cy, cx = rng.integers(12, 28, 2)
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= 49).astype(np.uint8)
+        Image.fromarray(np.clip(60 + rng.normal(0, 10, (40, 40)) + 120 * mask, 0, 255).astype(np.uint8)).save(
+            data / "images" / f"c{k}.png")
+        Image.fromarray(mask * 255).save(data / "masks" / f"c{k}.png")
+    cfg = load_config(overrides={"task": "segmentation", "data.path": str(data), "model.name": "unet",
+                                 "model.kwargs": {"base_features": 8}, "segment.patch_size": [32, 32],
+                                 "segment.batch_size": 4, "segment.steps_per_epoch": 10, "train.epochs": 3,
+                                 "train.lr": 0.005})
+    bundle = train_segmenter(cfg, out=tmp_path / "run", progress=False)["bundle"]
+    result = run_robustness(bundle=bundle, data=str(data), out=tmp_path / "rob", kinds=["noise"],
+                            severities=[1, 5], progress=False)
+    rows = {(r["kind"], r["severity"]): r for r in result["rows"]}
+    assert set(rows) == {("clean", 0), ("noise", 1), ("noise", 5)} and result["n"] == 6
+    assert rows[("clean", 0)]["dice"] > 0.6
+    assert rows[("noise", 5)]["dice"] < rows[("clean", 0)]["dice"]
+    header = (tmp_path / "rob" / "robustness.csv").read_text().splitlines()[0]
+    assert header == "kind,severity,dice,auc,accuracy"
+    assert "no attacks are run on them" in (tmp_path / "rob" / "report.html").read_text()
+    with pytest.raises(ConfigError, match="attacks are run on classifiers only"):
+        run_robustness(bundle=bundle, data=str(data), out=tmp_path / "rob2", kinds=["fgsm"], progress=False)

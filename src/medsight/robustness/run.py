@@ -77,11 +77,10 @@ def run_robustness(
     kinds = list(kinds) if kinds else None
     _check_request(kinds, severities, eps)
     model_bundle = load_bundle(bundle)
-    if model_bundle.task != "classification":
-        raise ConfigError(
-            bundle, f"robustness supports classification bundles, this one is {model_bundle.task}",
-            "pass a classifier's model folder",
-        )
+    if model_bundle.task == "segmentation":
+        return _run_segmentation(model_bundle, bundle=bundle, data=data, out=out, split=split or "all",
+                                 kinds=kinds, severities=severities, seed=seed, max_cases=max_cases,
+                                 progress=progress)
     split = split or "test"
     samples, labels = _read_split(model_bundle, data, split, max_cases, progress)
     is_mr = _is_mr(samples[0])
@@ -194,6 +193,35 @@ def _read_split(model_bundle, data: str, split: str, max_cases: int | None, prog
     return samples, labels
 
 
+def _run_segmentation(model_bundle, *, bundle, data, out, split, kinds, severities, seed, max_cases, progress):
+    """Segmenters: the corruptions only (no attacks), scored by Dice and pooled pixel AUC / accuracy."""
+    from medsight.data.seg_layouts import open_seg_dataset
+    from medsight.inference.segmenter import Segmenter
+    from medsight.robustness.segmentation import segmentation_rows
+
+    attacks = [k for k in kinds or [] if k in ATTACKS]
+    if attacks:
+        raise ConfigError(f"--kind {attacks[0]}", "adversarial attacks are run on classifiers only",
+                          f"choose corruptions: {', '.join(corruptions.KINDS)}")
+    dataset = open_seg_dataset(data, label_names=dict(enumerate(model_bundle.label_names)))
+    items = dataset.items
+    if split != "all":
+        chosen = set(model_bundle.provenance.get("split", {}).get(split, []))
+        items = [item for item in items if item.case_id in chosen]
+        if not items:
+            raise DatasetError(data, f"has none of the model's '{split}' cases", "use --split all")
+    cases = [(item.case_id, *dataset.read(item)) for item in items[:max_cases]]
+    is_mr = _is_mr(cases[0][1])
+    kinds = kinds or list(corruptions.GENERIC_KINDS) + (list(corruptions.MRI_KINDS) if is_mr else [])
+    rows = segmentation_rows(Segmenter(model_bundle), cases, kinds=kinds, severities=severities, seed=seed,
+                             progress=progress)
+    result = {"bundle": str(bundle), "data": str(data), "split": split, "n": len(cases), "seed": seed,
+              "task": "segmentation", "space": "corruptions on the raw decoded image, scored inside the ROI",
+              "rows": rows, "severity_tables": severity_tables()}
+    write_outputs(result, Path(out))
+    return result
+
+
 def _is_mr(sample) -> bool:
     modality = str(sample.meta.get("modality") or "").upper()
     return modality == "MR" or (not modality and sample.meta.get("format") in MRI_FORMATS)
@@ -219,7 +247,7 @@ def write_outputs(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "robustness.json").write_text(json.dumps(_json_safe(result), indent=2))
     with (out / "robustness.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["kind", "severity", *METRICS])
+        writer = csv.DictWriter(handle, fieldnames=list(result["rows"][0]))
         writer.writeheader()
         writer.writerows(result["rows"])
     plot_robustness(result["rows"], out / "robustness.png")
@@ -259,21 +287,25 @@ def plot_robustness(rows: list[dict], path: Path) -> Path:
 def report_html(result: dict, png: Path) -> str:
     from medsight.report.html import Figure, figures, key_values, page, paragraph, section, table
 
-    rows = [[r["kind"], r["severity"], *[r[m] for m in METRICS]] for r in result["rows"]]
+    metrics = [key for key in result["rows"][0] if key not in ("kind", "severity")]
+    rows = [[r["kind"], r["severity"], *[r[m] for m in metrics]] for r in result["rows"]]
     clean_acc = result["rows"][0]["accuracy"]
     worst = min(result["rows"], key=lambda r: r["accuracy"])
+    how = ("Attacks (FGSM, and PGD with "
+           f"{result['pgd_steps']} steps) perturb the preprocessed network input; their severity column is eps."
+           if "pgd_steps" in result else "Segmenters are scored inside the region of interest: Dice per case, "
+           "accuracy and AUC over the pooled pixels; no attacks are run on them.")
     tables = [[kind, *values] for kind, values in result["severity_tables"].items()]
     body = [
         section("Summary", key_values({
             "bundle": result["bundle"], "data": result["data"], "split": result["split"], "cases": result["n"],
             "clean accuracy": clean_acc, "worst": f"{worst['kind']} at {worst['severity']}: {worst['accuracy']:.3f}",
-            "threshold": result["threshold"], "seed": result["seed"],
+            "threshold": result.get("threshold"), "seed": result["seed"],
         })),
         section("Metrics under corruption and attack", paragraph(
             "Corruptions are applied to the raw decoded image, before the bundle's preprocessing; severity 1 is "
-            "mild and 5 severe. Attacks (FGSM, and PGD with "
-            f"{result['pgd_steps']} steps) perturb the preprocessed network input; their severity column is eps."
-        ), table(["kind", "severity", *METRICS], rows)),
+            "mild and 5 severe. " + how
+        ), table(["kind", "severity", *metrics], rows)),
         section("Metric against severity", figures([Figure(
             png, "Accuracy and AUC against severity",
             "each line is one corruption or attack; the point at 0 is the clean score. A flat line is robust; "
