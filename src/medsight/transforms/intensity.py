@@ -82,6 +82,6 @@ def clahe(array: np.ndarray) -> np.ndarray:
 
     out = np.empty_like(array)
     for c, channel in enumerate(array):
-        scaled = normalize(channel[None], "minmax")[0]
+        scaled = np.clip(normalize(channel[None], "minmax")[0], 0.0, 1.0)  # float rounding can pass 1
         out[c] = equalize_adapthist(scaled) if scaled.max() > 0 else scaled
     return out
