@@ -123,3 +123,6 @@ def test_segmentation_bundle_is_scored_by_dice_under_corruption(tmp_path):
     assert "no attacks are run on them" in (tmp_path / "rob" / "report.html").read_text()
     with pytest.raises(ConfigError, match="attacks are run on classifiers only"):
         run_robustness(bundle=bundle, data=str(data), out=tmp_path / "rob2", kinds=["fgsm"], progress=False)
+    with pytest.raises(ConfigError, match="rotation moves the anatomy"):
+        run_robustness(bundle=bundle, data=str(data), out=tmp_path / "rob3", kinds=["rotation"], progress=False)
+    assert not (tmp_path / "rob2").exists() and not (tmp_path / "rob3").exists()

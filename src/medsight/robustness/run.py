@@ -203,6 +203,10 @@ def _run_segmentation(model_bundle, *, bundle, data, out, split, kinds, severiti
     if attacks:
         raise ConfigError(f"--kind {attacks[0]}", "adversarial attacks are run on classifiers only",
                           f"choose corruptions: {', '.join(corruptions.KINDS)}")
+    if "rotation" in (kinds or []):
+        raise ConfigError("--kind rotation", "a rotation moves the anatomy away from the reference mask, which "
+                          "is not rotated with it, so its Dice would measure the misalignment",
+                          "leave rotation out for segmenters")
     dataset = open_seg_dataset(data, label_names=dict(enumerate(model_bundle.label_names)))
     items = dataset.items
     if split != "all":
@@ -212,7 +216,8 @@ def _run_segmentation(model_bundle, *, bundle, data, out, split, kinds, severiti
             raise DatasetError(data, f"has none of the model's '{split}' cases", "use --split all")
     cases = [(item.case_id, *dataset.read(item)) for item in items[:max_cases]]
     is_mr = _is_mr(cases[0][1])
-    kinds = kinds or list(corruptions.GENERIC_KINDS) + (list(corruptions.MRI_KINDS) if is_mr else [])
+    kinds = kinds or [k for k in corruptions.GENERIC_KINDS if k != "rotation"] + (
+        list(corruptions.MRI_KINDS) if is_mr else [])
     rows = segmentation_rows(Segmenter(model_bundle), cases, kinds=kinds, severities=severities, seed=seed,
                              progress=progress)
     result = {"bundle": str(bundle), "data": str(data), "split": split, "n": len(cases), "seed": seed,
