@@ -97,18 +97,10 @@ def run_evaluation(*, bundle: Path, data: str, split: str | None = None, out: Pa
 
 def _evaluate_segmentation(model_bundle, *, bundle: Path, data: str, split: str, out: Path, progress: bool) -> dict:
     """Score a segmentation bundle on the cases of ``data`` (``split`` all, or the run's train/val cases)."""
-    from medsight.data.seg_layouts import open_seg_dataset
-    from medsight.engine.seg_evaluate import DatasetCases, evaluate_segmentation
+    from medsight.engine.seg_evaluate import DatasetCases, evaluate_segmentation, open_split
     from medsight.inference.segmenter import Segmenter
 
-    dataset = open_seg_dataset(data, label_names=dict(enumerate(model_bundle.label_names)))
-    items = dataset.items
-    if split != "all":
-        chosen = set(model_bundle.provenance.get("split", {}).get(split, []))
-        items = [item for item in items if item.case_id in chosen]
-        if not items:
-            raise DatasetError(data, f"has none of the model's '{split}' cases",
-                               "use --split all for a data set other than the one the model was trained on")
+    dataset, items = open_split(model_bundle, data, split)
     return evaluate_segmentation(
         Segmenter(model_bundle), DatasetCases(dataset, items), out=out, progress=progress,
         title=f"{Path(bundle).resolve().parent.name}: {split} cases of {Path(data).name}",

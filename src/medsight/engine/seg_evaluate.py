@@ -35,6 +35,26 @@ from medsight.inference.segmenter import case_uncertainty, entropy_map
 Case = tuple[str, Sample, np.ndarray, np.ndarray | None]
 
 
+def open_split(model_bundle, data: str, split: str):
+    """The segmentation data set at ``data`` and its items: every case (``split="all"``), or the cases the
+    bundle's training run put in ``split`` (``train`` / ``val``).
+
+    Raises:
+        DatasetError: none of the run's ``split`` cases are in ``data``.
+    """
+    from medsight.data.seg_layouts import open_seg_dataset
+
+    dataset = open_seg_dataset(data, label_names=dict(enumerate(model_bundle.label_names)))
+    items = dataset.items
+    if split != "all":
+        chosen = set(model_bundle.provenance.get("split", {}).get(split, []))
+        items = [item for item in items if item.case_id in chosen]
+        if not items:
+            raise DatasetError(data, f"has none of the model's '{split}' cases",
+                               "use --split all for a data set other than the one the model was trained on")
+    return dataset, items
+
+
 class DatasetCases:
     """Cases of a segmentation data set, decoded one at a time (sized, for the progress bar)."""
 

@@ -195,7 +195,7 @@ def _read_split(model_bundle, data: str, split: str, max_cases: int | None, prog
 
 def _run_segmentation(model_bundle, *, bundle, data, out, split, kinds, severities, seed, max_cases, progress):
     """Segmenters: the corruptions only (no attacks), scored by Dice and pooled pixel AUC / accuracy."""
-    from medsight.data.seg_layouts import open_seg_dataset
+    from medsight.engine.seg_evaluate import open_split
     from medsight.inference.segmenter import Segmenter
     from medsight.robustness.segmentation import segmentation_rows
 
@@ -207,13 +207,7 @@ def _run_segmentation(model_bundle, *, bundle, data, out, split, kinds, severiti
         raise ConfigError("--kind rotation", "a rotation moves the anatomy away from the reference mask, which "
                           "is not rotated with it, so its Dice would measure the misalignment",
                           "leave rotation out for segmenters")
-    dataset = open_seg_dataset(data, label_names=dict(enumerate(model_bundle.label_names)))
-    items = dataset.items
-    if split != "all":
-        chosen = set(model_bundle.provenance.get("split", {}).get(split, []))
-        items = [item for item in items if item.case_id in chosen]
-        if not items:
-            raise DatasetError(data, f"has none of the model's '{split}' cases", "use --split all")
+    dataset, items = open_split(model_bundle, data, split)
     cases = [(item.case_id, *dataset.read(item)) for item in items[:max_cases]]
     is_mr = _is_mr(cases[0][1])
     kinds = kinds or [k for k in corruptions.GENERIC_KINDS if k != "rotation"] + (
