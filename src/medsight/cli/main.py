@@ -11,6 +11,7 @@ import typer
 from medsight.cli import (
     data_cmd,
     demo_cmd,
+    dicom_cmd,
     eval_cmd,
     explain_cmd,
     export_cmd,
@@ -39,6 +40,7 @@ app.command("export")(export_cmd.export)
 app.command("robustness")(robustness_cmd.robustness)
 app.command("serve")(serve_cmd.serve)
 app.add_typer(data_cmd.app, name="data")
+app.add_typer(dicom_cmd.app, name="dicom")
 app.add_typer(models_cmd.app, name="models")
 
 
