@@ -1,0 +1,105 @@
+"""Write a predicted label volume as a DICOM SEG (highdicom) that references its source series.
+
+Segment labels are coded with SNOMED CT (SCT): a label name that matches :data:`SCT_CODES`
+(case and separators ignored, e.g. ``liver``, ``blood vessel``, ``tumour``) gets that anatomical
+structure (category *Anatomical Structure*) or morphologically abnormal structure (category
+*Morphologically Abnormal Structure*). Any other name falls back, as documented, to category
+*Tissue* / type *Tissue* (SCT 85756007) with the name kept as the segment label. The algorithm
+identification names medsight and the model's name and version.
+
+Example:
+    >>> image = read_dicom_series("ct/")
+    >>> write_dicom_seg(labels, image, Path("liver_seg.dcm"), label_names=["background", "liver"],
+    ...                 model="unet", version="0.1.0")
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from medsight.data.sample import Sample
+from medsight.errors import InvalidImageError, UnsupportedFileError
+
+#: label name (lower case, letters only) -> (category, type) SCT attribute names of pydicom's code dictionary
+SCT_CODES = {
+    "liver": ("AnatomicalStructure", "Liver"), "spleen": ("AnatomicalStructure", "Spleen"),
+    "kidney": ("AnatomicalStructure", "Kidney"), "lung": ("AnatomicalStructure", "Lung"),
+    "heart": ("AnatomicalStructure", "Heart"), "brain": ("AnatomicalStructure", "Brain"),
+    "bone": ("AnatomicalStructure", "Bone"), "vertebra": ("AnatomicalStructure", "Vertebra"),
+    "vessel": ("AnatomicalStructure", "BloodVessel"), "bloodvessel": ("AnatomicalStructure", "BloodVessel"),
+    "artery": ("AnatomicalStructure", "Artery"), "vein": ("AnatomicalStructure", "Vein"),
+    "tumor": ("MorphologicallyAbnormalStructure", "Neoplasm"),
+    "tumour": ("MorphologicallyAbnormalStructure", "Neoplasm"),
+    "neoplasm": ("MorphologicallyAbnormalStructure", "Neoplasm"),
+    "lesion": ("MorphologicallyAbnormalStructure", "Lesion"),
+    "nodule": ("MorphologicallyAbnormalStructure", "Nodule"), "mass": ("MorphologicallyAbnormalStructure", "Mass"),
+}
+FALLBACK = ("Tissue", "Tissue")
+
+
+def segment_codes(name: str):
+    """``(category, type)`` SNOMED CT codes for a label name (the documented fallback when unknown)."""
+    from pydicom.sr.codedict import codes
+
+    category, kind = SCT_CODES.get(re.sub(r"[^a-z]", "", name.lower()), FALLBACK)
+    return getattr(codes.SCT, category), getattr(codes.SCT, kind)
+
+
+def write_dicom_seg(labels: np.ndarray, image: Sample, path: Path, *, label_names: list[str], model: str,
+                    version: str) -> Path:
+    """Write ``labels`` (``(S, R, C)``, aligned with ``image`` as read by ``read_dicom_series``) as a SEG.
+
+    Raises:
+        UnsupportedFileError: the image is not a DICOM series read from single-frame files.
+        InvalidImageError: ``labels`` does not have the image's spatial shape.
+    """
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    from medsight import __version__
+
+    files = image.meta.get("slice_files")
+    if not files:
+        raise UnsupportedFileError(image.meta.get("path", "image"), "is not a DICOM series",
+                                   "DICOM SEG output needs the source DICOM slices; write NIfTI instead")
+    if labels.shape != image.spatial_shape:
+        raise InvalidImageError(path, f"labels {labels.shape} do not match the series {image.spatial_shape}",
+                                "pass the prediction on the series' own grid")
+    sources = [pydicom.dcmread(f) for f in files]
+    for source in sources:  # real files carry an empty SpecificCharacterSet, which highdicom refuses
+        if "SpecificCharacterSet" in source and not source.SpecificCharacterSet:
+            del source.SpecificCharacterSet
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=f"medsight {model}", version=f"{version} (medsight {__version__})",
+        family=codes.cid7162.ArtificialIntelligence,
+    )
+    present = [k for k in range(1, len(label_names)) if np.any(labels == k)] or [1]
+    descriptions = []
+    for number, k in enumerate(present, start=1):
+        category, kind = segment_codes(label_names[k])
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=number, segment_label=label_names[k], segmented_property_category=category,
+            segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        ))
+    renumbered = np.zeros(labels.shape, np.uint8)
+    for number, k in enumerate(present, start=1):
+        renumbered[labels == k] = number
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=renumbered, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=900,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="medsight",
+        manufacturer_model_name=f"medsight {model}", software_versions=f"medsight {__version__}",
+        device_serial_number="none", series_description=f"medsight {model} segmentation",
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp")
+    seg.save_as(staging)
+    staging.replace(path)
+    return path
