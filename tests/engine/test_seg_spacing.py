@@ -44,7 +44,24 @@ def anisotropic_set(tmp_path):
     return root
 
 
-def test_training_resamples_to_the_target_and_masks_return_to_the_source_grid(anisotropic_set, tmp_path):
+def test_training_resamples_to_the_target_and_masks_return_to_the_source_grid(anisotropic_set, tmp_path,
+                                                                             monkeypatch):
+    import medsight.engine.seg_pipeline as seg_pipeline
+    import medsight.inference.segment as segment
+
+    trained_on, predicted_on = set(), []
+    original_patches, original_window = seg_pipeline.sample_patches, segment.sliding_window_probs
+
+    def spy_patches(images, labels, **kwargs):
+        trained_on.update(image.shape[1:] for image in images)
+        return original_patches(images, labels, **kwargs)
+
+    def spy_window(network, image, **kwargs):
+        predicted_on.append(image.shape[1:])
+        return original_window(network, image, **kwargs)
+
+    monkeypatch.setattr(seg_pipeline, "sample_patches", spy_patches)
+    monkeypatch.setattr(segment, "sliding_window_probs", spy_window)
     cfg = load_config(overrides={
         "task": "segmentation", "data.path": str(anisotropic_set), "model.name": "unet",
         "model.kwargs": {"base_features": 4, "depth": 2}, "segment.patch_size": [16, 16, 8],
@@ -55,12 +72,16 @@ def test_training_resamples_to_the_target_and_masks_return_to_the_source_grid(an
     assert plan["target_spacing"] == pytest.approx([1.0, 1.0, 2.5])
     segmenter = Segmenter(result["bundle"])
     assert segmenter.settings["target_spacing"] == pytest.approx([1.0, 1.0, 2.5])
+    # 8 slices of 3 mm and 12 of 2 mm both become 10 slices of 2.5 mm for training
+    assert trained_on == {(24, 24, 10)}
+    predicted_on.clear()
     for name in ("ball_0", "ball_2"):  # 3 mm and 2 mm slices: both resampled to 2.5 mm and back
         sample = read_image(anisotropic_set / "imagesTr" / f"{name}.nii.gz")
         out = segmenter.segment_sample(sample)
         assert out.labels.shape == sample.spatial_shape
         assert out.probs.shape == (2, *sample.spatial_shape)
         assert np.allclose(out.probs.sum(axis=0), 1.0, atol=1e-4)
+    assert predicted_on == [(24, 24, 10), (24, 24, 10)]  # the network saw the target grid
 
 
 def test_resample_false_keeps_each_image_on_its_grid(anisotropic_set, tmp_path):

@@ -54,7 +54,6 @@ def run_evaluation(*, bundle: Path, data: str, split: str | None = None, out: Pa
     ``all`` for segmenters (a segmentation run keeps no test split: evaluate on a held-out folder).
     """
     from medsight.bundle import load_bundle
-    from medsight.data.layouts import open_dataset
     from medsight.engine.evaluate import evaluate_predictions
     from medsight.engine.prepare import load_tensors
 
@@ -63,15 +62,7 @@ def run_evaluation(*, bundle: Path, data: str, split: str | None = None, out: Pa
         return _evaluate_segmentation(model_bundle, bundle=bundle, data=data, split=split or "all", out=Path(out),
                                       progress=progress)
     split = split or "test"
-    data_cfg = DataConfig.model_validate({**model_bundle.provenance.get("data_config", {}), "path": data})
-    ds = open_dataset(data, series_uid=data_cfg.series_uid, class_names=model_bundle.label_names)
-    if ds.class_names != model_bundle.label_names:
-        raise DatasetError(
-            data,
-            f"its classes {ds.class_names} differ from the model's {model_bundle.label_names}",
-            "evaluate on data with the same classes the model was trained on",
-        )
-    indices = np.arange(len(ds.items)) if split == "all" else _split_indices(ds, data_cfg, split)
+    ds, data_cfg, indices = bundle_split(model_bundle, data, split)
     tensors, bad = load_tensors(
         ds, indices, model_bundle.preprocess, on_bad_file=data_cfg.on_bad_file, progress=progress, desc=split
     )
@@ -93,6 +84,29 @@ def run_evaluation(*, bundle: Path, data: str, split: str | None = None, out: Pa
         split=split,
         extra={"bundle": str(bundle), "data": str(data), "skipped files": len(bad)},
     )
+
+
+def bundle_split(model_bundle, data: str | Path, split: str):
+    """A classification data set read with the bundle's data settings and classes: ``(ds, data_cfg, indices)``.
+
+    ``split`` is ``train``, ``val``, ``test`` (rebuilt from the seed stored in the bundle) or ``all``.
+    Evaluation, export parity, explanations and robustness all pick their cases here.
+
+    Raises:
+        DatasetError: the data's classes differ from the model's, or it has no such split.
+    """
+    from medsight.data.layouts import open_dataset
+
+    data_cfg = DataConfig.model_validate({**model_bundle.provenance.get("data_config", {}), "path": str(data)})
+    ds = open_dataset(data, series_uid=data_cfg.series_uid, class_names=model_bundle.label_names)
+    if ds.class_names != model_bundle.label_names:
+        raise DatasetError(
+            data,
+            f"its classes {ds.class_names} differ from the model's {model_bundle.label_names}",
+            "use data with the same classes the model was trained on",
+        )
+    indices = np.arange(len(ds.items)) if split == "all" else _split_indices(ds, data_cfg, split)
+    return ds, data_cfg, indices
 
 
 def _evaluate_segmentation(model_bundle, *, bundle: Path, data: str, split: str, out: Path, progress: bool) -> dict:

@@ -100,7 +100,7 @@ def explain_files(*, bundle: str | Path, images: list[Path], method: str, out: P
     """
     from medsight.bundle import load_bundle
     from medsight.inference.predictor import expand_inputs
-    from medsight.io import read_image
+    from medsight.io import image_stem, read_image
     from medsight.io.nifti import write_nifti
     from medsight.progress import track
 
@@ -126,7 +126,7 @@ def explain_files(*, bundle: str | Path, images: list[Path], method: str, out: P
             try:
                 sample = read_image(path)
                 result = explain_sample(model_bundle, model, sample, method=method, layer=layer, target=target)
-                stem = _stem(path)
+                stem = image_stem(path)
                 overlay = out / f"{stem}_{method}.png"
                 overlay.write_bytes(overlay_png(sample, result["heat"]))
                 if sample.spatial_dims == 3:
@@ -155,18 +155,15 @@ def faithfulness_report(*, bundle: str | Path, data: str, split: str = "val", ou
     import torch
 
     from medsight.bundle import load_bundle
-    from medsight.config import DataConfig
-    from medsight.data.layouts import open_dataset
-    from medsight.engine.pipeline import _split_indices
+    from medsight.engine.pipeline import bundle_split
     from medsight.engine.prepare import load_tensors
     from medsight.explain.faithfulness import deletion_insertion, random_order_map
     from medsight.progress import track
 
     model_bundle = load_bundle(bundle)
     model = model_bundle.build_model()
-    data_cfg = DataConfig.model_validate({**model_bundle.provenance.get("data_config", {}), "path": data})
-    ds = open_dataset(data, series_uid=data_cfg.series_uid, class_names=model_bundle.label_names)
-    indices = _split_indices(ds, data_cfg, split)[:max_cases]
+    ds, _, indices = bundle_split(model_bundle, data, split)
+    indices = indices[:max_cases]
     tensors, _ = load_tensors(ds, indices, model_bundle.preprocess, progress=False)
     rng = np.random.default_rng(seed)
     curves: dict[str, list[tuple[float, float]]] = {name: [] for name in (*methods, "random")}
@@ -200,11 +197,3 @@ def _check_request(bundle, target: str | None) -> None:
     if target is not None and target not in bundle.label_names:
         raise ConfigError(f"--target {target}", f"is not one of the model's classes {bundle.label_names}",
                           "name one of them, or leave --target out to explain the predicted class")
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".nrrd"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from medsight.bundle import Bundle
-from medsight.config import DataConfig, PreprocessConfig
+from medsight.config import PreprocessConfig
 from medsight.errors import DatasetError
 from medsight.export.errors import ExportError
 
@@ -143,23 +143,12 @@ def _data_path(bundle: Bundle, folder: Path, data: str | None) -> Path:
 def _classification_split(bundle: Bundle, path: Path, prep: PreprocessConfig, progress: bool) -> ParityData:
     import torch
 
-    from medsight.data.layouts import open_dataset
-    from medsight.data.splits import resolve_splits
+    from medsight.engine.pipeline import bundle_split
     from medsight.engine.prepare import load_tensors
     from medsight.engine.trainer import predict_probs
     from medsight.transforms.intensity import normalize
 
-    data_cfg = DataConfig.model_validate({**bundle.provenance.get("data_config", {}), "path": str(path)})
-    ds = open_dataset(path, series_uid=data_cfg.series_uid, class_names=bundle.label_names)
-    if ds.class_names != bundle.label_names:
-        raise DatasetError(
-            path,
-            f"its classes {ds.class_names} differ from the model's {bundle.label_names}",
-            "pass --data with the classes the model was trained on",
-        )
-    val = resolve_splits(ds, data_cfg).get("val", np.array([], dtype=np.int64))
-    if not len(val):
-        raise DatasetError(path, "has no validation split", "pass --data with a data set that has one")
+    ds, data_cfg, val = bundle_split(bundle, path, "val")
     tensors, bad = load_tensors(ds, val, prep, on_bad_file=data_cfg.on_bad_file, progress=progress, desc="val")
     inputs = tensors.images.numpy()
     # the bundle's own normalisation, applied exactly as medsight.transforms.preprocess applies it

@@ -141,13 +141,10 @@ def _write_uncertainty(entropy: np.ndarray, sample: Sample, mask: Path) -> Path:
 
 def mask_path(source: Path, out_dir: Path, sample: Sample) -> Path:
     """``out_dir/<stem>_mask.png`` for 2D images, ``.nii.gz`` for volumes (and 2D DICOM/NIfTI)."""
-    name = source.name
-    for suffix in (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp", ".nrrd"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    is_picture = source.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp"}
-    return out_dir / f"{name}_mask{'.png' if sample.spatial_dims == 2 and is_picture else '.nii.gz'}"
+    from medsight.io import image_stem, is_picture
+
+    suffix = ".png" if sample.spatial_dims == 2 and is_picture(source) else ".nii.gz"
+    return out_dir / f"{image_stem(source)}_mask{suffix}"
 
 
 def segment_to_folder(

@@ -65,7 +65,9 @@ __all__ = [
     "Window",
     "apply_window",
     "is_dicom_file",
+    "image_stem",
     "is_image_file",
+    "is_picture",
     "list_series",
     "medmnist_sample",
     "phi_fields_present",
@@ -127,6 +129,18 @@ def is_image_file(path: str | Path) -> bool:
     if path.name.startswith(".") or path.name.upper() == "DICOMDIR" or not path.is_file():
         return False
     return _suffix(path) in SUPPORTED_SUFFIXES or is_dicom_file(path)
+
+
+def image_stem(path: str | Path) -> str:
+    """The file name without its image suffix (``scan.nii.gz`` -> ``scan``), for naming outputs."""
+    path = Path(path)
+    suffix = _suffix(path)
+    return path.name[: -len(suffix)] if suffix in SUPPORTED_SUFFIXES else path.name
+
+
+def is_picture(path: str | Path) -> bool:
+    """A PNG/JPEG/TIFF/GIF/BMP file (no physical geometry): masks and maps for it are written as PNG."""
+    return _suffix(Path(path)) in IMAGE_SUFFIXES
 
 
 def _suffix(path: Path) -> str:

@@ -157,25 +157,11 @@ def _check_request(kinds: list[str] | None, severities: Sequence[int], eps: Sequ
 
 def _read_split(model_bundle, data: str, split: str, max_cases: int | None, progress: bool):
     """The raw samples and labels of one split, read as ``medsight evaluate`` reads them."""
-    from medsight.config import DataConfig
-    from medsight.data.layouts import open_dataset
-    from medsight.data.splits import resolve_splits
+    from medsight.engine.pipeline import bundle_split
     from medsight.errors import MedsightError
     from medsight.progress import track
 
-    data_cfg = DataConfig.model_validate({**model_bundle.provenance.get("data_config", {}), "path": data})
-    ds = open_dataset(data, series_uid=data_cfg.series_uid, class_names=model_bundle.label_names)
-    if ds.class_names != model_bundle.label_names:
-        raise DatasetError(data, f"its classes {ds.class_names} differ from the model's {model_bundle.label_names}",
-                           "use data with the same classes the model was trained on")
-    if split == "all":
-        indices = np.arange(len(ds.items))
-    else:
-        splits = resolve_splits(ds, data_cfg)
-        if split not in splits or not len(splits[split]):
-            available = [k for k, v in splits.items() if len(v)]
-            raise DatasetError(data, f"has no '{split}' split", f"use --split with one of {available + ['all']}")
-        indices = splits[split]
+    ds, data_cfg, indices = bundle_split(model_bundle, data, split)
     if max_cases is not None:
         indices = indices[:max_cases]
     samples, labels = [], []
