@@ -43,6 +43,11 @@ class DataConfig(Strict):
     fold: int = Field(0, ge=0)
     on_bad_file: Literal["error", "skip"] = "error"
     series_uid: str | None = None
+    cache: Literal["none", "memory", "disk"] = Field(
+        "none", description="keep preprocessed samples (keyed by file and preprocessing hash) so later epochs "
+        "and runs skip decoding"
+    )
+    cache_dir: str | None = Field(None, description="disk cache folder; default ~/.cache/medsight/samples")
 
 
 class PreprocessConfig(Strict):
@@ -90,6 +95,13 @@ class ModelConfig(Strict):
     name: str = "compact_cnn"
     kwargs: dict[str, Any] = Field(default_factory=dict)
     head: Literal["softmax", "sigmoid"] = "softmax"
+    pretrained: str | None = Field(None, description="local weights file to start from (safetensors or state dict)")
+    pretrained_layout: Literal["auto", "medsight", "torchvision", "monai", "medicalnet"] = Field(
+        "auto", description="key layout of the pretrained file; auto guesses from its keys"
+    )
+    adapt_channels: Literal["average", "repeat"] = Field(
+        "average", description="first convolution with other input channels: average or repeat its kernels"
+    )
 
 
 class TrainConfig(Strict):
@@ -113,6 +125,11 @@ class TrainConfig(Strict):
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
     amp: bool = Field(True, description="mixed precision; used on CUDA only")
     time_limit_min: float | None = Field(None, gt=0)
+    freeze: str = Field("none", description="none, backbone, or until:LAYER (freeze up to and including LAYER)")
+    backbone_lr_factor: float = Field(1.0, gt=0, le=1, description="backbone LR = lr * factor when fine-tuning")
+    unfreeze_every: int = Field(0, ge=0, description="gradual unfreezing: one more block every N epochs; 0 off")
+    synthetic: str | None = Field(None, description="generator folder (medsight gan train) mixed into training")
+    synthetic_ratio: float = Field(0.0, ge=0, description="synthetic samples per real training sample")
 
 
 class EvalConfig(Strict):
