@@ -15,7 +15,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydicom import Dataset
@@ -99,3 +101,11 @@ def _filled(value: object) -> bool:
     if isinstance(value, Sequence) and not isinstance(value, str):
         return len(value) > 0
     return str(value).strip() != ""
+
+
+@contextmanager
+def no_patient_warnings() -> Iterator[None]:
+    """Silence highdicom's warnings that quote patient fields (e.g. a one-part PatientName), to keep logs PHI-free."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
+        yield

@@ -22,6 +22,7 @@ import numpy as np
 
 from medsight.data.sample import Sample
 from medsight.errors import InvalidImageError, UnsupportedFileError
+from medsight.io.phi import no_patient_warnings
 
 #: label name (lower case, letters only) -> (category, type) SCT attribute names of pydicom's code dictionary
 SCT_CODES = {
@@ -90,13 +91,14 @@ def write_dicom_seg(labels: np.ndarray, image: Sample, path: Path, *, label_name
     renumbered = np.zeros(labels.shape, np.uint8)
     for number, k in enumerate(present, start=1):
         renumbered[labels == k] = number
-    seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=renumbered, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=900,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="medsight",
-        manufacturer_model_name=f"medsight {model}", software_versions=f"medsight {__version__}",
-        device_serial_number="none", series_description=f"medsight {model} segmentation",
-    )
+    with no_patient_warnings():
+        seg = hd.seg.Segmentation(
+            source_images=sources, pixel_array=renumbered, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=900,
+            sop_instance_uid=generate_uid(), instance_number=1, manufacturer="medsight",
+            manufacturer_model_name=f"medsight {model}", software_versions=f"medsight {__version__}",
+            device_serial_number="none", series_description=f"medsight {model} segmentation",
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.tmp")

@@ -1,0 +1,150 @@
+"""Write an RGB picture (a Grad-CAM overlay) as a DICOM Secondary Capture in the source study, and read it back.
+
+The Secondary Capture (highdicom ``SCImage``) copies the patient and study modules of the source
+image, so it lands in the same study, in a new series. It references the source series
+(ReferencedSeriesSequence) and the instance it was drawn on (SourceImageSequence): the one file, or
+the middle slice of a series. Pixels are stored uncompressed, so they read back bit for bit.
+
+Example:
+    >>> image = read_image("chest.dcm")
+    >>> gradcam_secondary_capture(Path("runs/demo/model"), image, Path("chest_gradcam.dcm"))
+    >>> read_secondary_capture(Path("chest_gradcam.dcm")).shape
+    (512, 512, 3)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medsight.data.sample import Sample
+from medsight.errors import InvalidImageError, UnreadableFileError
+from medsight.io.phi import no_patient_warnings
+from medsight.io.sr_writer import save_dataset, source_datasets
+
+#: LPS axis -> (letter for +, letter for -) in DICOM PatientOrientation
+_LETTERS = (("L", "R"), ("P", "A"), ("H", "F"))
+
+
+def write_secondary_capture(rgb: np.ndarray, image: Sample, path: Path, *, description: str, model: str,
+                            version: str) -> Path:
+    """Write ``rgb`` (``(H, W, 3)`` uint8) as a Secondary Capture in ``image``'s study.
+
+    Raises:
+        InvalidImageError: ``rgb`` is not an ``(H, W, 3)`` uint8 array.
+        UnsupportedFileError: the image was not read from DICOM.
+    """
+    import highdicom as hd
+    from pydicom.dataset import Dataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from medsight import __version__
+
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
+        raise InvalidImageError(path, f"the picture is {rgb.dtype} {rgb.shape}, not an (H, W, 3) uint8 RGB array",
+                                "pass an RGB image with values 0..255 (e.g. np.asarray(PIL.Image.convert('RGB')))")
+    sources = source_datasets(image)
+    source = sources[len(sources) // 2]
+    with no_patient_warnings():
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
+            coordinate_system="PATIENT", series_instance_uid=generate_uid(), series_number=902,
+            sop_instance_uid=generate_uid(), instance_number=1, manufacturer="medsight",
+            patient_orientation=patient_orientation(source), transfer_syntax_uid=ExplicitVRLittleEndian,
+            manufacturer_model_name=f"medsight {model}", software_versions=f"medsight {__version__} {version}",
+            series_description=description,
+        )
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.SOPClassUID
+    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    series = Dataset()
+    series.SeriesInstanceUID = source.SeriesInstanceUID
+    series.ReferencedInstanceSequence = [reference]
+    sc.ReferencedSeriesSequence = [series]
+    sc.SourceImageSequence = [reference]
+    sc.DerivationDescription = f"{description}; medsight {model} {version}"
+    return save_dataset(sc, path)
+
+
+def read_secondary_capture(path: Path) -> np.ndarray:
+    """The ``(H, W, 3)`` uint8 RGB pixels of a Secondary Capture written by :func:`write_secondary_capture`.
+
+    Raises:
+        UnreadableFileError: not a DICOM file, or not an RGB picture.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+    except (InvalidDicomError, AttributeError, ValueError, OSError) as exc:
+        raise UnreadableFileError(path, f"is not a readable DICOM image ({type(exc).__name__})",
+                                  "pass a secondary capture written by medsight") from None
+    if ds.get("PhotometricInterpretation") != "RGB" or pixels.ndim != 3:
+        raise UnreadableFileError(path, "is not an RGB secondary capture",
+                                  "pass a secondary capture written by medsight")
+    return np.asarray(pixels, dtype=np.uint8)
+
+
+def gradcam_secondary_capture(bundle_dir: Path, image: Sample, path: Path, *, method: str = "gradcam") -> Path:
+    """Explain ``image`` with the classifier bundle and write the heatmap overlay as a Secondary Capture.
+
+    A volume read for a 2D model is explained on its middle slice; a 3D model sees the whole volume and the
+    overlay shows its middle slice. The series description names the explained class and the method; the
+    model version recorded is the bundle's creation time stamp.
+
+    Raises:
+        BundleError: the bundle is missing or incomplete.
+        ConfigError: the bundle is not a classifier, or the method is unknown.
+        UnsupportedFileError: the image was not read from DICOM.
+    """
+    import io
+
+    from PIL import Image
+
+    from medsight.bundle import load_bundle
+    from medsight.errors import ConfigError
+    from medsight.explain.cam import METHODS
+    from medsight.explain.run import explain_sample, overlay_png
+
+    if method not in METHODS:
+        raise ConfigError(f"method={method}", "unknown explanation method", f"choose one of: {', '.join(METHODS)}")
+    source_datasets(image)  # a non-DICOM image fails here, before the model runs
+    bundle = load_bundle(bundle_dir)
+    model = bundle.build_model()
+    sample = middle_slice(image) if image.spatial_dims == 3 and bundle.spatial_dims == 2 else image
+    result = explain_sample(bundle, model, sample, method=method)
+    heat = result["heat"]
+    if sample.spatial_dims == 3:
+        sample, heat = middle_slice(sample), heat[heat.shape[0] // 2]
+    rgb = np.asarray(Image.open(io.BytesIO(overlay_png(sample, heat))).convert("RGB"))
+    description = f"medsight {method} {result['target']}"
+    return write_secondary_capture(rgb, image, path, description=description, model=bundle.model.name,
+                                   version=str(bundle.provenance.get("created", "unknown")))
+
+
+def middle_slice(image: Sample) -> Sample:
+    """The middle slice ``(C, R, C)`` of a volume ``(C, S, R, C)``, with the in-plane spacing."""
+    return Sample(np.ascontiguousarray(image.array[:, image.array.shape[1] // 2]), spacing=tuple(image.spacing[1:]),
+                  meta=dict(image.meta))
+
+
+def patient_orientation(ds) -> tuple[str, str]:
+    """PatientOrientation (row, column directions) from the file's own value or ImageOrientationPatient."""
+    given = ds.get("PatientOrientation")
+    if given is not None and len(given) == 2 and all(given):
+        return str(given[0]), str(given[1])
+    iop = ds.get("ImageOrientationPatient")
+    if iop is None or len(iop) != 6:
+        return "L", "F"  # the usual frontal view when the file says nothing
+    return _letters(np.asarray(iop[:3], float)), _letters(np.asarray(iop[3:], float))
+
+
+def _letters(direction: np.ndarray) -> str:
+    """Patient direction letters of a unit vector in LPS, main axis first (e.g. ``LP`` for an oblique)."""
+    order = np.argsort(-np.abs(direction))
+    return "".join(_LETTERS[axis][0 if direction[axis] > 0 else 1] for axis in order
+                   if abs(direction[axis]) > 1e-3)

@@ -1,0 +1,109 @@
+"""Grad-CAM overlays as DICOM Secondary Capture: same study, new series, pixels read back bit for bit."""
+
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from medsight.data.sample import Sample
+from medsight.errors import ConfigError, InvalidImageError, MedsightError, UnsupportedFileError
+from medsight.io import read_image
+from medsight.io.sc_writer import (
+    gradcam_secondary_capture,
+    middle_slice,
+    patient_orientation,
+    read_secondary_capture,
+    write_secondary_capture,
+)
+
+CT_2D = "dicom/pydicom/CT_small.dcm"
+CT_SERIES = "dicom/dcmqi/segmentations/ct-3slice"
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    """An untrained 2D compact CNN bundle (32x32): enough to draw a Grad-CAM."""
+    import torch
+
+    from medsight.bundle import Bundle
+    from medsight.config import ModelConfig, PreprocessConfig
+    from medsight.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("compact_cnn", in_channels=1, num_outputs=2, spatial_dims=2)
+    return Bundle(task="classification", model=ModelConfig(name="compact_cnn"),
+                  preprocess=PreprocessConfig(size=[32, 32], normalize="zscore"), label_names=["normal", "nodule"],
+                  state_dict=net.state_dict()).save(tmp_path_factory.mktemp("bundle") / "model")
+
+
+@pytest.mark.parametrize("source", [CT_2D, CT_SERIES], ids=["2d", "series"])
+def test_pixels_and_study_round_trip(shared_data, tmp_path, source):
+    image = read_image(shared_data / source)
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    path = write_secondary_capture(rgb, image, tmp_path / "sc.dcm", description="medsight gradcam nodule",
+                                   model="compact_cnn", version="run-1")
+    np.testing.assert_array_equal(read_secondary_capture(path), rgb)
+    sc = pydicom.dcmread(path)
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
+    assert sc.StudyInstanceUID == image.meta["StudyInstanceUID"]
+    assert sc.SeriesInstanceUID != image.meta["SeriesInstanceUID"]
+    assert sc.ReferencedSeriesSequence[0].SeriesInstanceUID == image.meta["SeriesInstanceUID"]
+    source_files = image.meta.get("slice_files") or [image.meta["path"]]
+    middle = pydicom.dcmread(source_files[len(source_files) // 2], stop_before_pixels=True)
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == middle.SOPInstanceUID
+    assert sc.PatientID == middle.PatientID  # the patient module travels with the picture
+    assert sc.SeriesDescription == "medsight gradcam nodule" and sc.Manufacturer == "medsight"
+
+
+def test_patient_orientation_comes_from_the_file():
+    ds = pydicom.Dataset()
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]  # axial: rows go to the patient's left, columns to posterior
+    assert patient_orientation(ds) == ("L", "P")
+    ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]  # sagittal
+    assert patient_orientation(ds) == ("P", "F")
+    ds.PatientOrientation = ["A", "FR"]
+    assert patient_orientation(ds) == ("A", "FR")
+
+
+@pytest.mark.parametrize("source", [CT_2D, CT_SERIES], ids=["2d", "series"])
+def test_gradcam_capture_is_the_overlay_of_the_explained_slice(shared_data, tmp_path, bundle_dir, source):
+    from medsight.bundle import load_bundle
+    from medsight.explain.run import explain_sample, overlay_png
+
+    image = read_image(shared_data / source)
+    path = gradcam_secondary_capture(bundle_dir, image, tmp_path / "cam.dcm")
+    shown = middle_slice(image) if image.spatial_dims == 3 else image
+    bundle = load_bundle(bundle_dir)
+    result = explain_sample(bundle, bundle.build_model(), shown, method="gradcam")
+    expected = np.asarray(Image.open(io.BytesIO(overlay_png(shown, result["heat"]))).convert("RGB"))
+    pixels = read_secondary_capture(path)
+    assert pixels.shape == (*shown.spatial_shape, 3)
+    np.testing.assert_array_equal(pixels, expected)
+    sc = pydicom.dcmread(path)
+    assert sc.SeriesDescription == f"medsight gradcam {result['target']}"
+    assert sc.StudyInstanceUID == image.meta["StudyInstanceUID"]
+
+
+@pytest.mark.parametrize("rgb", [np.zeros((8, 8), np.uint8), np.zeros((8, 8, 4), np.uint8),
+                                 np.zeros((8, 8, 3), np.float32)], ids=["grey", "rgba", "float"])
+def test_wrong_picture_is_clear_and_writes_nothing(shared_data, tmp_path, rgb):
+    image = read_image(shared_data / CT_2D)
+    with pytest.raises(InvalidImageError, match=r"not an \(H, W, 3\) uint8 RGB array"):
+        write_secondary_capture(rgb, image, tmp_path / "sc.dcm", description="d", model="m", version="1")
+    assert not list(tmp_path.iterdir())
+
+
+def test_non_dicom_image_bad_method_and_non_sc_file_are_clear(shared_data, tmp_path, bundle_dir):
+    picture = Sample(np.zeros((1, 8, 8), np.float32), (1.0, 1.0), meta={"path": "x.png", "format": "png"})
+    with pytest.raises(UnsupportedFileError, match="x.png: is not a DICOM image"):
+        write_secondary_capture(np.zeros((8, 8, 3), np.uint8), picture, tmp_path / "a.dcm", description="d",
+                                model="m", version="1")
+    with pytest.raises(UnsupportedFileError, match="is not a DICOM image"):
+        gradcam_secondary_capture(bundle_dir, picture, tmp_path / "b.dcm")
+    with pytest.raises(ConfigError, match="unknown explanation method"):
+        gradcam_secondary_capture(bundle_dir, read_image(shared_data / CT_2D), tmp_path / "c.dcm", method="magic")
+    with pytest.raises(MedsightError, match="not an RGB secondary capture"):
+        read_secondary_capture(shared_data / CT_2D)
+    assert not list(tmp_path.iterdir())
