@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(help="The model registry.", no_args_is_help=True)
+app = typer.Typer(help="Network architectures you can train (model.name).", no_args_is_help=True)
 
 
 @app.command("list")

@@ -1,4 +1,4 @@
-"""``medsight predict BUNDLE INPUT... [--out preds.csv|preds.json|MASK_DIR]``"""
+"""``medsight predict BUNDLE INPUT... [--out preds.csv|preds.json|MASK_DIR] [--workers N]``"""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ def predict(
     resume: bool = typer.Option(False, "--resume", help="Skip files that already have a row in the output CSV."),
     backend: str = typer.Option("auto", help="Classifiers: torch, onnx (needs medsight export), or auto."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    workers: int = typer.Option(1, min=1, help="Worker processes (each loads the model once); rows stay in input "
+                                "order."),
 ) -> None:
     """Predict labels for images (classifiers) or write masks (segmenters); unreadable files get an error row."""
     from medsight.bundle import load_bundle
@@ -32,14 +34,26 @@ def predict(
         if out.suffix.lower() in {".csv", ".json"}:
             raise ConfigError(f"--out {out}", "a segmentation model writes mask files into a folder",
                               "pass a folder, e.g. --out masks")
-        counts = segment_to_folder(bundle=bundle, inputs=inputs, out=out, progress=progress, resume=resume)
+        if workers > 1:
+            from medsight.inference.parallel import segment_parallel
+
+            counts = segment_parallel(bundle=bundle, inputs=inputs, out=out, workers=workers, progress=progress,
+                                      resume=resume)
+        else:
+            counts = segment_to_folder(bundle=bundle, inputs=inputs, out=out, progress=progress, resume=resume)
         typer.echo(f"wrote {counts['ok']} mask(s) to {out}/ and {out / 'predictions.csv'}; "
                    f"{counts['errors']} unreadable; {counts['skipped']} already done")
         return
     from medsight.inference.predictor import predict_to_file
 
     out = out or Path("predictions.csv")
-    counts = predict_to_file(bundle=bundle, inputs=inputs, out=out, progress=progress, resume=resume,
-                             backend=backend)
+    if workers > 1:
+        from medsight.inference.parallel import predict_parallel
+
+        counts = predict_parallel(bundle=bundle, inputs=inputs, out=out, workers=workers, progress=progress,
+                                  resume=resume, backend=backend)
+    else:
+        counts = predict_to_file(bundle=bundle, inputs=inputs, out=out, progress=progress, resume=resume,
+                                 backend=backend)
     typer.echo(f"wrote {out}: {counts['ok']} predicted, {counts['errors']} unreadable, "
                f"{counts['skipped']} already done")

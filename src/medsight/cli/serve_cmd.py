@@ -1,4 +1,4 @@
-"""``medsight serve BUNDLE [--host 127.0.0.1] [--port 8000] [--workers N] [--api-keys FILE] [--no-auth]``"""
+"""``medsight serve [BUNDLE | --registry DIR] [--feedback DIR] [--host H] [--port P] [--workers N] [--api-keys F]``"""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ from medsight.cli.errors import reports_errors
 
 @reports_errors
 def serve(
-    bundle: Path = typer.Argument(..., help="A model folder (RUN_DIR/model)."),
+    bundle: Path = typer.Argument(None, help="A model folder (RUN_DIR/model); or serve a registry's production model."),
+    registry: Path | None = typer.Option(
+        None, "--registry", help="Serve the registry's production version and hot-swap on promote/rollback."
+    ),
+    feedback: Path | None = typer.Option(
+        None, "--feedback", help="Folder for clinicians' feedback (POST /v1/feedback)."
+    ),
     host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 for every interface."),
     port: int = typer.Option(8000, help="TCP port."),
     workers: int = typer.Option(1, help="Worker processes; each loads the model once."),
@@ -25,5 +31,6 @@ def serve(
     """Serve a model over HTTP: REST API (/v1/predict, /v1/explain, /v1/model), metrics and a web page."""
     from medsight.serve.server import run_server
 
-    run_server(bundle=bundle, host=host, port=port, workers=workers, api_keys_file=api_keys, no_auth=no_auth,
+    run_server(bundle=bundle, registry=registry, feedback=feedback, host=host, port=port, workers=workers,
+               api_keys_file=api_keys, no_auth=no_auth,
                max_body_mb=max_body_mb, device=device)

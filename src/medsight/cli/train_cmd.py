@@ -1,7 +1,15 @@
-"""``medsight train [CONFIG.yaml] [--recipe NAME] [--data PATH] [--out RUN_DIR] ...``"""
+"""``medsight train [CONFIG.yaml] [--recipe NAME] [--data PATH] [--out RUN_DIR] [--nproc N] ...``
+
+``--nproc N`` (and ``--nnodes``/``--node-rank``/``--master-addr``/``--master-port`` for
+several machines) re-launches the same command under ``torchrun`` as N data-parallel
+processes; the direct form ``torchrun --nproc-per-node N -m medsight.cli.main train ...``
+works as well.
+"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import typer
@@ -28,11 +36,21 @@ def train(
     folds: int = typer.Option(None, help="k-fold cross-validation with an aggregate report"),
     on_bad_file: str = typer.Option(None, help="error (stop) or skip (and report the count)"),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoints/last."),
+    pretrained: str = typer.Option(None, help="model.pretrained: weights to start from (medsight pretrain, "
+                                   "safetensors, or a torchvision/MONAI/MedicalNet state dict)."),
+    synthetic: str = typer.Option(None, help="train.synthetic: a generator folder (medsight gan train)."),
+    synthetic_ratio: float = typer.Option(None, help="train.synthetic_ratio: generated samples per real one."),
     set_: list[str] = typer.Option(None, "--set", help="Override any key: --set train.lr=0.01"),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    nproc: int = typer.Option(1, min=1, help="Data-parallel processes on this machine (DDP through torchrun)."),
+    nnodes: int = typer.Option(1, min=1, help="Machines in a multi-node DDP run (torchrun --nnodes)."),
+    node_rank: int = typer.Option(0, min=0, help="This machine's index, 0..nnodes-1 (node 0 writes the run)."),
+    master_addr: str = typer.Option(None, help="Address of node 0 for a multi-node run (default 127.0.0.1)."),
+    master_port: int = typer.Option(29500, help="A free TCP port on node 0 for a multi-node run."),
 ) -> None:
     """Train a model and write the run folder: config, metrics.csv, TensorBoard, bundle, report."""
     from medsight.config import load_config
+    from medsight.engine import distributed
     from medsight.engine.pipeline import run_training
 
     overrides = {
@@ -45,9 +63,70 @@ def train(
         "train.seed": seed,
         "data.folds": folds,
         "data.on_bad_file": on_bad_file,
+        "model.pretrained": pretrained,
+        "train.synthetic": synthetic,
+        "train.synthetic_ratio": synthetic_ratio,
         **parse_overrides(set_),
     }
     cfg = load_config(config or config_opt, recipe=recipe, overrides=overrides)
     run_dir = out or Path("runs") / cfg.name
-    summary = run_training(cfg, out=run_dir, resume=resume, progress=progress)
-    typer.echo(summary)
+    if (nproc > 1 or nnodes > 1) and not distributed.under_torchrun():
+        _check_launch(cfg, nproc=nproc, nnodes=nnodes, node_rank=node_rank)
+        flags = {
+            "--config": config or config_opt, "--recipe": recipe, "--out": run_dir.resolve(), "--task": task,
+            "--data": data, "--model": model, "--epochs": epochs, "--batch-size": batch_size, "--lr": lr,
+            "--seed": seed, "--folds": folds, "--on-bad-file": on_bad_file, "--pretrained": pretrained,
+            "--synthetic": synthetic, "--synthetic-ratio": synthetic_ratio,
+        }
+        args = _cli_args(flags, sets=set_, resume=resume, progress=progress)
+        command = torchrun_command(
+            args, nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port
+        )
+        raise typer.Exit(subprocess.run(command, check=False).returncode)
+    with distributed.session(cfg.train.device):
+        summary = run_training(cfg, out=run_dir, resume=resume, progress=progress and distributed.is_main())
+    if summary:
+        typer.echo(summary)
+
+
+def torchrun_command(
+    args: list[str], *, nproc: int, nnodes: int = 1, node_rank: int = 0, master_addr: str | None = None,
+    master_port: int = 29500,
+) -> list[str]:
+    """The ``python -m torch.distributed.run ... -m medsight.cli.main train ARGS`` command line.
+
+    One machine without ``master_addr``: ``--standalone`` (torchrun picks a free port).
+    Otherwise a static rendezvous at ``master_addr:master_port`` (node 0's address).
+    """
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
+    if nnodes == 1 and master_addr is None:
+        command.append("--standalone")
+    else:
+        command += ["--nnodes", str(nnodes), "--node-rank", str(node_rank),
+                    "--master-addr", master_addr or "127.0.0.1", "--master-port", str(master_port)]
+    return [*command, "-m", "medsight.cli.main", "train", *args]
+
+
+def _cli_args(flags: dict[str, object], *, sets: list[str] | None, resume: bool, progress: bool) -> list[str]:
+    """The ``medsight train`` arguments that reproduce this call in each launched process."""
+    args = [part for flag, value in flags.items() if value is not None for part in (flag, str(value))]
+    for pair in sets or []:
+        args += ["--set", pair]
+    return args + (["--resume"] if resume else []) + ([] if progress else ["--no-progress"])
+
+
+def _check_launch(cfg, *, nproc: int, nnodes: int, node_rank: int) -> None:
+    """Clear errors before any process starts: task, node rank, processes per node, batch split."""
+    from medsight.engine import distributed
+    from medsight.engine.device import pick_device
+    from medsight.errors import ConfigError
+
+    if cfg.task == "segmentation":
+        raise ConfigError(
+            "--nproc", "distributed (DDP) training of segmenters is not yet supported",
+            "train segmentation in one process (drop --nproc / --nnodes)",
+        )
+    if node_rank >= nnodes:
+        raise ConfigError(f"--node-rank {node_rank}", f"is outside 0..{nnodes - 1}", "number the machines from 0")
+    distributed.check_processes(nproc, pick_device(cfg.train.device))
+    distributed.check_config(cfg.train, nproc * nnodes)

@@ -25,7 +25,8 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
@@ -37,19 +38,35 @@ from medsight.errors import ConfigError
 Scheduler = LRScheduler | ReduceLROnPlateau
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter] | Sequence[dict[str, Any]], cfg: TrainConfig
+) -> torch.optim.Optimizer:
     """SGD (with momentum), Adam or AdamW over ``params``.
 
     Weight decay applies to weight matrices and kernels only; biases and normalisation
     scales (1-D parameters) are not decayed, as is usual for CNNs.
+
+    ``params`` is either parameters (those with ``requires_grad`` are optimised) or, for
+    fine-tuning, groups ``{"params": [...], "lr_scale": s}`` (see
+    :func:`medsight.engine.finetune.parameter_groups`): each group learns at ``cfg.lr * s``
+    and keeps its frozen parameters, which are not updated until they are unfrozen.
+    The head's group comes first, so :func:`current_lr` reports ``cfg.lr``.
     """
-    params = [p for p in params if p.requires_grad]
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        trainable = [p for group in params for p in group["params"] if p.requires_grad]
+        scaled = [(list(group["params"]), float(group.get("lr_scale", 1.0))) for group in params]
+    else:
+        trainable = [p for p in params if p.requires_grad]
+        scaled = [(trainable, 1.0)]
     groups = [
-        {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        {"params": [p for p in members if decay == (p.ndim > 1)], "lr": cfg.lr * scale,
+         "weight_decay": cfg.weight_decay if decay else 0.0}
+        for members, scale in scaled
+        for decay in (True, False)
     ]
     groups = [group for group in groups if group["params"]]
-    if not groups:
+    if not trainable:
         raise ConfigError("model", "has no trainable parameters", "unfreeze layers or choose another model")
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)

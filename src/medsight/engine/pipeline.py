@@ -24,6 +24,7 @@ def run_training(cfg: RunConfig, *, out: Path, resume: bool = False, progress: b
     """
     from medsight.data.layouts import open_dataset
     from medsight.engine.device import set_threads
+    from medsight.engine.distributed import is_main
 
     if not cfg.data.path:
         raise ConfigError("data.path", "no data set given", "pass --data PATH or set data.path in the config")
@@ -34,7 +35,7 @@ def run_training(cfg: RunConfig, *, out: Path, resume: bool = False, progress: b
     ds = open_dataset(cfg.data.path, series_uid=cfg.data.series_uid, class_names=cfg.data.class_names)
     if cfg.data.folds == 1:
         metrics = _train_one(cfg, ds, out=out, resume=resume, progress=progress)
-        return _summary(out, metrics)
+        return _summary(out, metrics) if is_main() else ""  # under DDP only rank 0 reports
     from medsight.engine.evaluate import aggregate_folds
 
     fold_metrics = []
@@ -43,6 +44,8 @@ def run_training(cfg: RunConfig, *, out: Path, resume: bool = False, progress: b
         fold_cfg.data.fold = fold
         fold_cfg.name = f"{cfg.name}-fold{fold}"
         fold_metrics.append(_train_one(fold_cfg, ds, out=out / f"fold{fold}", resume=resume, progress=progress))
+    if not is_main():
+        return ""
     aggregate_folds(fold_metrics, out, title=f"{cfg.name}: {cfg.data.folds}-fold cross-validation")
     return f"cross-validation of {cfg.data.folds} folds written to {out}/cv_report.html"
 
@@ -127,7 +130,10 @@ def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -
     import torch
 
     from medsight.bundle import Bundle, provenance
+    from medsight.data.cache import cache_from_config
+    from medsight.engine.distributed import is_main
     from medsight.engine.evaluate import evaluate_predictions
+    from medsight.engine.finetune import prepare_model
     from medsight.engine.metrics import classification_metrics, expected_calibration_error
     from medsight.engine.prepare import load_tensors
     from medsight.engine.trainer import fit, predict_logits, probs_from_logits
@@ -141,12 +147,18 @@ def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -
     if "val" not in splits:
         raise ConfigError("data.val_fraction", "there is no validation split", "set data.val_fraction above 0")
     tensors, bad = {}, []
+    cache = cache_from_config(cfg.data)
     for name, idx in splits.items():
         tensors[name], skipped = load_tensors(
-            ds, idx, cfg.preprocess, on_bad_file=cfg.data.on_bad_file, progress=progress, desc=name
+            ds, idx, cfg.preprocess, on_bad_file=cfg.data.on_bad_file, progress=progress, desc=name, cache=cache
         )
         bad += skipped
     _write_bad_files(out, bad)
+    synthetic = None
+    if cfg.train.synthetic:  # generated samples join the training split only; val and test stay real
+        from medsight.engine.synthetic import mix_synthetic
+
+        tensors["train"], synthetic = mix_synthetic(tensors["train"], cfg, class_names=ds.class_names)
     num_classes = len(ds.class_names)
     if cfg.model.head == "sigmoid" and num_classes != 2:
         raise ConfigError("model.head=sigmoid", f"needs 2 classes, the data has {num_classes}", "use head: softmax")
@@ -159,6 +171,7 @@ def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -
         spatial_dims=spatial_dims,
         **cfg.model.kwargs,
     )
+    callbacks = prepare_model(model, cfg, out=out, resume=resume)  # pretrained weights, freezing
     if cfg.eval.uncertainty == "mc_dropout":
         check_dropout(model)  # before training, not after it
     augment = BatchAugment(cfg.augment, spatial_dims)
@@ -172,8 +185,11 @@ def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -
         run_dir=out,
         augment=augment if augment.enabled else None,
         resume=resume,
+        callbacks=callbacks,
         progress=progress,
     )
+    if not is_main():  # under DDP rank 0 alone writes the bundle and report
+        return {}
     model.load_state_dict(result.best_state)
     y_val = tensors["val"].labels.numpy()
     val_logits = predict_logits(model, tensors["val"])
@@ -203,6 +219,7 @@ def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -
             epochs_run=result.epochs_run,
             train_seconds=round(result.seconds, 1),
             n_train=len(tensors["train"].ids),
+            synthetic=synthetic,
         ),
         state_dict=result.best_state,
     )

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from medsight.config import PreprocessConfig
+from medsight.data.cache import SampleCache, config_hash
 from medsight.data.layouts import LabelledSet, item_id
 from medsight.errors import DatasetError, MedsightError
 
@@ -23,8 +24,12 @@ def load_tensors(
     on_bad_file: str = "error",
     progress: bool = True,
     desc: str = "loading",
+    cache: SampleCache | None = None,
 ):
     """Read and preprocess ``ds.items[indices]`` into a :class:`TensorSet`.
+
+    With a ``cache`` (:func:`medsight.data.cache.cache_from_config` of ``data.cache``), each
+    preprocessed image is looked up by its file and ``prep`` first, and stored after a miss.
 
     Returns:
         ``(tensor_set, bad_files)`` where ``bad_files`` lists ``{"path", "reason"}`` for every
@@ -44,10 +49,16 @@ def load_tensors(
     labels: list[int] = []
     ids: list[str] = []
     bad: list[dict[str, str]] = []
+    prep_hash = config_hash(prep) if cache is not None else ""
     for i in track(indices, description=desc, enabled=progress):
         item = ds.items[int(i)]
         try:
-            arrays.append(preprocess(ds.read(item), prep))
+            if cache is None:
+                arrays.append(preprocess(ds.read(item), prep))
+            else:
+                key = cache.key([item.source], prep_hash, kind="classify", part=item_id(item))
+                entry = cache.get_or_build(key, lambda item=item: ({"image": preprocess(ds.read(item), prep)}, {}))
+                arrays.append(entry.arrays["image"])
         except MedsightError as exc:
             if on_bad_file == "error":
                 raise

@@ -40,6 +40,7 @@ from medsight.data.seg_layouts import SegSet, open_seg_dataset
 from medsight.engine.callbacks import ProgressDisplay, RunLog
 from medsight.engine.checkpoint import load_checkpoint, save_checkpoint
 from medsight.engine.device import pick_device, set_threads
+from medsight.engine.distributed import world_size
 from medsight.engine.optim import build_optimizer, build_scheduler
 from medsight.engine.patches import sample_patches
 from medsight.engine.pixel_scores import PixelScores
@@ -71,6 +72,11 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
         ConfigError: a model that is not a segmenter, a patch of the wrong dimensionality.
         MedsightError: unreadable files or checkpoint.
     """
+    if world_size() > 1:
+        raise ConfigError(
+            "--nproc", "distributed (DDP) training of segmenters is not yet supported",
+            "train segmentation in one process (drop --nproc / torchrun)",
+        )
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -190,18 +196,50 @@ def _read_cases(dataset: SegSet, cfg: RunConfig, progress: bool) -> tuple[list[t
     if len(dataset.items) < 2:
         raise DatasetError(dataset.root, f"has {len(dataset.items)} case(s)", "add cases: training and validation "
                            "need 2+")
+    from medsight.data.cache import cache_from_config
+
+    cache = cache_from_config(cfg.data)
     cases, stepped = [], []
     for item in track(dataset.items, description="reading cases", enabled=progress):
-        sample, labels, roi = dataset.read(item)
-        if labels is None:
-            raise DatasetError(item.case_id, "has no mask", "add its mask or remove the image")
-        steps = _steps_config(cfg, sample.spatial_dims)
-        stepped.append(dataclasses.replace(sample, array=intensity_steps(sample, steps)))
+        if cache is None:
+            sample, labels, roi, steps_array = _read_case(dataset, item, cfg)
+        else:
+            sample, labels, roi, steps_array = _cached_case(cache, dataset, item, cfg)
+        stepped.append(dataclasses.replace(sample, array=steps_array))
         cases.append((item.case_id, sample, labels, roi))
     if not any(labels.any() for _, _, labels, _ in cases):
         raise DatasetError(dataset.root, f"every one of the {len(cases)} masks is empty (no foreground voxel)",
                            "check that the masks hold the labels (PNG masks: 0 and 255 or label values)")
     return cases, stepped
+
+
+def _read_case(dataset: SegSet, item, cfg: RunConfig) -> tuple[Sample, np.ndarray, np.ndarray | None, np.ndarray]:
+    """One case decoded: ``(sample, labels, roi, the sample's array after the intensity steps)``."""
+    sample, labels, roi = dataset.read(item)
+    if labels is None:
+        raise DatasetError(item.case_id, "has no mask", "add its mask or remove the image")
+    return sample, labels, roi, intensity_steps(sample, _steps_config(cfg, sample.spatial_dims))
+
+
+def _cached_case(cache, dataset: SegSet, item, cfg: RunConfig):
+    """:func:`_read_case` through a :class:`~medsight.data.cache.SampleCache` (``data.cache``)."""
+    sources = [path for path in (item.image, item.mask, item.roi) if path is not None]
+    part = f"{dataset.kind}:{item.case_id}:mask={item.mask is not None}:roi={item.roi is not None}"
+    config = {"preprocess": cfg.preprocess.model_dump(mode="json"), "patch": cfg.segment.patch_size,
+              "labels": dataset.label_names}
+
+    def build():
+        sample, labels, roi, steps_array = _read_case(dataset, item, cfg)
+        arrays = {"image": sample.array, "labels": labels, "stepped": steps_array}
+        if roi is not None:
+            arrays["roi"] = roi
+        meta = {"spacing": list(sample.spacing), "affine": np.asarray(sample.affine).tolist(), "meta": sample.meta}
+        return arrays, meta
+
+    entry = cache.get_or_build(cache.key(sources, config, kind="seg-case", part=part), build)
+    sample = Sample(entry.arrays["image"], tuple(entry.meta["spacing"]), np.asarray(entry.meta["affine"]),
+                    dict(entry.meta["meta"]))
+    return sample, entry.arrays["labels"], entry.arrays.get("roi"), entry.arrays["stepped"]
 
 
 def _at_target_spacing(stepped: list[Sample], cases: list[tuple], target, normalization: dict):

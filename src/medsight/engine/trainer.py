@@ -27,10 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from medsight.config import TrainConfig
+from medsight.engine import distributed
 from medsight.engine.callbacks import Callback, EarlyStopping, ProgressDisplay, RunLog
 from medsight.engine.checkpoint import load_checkpoint, save_checkpoint
 from medsight.engine.data import TensorSet, class_counts, inverse_frequency_weights, iterate_batches
 from medsight.engine.device import autocast, grad_scaler, pick_device, set_threads
+from medsight.engine.finetune import parameter_groups
 from medsight.engine.optim import build_optimizer, build_scheduler, current_lr, step_scheduler
 from medsight.errors import ConfigError, DatasetError
 from medsight.models.heads import logits_to_probs
@@ -84,7 +86,9 @@ def fit(
     """Train ``model`` on ``train``, validate on ``val`` every epoch, keep the best weights.
 
     Writes ``run_dir/checkpoints/last.safetensors`` (every epoch), ``run_dir/metrics.csv``
-    and ``run_dir/tensorboard/``.
+    and ``run_dir/tensorboard/``. Under ``torchrun`` (see :mod:`medsight.engine.distributed`)
+    the model trains as DDP, each rank on its share of every global batch; rank 0 validates
+    and alone writes those files; every rank resumes from the same checkpoint.
 
     Args:
         model: maps ``(N, C, *spatial)`` to logits ``(N, num_classes)`` (softmax head) or
@@ -103,7 +107,7 @@ def fit(
         progress: live bar on a terminal, one line per epoch otherwise; False prints nothing.
 
     Raises:
-        ConfigError: a head/metric/model output that does not fit the task.
+        ConfigError: a head/metric/model output that does not fit the task, or settings DDP cannot honour.
         DatasetError: empty splits, labels outside ``0..num_classes-1``, a class with no training case.
         MedsightError: ``resume=True`` without a usable checkpoint.
     """
@@ -111,13 +115,15 @@ def fit(
 
     run_dir = Path(run_dir)
     _check_inputs(train, val, cfg=cfg, head=head, num_classes=num_classes)
-    set_threads(cfg.num_threads)
+    distributed.check_config(cfg, distributed.world_size())
+    main = distributed.is_main()  # only rank 0 writes the checkpoint, metrics.csv, TensorBoard, progress
+    set_threads(distributed.threads_per_process(cfg.num_threads))
     device = pick_device(cfg.device)
     model.to(device)
     if train.images.ndim == 4:  # channels-last convolutions are ~1.5-2x faster on CPU
         model.to(memory_format=torch.channels_last)
     _check_outputs(model, train.images[:2], head=head, num_classes=num_classes, device=device)
-    optimizer = build_optimizer(model.parameters(), cfg)
+    optimizer = build_optimizer(parameter_groups(model, cfg), cfg)
     scheduler = build_scheduler(optimizer, cfg)
     scaler = grad_scaler(device, cfg.amp)
     weights = inverse_frequency_weights(train.labels, num_classes)
@@ -139,30 +145,33 @@ def fit(
         if saved["scaler"]:
             scaler.load_state_dict(saved["scaler"])
         stop_reason = saved["stop_reason"] if stopper.should_stop else ""  # a time limit may be resumed
-    else:
+    elif main:
         _clear_run(run_dir)
+    net = distributed.wrap(model, device)  # DDP over the processes of a torchrun launch, else model
     started = time.perf_counter()
-    log = RunLog(run_dir)
+    log = RunLog(run_dir) if main else distributed.NullLog()
     try:
         log.write_csv(history)
-        with ProgressDisplay(progress, cfg.epochs, metric) as display:
+        with ProgressDisplay(progress and main, cfg.epochs, metric) as display:
             for epoch in range(len(history) + 1, cfg.epochs + 1):
                 if stop_reason:
                     break
                 epoch_start = time.perf_counter()
                 generator = _seed_epoch(cfg.seed, epoch)
                 display.start_epoch(epoch, _num_batches(len(train), cfg.batch_size))
-                model.train()
+                net.train()
                 row = {"epoch": epoch, "lr": current_lr(optimizer)}
                 row["train_loss"] = _train_epoch(
-                    model, train, cfg=cfg, loss_fn=train_loss, optimizer=optimizer, scaler=scaler,
+                    net, train, cfg=cfg, loss_fn=train_loss, optimizer=optimizer, scaler=scaler,
                     generator=generator, sample_weights=sample_weights, augment=augment, device=device,
                     display=display,
                 )
-                logits = _logits(model, val.images, batch_size=eval_batch, device=device, amp=cfg.amp)
-                row["val_loss"] = float(val_loss(logits, val.labels))
-                scores = classification_metrics(val.labels.numpy(), logits_to_probs(logits, head).numpy())
-                row.update({k: float(v) for k, v in scores.items() if isinstance(v, numbers.Real)})
+                if main:  # rank 0 validates; every rank takes its row, so all stop together
+                    logits = _logits(model, val.images, batch_size=eval_batch, device=device, amp=cfg.amp)
+                    row["val_loss"] = float(val_loss(logits, val.labels))
+                    scores = classification_metrics(val.labels.numpy(), logits_to_probs(logits, head).numpy())
+                    row.update({k: float(v) for k, v in scores.items() if isinstance(v, numbers.Real)})
+                row = distributed.broadcast(row)
                 if stopper.update(epoch, row[metric]):
                     best_state = _cpu_state(model)
                 step_scheduler(scheduler, row[metric])
@@ -173,10 +182,11 @@ def fit(
                     "epoch": epoch, "history": history, "early_stopping": stopper.state_dict(),
                     "scaler": scaler.state_dict(), "stop_reason": stop_reason,
                 }
-                save_checkpoint(
-                    checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
-                    best_state=best_state,
-                )
+                if main:
+                    save_checkpoint(
+                        checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
+                        best_state=best_state,
+                    )
                 log.write(history)
                 display.end_epoch(row, f"; stopping: {stop_reason}" if stop_reason else "")
                 if stop_reason:
@@ -275,7 +285,10 @@ def _train_epoch(
     device: torch.device,
     display: ProgressDisplay,
 ) -> float:
-    """One pass over ``data``; returns the mean training loss (one device sync per epoch)."""
+    """One pass over ``data``; returns the mean training loss (one device sync per epoch).
+
+    Under DDP every rank draws and augments the same global batch and trains on its shard of it.
+    """
     total = torch.zeros((), device=device)
     seen = 0
     batches = iterate_batches(
@@ -285,6 +298,7 @@ def _train_epoch(
     for step, (images, labels) in enumerate(batches, 1):
         if augment is not None:
             images, _ = augment(images, None, generator=generator)
+        images, labels = distributed.shard(images, labels)
         images, labels = _to_device(images, device), labels.to(device, non_blocking=True)
         with autocast(device, cfg.amp):
             logits = model(images)
@@ -297,7 +311,7 @@ def _train_epoch(
         seen += len(labels)
         live_loss = float(total) / seen if display.live and step % LOSS_EVERY == 0 else None
         display.advance(1, live_loss)
-    return float(total) / seen
+    return distributed.mean_over_ranks(total, seen)
 
 
 @torch.inference_mode()

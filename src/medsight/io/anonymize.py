@@ -38,7 +38,7 @@ from medsight.io.phi import PHI_KEYWORDS
 
 #: Type-2 attributes that must stay present: emptied instead of removed.
 EMPTIED = ("PatientName", "PatientBirthDate", "ReferringPhysicianName", "AccessionNumber", "StudyID")
-METHOD = "medsight: DICOM PS3.15 Basic Application Level Confidentiality Profile (subset), UIDs remapped"
+METHOD = "medsight PS3.15 basic profile subset, UIDs remapped"  # LO: at most 64 characters
 
 
 class Anonymizer:

@@ -28,6 +28,7 @@ from medsight.errors import BundleError
 from medsight.inference.predictor import Predictor
 from medsight.serve.errors import ExplainUnavailableError
 from medsight.serve.pictures import middle_slice, preview_png
+from medsight.triage.policy import served_policy
 
 TASKS = ("classification", "segmentation")
 #: Provenance keys that may list source files (and so patient names in file names); dropped from the card.
@@ -55,6 +56,8 @@ class ModelService:
         self.version = {**model_version(self.path, self.bundle.model.name, self.bundle.provenance),
                         "backend": getattr(self.runner, "backend", "torch")}
         self.explainer = load_explainer()
+        # the bundle's triage policy (medsight triage train), None without one; one for other weights is an error
+        self.triage = served_policy(self.path, self.runner) if self.task == "classification" else None
         self._warm_up()
         self.load_seconds = perf_counter() - start
 
@@ -70,8 +73,12 @@ class ModelService:
             self.segment(sample)
 
     def classify(self, sample: Sample) -> dict[str, Any]:
-        """Label, probabilities and threshold, as :meth:`Predictor.predict_sample`."""
-        return self.runner.predict_sample(sample)
+        """Label, probabilities and threshold, as :meth:`Predictor.predict_sample`; with a triage policy in
+        the bundle, also ``triage``: ``{action, expected_costs, policy_version}``."""
+        result = self.runner.predict_sample(sample)
+        if self.triage is not None:
+            result["triage"] = self.triage.decide_sample(sample)
+        return result
 
     def segment(self, sample: Sample):
         """A :class:`SegmentationResult` on the sample's own grid."""

@@ -17,7 +17,9 @@ APP_FACTORY = "medsight.serve.app:app_from_env"
 
 def run_server(
     *,
-    bundle: Path,
+    bundle: Path | None = None,
+    registry: Path | None = None,
+    feedback: Path | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
     workers: int = 1,
@@ -27,10 +29,14 @@ def run_server(
     device: str = "cpu",
     log_level: str = "info",
 ) -> None:
-    """Serve ``bundle`` until interrupted; each of ``workers`` processes loads the model once.
+    """Serve ``bundle`` (or ``registry``'s production version) until interrupted.
+
+    Each of ``workers`` processes loads the model once; with ``registry`` each worker watches
+    ``registry.json`` and hot-swaps on promote or rollback. ``feedback`` turns on ``POST /v1/feedback``.
 
     Raises:
-        ConfigError: no API key (and no ``no_auth``), ``no_auth`` off loopback, bad numbers.
+        ConfigError: no API key (and no ``no_auth``), ``no_auth`` off loopback, bad numbers, neither or
+            both of ``bundle`` and ``registry``.
         BundleError: ``bundle`` is not a readable model folder.
     """
     import uvicorn
@@ -45,8 +51,19 @@ def run_server(
         raise ConfigError(f"--max-body-mb {max_body_mb}", "must be positive", "use e.g. --max-body-mb 64")
     keys = load_api_keys(api_keys_file)
     check_auth_settings(keys=keys, no_auth=no_auth, host=host)
-    load_bundle(bundle, weights=False)  # a clear error now rather than in every worker
-    settings = ServeSettings(bundle=Path(bundle).resolve(), api_keys=tuple(keys), no_auth=no_auth, host=host,
+    if (bundle is None) == (registry is None):
+        raise ConfigError("medsight serve", "needs exactly one model source",
+                          "give a model folder, or --registry DIR (serves its production version)")
+    if registry is not None:
+        from medsight.registry.registry import ModelRegistry
+
+        load_bundle(ModelRegistry(registry).production_bundle(), weights=False)
+    else:
+        load_bundle(bundle, weights=False)  # a clear error now rather than in every worker
+    settings = ServeSettings(bundle=Path(bundle).resolve() if bundle else None,
+                             registry=Path(registry).resolve() if registry else None,
+                             feedback=Path(feedback).resolve() if feedback else None,
+                             api_keys=tuple(keys), no_auth=no_auth, host=host,
                              max_body_bytes=int(max_body_mb * 2**20), device=device)
     os.environ[SETTINGS_ENV] = settings_to_env(settings, Path(api_keys_file).resolve() if api_keys_file else None)
     # Idle OpenMP threads sleep instead of spinning for a few hundred ms after each request, which on a

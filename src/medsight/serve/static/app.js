@@ -10,6 +10,7 @@ const PALETTE = [[0, 0, 0], [230, 57, 70], [42, 157, 143], [244, 162, 97], [69, 
 
 const $ = (id) => document.getElementById(id);
 let lastFile = null;
+let lastSha = null;
 let previewUrl = null;
 
 function apiKey() { return sessionStorage.getItem(KEY_STORE) || ""; }
@@ -140,6 +141,43 @@ function showClassification(body) {
     `model ${body.model.name} ${body.model.hash}`;
   $("caption").textContent = "The image as the model sees it.";
   $("explain").disabled = false;
+  showFeedback(body);
+}
+
+function showFeedback(body) {
+  lastSha = body.input_sha256 || null;
+  const select = $("correct-label");
+  select.replaceChildren(...Object.keys(body.probabilities)
+    .filter((name) => name !== body.label)
+    .map((name) => element("option", { value: name }, name)));
+  $("correct-form").hidden = true;
+  $("feedback-state").textContent = "";
+  $("feedback").hidden = !lastSha;
+}
+
+async function sendFeedback(verdict, label = null) {
+  if (!lastSha) return;
+  const state = $("feedback-state");
+  state.textContent = "Sending…";
+  const payload = { input_sha256: lastSha, verdict };
+  if (label) payload.label = label;
+  let response;
+  try {
+    response = await api("/v1/feedback", {
+      method: "POST", body: JSON.stringify(payload), headers: { "Content-Type": "application/json" },
+    });
+  } catch (err) {
+    state.textContent = `The server did not answer: ${err.message}`;
+    return;
+  }
+  if (!response.ok) {
+    state.textContent = await problemText(response);
+    return;
+  }
+  const stored = await response.json();
+  state.textContent = verdict === "agree" ? `Thank you: agreement recorded (#${stored.id}).`
+    : `Thank you: correction to "${label}" recorded (#${stored.id}).`;
+  $("correct-form").hidden = true;
 }
 
 async function showSegmentation(body) {
@@ -171,6 +209,7 @@ async function analyse(file) {
   showError(null);
   $("explain-note").hidden = true;
   $("explain").disabled = true;
+  $("feedback").hidden = true;
   $("label").textContent = "Analysing…";
   $("probabilities").replaceChildren();
   const form = new FormData();
@@ -273,6 +312,9 @@ function init() {
   $("opacity").addEventListener("input", (event) => { $("overlay").style.opacity = event.target.value; });
   $("overlay").style.opacity = $("opacity").value;
   $("explain").addEventListener("click", explain);
+  $("agree").addEventListener("click", () => sendFeedback("agree"));
+  $("correct").addEventListener("click", () => { $("correct-form").hidden = false; });
+  $("send-correct").addEventListener("click", () => sendFeedback("label", $("correct-label").value));
   loadCard();
 }
 

@@ -1,0 +1,223 @@
+"""Data-parallel training (DDP on gloo, CPU): 2 processes reproduce 1 process, resume, 2 nodes.
+
+Tolerance: with the same seed and effective batch (each of W processes trains on batch_size/W
+rows of the same global batch), the final weights of 1 and 2 processes differ by at most
+``WEIGHT_TOL = 1e-4`` (max |dw|; gradients are averaged in a different float order) and the
+validation loss/AUC per epoch by at most ``METRIC_TOL = 1e-4``. The network has no batch norm
+and no dropout: on CPU each process normalises its own shard and draws its own dropout masks,
+which changes the numbers (not the method). A 2-process run stopped after epoch 1 and resumed is
+the same computation as a straight run of the same world size, so they match to ``EXACT_TOL = 1e-6``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from medsight.cli.train_cmd import torchrun_command, train
+from medsight.config import TrainConfig
+from medsight.engine import distributed
+from medsight.errors import ConfigError
+
+WEIGHT_TOL = 1e-4
+METRIC_TOL = 1e-4
+EXACT_TOL = 1e-6
+TIMEOUT = 300
+MEDSIGHT = [sys.executable, "-m", "medsight.cli.main", "train"]
+CONFIG = """\
+name: ddp
+task: classification
+data: {class_names: [normal, nodule]}
+preprocess: {size: [16, 16], channels: 1, normalize: zscore}
+augment: {flip_h: 0.5, rotate_deg: 8}
+model: {name: classic_cnn, kwargs: {batch_norm: false, dropout: 0.0}}
+train: {epochs: 2, batch_size: 16, optimizer: adamw, lr: 0.002, schedule: cosine, num_threads: 1}
+eval: {bootstrap: 0}
+"""
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+
+
+def _train(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([*MEDSIGHT, *args], env=_env(), capture_output=True, text=True, timeout=TIMEOUT,
+                          check=False, **kwargs)
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The last epoch's weights from the run's checkpoint."""
+    state = load_file(run_dir / "checkpoints" / "last.safetensors")
+    return {k: v for k, v in state.items() if k.startswith("model.")}
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def _history(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """64 phantom images of 16x16 px (32 per class) and the config that trains on them."""
+    from medsight.data.phantoms import make_chest_phantoms
+
+    root = tmp_path_factory.mktemp("ddp")
+    data = make_chest_phantoms(root / "data", n_per_class=32, size=16, seed=1)
+    config = root / "ddp.yaml"
+    config.write_text(CONFIG)
+    return Path(data), config
+
+
+@pytest.fixture(scope="module")
+def one_process(setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from medsight.config import load_config
+    from medsight.engine.pipeline import run_training
+
+    data, config = setup
+    out = tmp_path_factory.mktemp("one")
+    run_training(load_config(config, overrides={"data.path": str(data)}), out=out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def resumed(setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``--nproc 2`` on one node, stopped after epoch 1 of 2 (time limit), then resumed to epoch 2."""
+    data, config = setup
+    out = tmp_path_factory.mktemp("resumed")
+    args = [str(config), "--data", str(data), "--out", str(out), "--nproc", "2", "--no-progress"]
+    first = _train([*args, "--set", "train.time_limit_min=0.000001"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count("bundle:") == 1  # only rank 0 reports
+    assert [row["epoch"] for row in _history(out)] == ["1"]
+    second = _train([*args, "--resume"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_nodes(setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, str]]:
+    """A straight 2-epoch run as 2 nodes x 1 process: two launches meeting on a loopback port.
+
+    Returns each node's run folder and standard output.
+    """
+    data, config = setup
+    root = tmp_path_factory.mktemp("nodes")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nodes = [root / "node0", root / "node1"]
+    launches = [
+        subprocess.Popen(
+            [*MEDSIGHT, str(config), "--data", str(data), "--out", str(out), "--no-progress", "--nproc", "1",
+             "--nnodes", "2", "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port)],
+            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for rank, out in enumerate(nodes)
+    ]
+    try:
+        outputs = [launch.communicate(timeout=TIMEOUT) for launch in launches]
+    finally:
+        for launch in launches:
+            launch.kill()
+    for launch, (_, err) in zip(launches, outputs, strict=True):
+        assert launch.returncode == 0, err[-3000:]
+    return [(out, stdout) for out, (stdout, _) in zip(nodes, outputs, strict=True)]
+
+
+@pytest.mark.parametrize("run", ["resumed", "two_nodes"])
+def test_two_processes_match_one_process(run: str, one_process: Path, request: pytest.FixtureRequest) -> None:
+    ddp = request.getfixturevalue(run)
+    ddp = ddp[0][0] if run == "two_nodes" else ddp
+    assert _max_diff(_weights(one_process), _weights(ddp)) < WEIGHT_TOL
+    one, two = _history(one_process), _history(ddp)
+    assert [row["epoch"] for row in two] == ["1", "2"]  # one writer: no duplicated rows
+    for a, b in zip(one, two, strict=True):
+        for key in ("train_loss", "val_loss", "auc", "accuracy"):
+            assert abs(float(a[key]) - float(b[key])) < METRIC_TOL, (key, a[key], b[key])
+    assert (ddp / "model" / "weights.safetensors").is_file()
+    assert (ddp / "report.html").is_file()
+
+
+def test_resume_under_ddp_matches_straight_run(resumed: Path, two_nodes: list[tuple[Path, str]]) -> None:
+    assert _max_diff(_weights(resumed), _weights(two_nodes[0][0])) < EXACT_TOL  # the same world of 2
+
+
+def test_two_node_run_is_written_by_node_zero_only(two_nodes: list[tuple[Path, str]]) -> None:
+    (node0, out0), (node1, out1) = two_nodes
+    assert (node0 / "model" / "weights.safetensors").is_file()
+    assert "bundle:" in out0 and "bundle:" not in out1
+    for written_by_rank0 in ("model", "metrics.csv", "checkpoints", "report.html", "tensorboard"):
+        assert not (node1 / written_by_rank0).exists(), written_by_rank0
+
+
+def test_torchrun_command_single_and_multi_node() -> None:
+    single = torchrun_command(["cfg.yaml"], nproc=2)
+    assert single[1:] == ["-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+                          "-m", "medsight.cli.main", "train", "cfg.yaml"]
+    multi = torchrun_command(["cfg.yaml"], nproc=1, nnodes=2, node_rank=1, master_addr="10.0.0.5", master_port=29600)
+    assert multi[3:13] == ["--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "1",
+                           "--master-addr", "10.0.0.5", "--master-port", "29600"]
+
+
+def test_outside_torchrun_is_one_process_of_rank_zero() -> None:
+    images, labels = torch.arange(8.0).reshape(8, 1), torch.arange(8)
+    assert distributed.world_size() == 1 and distributed.rank() == 0 and distributed.is_main()
+    assert distributed.shard(images, labels)[1].tolist() == list(range(8))
+    assert distributed.mean_over_ranks(torch.tensor(6.0), 4) == pytest.approx(1.5)
+    assert distributed.broadcast({"a": 1}) == {"a": 1}
+
+
+def test_batch_that_does_not_split_evenly_is_a_config_error() -> None:
+    distributed.check_config(TrainConfig(batch_size=16), 2)
+    distributed.check_config(TrainConfig(batch_size=15), 1)
+    with pytest.raises(ConfigError, match="does not split evenly over 2 processes.*multiple of 2"):
+        distributed.check_config(TrainConfig(batch_size=15), 2)
+
+
+def test_gradual_unfreezing_under_ddp_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unfreeze_every=2: gradual unfreezing is not supported with DDP"):
+        distributed.check_config(TrainConfig(batch_size=16, unfreeze_every=2), 2)
+
+
+def test_more_processes_than_cores_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="CPU core"):
+        distributed.check_processes(os.cpu_count() + 1, torch.device("cpu"))
+
+
+def _cli(args: list[str]):
+    app = typer.Typer()
+    app.command()(train)
+    return CliRunner().invoke(app, args)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "15", "--nproc", "2"], "does not split evenly"),
+        (["--nproc", "4096"], "CPU core"),
+        (["--task", "segmentation", "--nproc", "2"], "not yet supported"),
+        (["--nnodes", "2", "--node-rank", "2"], "outside 0..1"),
+    ],
+)
+def test_cli_rejects_bad_launch_before_starting_processes(
+    setup: tuple[Path, Path], args: list[str], message: str
+) -> None:
+    data, config = setup
+    result = _cli([str(config), "--data", str(data), *args])
+    assert result.exit_code == 2
+    assert message in result.output
