@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -158,6 +159,16 @@ def load_bundle(folder: str | Path, *, weights: bool = True) -> Bundle:
         segmentation=raw.get("segmentation"),
         temperature=_temperature(raw.get("temperature"), manifest_path),
     )
+
+
+def bundle_hash(folder: str | Path) -> str:
+    """``sha256:<16 hex>`` over bundle.json and the weights: the model version the service, registry and triage use."""
+    digest = hashlib.sha256()
+    for part in (MANIFEST, WEIGHTS):
+        with (Path(folder) / part).open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 def provenance(**extra: Any) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from medsight.errors import ConfigError, MedsightError
+from medsight.errors import ConfigError
 
 # The worker's model (a Predictor or a Segmenter), built once per process by _start_worker.
 _WORKER: dict[str, Any] = {}
@@ -146,36 +146,13 @@ def _row(path: str) -> dict[str, Any]:
 
 def _classify_row(predictor) -> Callable[[Path], dict[str, Any]]:
     """The CSV row :func:`~medsight.inference.predictor.predict_to_file` writes for one file."""
+    from medsight.inference.predictor import csv_row, iter_predictions
 
-    def row(path: Path) -> dict[str, Any]:
-        names = predictor.label_names
-        try:
-            result = predictor.predict_file(path)
-        except MedsightError as exc:
-            return {"path": str(path), "label": "", **{f"prob_{n}": "" for n in names}, "threshold": None,
-                    "error": str(exc)}
-        probs = {f"prob_{n}": result["probabilities"][n] for n in names}
-        return {"path": str(path), "label": result["label"], **probs, "threshold": result["threshold"], "error": ""}
-
-    return row
+    return lambda path: csv_row(next(iter_predictions(predictor, [path], progress=False)), predictor.label_names)
 
 
 def _segment_row(segmenter, out: Path) -> Callable[[Path], dict[str, Any]]:
     """The row (and the mask files) :func:`~medsight.inference.segmenter.segment_to_folder` writes for one file."""
-    from medsight.inference.postprocess import write_mask
-    from medsight.inference.segmenter import _write_uncertainty, mask_path
+    from medsight.inference.segmenter import segment_row
 
-    def row(path: Path) -> dict[str, Any]:
-        result_row: dict[str, Any] = {"path": str(path), "mask": "", "error": ""}
-        try:
-            sample, result = segmenter.segment_file(path)
-            mask = write_mask(result.labels, sample, mask_path(path, out, sample))
-            result_row["mask"] = str(mask)
-            result_row["uncertainty_map"] = str(_write_uncertainty(result.uncertainty, sample, mask))
-            result_row["uncertainty"] = round(result.case_uncertainty, 6)
-            result_row.update({f"voxels_{n}": c for n, c in result.voxel_counts.items()})
-        except MedsightError as exc:
-            result_row["error"] = str(exc)
-        return result_row
-
-    return row
+    return lambda path: segment_row(segmenter, path, out)

@@ -279,7 +279,11 @@ def predict_to_file(
         counts["skipped"] = len(files) - len(todo)
         for row in iter_predictions(predictor, todo, progress=progress):
             counts["errors" if row["error"] else "ok"] += 1
-            probs = {f"prob_{n}": row["probabilities"].get(n, "") for n in predictor.label_names}
-            results.write({"path": row["path"], "label": row["label"], **probs,
-                           "threshold": row["threshold"], "error": row["error"]})
+            results.write(csv_row(row, predictor.label_names))
     return counts
+
+
+def csv_row(row: dict[str, Any], label_names: list[str]) -> dict[str, Any]:
+    """A prediction row flattened for ``predictions.csv``: one ``prob_<class>`` column per class."""
+    probs = {f"prob_{n}": row["probabilities"].get(n, "") for n in label_names}
+    return {"path": row["path"], "label": row["label"], **probs, "threshold": row["threshold"], "error": row["error"]}

@@ -147,6 +147,24 @@ def mask_path(source: Path, out_dir: Path, sample: Sample) -> Path:
     return out_dir / f"{image_stem(source)}_mask{suffix}"
 
 
+def segment_row(segmenter: Segmenter, path: Path, out: Path) -> dict[str, Any]:
+    """Segment one file, write its mask and uncertainty map under ``out``; the ``predictions.csv`` row.
+
+    An unreadable file gives a row with ``error`` set instead of raising.
+    """
+    row: dict[str, Any] = {"path": str(path), "mask": "", "error": ""}
+    try:
+        sample, result = segmenter.segment_file(path)
+        mask = write_mask(result.labels, sample, mask_path(path, out, sample))
+        row["mask"] = str(mask)
+        row["uncertainty_map"] = str(_write_uncertainty(result.uncertainty, sample, mask))
+        row["uncertainty"] = round(result.case_uncertainty, 6)
+        row.update({f"voxels_{n}": c for n, c in result.voxel_counts.items()})
+    except MedsightError as exc:
+        row["error"] = str(exc)
+    return row
+
+
 def segment_to_folder(
     *, bundle: str | Path, inputs: list[Path], out: Path, progress: bool = True, resume: bool = False
 ) -> dict[str, int]:
@@ -170,17 +188,7 @@ def segment_to_folder(
         todo = [path for path in files if str(path) not in results.done]
         counts["skipped"] = len(files) - len(todo)
         for path in track(todo, description="segmenting", enabled=progress):
-            row: dict[str, Any] = {"path": str(path), "mask": "", "error": ""}
-            try:
-                sample, result = segmenter.segment_file(path)
-                mask = write_mask(result.labels, sample, mask_path(path, out, sample))
-                row["mask"] = str(mask)
-                row["uncertainty_map"] = str(_write_uncertainty(result.uncertainty, sample, mask))
-                row["uncertainty"] = round(result.case_uncertainty, 6)
-                row.update({f"voxels_{n}": c for n, c in result.voxel_counts.items()})
-                counts["ok"] += 1
-            except MedsightError as exc:
-                row["error"] = str(exc)
-                counts["errors"] += 1
+            row = segment_row(segmenter, path, out)
+            counts["errors" if row["error"] else "ok"] += 1
             results.write(row)
     return counts

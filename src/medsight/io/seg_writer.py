@@ -99,9 +99,6 @@ def write_dicom_seg(labels: np.ndarray, image: Sample, path: Path, *, label_name
             manufacturer_model_name=f"medsight {model}", software_versions=f"medsight {__version__}",
             device_serial_number="none", series_description=f"medsight {model} segmentation",
         )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp")
-    seg.save_as(staging)
-    staging.replace(path)
-    return path
+    from medsight.io.sr_writer import save_dataset
+
+    return save_dataset(seg, path)

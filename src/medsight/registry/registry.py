@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from medsight.bundle import bundle_hash
 from medsight.errors import MedsightError
 
 INDEX = "registry.json"
@@ -197,16 +197,6 @@ def _find(index: dict[str, Any], version: int, root: Path) -> dict[str, Any]:
     known = ", ".join(str(v["version"]) for v in index["versions"]) or "none"
     raise RegistryError(f"version {version}", f"is not in the registry {root} (versions: {known})",
                         "list them with: medsight registry list --registry DIR")
-
-
-def bundle_hash(folder: Path) -> str:
-    """``sha256:<16 hex>`` over bundle.json and the weights: the same value the service reports as its version."""
-    from medsight.bundle import MANIFEST, WEIGHTS
-
-    digest = hashlib.sha256()
-    for part in (MANIFEST, WEIGHTS):
-        digest.update((folder / part).read_bytes())
-    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

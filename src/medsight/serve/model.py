@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from medsight.bundle import MANIFEST, WEIGHTS, load_bundle
+from medsight.bundle import bundle_hash, load_bundle
 from medsight.data.sample import Sample
 from medsight.errors import BundleError
 from medsight.inference.predictor import Predictor
@@ -137,14 +136,9 @@ class ModelService:
 
 def model_version(folder: Path, name: str, provenance: dict[str, Any]) -> dict[str, Any]:
     """``{"name", "hash", "created", "medsight"}``; the hash is SHA-256 over bundle.json and the weights."""
-    digest = hashlib.sha256()
-    for part in (MANIFEST, WEIGHTS):
-        with (folder / part).open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
     return {
         "name": name,
-        "hash": f"sha256:{digest.hexdigest()[:16]}",
+        "hash": bundle_hash(folder),
         "created": provenance.get("created"),
         "medsight": provenance.get("medsight"),
     }

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from medsight.bundle import MANIFEST, WEIGHTS, load_bundle
+from medsight.bundle import bundle_hash, load_bundle
 from medsight.errors import BundleError, ConfigError, DatasetError
 from medsight.triage.agent import AgentConfig, QAgent, train_agent
 from medsight.triage.costs import ACTIONS, CostTable, action_costs
@@ -96,14 +96,7 @@ class TriagePolicy:
         return target
 
 
-def model_hash(bundle_folder: str | Path) -> str:
-    """``sha256:<16 hex>`` over bundle.json and weights.safetensors (the service's model hash)."""
-    digest = hashlib.sha256()
-    for part in (MANIFEST, WEIGHTS):
-        with (Path(bundle_folder) / part).open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return f"sha256:{digest.hexdigest()[:16]}"
+model_hash = bundle_hash  # the policy is valid for exactly these weights
 
 
 def _sha256(path: Path) -> str:
