@@ -30,27 +30,16 @@ from medsight.engine.pipeline import run_training
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def reference_patches_per_s(cfg, data: Path, *, seconds: float = 30.0) -> float:
-    """Patches/s of a plain MONAI UNet loop on random crops of the training images."""
-    from monai.losses import DiceCELoss
-
-    from medsight.data.seg_layouts import open_seg_dataset
-    from medsight.models import create_model
-
-    dataset = open_seg_dataset(data)
+def reference_crops(dataset, patch: list[int], batch: int):
+    """The plain reference loop's sampler: ``crops() -> (x, y)``, uniform random patches of the
+    first 15 z-scored training images (no foreground oversampling, no augmentation)."""
     images, labels = [], []
     for item in dataset.items[:15]:
         sample, label, _ = dataset.read(item)
         images.append(torch.from_numpy((sample.array - sample.array.mean()) / sample.array.std()).float())
         labels.append(torch.from_numpy(label))
-    torch.manual_seed(0)
-    patch, batch = cfg.segment.patch_size, cfg.segment.batch_size
-    net = create_model("unet", in_channels=3, num_outputs=2, spatial_dims=2, **cfg.model.kwargs)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    net.train()
-    seen, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+
+    def crops():
         xs, ys = [], []
         for _ in range(batch):
             k = int(torch.randint(len(images), ()))
@@ -58,8 +47,30 @@ def reference_patches_per_s(cfg, data: Path, *, seconds: float = 30.0) -> float:
             y0, x0 = int(torch.randint(h - patch[0], ())), int(torch.randint(w - patch[1], ()))
             xs.append(images[k][:, y0 : y0 + patch[0], x0 : x0 + patch[1]])
             ys.append(labels[k][None, y0 : y0 + patch[0], x0 : x0 + patch[1]])
+        return torch.stack(xs), torch.stack(ys)
+
+    return crops
+
+
+def reference_patches_per_s(cfg, data: Path, *, seconds: float = 30.0) -> float:
+    """Patches/s of a plain MONAI UNet loop on random crops of the training images."""
+    from monai.losses import DiceCELoss
+
+    from medsight.data.seg_layouts import open_seg_dataset
+    from medsight.models import create_model
+
+    patch, batch = cfg.segment.patch_size, cfg.segment.batch_size
+    crops = reference_crops(open_seg_dataset(data), patch, batch)
+    torch.manual_seed(0)
+    net = create_model("unet", in_channels=3, num_outputs=2, spatial_dims=2, **cfg.model.kwargs)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    net.train()
+    seen, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        x, y = crops()
         opt.zero_grad()
-        loss_fn(net(torch.stack(xs)), torch.stack(ys)).backward()
+        loss_fn(net(x), y).backward()
         opt.step()
         seen += batch
     return seen / (time.perf_counter() - start)

@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 import torch
+from drive import reference_crops  # bench/ is on sys.path when run as a script
 
 from medsight.config import load_config
 
@@ -249,26 +250,12 @@ def segmentation(args, out: Path) -> dict:
     ours = float(row["patches_per_s"])
     epoch_s = args.seg_steps * cfg.segment.batch_size / ours
 
-    images, labels = [], []
-    for item in dataset.items[:15]:
-        sample, label, _ = dataset.read(item)
-        images.append(torch.from_numpy((sample.array - sample.array.mean()) / sample.array.std()).float())
-        labels.append(torch.from_numpy(label))
-    torch.manual_seed(0)
     patch, batch = cfg.segment.patch_size, cfg.segment.batch_size
+    crops = reference_crops(dataset, patch, batch)
+    torch.manual_seed(0)
 
     def network():
         return create_model("unet", in_channels=3, num_outputs=2, spatial_dims=2, **cfg.model.kwargs)
-
-    def crops():
-        xs, ys = [], []
-        for _ in range(batch):
-            k = int(torch.randint(len(images), ()))
-            h, w = labels[k].shape
-            y0, x0 = int(torch.randint(h - patch[0], ())), int(torch.randint(w - patch[1], ()))
-            xs.append(images[k][:, y0 : y0 + patch[0], x0 : x0 + patch[1]])
-            ys.append(labels[k][None, y0 : y0 + patch[0], x0 : x0 + patch[1]])
-        return torch.stack(xs), torch.stack(ys)
 
     net = network()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
