@@ -123,7 +123,11 @@ class TrainConfig(Strict):
     seed: int = 0
     num_threads: int = Field(0, ge=0, description="0 uses every core")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
-    amp: bool = Field(True, description="mixed precision; used on CUDA only")
+    amp: bool = Field(True, description="mixed precision on CUDA")
+    cpu_amp: bool = Field(False, description="bfloat16 mixed precision on a CPU with native bf16 (AVX512-BF16/AMX); "
+                          "float32 elsewhere")
+    compile: bool = Field(False, description="segmentation: torch.compile the training forward/backward "
+                          "(~20 s to compile; eager fallback with a note if it fails)")
     time_limit_min: float | None = Field(None, gt=0)
     freeze: str = Field("none", description="none, backbone, or until:LAYER (freeze up to and including LAYER)")
     backbone_lr_factor: float = Field(1.0, gt=0, le=1, description="backbone LR = lr * factor when fine-tuning")

@@ -121,12 +121,9 @@ def _check_launch(cfg, *, nproc: int, nnodes: int, node_rank: int) -> None:
     from medsight.engine.device import pick_device
     from medsight.errors import ConfigError
 
-    if cfg.task == "segmentation":
-        raise ConfigError(
-            "--nproc", "distributed (DDP) training of segmenters is not yet supported",
-            "train segmentation in one process (drop --nproc / --nnodes)",
-        )
     if node_rank >= nnodes:
         raise ConfigError(f"--node-rank {node_rank}", f"is outside 0..{nnodes - 1}", "number the machines from 0")
     distributed.check_processes(nproc, pick_device(cfg.train.device))
     distributed.check_config(cfg.train, nproc * nnodes)
+    if cfg.task == "segmentation" and cfg.segment.batch_size:
+        distributed.check_batch(cfg.segment.batch_size, nproc * nnodes, "segment.batch_size")

@@ -1,7 +1,9 @@
 """Where the work runs and in what precision, decided in one place.
 
-CPU by default, CUDA when present; mixed precision only on CUDA (bfloat16 where the GPU
-supports it, else float16 with a gradient scaler). On CPU every helper here is a no-op.
+CPU by default, CUDA when present. Mixed precision on CUDA (``train.amp``: bfloat16 where the
+GPU supports it, else float16 with a gradient scaler); on CPU only when asked (``train.cpu_amp``)
+and only on a CPU with native bfloat16 (AVX512-BF16 or AMX), where it is ~1.4x faster for
+convolutions; elsewhere the CPU helpers are no-ops.
 
 Example:
     >>> device = pick_device("auto")
@@ -51,11 +53,29 @@ def amp_dtype(device: torch.device) -> torch.dtype:
     return torch.float16
 
 
-def autocast(device: torch.device, enabled: bool) -> AbstractContextManager:
-    """Mixed-precision autocast on CUDA when ``enabled``; a no-op context on CPU."""
-    if device.type != "cuda" or not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=amp_dtype(device))
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX tiles)."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def cpu_bf16_active(device: torch.device, asked: bool) -> tuple[bool, str]:
+    """``(active, note)``: whether bfloat16 autocast runs on this CPU, and a line saying so."""
+    if not asked or device.type != "cpu":
+        return False, ""
+    if not cpu_has_native_bf16():
+        return False, "train.cpu_amp is on, but this CPU has no native bfloat16 (AVX512-BF16/AMX): training in float32"
+    return True, "training in bfloat16 mixed precision on the CPU (train.cpu_amp)"
+
+
+def autocast(device: torch.device, enabled: bool, *, cpu_bf16: bool = False) -> AbstractContextManager:
+    """Mixed-precision autocast: on CUDA when ``enabled``; on CPU when ``cpu_bf16`` and the CPU
+    has native bfloat16 (:func:`cpu_bf16_active`); a no-op context otherwise. Cast the outputs
+    to float before the loss."""
+    if device.type == "cuda" and enabled:
+        return torch.autocast(device_type="cuda", dtype=amp_dtype(device))
+    if cpu_bf16_active(device, cpu_bf16)[0]:
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:

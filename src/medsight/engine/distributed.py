@@ -134,17 +134,25 @@ def check_config(cfg: TrainConfig, world: int) -> None:
     """
     if world == 1:
         return
-    if cfg.batch_size % world:
-        low = cfg.batch_size - cfg.batch_size % world
-        raise ConfigError(
-            f"train.batch_size={cfg.batch_size}",
-            f"does not split evenly over {world} processes",
-            f"use a multiple of {world}, e.g. --batch-size {max(low, world)} or {low + world}",
-        )
+    check_batch(cfg.batch_size, world, "train.batch_size")
     if cfg.unfreeze_every:
         raise ConfigError(
             f"train.unfreeze_every={cfg.unfreeze_every}", "gradual unfreezing is not supported with DDP",
             "set train.unfreeze_every=0 or train in one process",
+        )
+
+
+def check_batch(batch_size: int, world: int, key: str) -> None:
+    """A clear error when a global batch of ``batch_size`` does not split evenly over ``world`` processes.
+
+    Raises:
+        ConfigError: naming ``key`` and the nearest batch sizes that split.
+    """
+    if batch_size % world:
+        low = batch_size - batch_size % world
+        raise ConfigError(
+            f"{key}={batch_size}", f"does not split evenly over {world} processes",
+            f"use a multiple of {world}, e.g. {max(low, world)} or {low + world}",
         )
 
 

@@ -259,9 +259,14 @@ def _train_segmentation(cfg: RunConfig, *, out: Path, resume: bool, progress: bo
 
     if cfg.model.name not in list_models("segmentation") and cfg.model.name == ModelConfig().name:
         cfg = cfg.model_copy(update={"model": ModelConfig(name="unet", kwargs=cfg.model.kwargs)}, deep=True)
+    from medsight.engine.distributed import is_main
+
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    if is_main():
+        save_config(cfg, out / "config.yaml")
     result = train_segmenter(cfg, out=out, resume=resume, progress=progress)
+    if not is_main():  # under DDP only rank 0 reports
+        return ""
     return seg_summary("val", result["metrics"]) + (
         f"\nbest epoch {result['best_epoch']} of {result['epochs_run']}\n"
         f"bundle:  {out / 'model'}\nreport:  {out / 'report.html'}\nmetrics: {out / 'metrics.json'}"

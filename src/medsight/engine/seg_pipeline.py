@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,10 @@ from medsight.config import ModelConfig, RunConfig
 from medsight.data.fingerprint import fingerprint
 from medsight.data.sample import Sample
 from medsight.data.seg_layouts import SegSet, open_seg_dataset
+from medsight.engine import distributed
 from medsight.engine.callbacks import ProgressDisplay, RunLog
 from medsight.engine.checkpoint import load_checkpoint, save_checkpoint
-from medsight.engine.device import pick_device, set_threads
-from medsight.engine.distributed import world_size
+from medsight.engine.device import autocast, cpu_bf16_active, pick_device, set_threads
 from medsight.engine.optim import build_optimizer, build_scheduler
 from medsight.engine.patches import sample_patches
 from medsight.engine.pixel_scores import PixelScores
@@ -54,6 +55,7 @@ from medsight.models import create_model, list_models
 from medsight.transforms.preprocess import intensity_steps, plan_normalize
 
 CHECKPOINT = Path("checkpoints") / "last.safetensors"
+log = logging.getLogger(__name__)
 
 
 def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress: bool = True) -> dict:
@@ -72,15 +74,11 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
         ConfigError: a model that is not a segmenter, a patch of the wrong dimensionality.
         MedsightError: unreadable files or checkpoint.
     """
-    if world_size() > 1:
-        raise ConfigError(
-            "--nproc", "distributed (DDP) training of segmenters is not yet supported",
-            "train segmentation in one process (drop --nproc / torchrun)",
-        )
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    set_threads(cfg.train.num_threads)
+    main = distributed.is_main()  # under DDP rank 0 alone validates, checkpoints, logs and writes the bundle
+    set_threads(distributed.threads_per_process(cfg.train.num_threads))
     torch.manual_seed(cfg.train.seed)
     if cfg.model.name not in list_models("segmentation"):
         raise ConfigError(
@@ -93,7 +91,8 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
         fingerprint(((s, case[2]) for s, case in zip(stepped, cases, strict=True)), modality=dataset.modality),
         memory_budget_mb=cfg.segment.memory_budget_mb, overrides=cfg.segment.plan or None,
     )
-    (out / "plan.json").write_text(json.dumps(plan, indent=2))
+    if main:
+        (out / "plan.json").write_text(json.dumps(plan, indent=2))
     patch = [int(p) for p in (cfg.segment.patch_size or plan["patch_size"])]
     if len(patch) != cases[0][1].spatial_dims:
         raise ConfigError(
@@ -101,6 +100,7 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
             f"give {cases[0][1].spatial_dims} sizes",
         )
     batch = int(cfg.segment.batch_size or plan["batch_size"])
+    distributed.check_batch(batch, distributed.world_size(), "segment.batch_size")
     target = plan["target_spacing"] if cfg.segment.resample else None
     images, labels, rois = _at_target_spacing(stepped, cases, target, plan["normalization"])
     del stepped
@@ -116,7 +116,7 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
     scheduler = build_scheduler(optimizer, cfg.train)
     loss_fn = make_seg_loss(cfg.segment.loss, num_classes=n_classes, deep_supervision=cfg.segment.deep_supervision)
     augment = _augmenter(cfg, len(patch))
-    rng = np.random.default_rng(cfg.train.seed)
+    rng = np.random.default_rng(cfg.train.seed)  # the same on every rank: all draw the same global batch
     state: dict[str, Any] = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
     best_state: dict[str, torch.Tensor] = {}
     if resume:  # a missing checkpoint is a clear error from load_checkpoint
@@ -128,37 +128,48 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
     foreground = list(range(1, n_classes))
     epochs, patience, limit = cfg.train.epochs, cfg.train.patience, cfg.train.time_limit_min
     resumed_seconds = state["seconds"]
-    log = RunLog(out)
-    with ProgressDisplay(progress, epochs, "val_dice") as display:
+    run_log = RunLog(out) if main else distributed.NullLog()
+    step = PatchStep(net, optimizer, loss_fn, cfg, device, run_log)
+    with ProgressDisplay(progress and main, epochs, "val_dice") as display:
         for epoch in range(state["epoch"] + 1, epochs + 1):
-            if patience and epoch - state["best_epoch"] > patience:
-                break
-            if limit and resumed_seconds + time.perf_counter() - started > limit * 60:
-                log.note(f"stopped before epoch {epoch}: the time limit of {limit} min is reached")
-                break
             display.start_epoch(epoch, cfg.segment.steps_per_epoch)
-            loss, seconds = _train_epoch(cfg, net, optimizer, loss_fn, augment, rng, (train_images, train_labels),
-                                         patch, batch, device, display)
+            loss, seconds = _train_epoch(cfg, step, augment, rng, (train_images, train_labels), patch, batch, display)
             scheduler.step()
             dice = float(np.nanmean([
                 _val_dice(net, images[i], labels[i], rois[i], target or cases[i][1].spacing, patch,
                           cfg.segment.overlap, device, foreground)
                 for i in val_idx
-            ]))
-            row = {"epoch": epoch, "train_loss": loss, "val_dice": dice, "lr": optimizer.param_groups[0]["lr"],
-                   "patches_per_s": round(cfg.segment.steps_per_epoch * batch / seconds, 1)}
-            if dice > state["best_dice"]:
-                state.update(best_dice=dice, best_epoch=epoch)
+            ])) if main else 0.0
+            row = distributed.broadcast({
+                "epoch": epoch, "train_loss": loss, "val_dice": dice, "lr": optimizer.param_groups[0]["lr"],
+                "patches_per_s": round(cfg.segment.steps_per_epoch * batch / seconds, 1),
+            })
+            if row["val_dice"] > state["best_dice"]:
+                state.update(best_dice=row["val_dice"], best_epoch=epoch)
                 best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             state["epoch"] = epoch
             state["seconds"] = resumed_seconds + time.perf_counter() - started
             state["history"].append({**row, "seconds": round(state["seconds"], 1)})
-            save_checkpoint(out / CHECKPOINT, model=net, optimizer=optimizer, scheduler=scheduler,
-                            state={**state, "numpy_rng": rng.bit_generator.state}, best_state=best_state)
-            log.write(state["history"])
-            display.end_epoch(state["history"][-1], "  (best)" if state["best_epoch"] == epoch else "")
-    log.close()
+            if main:
+                save_checkpoint(out / CHECKPOINT, model=net, optimizer=optimizer, scheduler=scheduler,
+                                state={**state, "numpy_rng": rng.bit_generator.state}, best_state=best_state)
+            run_log.write(state["history"])
+            stop = ""
+            if patience and epoch - state["best_epoch"] >= patience:
+                stop = f"no better val Dice for {patience} epochs"
+            elif limit and state["seconds"] > limit * 60:
+                stop = f"the time limit of {limit} min is reached"
+            stop = distributed.broadcast(stop)  # rank 0's clock decides, so every rank stops together
+            best = "  (best)" if state["best_epoch"] == epoch else ""
+            display.end_epoch(state["history"][-1], best + (f"; stopping: {stop}" if stop else ""))
+            if stop:
+                run_log.note(f"stopped after epoch {epoch}: {stop}")
+                break
+    run_log.close()
     net.load_state_dict(best_state)
+    if not main:
+        return {"best_epoch": state["best_epoch"], "best_val_dice": state["best_dice"],
+                "epochs_run": state["epoch"], "bundle": "", "metrics": {}}
     val_cases = [cases[i] for i in val_idx]
     thresholds, note = _thresholds(cfg, net, [(images[i], labels[i], rois[i]) for i in val_idx], patch, device,
                                    n_classes)
@@ -292,24 +303,77 @@ def _augmenter(cfg: RunConfig, spatial_dims: int):
     return augment if augment.enabled else None
 
 
-def _train_epoch(cfg: RunConfig, net, optimizer, loss_fn, augment, rng, train_set, patch, batch, device,
+class PatchStep:
+    """One optimiser step on a batch of patches: the DDP wrapper (under torchrun), ``train.compile``
+    and ``train.cpu_amp`` (bfloat16 autocast) in one place.
+
+    The network's own parameters are trained; validation calls the plain ``net`` in eval mode.
+    A compiled forward/backward that fails (no C compiler, an unsupported operator) falls back
+    to eager mode for the rest of the run, with a note in the log.
+    """
+
+    def __init__(self, net, optimizer, loss_fn, cfg: RunConfig, device, run_log) -> None:
+        self.optimizer, self.loss_fn, self.device, self.run_log = optimizer, loss_fn, device, run_log
+        self.eager = distributed.wrap(net, device)
+        self.forward = torch.compile(self.eager) if cfg.train.compile else self.eager
+        self.amp, self.cpu_amp = cfg.train.amp, cfg.train.cpu_amp
+        active, note = cpu_bf16_active(device, cfg.train.cpu_amp)
+        if note:
+            self._note(note, warn=not active)
+
+    def _note(self, text: str, *, warn: bool) -> None:
+        """``text`` in the run's log, and on the console when it is a warning."""
+        self.run_log.note(text)
+        if warn and distributed.is_main():
+            log.warning(text)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Train on this rank's share of the global batch ``(x, y)``; returns the (shard's) loss."""
+
+        x, y = distributed.shard(x, y)
+        x, y = x.to(self.device), y.to(self.device)
+        self.optimizer.zero_grad()
+        try:
+            value = self._loss(self.forward, x, y)
+        except Exception as exc:  # noqa: BLE001 - torch.compile raises many kinds; eager mode is always safe
+            if self.forward is self.eager:
+                raise
+            self._note(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); training in eager mode",
+                       warn=True)
+            self.forward = self.eager
+            self.optimizer.zero_grad()
+            value = self._loss(self.eager, x, y)
+        self.optimizer.step()
+        return value.detach()
+
+    def _loss(self, forward, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.amp, cpu_bf16=self.cpu_amp):
+            logits = forward(x)
+        value = self.loss_fn(logits.float(), y)
+        value.backward()
+        return value
+
+
+def _train_epoch(cfg: RunConfig, step: PatchStep, augment, rng, train_set, patch, batch,
                  display) -> tuple[float, float]:
-    """One epoch of ``segment.steps_per_epoch`` patch batches: ``(mean loss, seconds)``."""
-    net.train()
-    total, start = 0.0, time.perf_counter()
+    """One epoch of ``segment.steps_per_epoch`` patch batches: ``(mean loss, seconds)``.
+
+    Every rank draws and augments the same global batch from the shared generator and trains
+    on its share of it; the mean loss is over all ranks.
+    """
+    step.eager.train()
+    total, start = torch.zeros(()), time.perf_counter()
     for _ in range(cfg.segment.steps_per_epoch):
         x, y = sample_patches(*train_set, patch_size=patch, batch_size=batch,
                               foreground_fraction=cfg.segment.foreground_fraction, generator=rng)
         x, y = torch.from_numpy(x), torch.from_numpy(y)
         if augment is not None:
             x, y = augment(x, y, generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
-        optimizer.zero_grad()
-        value = loss_fn(net(x.to(device)), y.to(device))
-        value.backward()
-        optimizer.step()
-        total += float(value.detach())
-        display.advance(1, float(value.detach()))
-    return total / cfg.segment.steps_per_epoch, time.perf_counter() - start
+        value = step(x, y).cpu()
+        total += value
+        display.advance(1, float(value))
+    steps = cfg.segment.steps_per_epoch
+    return distributed.mean_over_ranks(total, steps), time.perf_counter() - start
 
 
 def _val_dice(net, image: np.ndarray, labels, roi, spacing, patch, overlap: float, device,

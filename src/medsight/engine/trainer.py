@@ -300,9 +300,9 @@ def _train_epoch(
             images, _ = augment(images, None, generator=generator)
         images, labels = distributed.shard(images, labels)
         images, labels = _to_device(images, device), labels.to(device, non_blocking=True)
-        with autocast(device, cfg.amp):
+        with autocast(device, cfg.amp, cpu_bf16=cfg.cpu_amp):
             logits = model(images)
-        loss = loss_fn(logits, labels)
+        loss = loss_fn(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
