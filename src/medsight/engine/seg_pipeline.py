@@ -15,6 +15,11 @@ oversampled, augmented by ``augment.*``), validates every epoch by sliding-windo
 Binary tasks pick the foreground threshold that maximises the pooled validation Dice (unless
 ``segment.thresholds`` gives one); the bundle keeps it, and evaluation and prediction use it.
 
+Under ``torchrun`` (``medsight train --nproc N``) every process draws the same seeded global
+batch of patches and trains on its share (:mod:`medsight.engine.distributed`); rank 0 alone
+validates, checkpoints and writes the files above. ``train.compile`` and ``train.cpu_amp``
+speed up the training step (:class:`PatchStep`).
+
 Example:
     >>> cfg = load_config(recipe="drive", overrides={"data.path": "data/drive/training"})
     >>> result = train_segmenter(cfg, out=Path("runs/drive"))
