@@ -87,29 +87,42 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return Path(data), config
 
 
-@pytest.fixture(scope="module")
-def one_process(setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _one_process(setup: tuple[Path, Path], out: Path) -> Path:
+    """A plain one-process run of the set-up's config and data into ``out``."""
     from medsight.config import load_config
     from medsight.engine.pipeline import run_training
 
     data, config = setup
-    out = tmp_path_factory.mktemp("one")
     run_training(load_config(config, overrides={"data.path": str(data)}), out=out, progress=False)
     return out
 
 
-@pytest.fixture(scope="module")
-def resumed(setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``--nproc 2`` on one node, stopped after epoch 1 of 2 (time limit), then resumed to epoch 2."""
+def _stopped_and_resumed(setup: tuple[Path, Path], out: Path) -> tuple[str, str]:
+    """``--nproc 2`` on one node, stopped after epoch 1 of 2 (time limit), then resumed to epoch 2.
+
+    Returns the two launches' standard output.
+    """
     data, config = setup
-    out = tmp_path_factory.mktemp("resumed")
     args = [str(config), "--data", str(data), "--out", str(out), "--nproc", "2", "--no-progress"]
     first = _train([*args, "--set", "train.time_limit_min=0.000001"])
     assert first.returncode == 0, first.stderr[-3000:]
-    assert first.stdout.count("bundle:") == 1  # only rank 0 reports
     assert [row["epoch"] for row in _history(out)] == ["1"]
     second = _train([*args, "--resume"])
     assert second.returncode == 0, second.stderr[-3000:]
+    return first.stdout, second.stdout
+
+
+@pytest.fixture(scope="module")
+def one_process(setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _one_process(setup, tmp_path_factory.mktemp("one"))
+
+
+@pytest.fixture(scope="module")
+def resumed(setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Classification, 2 processes, stopped after epoch 1 and resumed (:func:`_stopped_and_resumed`)."""
+    out = tmp_path_factory.mktemp("resumed")
+    first, _ = _stopped_and_resumed(setup, out)
+    assert first.count("bundle:") == 1  # only rank 0 reports
     return out
 
 
@@ -252,30 +265,14 @@ def seg_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def seg_one_process(seg_setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from medsight.config import load_config
-    from medsight.engine.pipeline import run_training
-
-    data, config = seg_setup
-    out = tmp_path_factory.mktemp("seg_one")
-    run_training(load_config(config, overrides={"data.path": str(data)}), out=out, progress=False)
-    return out
+    return _one_process(seg_setup, tmp_path_factory.mktemp("seg_one"))
 
 
 @pytest.fixture(scope="module")
 def seg_resumed(seg_setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
-    """Segmentation with ``--nproc 2``, stopped after epoch 1 of 2 (time limit), then resumed to epoch 2.
-
-    Returns the run folder and the two launches' standard output.
-    """
-    data, config = seg_setup
+    """Segmentation, 2 processes, stopped after epoch 1 and resumed: the run folder and both launches' output."""
     out = tmp_path_factory.mktemp("seg_resumed")
-    args = [str(config), "--data", str(data), "--out", str(out), "--nproc", "2", "--no-progress"]
-    first = _train([*args, "--set", "train.time_limit_min=0.000001"])
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert [row["epoch"] for row in _history(out)] == ["1"]
-    second = _train([*args, "--resume"])
-    assert second.returncode == 0, second.stderr[-3000:]
-    return out, first.stdout, second.stdout
+    return (out, *_stopped_and_resumed(seg_setup, out))
 
 
 def test_segmentation_two_processes_resumed_match_one_process(
