@@ -46,7 +46,7 @@ from medsight.data.seg_layouts import SegSet, open_seg_dataset
 from medsight.engine import distributed
 from medsight.engine.callbacks import ProgressDisplay, RunLog
 from medsight.engine.checkpoint import load_checkpoint, save_checkpoint
-from medsight.engine.device import autocast, cpu_bf16_active, pick_device, set_threads
+from medsight.engine.device import autocast, cpu_bf16_active, grad_scaler, pick_device, set_threads
 from medsight.engine.optim import build_optimizer, build_scheduler
 from medsight.engine.patches import sample_patches
 from medsight.engine.pixel_scores import PixelScores
@@ -309,8 +309,9 @@ def _augmenter(cfg: RunConfig, spatial_dims: int):
 
 
 class PatchStep:
-    """One optimiser step on a batch of patches: the DDP wrapper (under torchrun), ``train.compile``
-    and ``train.cpu_amp`` (bfloat16 autocast) in one place.
+    """One optimiser step on a batch of patches: the DDP wrapper (under torchrun), ``train.compile``,
+    and mixed precision (``train.amp`` on CUDA, with a loss scaler for float16; ``train.cpu_amp``
+    on CPU) in one place.
 
     The network's own parameters are trained; validation calls the plain ``net`` in eval mode.
     A compiled forward/backward that fails (no C compiler, an unsupported operator) falls back
@@ -322,6 +323,7 @@ class PatchStep:
         self.eager = distributed.wrap(net, device)
         self.forward = torch.compile(self.eager) if cfg.train.compile else self.eager
         self.amp, self.cpu_amp = cfg.train.amp, cfg.train.cpu_amp
+        self.scaler = grad_scaler(device, cfg.train.amp)  # a pass-through unless float16 on CUDA
         active, note = cpu_bf16_active(device, cfg.train.cpu_amp)
         if note:
             self._note(note, warn=not active)
@@ -334,7 +336,6 @@ class PatchStep:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Train on this rank's share of the global batch ``(x, y)``; returns the (shard's) loss."""
-
         x, y = distributed.shard(x, y)
         x, y = x.to(self.device), y.to(self.device)
         self.optimizer.zero_grad()
@@ -348,14 +349,15 @@ class PatchStep:
             self.forward = self.eager
             self.optimizer.zero_grad()
             value = self._loss(self.eager, x, y)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return value.detach()
 
     def _loss(self, forward, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.amp, cpu_bf16=self.cpu_amp):
             logits = forward(x)
         value = self.loss_fn(logits.float(), y)
-        value.backward()
+        self.scaler.scale(value).backward()
         return value
 
 
