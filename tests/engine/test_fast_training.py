@@ -12,7 +12,7 @@ from contextlib import nullcontext
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from disc_images import write_disc_folder
 from safetensors.torch import load_file
 
 from medsight.engine import device as device_module
@@ -26,17 +26,7 @@ CPU = torch.device("cpu")
 @pytest.fixture
 def discs(tmp_path):
     """12 noisy 32x32 pictures of one bright disc each, with their masks."""
-    rng = np.random.default_rng(3)
-    (tmp_path / "discs" / "images").mkdir(parents=True)
-    (tmp_path / "discs" / "masks").mkdir()
-    yy, xx = np.mgrid[:32, :32]
-    for k in range(12):
-        cy, cx = rng.integers(10, 22, 2)
-        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= int(rng.integers(4, 7)) ** 2).astype(np.uint8)
-        image = np.clip(60 + rng.normal(0, 15, (32, 32)) + 120 * mask, 0, 255).astype(np.uint8)
-        Image.fromarray(image).save(tmp_path / "discs" / "images" / f"case{k:02d}.png")
-        Image.fromarray(mask * 255).save(tmp_path / "discs" / "masks" / f"case{k:02d}.png")
-    return tmp_path / "discs"
+    return write_disc_folder(tmp_path / "discs", size=32, seed=3)
 
 
 def _cfg(data, **overrides):

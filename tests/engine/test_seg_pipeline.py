@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from disc_images import write_disc_folder
 from PIL import Image
 
 from medsight.engine.patches import sample_patches
@@ -11,25 +12,9 @@ from medsight.engine.seg_pipeline import train_segmenter
 from medsight.errors import ConfigError, InvalidImageError
 
 
-def _disc_case(rng: np.random.Generator, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[:size, :size]
-    cy, cx = rng.integers(12, size - 12, 2)
-    radius = rng.integers(5, 9)
-    mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2).astype(np.uint8)
-    image = np.clip(60 + rng.normal(0, 20, (size, size)) + 120 * mask, 0, 255).astype(np.uint8)
-    return image, mask
-
-
 @pytest.fixture
 def disc_folder(tmp_path):
-    rng = np.random.default_rng(1)
-    (tmp_path / "discs" / "images").mkdir(parents=True)
-    (tmp_path / "discs" / "masks").mkdir()
-    for k in range(12):
-        image, mask = _disc_case(rng)
-        Image.fromarray(image).save(tmp_path / "discs" / "images" / f"case{k:02d}.png")
-        Image.fromarray(mask * 255).save(tmp_path / "discs" / "masks" / f"case{k:02d}.png")
-    return tmp_path / "discs"
+    return write_disc_folder(tmp_path / "discs")
 
 
 def _cfg(data, **overrides):

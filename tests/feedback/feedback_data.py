@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+from phi_dicom import phi_dicom_bytes
 from PIL import Image
 
 KEY = "feedback-key-0123456789abcdef"
@@ -33,25 +34,4 @@ def _note(text: str):
 
 
 def dicom_bytes(seed: int = 0) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.PatientName, ds.PatientID, ds.PatientBirthDate = "CT", "Doe^Jane", "MRN-7731", "19610203"
-    ds.Rows, ds.Columns = 40, 36
-    ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], 2.5
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-    ds.PixelData = (pixels(seed).astype(np.uint16) * 8).tobytes()
-    buffer = DicomBytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return phi_dicom_bytes(pixels(seed))

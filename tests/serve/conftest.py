@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from phi_dicom import phi_dicom_bytes
 from PIL import Image
 
 KEY = "test-key-0123456789abcdef"
@@ -53,28 +54,7 @@ def png_bytes(seed: int = 0, size: tuple[int, int] = (48, 40), fmt: str = "PNG")
 
 def dicom_bytes(patient_name: str = "Doe^Jane", seed: int = 0, size: tuple[int, int] = (48, 40)) -> bytes:
     """A CT-like DICOM Part 10 file that still carries patient-identifying fields."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.PatientName, ds.PatientID, ds.PatientBirthDate = "CT", patient_name, "MRN-7731", "19610203"
-    ds.Rows, ds.Columns = size
-    ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], 2.5
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-    ds.PixelData = (_pixels(seed, size).astype(np.uint16) * 8).tobytes()
-    buffer = DicomBytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return phi_dicom_bytes(_pixels(seed, size), patient_name)
 
 
 @pytest.fixture
