@@ -177,7 +177,8 @@ def fit(
                 step_scheduler(scheduler, row[metric])
                 row["seconds"] = time.perf_counter() - epoch_start
                 history.append(row)
-                stop_reason = _stop_reason(stopper, cfg, epoch, time.perf_counter() - started)
+                # rank 0's clock decides the time limit, so every rank stops after the same epoch
+                stop_reason = distributed.broadcast(_stop_reason(stopper, cfg, epoch, time.perf_counter() - started))
                 state = {
                     "epoch": epoch, "history": history, "early_stopping": stopper.state_dict(),
                     "scaler": scaler.state_dict(), "stop_reason": stop_reason,
