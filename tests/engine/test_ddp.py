@@ -110,16 +110,21 @@ def _history(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def _data_and_config(tmp_path_factory: pytest.TempPathFactory, name: str, make_data, config: str) -> tuple[Path, Path]:
+    """``make_data(folder)``'s data set and a config file holding ``config``, in a fresh temporary folder."""
+    root = tmp_path_factory.mktemp(name)
+    data = make_data(root / "data")
+    (root / f"{name}.yaml").write_text(config)
+    return Path(data), root / f"{name}.yaml"
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """64 phantom images of 16x16 px (32 per class) and the config that trains on them."""
     from medsight.data.phantoms import make_chest_phantoms
 
-    root = tmp_path_factory.mktemp("ddp")
-    data = make_chest_phantoms(root / "data", n_per_class=32, size=16, seed=1)
-    config = root / "ddp.yaml"
-    config.write_text(CONFIG)
-    return Path(data), config
+    return _data_and_config(tmp_path_factory, "ddp", lambda folder: make_chest_phantoms(
+        folder, n_per_class=32, size=16, seed=1), CONFIG)
 
 
 def _one_process(setup: tuple[Path, Path], out: Path) -> Path:
@@ -291,11 +296,8 @@ def seg_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """12 lung phantoms of 32x32 px with their masks, and a segmentation config (UNet with instance norm)."""
     from medsight.data.phantoms import make_lung_phantoms
 
-    root = tmp_path_factory.mktemp("ddp_seg")
-    data = make_lung_phantoms(root / "data", n=12, size=32, seed=1)
-    config = root / "seg.yaml"
-    config.write_text(SEG_CONFIG)
-    return Path(data), config
+    return _data_and_config(tmp_path_factory, "ddp_seg", lambda folder: make_lung_phantoms(
+        folder, n=12, size=32, seed=1), SEG_CONFIG)
 
 
 @pytest.fixture(scope="module")
