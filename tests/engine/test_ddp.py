@@ -61,11 +61,6 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
 
 
-def _train(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([*MEDSIGHT, *args], env=_env(), capture_output=True, text=True, timeout=TIMEOUT,
-                          check=False)
-
-
 def _killed_by_a_signal(result: subprocess.CompletedProcess) -> bool:
     """True when torchrun reports only ranks that died of a signal (no rank exited with a Python error).
 
@@ -77,13 +72,17 @@ def _killed_by_a_signal(result: subprocess.CompletedProcess) -> bool:
 
 
 def _launch(args: list[str], *, fresh: Path | None = None) -> subprocess.CompletedProcess:
-    """``_train(args)``, run once more if a rank died of a signal (emptying ``fresh`` first, when given)."""
-    result = _train(args)
+    """``medsight train ARGS``, run once more if a rank died of a signal (emptying ``fresh`` first, when given)."""
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run([*MEDSIGHT, *args], env=_env(), capture_output=True, text=True, timeout=TIMEOUT,
+                              check=False)
+
+    result = run()
     if _killed_by_a_signal(result):
         warnings.warn(f"a DDP rank died of a signal; launching once more:\n{_failure(result.stderr)}", stacklevel=2)
         if fresh is not None:
             shutil.rmtree(fresh, ignore_errors=True)
-        result = _train(args)
+        result = run()
     return result
 
 

@@ -141,6 +141,18 @@ def test_time_limit_stops_after_the_epoch_that_passes_it(tmp_path: Path) -> None
     assert result.best_state and result.best_epoch == 1
 
 
+def test_under_ddp_every_rank_stops_when_rank_zero_says_so(tmp_path: Path, monkeypatch) -> None:
+    """A rank whose own clock is under the time limit still stops after the epoch rank 0 stopped at."""
+    from medsight.engine import distributed
+
+    rank_zero = "the time limit of 1 min is reached (on rank 0)"
+    monkeypatch.setattr(distributed, "broadcast", lambda obj: rank_zero if isinstance(obj, str) else obj)
+    train, val = blobs(32, 2, seed=1), blobs(16, 2, seed=2)
+    result = fit(small_cnn(2), train, val, cfg=config(epochs=3), head="softmax", num_classes=2,
+                 run_dir=tmp_path, progress=False)
+    assert result.epochs_run == 1 and result.stop_reason == rank_zero
+
+
 @pytest.mark.parametrize(
     ("metric", "values", "patience", "best_epoch", "stop_epoch"),
     [
