@@ -165,34 +165,58 @@ def resumed(setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) 
     return out
 
 
+NODES_TIMEOUT = 120  # a 2-node run takes ~10 s; a rank lost at teardown leaves node 0's torchrun waiting 300 s
+
+
+def _two_node_launch(setup: tuple[Path, Path], root: Path) -> tuple[list[int | None], list[tuple[str, str]]]:
+    """Two ``--nnodes 2`` launches (node ranks 0 and 1) meeting on a free loopback port, into
+    ``root/node0`` and ``root/node1``. Returns their exit codes (None: killed after NODES_TIMEOUT)
+    and their (stdout, stderr)."""
+    data, config = setup
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launches = [
+        subprocess.Popen(
+            [*MEDSIGHT, str(config), "--data", str(data), "--out", str(root / f"node{rank}"), "--no-progress",
+             "--nproc", "1", "--nnodes", "2", "--node-rank", str(rank), "--master-addr", "127.0.0.1",
+             "--master-port", str(port)],
+            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for rank in (0, 1)
+    ]
+    codes, outputs = [], []
+    for launch in launches:
+        try:
+            outputs.append(launch.communicate(timeout=NODES_TIMEOUT))
+            codes.append(launch.returncode)
+        except subprocess.TimeoutExpired:
+            launch.kill()
+            outputs.append(launch.communicate())
+            codes.append(None)
+    return codes, outputs
+
+
 @pytest.fixture(scope="module")
 def two_nodes(setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, str]]:
     """A straight 2-epoch run as 2 nodes x 1 process: two launches meeting on a loopback port.
 
+    A pair that hangs or dies of a signal without a Python error in either node (the rare gloo
+    teardown failure, see :func:`_killed_by_a_signal`) is launched once more, with a warning.
     Returns each node's run folder and standard output.
     """
-    data, config = setup
     root = tmp_path_factory.mktemp("nodes")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    nodes = [root / "node0", root / "node1"]
-    launches = [
-        subprocess.Popen(
-            [*MEDSIGHT, str(config), "--data", str(data), "--out", str(out), "--no-progress", "--nproc", "1",
-             "--nnodes", "2", "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port)],
-            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for rank, out in enumerate(nodes)
-    ]
-    try:
-        outputs = [launch.communicate(timeout=TIMEOUT) for launch in launches]
-    finally:
-        for launch in launches:
-            launch.kill()
-    for launch, (_, err) in zip(launches, outputs, strict=True):
-        assert launch.returncode == 0, _failure(err)
-    return [(out, stdout) for out, (stdout, _) in zip(nodes, outputs, strict=True)]
+    codes, outputs = _two_node_launch(setup, root)
+    if codes != [0, 0] and not any("Traceback (most recent call last)" in err for _, err in outputs):
+        report = "\n".join(f"node {rank}: exit {code}\n{_failure(err)}" for rank, (code, (_, err))
+                           in enumerate(zip(codes, outputs, strict=True)))
+        warnings.warn(f"the 2-node launch failed without a Python error; launching once more:\n{report}",
+                      stacklevel=2)
+        shutil.rmtree(root)
+        codes, outputs = _two_node_launch(setup, root)
+    for code, (_, err) in zip(codes, outputs, strict=True):
+        assert code == 0, f"exit {code} (None: hung for {NODES_TIMEOUT} s)\n{_failure(err)}"
+    return [(root / f"node{rank}", stdout) for rank, (stdout, _) in enumerate(outputs)]
 
 
 @pytest.mark.parametrize("run", ["resumed", "two_nodes"])
