@@ -149,3 +149,57 @@ def test_dynunet_with_deep_supervision_trains_and_its_bundle_segments(disc_folde
     result = segmenter.segment_sample(sample)
     assert result.labels.shape == (48, 48) and result.probs.shape == (2, 48, 48)
     assert np.allclose(result.probs.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_cross_validation_validates_every_case_once_and_reports_each_fold(disc_folder, tmp_path) -> None:
+    """`medsight train --task segmentation --folds 3`: 3 runs whose validation cases are disjoint and cover
+    all 12 cases, and a cv_metrics.json whose mean is the mean of the folds' own metrics.json."""
+    from medsight.engine.pipeline import run_training
+
+    cfg = _cfg(disc_folder, **{"data.folds": 3, "train.epochs": 2, "segment.steps_per_epoch": 5})
+    text = run_training(cfg, out=tmp_path / "cv", progress=False)
+    assert "cross-validation of 3 folds" in text and "cv_report.html" in text
+    validated, fold_dice = [], []
+    for fold in range(3):
+        run = tmp_path / "cv" / f"fold{fold}"
+        split = json.loads((run / "model" / "bundle.json").read_text())["provenance"]["split"]
+        assert not set(split["train"]) & set(split["val"]) and len(split["train"]) + len(split["val"]) == 12
+        validated += split["val"]
+        fold_dice.append(json.loads((run / "metrics.json").read_text())["dice"])
+    assert sorted(validated) == sorted(f"case{k:02d}" for k in range(12))
+    summary = json.loads((tmp_path / "cv" / "cv_metrics.json").read_text())
+    assert summary["n_per_fold"] == [4, 4, 4]
+    assert summary["metrics"]["dice"]["per_fold"] == pytest.approx(fold_dice)
+    assert summary["dice"] == pytest.approx(np.mean(fold_dice))
+    assert {"auc", "f1", "hd95", "iou"} <= set(summary["metrics"])
+    report = (tmp_path / "cv" / "cv_report.html").read_text()
+    assert "fold 2" in report and "mean ± sd" in report
+
+
+@pytest.mark.parametrize(("overrides", "words"), [
+    ({"data.folds": 13}, r"data.folds=13: there are only 12 cases.*at most 12 folds"),
+    ({"data.folds": 3, "data.fold": 3}, r"data.fold=3: there are 3 folds \(numbered 0 to 2\)"),
+])
+def test_impossible_folds_are_a_config_error_and_write_no_model(disc_folder, tmp_path, overrides, words) -> None:
+    with pytest.raises(ConfigError, match=words):
+        train_segmenter(_cfg(disc_folder, **overrides), out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_resumed_cross_validation_continues_started_folds_and_starts_the_rest(disc_folder, tmp_path) -> None:
+    """A CV run cut short (fold 1 never started) and resumed with more epochs: fold 0 goes on from its
+    checkpoint (its metrics.csv grows from 1 row to 2), fold 1 trains from the start."""
+    import shutil
+
+    from medsight.engine.pipeline import run_training
+
+    cv = tmp_path / "cv"
+    run_training(_cfg(disc_folder, **{"data.folds": 2, "train.epochs": 1, "segment.steps_per_epoch": 3}),
+                 out=cv, progress=False)
+    shutil.rmtree(cv / "fold1")
+    run_training(_cfg(disc_folder, **{"data.folds": 2, "train.epochs": 2, "segment.steps_per_epoch": 3}),
+                 out=cv, resume=True, progress=False)
+    epochs = [[row.split(",")[0] for row in (cv / f"fold{k}" / "metrics.csv").read_text().splitlines()[1:]]
+              for k in range(2)]
+    assert epochs == [["1", "2"], ["1", "2"]]
+    assert json.loads((cv / "cv_metrics.json").read_text())["n_per_fold"] == [6, 6]

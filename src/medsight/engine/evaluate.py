@@ -158,7 +158,7 @@ def evaluate_predictions(
     return metrics
 
 
-def aggregate_folds(fold_metrics: list[dict], out: Path, title: str) -> dict:
+def aggregate_folds(fold_metrics: list[dict], out: Path, title: str, keys: tuple[str, ...] = CV_KEYS) -> dict:
     """Mean, standard deviation (n - 1) and per-fold values of each headline metric.
 
     Folds where a metric is undefined (NaN/None) are left out of its mean and sd; a metric
@@ -180,7 +180,7 @@ def aggregate_folds(fold_metrics: list[dict], out: Path, title: str) -> dict:
         "n_per_fold": [fold.get("n") for fold in fold_metrics],
         "metrics": {},
     }
-    for key in CV_KEYS:
+    for key in keys:
         values = [_as_float(fold.get(key)) for fold in fold_metrics]
         defined = np.array([v for v in values if not math.isnan(v)])
         mean = float(defined.mean()) if defined.size else math.nan

@@ -264,6 +264,8 @@ def _train_segmentation(cfg: RunConfig, *, out: Path, resume: bool, progress: bo
     out.mkdir(parents=True, exist_ok=True)
     if is_main():
         save_config(cfg, out / "config.yaml")
+    if cfg.data.folds > 1:
+        return _cross_validate_segmentation(cfg, out=out, resume=resume, progress=progress)
     result = train_segmenter(cfg, out=out, resume=resume, progress=progress)
     if not is_main():  # under DDP only rank 0 reports
         return ""
@@ -271,6 +273,33 @@ def _train_segmentation(cfg: RunConfig, *, out: Path, resume: bool, progress: bo
         f"\nbest epoch {result['best_epoch']} of {result['epochs_run']}\n"
         f"bundle:  {out / 'model'}\nreport:  {out / 'report.html'}\nmetrics: {out / 'metrics.json'}"
     )
+
+
+def _cross_validate_segmentation(cfg: RunConfig, *, out: Path, resume: bool, progress: bool) -> str:
+    """k-fold segmentation: fold k trains in ``out/fold{k}`` and validates on its own part of the cases;
+    ``out/cv_metrics.json`` and ``out/cv_report.html`` give each metric's mean, sd and per-fold values.
+    ``--resume`` goes on with the folds that have a checkpoint and starts the ones that have none."""
+    from medsight.engine.distributed import is_main
+    from medsight.engine.evaluate import aggregate_folds
+    from medsight.engine.seg_metrics import SEG_METRIC_KEYS
+    from medsight.engine.seg_pipeline import CHECKPOINT, train_segmenter
+
+    fold_metrics = []
+    for fold in range(cfg.data.folds):
+        fold_cfg = cfg.model_copy(deep=True)
+        fold_cfg.data.fold = fold
+        fold_cfg.name = f"{cfg.name}-fold{fold}"
+        fold_out = out / f"fold{fold}"
+        fold_resume = resume and (fold_out / CHECKPOINT).exists()
+        fold_metrics.append(train_segmenter(fold_cfg, out=fold_out, resume=fold_resume, progress=progress)["metrics"])
+    if not is_main():
+        return ""
+    keys = (*SEG_METRIC_KEYS, "auc", "pr_auc", "f1", "accuracy")
+    summary = aggregate_folds(fold_metrics, out, title=f"{cfg.name}: {cfg.data.folds}-fold cross-validation",
+                              keys=keys)
+    means = " ".join(f"{k}={summary[k]:.4f}" for k in ("dice", "auc", "f1") if summary[k] == summary[k])
+    return (f"cross-validation of {cfg.data.folds} folds (mean over folds): {means}\n"
+            f"folds:   {out}/fold0 .. fold{cfg.data.folds - 1}\nreport:  {out}/cv_report.html")
 
 
 def seg_summary(split: str, metrics: dict) -> str:

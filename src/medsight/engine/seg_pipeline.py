@@ -278,10 +278,27 @@ def _steps_config(cfg: RunConfig, spatial_dims: int):
 
 
 def _split(n_cases: int, cfg: RunConfig) -> tuple[list[int], list[int]]:
-    """Seeded shuffle of the cases: ``round(val_fraction * n)`` for validation (at least 1), the rest train."""
+    """Seeded shuffle of the cases: ``round(val_fraction * n)`` for validation (at least 1), the rest train.
+
+    With ``data.folds`` k > 1 the shuffled cases are cut into k near-equal parts and fold
+    ``data.fold`` validates on its part (k-fold cross-validation: every case is validated once).
+
+    Raises:
+        ConfigError: more folds than cases, or a fold number outside ``0 .. folds - 1``.
+    """
+    folds, fold = cfg.data.folds, cfg.data.fold
+    if folds > 1 and folds > n_cases:
+        raise ConfigError(f"data.folds={folds}", f"there are only {n_cases} cases",
+                          f"use at most {n_cases} folds")
+    if fold >= folds:
+        raise ConfigError(f"data.fold={fold}", f"there are {folds} folds (numbered 0 to {folds - 1})",
+                          f"choose a fold below {folds}")
     order = np.random.default_rng(cfg.train.seed).permutation(n_cases)
-    n_val = min(max(1, round(cfg.data.val_fraction * n_cases)), n_cases - 1)
-    return sorted(int(i) for i in order[n_val:]), sorted(int(i) for i in order[:n_val])
+    if folds > 1:
+        val = np.array_split(order, folds)[fold]
+    else:
+        val = order[: min(max(1, round(cfg.data.val_fraction * n_cases)), n_cases - 1)]
+    return sorted(set(range(n_cases)) - {int(i) for i in val}), sorted(int(i) for i in val)
 
 
 def _model_kwargs(cfg: RunConfig, plan: dict, patch: list[int]) -> dict[str, Any]:
