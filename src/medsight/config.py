@@ -128,6 +128,8 @@ class TrainConfig(Strict):
                           "float32 elsewhere")
     compile: bool = Field(False, description="segmentation: torch.compile the training forward/backward "
                           "(~20 s to compile; eager fallback with a note if it fails)")
+    ema: float = Field(0.0, ge=0.0, lt=1.0, description="segmentation: validate, keep and ship an exponential "
+                       "moving average of the weights with this decay per step (e.g. 0.999); 0 turns it off")
     time_limit_min: float | None = Field(None, gt=0)
     freeze: str = Field("none", description="none, backbone, or until:LAYER (freeze up to and including LAYER)")
     backbone_lr_factor: float = Field(1.0, gt=0, le=1, description="backbone LR = lr * factor when fine-tuning")

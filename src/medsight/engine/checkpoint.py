@@ -46,6 +46,7 @@ def save_checkpoint(
     scheduler: Any | None,
     state: dict[str, Any],
     best_state: dict[str, torch.Tensor] | None = None,
+    averaged: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write model, optimizer, scheduler, RNG states and ``state`` atomically to ``path``.
 
@@ -56,11 +57,13 @@ def save_checkpoint(
         scheduler: an LR scheduler with ``state_dict`` (or None).
         state: JSON-able training state (epoch, early stopping, history...).
         best_state: the best weights so far, saved under the ``best.`` prefix.
+        averaged: the moving average of the weights (``train.ema``), under the ``ema.`` prefix.
     """
     from safetensors.torch import save
 
     tensors = _prefixed("model.", model.state_dict())
     tensors.update(_prefixed("best.", best_state or {}))
+    tensors.update(_prefixed("ema.", averaged or {}))
     optim = optimizer.state_dict()
     plain_state: dict[str, dict[str, Any]] = {}
     for index, slots in optim["state"].items():
@@ -92,7 +95,8 @@ def load_checkpoint(
 
     Returns:
         The ``state`` given to :func:`save_checkpoint`, plus ``"best_state"``: the best
-        weights (CPU tensors; empty when none were saved).
+        weights (CPU tensors; empty when none were saved), and ``"averaged"``: the weight
+        average (empty when none was saved).
 
     Raises:
         MedsightError: the file is missing, corrupt, not a medsight checkpoint, or does not
@@ -118,7 +122,7 @@ def load_checkpoint(
             path, f"the checkpoint does not fit this model or optimizer ({_first_line(exc)})",
             f"resume with the config that wrote it, or {_FIX}",
         ) from exc
-    return {**meta["state"], "best_state": _unprefixed("best.", tensors)}
+    return {**meta["state"], "best_state": _unprefixed("best.", tensors), "averaged": _unprefixed("ema.", tensors)}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

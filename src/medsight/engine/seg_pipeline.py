@@ -18,7 +18,8 @@ Binary tasks pick the foreground threshold that maximises the pooled validation 
 Under ``torchrun`` (``medsight train --nproc N``) every process draws the same seeded global
 batch of patches and trains on its share (:mod:`medsight.engine.distributed`); rank 0 alone
 validates, checkpoints and writes the files above. ``train.compile`` and ``train.cpu_amp``
-speed up the training step (:class:`PatchStep`).
+speed up the training step (:class:`PatchStep`). With ``train.ema`` the moving average of the
+weights (:mod:`medsight.engine.weight_average`) is what is validated, kept as best and shipped.
 
 Example:
     >>> cfg = load_config(recipe="drive", overrides={"data.path": "data/drive/training"})
@@ -53,7 +54,8 @@ from medsight.engine.pixel_scores import PixelScores
 from medsight.engine.plan import make_plan
 from medsight.engine.seg_losses import make_seg_loss
 from medsight.engine.seg_metrics import segmentation_case_metrics
-from medsight.errors import ConfigError, DatasetError
+from medsight.engine.weight_average import WeightAverage
+from medsight.errors import ConfigError, DatasetError, MedsightError
 from medsight.inference.postprocess import probs_to_labels
 from medsight.inference.segment import sliding_window_probs
 from medsight.models import create_model, list_models
@@ -124,24 +126,27 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
     rng = np.random.default_rng(cfg.train.seed)  # the same on every rank: all draw the same global batch
     state: dict[str, Any] = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
     best_state: dict[str, torch.Tensor] = {}
+    average = WeightAverage(net, cfg.train.ema) if cfg.train.ema else None
     if resume:  # a missing checkpoint is a clear error from load_checkpoint
         state = load_checkpoint(out / CHECKPOINT, model=net, optimizer=optimizer, scheduler=scheduler)
         best_state = state.pop("best_state")
         rng.bit_generator.state = state.pop("numpy_rng")
+        _resume_average(average, state.pop("averaged"), out / CHECKPOINT)
+    validated = average.network if average else net  # what is validated, kept as best and shipped
     train_images = [images[i] for i in train_idx]
     train_labels = [labels[i] for i in train_idx]
     foreground = list(range(1, n_classes))
     epochs, patience, limit = cfg.train.epochs, cfg.train.patience, cfg.train.time_limit_min
     resumed_seconds = state["seconds"]
     run_log = RunLog(out) if main else distributed.NullLog()
-    step = PatchStep(net, optimizer, loss_fn, cfg, device, run_log)
+    step = PatchStep(net, optimizer, loss_fn, cfg, device, run_log, average)
     with ProgressDisplay(progress and main, epochs, "val_dice") as display:
         for epoch in range(state["epoch"] + 1, epochs + 1):
             display.start_epoch(epoch, cfg.segment.steps_per_epoch)
             loss, seconds = _train_epoch(cfg, step, augment, rng, (train_images, train_labels), patch, batch, display)
             scheduler.step()
             dice = float(np.nanmean([
-                _val_dice(net, images[i], labels[i], rois[i], target or cases[i][1].spacing, patch,
+                _val_dice(validated, images[i], labels[i], rois[i], target or cases[i][1].spacing, patch,
                           cfg.segment.overlap, device, foreground)
                 for i in val_idx
             ])) if main else 0.0
@@ -151,13 +156,14 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
             })
             if row["val_dice"] > state["best_dice"]:
                 state.update(best_dice=row["val_dice"], best_epoch=epoch)
-                best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                best_state = {k: v.detach().cpu().clone() for k, v in validated.state_dict().items()}
             state["epoch"] = epoch
             state["seconds"] = resumed_seconds + time.perf_counter() - started
             state["history"].append({**row, "seconds": round(state["seconds"], 1)})
             if main:
                 save_checkpoint(out / CHECKPOINT, model=net, optimizer=optimizer, scheduler=scheduler,
-                                state={**state, "numpy_rng": rng.bit_generator.state}, best_state=best_state)
+                                state={**state, "numpy_rng": rng.bit_generator.state}, best_state=best_state,
+                                averaged=average.state_dict() if average else None)
             run_log.write(state["history"])
             stop = ""
             if patience and epoch - state["best_epoch"] >= patience:
@@ -193,6 +199,18 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
     )
     return {"best_epoch": state["best_epoch"], "best_val_dice": state["best_dice"],
             "epochs_run": state["epoch"], "bundle": str(bundle_path), "metrics": metrics}
+
+
+def _resume_average(average: WeightAverage | None, saved: dict[str, torch.Tensor], checkpoint: Path) -> None:
+    """Restore the weight average from the checkpoint; a checkpoint and a config that disagree about
+    ``train.ema`` is a clear error (the average cannot be rebuilt from the saved weights)."""
+    if average is None and not saved:
+        return
+    if average is None or not saved:
+        had = "has" if saved else "has no"
+        raise MedsightError(checkpoint, f"{had} a weight average but train.ema is {'0' if average is None else 'on'}",
+                            "resume with the train.ema the run started with")
+    average.load_state_dict(saved)
 
 
 def _open(cfg: RunConfig) -> SegSet:
@@ -327,16 +345,17 @@ def _augmenter(cfg: RunConfig, spatial_dims: int):
 
 class PatchStep:
     """One optimiser step on a batch of patches: the DDP wrapper (under torchrun), ``train.compile``,
-    and mixed precision (``train.amp`` on CUDA, with a loss scaler for float16; ``train.cpu_amp``
-    on CPU) in one place.
+    mixed precision (``train.amp`` on CUDA, with a loss scaler for float16; ``train.cpu_amp``
+    on CPU) and the weight average (``train.ema``) in one place.
 
     The network's own parameters are trained; validation calls the plain ``net`` in eval mode.
     A compiled forward/backward that fails (no C compiler, an unsupported operator) falls back
     to eager mode for the rest of the run, with a note in the log.
     """
 
-    def __init__(self, net, optimizer, loss_fn, cfg: RunConfig, device, run_log) -> None:
-        self.optimizer, self.loss_fn, self.device, self.run_log = optimizer, loss_fn, device, run_log
+    def __init__(self, net, optimizer, loss_fn, cfg: RunConfig, device, run_log, average=None) -> None:
+        self.net, self.optimizer, self.loss_fn, self.device, self.run_log = net, optimizer, loss_fn, device, run_log
+        self.average = average
         self.eager = distributed.wrap(net, device)
         self.forward = torch.compile(self.eager) if cfg.train.compile else self.eager
         self.amp, self.cpu_amp = cfg.train.amp, cfg.train.cpu_amp
@@ -368,6 +387,8 @@ class PatchStep:
             value = self._loss(self.eager, x, y)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.average is not None:
+            self.average.update(self.net)
         return value.detach()
 
     def _loss(self, forward, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
