@@ -156,7 +156,7 @@ class EvalConfig(Strict):
 class SegmentConfig(Strict):
     """Segmentation training and inference; a ``None`` size takes the plan's value (``medsight plan``).
 
-    The inference keys (``overlap``, ``mirror_tta``, ``largest_component``, ``thresholds``) are
+    The inference keys (``overlap``, ``mirror_tta``, ``transpose_tta``, ``largest_component``, ``thresholds``) are
     saved in the bundle and replayed by ``medsight evaluate`` and ``medsight predict``.
     """
 
@@ -168,6 +168,8 @@ class SegmentConfig(Strict):
     deep_supervision: bool = Field(False, description="dynunet only: loss on every decoder level")
     overlap: float = Field(0.5, ge=0.0, lt=1.0, description="sliding-window overlap")
     mirror_tta: bool = Field(False, description="average predictions over every flip of the spatial axes")
+    transpose_tta: bool = Field(False, description="also average over the last two spatial axes swapped (2D, with "
+                                "mirror_tta: all 8 symmetries of the square); for structures of any orientation")
     largest_component: bool = Field(False, description="keep only the largest connected region per class")
     thresholds: dict[int, float] = Field(
         default_factory=dict, description="class -> probability threshold; binary tasks choose one on validation"

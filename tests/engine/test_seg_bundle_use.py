@@ -190,3 +190,27 @@ def test_uncertainty_maps_scores_and_their_link_to_dice(trained, tmp_path):
     heat = np.asarray(Image.open(tmp_path / "masks" / "c0_uncertainty.png"))
     assert heat.shape == (48, 48) and row["uncertainty_map"].endswith("c0_uncertainty.png")
     assert 0 <= float(row["uncertainty"]) <= 1
+
+
+@pytest.mark.parametrize(("mirror", "transpose"), [(False, False), (True, False), (False, True), (True, True)])
+def test_the_segmenter_replays_the_bundles_tta_settings(trained, tmp_path, mirror, transpose):
+    """The bundle's mirror_tta / transpose_tta decide the views the Segmenter averages; a bundle written
+    before transpose_tta existed (no key) predicts without it."""
+    from medsight.inference.segment import sliding_window_probs
+    from medsight.inference.segmenter import Segmenter
+    from medsight.io import read_image
+
+    data, run = trained
+    model = tmp_path / "model"
+    shutil.copytree(run / "model", model)
+    manifest = json.loads((model / "bundle.json").read_text())
+    assert manifest["segmentation"]["transpose_tta"] is False  # what training wrote
+    manifest["segmentation"].update(mirror_tta=mirror, transpose_tta=transpose)
+    if not transpose:
+        del manifest["segmentation"]["transpose_tta"]
+    (model / "bundle.json").write_text(json.dumps(manifest))
+    segmenter = Segmenter(model)
+    sample = read_image(data / "images" / "c0.png")
+    expected = sliding_window_probs(segmenter.model, segmenter.prepare(sample), patch_size=[48, 48],
+                                    mirror_tta=mirror, transpose_tta=transpose)
+    np.testing.assert_allclose(segmenter.probabilities(sample), expected, atol=1e-6)

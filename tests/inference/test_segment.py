@@ -56,6 +56,25 @@ def test_gaussian_stitching_sums_to_one_without_seams(mirror_tta):
     np.testing.assert_allclose(probs, whole, atol=1e-5)
 
 
+@pytest.mark.parametrize("mirror_tta", [False, True])
+@pytest.mark.parametrize("shape,patch", [((37, 29), (12, 10)), ((7, 21, 15), (4, 8, 6))])
+def test_transpose_tta_averages_the_prediction_on_the_swapped_in_plane_axes(mirror_tta, shape, patch):
+    """An orientation-sensitive random conv, a non-square image and window: transpose TTA is the mean of
+    the plain prediction and the prediction on the image (and window) with the last two axes swapped,
+    swapped back."""
+    torch.manual_seed(0)
+    net = (torch.nn.Conv2d if len(shape) == 2 else torch.nn.Conv3d)(1, 2, kernel_size=3, padding=1)
+    image = intensities(shape, seed=2)[None]
+    both = sliding_window_probs(net, image, patch_size=patch, mirror_tta=mirror_tta, transpose_tta=True)
+    plain = sliding_window_probs(net, image, patch_size=patch, mirror_tta=mirror_tta)
+    swapped = sliding_window_probs(net, np.ascontiguousarray(np.swapaxes(image, -1, -2)), mirror_tta=mirror_tta,
+                                   patch_size=(*patch[:-2], patch[-1], patch[-2]))
+    assert both.shape == (2, *shape) and both.flags.c_contiguous
+    np.testing.assert_allclose(both, (plain + np.swapaxes(swapped, -1, -2)) / 2, atol=1e-6)
+    assert np.abs(both - plain).max() > 1e-3  # the swapped view changed the answer
+    np.testing.assert_allclose(both.sum(axis=0), 1.0, atol=1e-5)
+
+
 def test_keep_largest_component_removes_the_small_blob():
     labels = np.zeros((20, 20), np.uint8)
     labels[2:10, 2:10] = 1  # 64 pixels

@@ -440,7 +440,8 @@ def _thresholds(cfg: RunConfig, net, val_set, patch, device, n_classes: int):
     scores = PixelScores()
     for image, labels, roi in val_set:
         probs = sliding_window_probs(net, image, patch_size=patch, overlap=cfg.segment.overlap,
-                                     mirror_tta=cfg.segment.mirror_tta, device=device)
+                                     mirror_tta=cfg.segment.mirror_tta, transpose_tta=cfg.segment.transpose_tta,
+                                     device=device)
         scores.add(probs[1], labels, roi=roi)
     threshold, dice = scores.best_threshold()
     return {1: threshold}, (f"foreground probability >= {threshold:.4f}, which maximises the pooled Dice "
@@ -470,6 +471,7 @@ def _bundle(cfg, dataset, plan, patch, kwargs, n_classes, thresholds, note, stat
             "normalization": plan["normalization"],
             "overlap": cfg.segment.overlap,
             "mirror_tta": cfg.segment.mirror_tta,
+            "transpose_tta": cfg.segment.transpose_tta,
             "largest_component": cfg.segment.largest_component,
             "target_spacing": plan["target_spacing"] if cfg.segment.resample else None,
             "thresholds": {str(k): float(v) for k, v in thresholds.items()},

@@ -137,7 +137,8 @@ def describe_preprocessing(bundle: Bundle) -> dict[str, Any]:
         outside.append(f"the plan's normalisation of the whole image: {plan}")
         outside.append(
             f"Gaussian-weighted sliding window of {cfg.size} patches (overlap {settings.get('overlap', 0.5)}, "
-            f"mirror TTA {settings.get('mirror_tta', False)}), averaging 'probabilities'"
+            f"mirror TTA {settings.get('mirror_tta', False)}, transpose TTA {settings.get('transpose_tta', False)}), "
+            "averaging 'probabilities'"
         )
         in_graph = ["network", "softmax over the class axis"]
         after = [

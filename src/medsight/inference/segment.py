@@ -1,4 +1,4 @@
-"""Segmentation inference: Gaussian-weighted sliding window with optional mirror TTA.
+"""Segmentation inference: Gaussian-weighted sliding window with optional mirror and transpose TTA.
 
 The stitching buffer lives on the CPU while patches run on ``device``, so a large volume
 does not exhaust GPU memory. Each patch's softmax is blended with a Gaussian weight (the
@@ -28,6 +28,7 @@ def sliding_window_probs(
     patch_size: Sequence[int],
     overlap: float = 0.5,
     mirror_tta: bool = False,
+    transpose_tta: bool = False,
     batch_size: int = 4,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
@@ -40,6 +41,8 @@ def sliding_window_probs(
         overlap: fraction of a window shared with its neighbour, in ``[0, 1)``.
         mirror_tta: also predict on every combination of flipped spatial axes (4 passes
             in 2D, 8 in 3D) and average the softmax.
+        transpose_tta: also predict with the last two spatial axes swapped (the window too)
+            and average; with ``mirror_tta``, 2D images see all 8 symmetries of the square.
         batch_size: windows per forward pass.
         device: where the network runs; the stitched output is kept on the CPU.
 
@@ -73,16 +76,22 @@ def sliding_window_probs(
     inputs = torch.from_numpy(array)[None]
     axes = range(2, array.ndim + 1)
     flips = [c for n in range(spatial_dims + 1) for c in combinations(axes, n)] if mirror_tta else [()]
+    views = [(swapped, dims) for swapped in ((False, True) if transpose_tta else (False,)) for dims in flips]
     was_training = network.training
     network.eval()
     try:
         with torch.inference_mode():
             total = None
-            for dims in flips:
-                flipped = torch.flip(inputs, dims) if dims else inputs
+            for swapped, dims in views:
+                window = [int(n) for n in patch_size]
+                source = inputs
+                if swapped:
+                    window[-2:] = window[-1], window[-2]
+                    source = inputs.transpose(-1, -2).contiguous()
+                flipped = torch.flip(source, dims) if dims else source
                 probs = sliding_window_inference(
                     flipped,
-                    roi_size=tuple(int(n) for n in patch_size),
+                    roi_size=tuple(window),
                     sw_batch_size=batch_size,
                     predictor=predict,
                     overlap=overlap,
@@ -91,7 +100,8 @@ def sliding_window_probs(
                     device="cpu",
                 )
                 probs = torch.flip(probs, dims) if dims else probs
+                probs = probs.transpose(-1, -2) if swapped else probs
                 total = probs if total is None else total + probs
     finally:
         network.train(was_training)
-    return (total / len(flips))[0].numpy().astype(np.float32)
+    return (total / len(views))[0].contiguous().numpy().astype(np.float32)

@@ -106,6 +106,7 @@ class Segmenter:
             patch_size=self.bundle.preprocess.size,
             overlap=float(self.settings.get("overlap", 0.5)),
             mirror_tta=bool(self.settings.get("mirror_tta", False)),
+            transpose_tta=bool(self.settings.get("transpose_tta", False)),
             device=self.device,
         )
         return resize(probs, sample.spatial_shape)
