@@ -40,7 +40,8 @@ class DataConfig(Strict):
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     folds: int = Field(1, ge=1)
-    fold: int = Field(0, ge=0)
+    fold: int | None = Field(None, ge=0, description="with folds > 1: train this fold alone (0 .. folds - 1); "
+                             "unset: train every fold")
     on_bad_file: Literal["error", "skip"] = "error"
     series_uid: str | None = None
     cache: Literal["none", "memory", "disk"] = Field(

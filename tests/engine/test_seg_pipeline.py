@@ -203,3 +203,17 @@ def test_resumed_cross_validation_continues_started_folds_and_starts_the_rest(di
               for k in range(2)]
     assert epochs == [["1", "2"], ["1", "2"]]
     assert json.loads((cv / "cv_metrics.json").read_text())["n_per_fold"] == [6, 6]
+
+
+def test_data_fold_trains_that_fold_alone(disc_folder, tmp_path) -> None:
+    """`--folds 3 --set data.fold=2`: one run in the run folder itself (no fold folders, no CV report),
+    validated on fold 2's cases: the ones the full cross-validation gives fold 2."""
+    from medsight.engine.pipeline import run_training
+
+    cfg = _cfg(disc_folder, **{"data.folds": 3, "data.fold": 2, "train.epochs": 1, "segment.steps_per_epoch": 2})
+    text = run_training(cfg, out=tmp_path / "one", progress=False)
+    assert text.startswith("val: n=4")
+    assert not (tmp_path / "one" / "fold0").exists() and not (tmp_path / "one" / "cv_metrics.json").exists()
+    split = json.loads((tmp_path / "one" / "model" / "bundle.json").read_text())["provenance"]["split"]
+    order = np.random.default_rng(0).permutation(12)
+    assert sorted(split["val"]) == sorted(f"case{int(k):02d}" for k in np.array_split(order, 3)[2])

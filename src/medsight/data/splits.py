@@ -95,7 +95,7 @@ def resolve_splits(ds: LabelledSet, cfg: DataConfig, *, seed: int = 0) -> dict[s
     ``train/ val/ test/`` folder); only the missing ones are carved out of ``train``, taking
     ``cfg.val_fraction`` / ``cfg.test_fraction`` of it (0 leaves that split empty). Without
     defined splits the whole set is split. With ``cfg.folds > 1`` the result is fold
-    ``cfg.fold`` of a k-fold over everything that is not test. Items are grouped by
+    ``cfg.fold`` (0 when unset) of a k-fold over everything that is not test. Items are grouped by
     ``patient_id`` where the data set gives one, and byte-identical files always share a
     split, so a copied image can never leak from train into test. The seed defaults to a fixed 0 so that
     evaluation recreates the split a model was trained on.
@@ -104,7 +104,7 @@ def resolve_splits(ds: LabelledSet, cfg: DataConfig, *, seed: int = 0) -> dict[s
         ConfigError: ``cfg.fold`` outside ``0 .. folds-1``.
         DatasetError: defined splits without a train split.
     """
-    if cfg.folds > 1 and cfg.fold >= cfg.folds:
+    if cfg.folds > 1 and (cfg.fold or 0) >= cfg.folds:
         raise ConfigError(f"data.fold={cfg.fold}", f"there are only {cfg.folds} folds", f"use 0..{cfg.folds - 1}")
     labels = ds.labels()
     groups = _split_groups(ds)
@@ -138,7 +138,7 @@ def resolve_splits(ds: LabelledSet, cfg: DataConfig, *, seed: int = 0) -> dict[s
         rest = np.sort(np.concatenate([splits["train"], splits.get("val", np.array([], dtype=np.int64))]))
         fold = kfold_indices(
             labels[rest], folds=cfg.folds, seed=seed, groups=None if groups is None else groups[rest]
-        )[cfg.fold]
+        )[cfg.fold or 0]
         return {"train": rest[fold["train"]], "val": rest[fold["val"]], "test": test}
     return {name: np.sort(splits.get(name, np.array([], dtype=np.int64))) for name in SPLITS}
 

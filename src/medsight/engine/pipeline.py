@@ -33,7 +33,7 @@ def run_training(cfg: RunConfig, *, out: Path, resume: bool = False, progress: b
     set_threads(cfg.train.num_threads)
     out = Path(out)
     ds = open_dataset(cfg.data.path, series_uid=cfg.data.series_uid, class_names=cfg.data.class_names)
-    if cfg.data.folds == 1:
+    if cfg.data.folds == 1 or cfg.data.fold is not None:  # one run (one fold of k when data.fold is set)
         metrics = _train_one(cfg, ds, out=out, resume=resume, progress=progress)
         return _summary(out, metrics) if is_main() else ""  # under DDP only rank 0 reports
     from medsight.engine.evaluate import aggregate_folds
@@ -264,7 +264,7 @@ def _train_segmentation(cfg: RunConfig, *, out: Path, resume: bool, progress: bo
     out.mkdir(parents=True, exist_ok=True)
     if is_main():
         save_config(cfg, out / "config.yaml")
-    if cfg.data.folds > 1:
+    if cfg.data.folds > 1 and cfg.data.fold is None:
         return _cross_validate_segmentation(cfg, out=out, resume=resume, progress=progress)
     result = train_segmenter(cfg, out=out, resume=resume, progress=progress)
     if not is_main():  # under DDP only rank 0 reports

@@ -304,7 +304,7 @@ def _split(n_cases: int, cfg: RunConfig) -> tuple[list[int], list[int]]:
     Raises:
         ConfigError: more folds than cases, or a fold number outside ``0 .. folds - 1``.
     """
-    folds, fold = cfg.data.folds, cfg.data.fold
+    folds, fold = cfg.data.folds, cfg.data.fold or 0
     if folds > 1 and folds > n_cases:
         raise ConfigError(f"data.folds={folds}", f"there are only {n_cases} cases",
                           f"use at most {n_cases} folds")
