@@ -77,6 +77,23 @@ def test_kfold_writes_an_aggregate(small_phantoms: Path, tmp_path: Path) -> None
     assert "accuracy" in text and "auc" in text
 
 
+def test_a_given_fold_trains_alone_on_the_cv_folds_split(small_phantoms: Path, tmp_path: Path) -> None:
+    """`data.fold=1` with `data.folds=2`: one run in the folder itself (no fold folders), whose val cases
+    are fold 1's of the 2-fold split, disjoint from fold 0's."""
+    from medsight.engine.pipeline import bundle_split
+
+    overrides = {"data.path": str(small_phantoms), "data.folds": 2, "preprocess.size": [32, 32],
+                 "train.epochs": 1, "eval.bootstrap": 0}
+    run_training(load_config(recipe="demo", overrides={**overrides, "data.fold": 1}), out=tmp_path, progress=False)
+    assert not (tmp_path / "fold0").exists() and not (tmp_path / "cv_metrics.json").exists()
+    model = load_bundle(tmp_path / "model")
+    assert model.provenance["data_config"]["fold"] == 1
+    _, _, val = bundle_split(model, small_phantoms, "val")
+    model.provenance["data_config"]["fold"] = 0
+    _, _, other = bundle_split(model, small_phantoms, "val")
+    assert len(val) and len(other) and set(val.tolist()).isdisjoint(other.tolist())
+
+
 def test_same_seed_same_weights(small_phantoms: Path, tmp_path: Path) -> None:
     overrides = {"data.path": str(small_phantoms), "preprocess.size": [32, 32], "train.epochs": 1, "eval.bootstrap": 0}
     for name in ("a", "b"):
