@@ -85,4 +85,7 @@ def test_the_bundle_ships_the_average_and_resuming_with_another_setting_is_a_cle
     with pytest.raises(MedsightError, match=r"has a weight average but train.ema is 0.*resume with the train.ema"):
         train_segmenter(_cfg(data, **{"train.ema": 0.0}), out=tmp_path / "run", resume=True, progress=False)
     assert (tmp_path / "run" / CHECKPOINT).read_bytes() == before
+    train_segmenter(_cfg(data, **{"train.ema": 0.0}), out=tmp_path / "plain", progress=False)
+    with pytest.raises(MedsightError, match=r"has no weight average but train.ema is 0.9.*resume with the train.ema"):
+        train_segmenter(_cfg(data), out=tmp_path / "plain", resume=True, progress=False)
     assert load_file(tmp_path / "run" / "model" / "weights.safetensors").keys() == shipped.keys()

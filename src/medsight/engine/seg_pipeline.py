@@ -207,9 +207,9 @@ def _resume_average(average: WeightAverage | None, saved: dict[str, torch.Tensor
     if average is None and not saved:
         return
     if average is None or not saved:
-        had = "has" if saved else "has no"
-        raise MedsightError(checkpoint, f"{had} a weight average but train.ema is {'0' if average is None else 'on'}",
-                            "resume with the train.ema the run started with")
+        problem = ("has a weight average but train.ema is 0" if saved
+                   else f"has no weight average but train.ema is {average.decay}")
+        raise MedsightError(checkpoint, problem, "resume with the train.ema the run started with")
     average.load_state_dict(saved)
 
 
