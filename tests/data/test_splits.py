@@ -119,6 +119,8 @@ def test_resolve_groups_by_patient_and_kfold_over_non_test():
     assert sorted(vals.tolist()) == sorted(set(range(100)) - set(folds[0]["test"].tolist()))
     with pytest.raises(ConfigError, match="only 4 folds"):
         resolve_splits(ds, DataConfig(folds=4, fold=4))
+    with pytest.raises(ConfigError, match=r"data.fold=1: there are only 1 folds"):  # a fold without --folds
+        resolve_splits(ds, DataConfig(fold=1))
 
 
 def test_resolve_refuses_splits_without_train():

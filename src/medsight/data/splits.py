@@ -104,7 +104,7 @@ def resolve_splits(ds: LabelledSet, cfg: DataConfig, *, seed: int = 0) -> dict[s
         ConfigError: ``cfg.fold`` outside ``0 .. folds-1``.
         DatasetError: defined splits without a train split.
     """
-    if cfg.folds > 1 and (cfg.fold or 0) >= cfg.folds:
+    if (cfg.fold or 0) >= cfg.folds:
         raise ConfigError(f"data.fold={cfg.fold}", f"there are only {cfg.folds} folds", f"use 0..{cfg.folds - 1}")
     labels = ds.labels()
     groups = _split_groups(ds)
