@@ -24,7 +24,7 @@ def test_the_average_follows_the_decay_formula_with_its_warm_up():
     assert average.steps == 100 and average.current_decay() == 0.9
     assert average.network.weight.detach() == pytest.approx(torch.full((1, 2), expected), abs=1e-6)
     assert not average.network.weight.requires_grad and not average.network.training
-    assert float(net.weight[0, 0]) == 3.0  # the trained net itself is untouched
+    assert float(net.weight.detach()[0, 0]) == 3.0  # the trained net itself is untouched
 
 
 def test_integer_buffers_are_copied_not_averaged_and_the_state_round_trips():
