@@ -134,3 +134,31 @@ def test_no_checkpoint_says_how_to_start(tmp_path: Path) -> None:
     with pytest.raises(MedsightError, match="no checkpoint here") as info:
         load_checkpoint(tmp_path / "gone.safetensors", model=model, optimizer=optimizer, scheduler=scheduler)
     assert "gone.safetensors" in str(info.value) and "without --resume" in str(info.value)
+
+
+@pytest.mark.parametrize(("epochs", "lr", "expected"), [
+    (2, 0.1, 0.0),  # the same config: the saved rate (the end of a 2-epoch cosine)
+    (4, 0.1, 0.05),  # more epochs: the 4-epoch cosine at epoch 2, 0.1 * 0.5 * (1 + cos(pi / 2))
+    (4, 0.3, 0.15),  # and another base rate
+])
+def test_a_resume_follows_the_schedule_given_now(tmp_path, epochs, lr, expected):
+    """A run that ended its 2-epoch cosine (rate 0), resumed with the config given now: the first resumed
+    epoch trains at that config's rate for epoch 2, in every parameter group, and the schedule goes on
+    from there."""
+    model = nn.Linear(3, 2)
+    first = TrainConfig(optimizer="adamw", schedule="cosine", epochs=2, lr=0.1)
+    optimizer = build_optimizer(model.parameters(), first)
+    scheduler = build_scheduler(optimizer, first)
+    for _ in range(2):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    save_checkpoint(tmp_path / "c.safetensors", model=model, optimizer=optimizer, scheduler=scheduler,
+                    state={"epoch": 2})
+    now = TrainConfig(optimizer="adamw", schedule="cosine", epochs=epochs, lr=lr)
+    optimizer = build_optimizer(model.parameters(), now)
+    scheduler = build_scheduler(optimizer, now)
+    load_checkpoint(tmp_path / "c.safetensors", model=model, optimizer=optimizer, scheduler=scheduler)
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([expected] * 2, abs=1e-12)
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(lr * 0.5 * (1 + np.cos(np.pi * 3 / epochs)), abs=1e-12)

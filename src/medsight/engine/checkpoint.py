@@ -93,6 +93,11 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and RNG states from ``path``.
 
+    A per-epoch schedule (``LambdaLR``) goes on at the saved epoch with the learning rates of
+    the schedule given now: the fresh optimizer's rates and the schedule's own function, so a
+    resume with more ``train.epochs`` or another ``train.lr`` takes effect from the first
+    resumed epoch (with the same config the rates are the saved ones).
+
     Returns:
         The ``state`` given to :func:`save_checkpoint`, plus ``"best_state"``: the best
         weights (CPU tensors; empty when none were saved), and ``"averaged"``: the weight
@@ -104,6 +109,7 @@ def load_checkpoint(
     """
     path = Path(path)
     tensors, meta = _read(path)
+    configured = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
     try:
         model.load_state_dict(_unprefixed("model.", tensors))
         optim_meta = meta["optimizer"]
@@ -116,6 +122,8 @@ def load_checkpoint(
         optimizer.load_state_dict({"state": slots, "param_groups": optim_meta["param_groups"]})
         if scheduler is not None and meta["scheduler"] is not None:
             scheduler.load_state_dict(meta["scheduler"])
+            if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                _follow_schedule(optimizer, scheduler, configured)
         _restore_rng(tensors, meta["rng"])
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         raise MedsightError(
@@ -123,6 +131,14 @@ def load_checkpoint(
             f"resume with the config that wrote it, or {_FIX}",
         ) from exc
     return {**meta["state"], "best_state": _unprefixed("best.", tensors), "averaged": _unprefixed("ema.", tensors)}
+
+
+def _follow_schedule(optimizer: torch.optim.Optimizer, scheduler, configured: list[float]) -> None:
+    """Each group's rate at the scheduler's epoch, from the configured base rate (not the saved one)."""
+    scheduler.base_lrs = list(configured)
+    for group, base, factor in zip(optimizer.param_groups, configured, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = base
+        group["lr"] = base * factor(scheduler.last_epoch)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
