@@ -159,7 +159,8 @@ def evaluate_predictions(
 
 
 def aggregate_folds(fold_metrics: list[dict], out: Path, title: str, keys: tuple[str, ...] = CV_KEYS) -> dict:
-    """Mean, standard deviation (n - 1) and per-fold values of each headline metric.
+    """Mean, standard deviation (n - 1) and per-fold values of each headline metric (``keys``: the
+    classification metrics unless given, e.g. the segmentation ones).
 
     Folds where a metric is undefined (NaN/None) are left out of its mean and sd; a metric
     defined in fewer than two folds has sd NaN. Writes ``out/cv_metrics.json`` and

@@ -38,16 +38,21 @@ def run_training(cfg: RunConfig, *, out: Path, resume: bool = False, progress: b
         return _summary(out, metrics) if is_main() else ""  # under DDP only rank 0 reports
     from medsight.engine.evaluate import aggregate_folds
 
-    fold_metrics = []
-    for fold in range(cfg.data.folds):
-        fold_cfg = cfg.model_copy(deep=True)
-        fold_cfg.data.fold = fold
-        fold_cfg.name = f"{cfg.name}-fold{fold}"
-        fold_metrics.append(_train_one(fold_cfg, ds, out=out / f"fold{fold}", resume=resume, progress=progress))
+    fold_metrics = [_train_one(fold_cfg, ds, out=out / f"fold{fold}", resume=resume, progress=progress)
+                    for fold, fold_cfg in fold_configs(cfg)]
     if not is_main():
         return ""
     aggregate_folds(fold_metrics, out, title=f"{cfg.name}: {cfg.data.folds}-fold cross-validation")
     return f"cross-validation of {cfg.data.folds} folds written to {out}/cv_report.html"
+
+
+def fold_configs(cfg: RunConfig):
+    """``(k, config of fold k)`` for each fold of a cross-validation: ``data.fold`` set, name suffixed."""
+    for fold in range(cfg.data.folds):
+        fold_cfg = cfg.model_copy(deep=True)
+        fold_cfg.data.fold = fold
+        fold_cfg.name = f"{cfg.name}-fold{fold}"
+        yield fold, fold_cfg
 
 
 def run_evaluation(*, bundle: Path, data: str, split: str | None = None, out: Path, progress: bool = True) -> dict:
@@ -285,10 +290,7 @@ def _cross_validate_segmentation(cfg: RunConfig, *, out: Path, resume: bool, pro
     from medsight.engine.seg_pipeline import CHECKPOINT, train_segmenter
 
     fold_metrics = []
-    for fold in range(cfg.data.folds):
-        fold_cfg = cfg.model_copy(deep=True)
-        fold_cfg.data.fold = fold
-        fold_cfg.name = f"{cfg.name}-fold{fold}"
+    for fold, fold_cfg in fold_configs(cfg):
         fold_out = out / f"fold{fold}"
         fold_resume = resume and (fold_out / CHECKPOINT).exists()
         fold_metrics.append(train_segmenter(fold_cfg, out=fold_out, resume=fold_resume, progress=progress)["metrics"])
