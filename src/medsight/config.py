@@ -166,6 +166,10 @@ class SegmentConfig(Strict):
     steps_per_epoch: int = Field(100, ge=1)
     foreground_fraction: float = Field(0.33, ge=0.0, le=1.0, description="share of foreground-centred patches")
     loss: Literal["dice_ce", "dice_focal", "focal", "tversky", "ce"] = "dice_ce"
+    loss_kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the loss (e.g. Tversky alpha "
+                                        "and beta, ce class weight, batch: true for a Dice over the whole batch)")
+    cldice: float = Field(0.0, ge=0.0, lt=1.0, description="weight w of the soft clDice (centreline) term for "
+                          "thin tubular structures: (1 - w) * loss + w * clDice; 0 = off")
     deep_supervision: bool = Field(False, description="dynunet only: loss on every decoder level")
     overlap: float = Field(0.5, ge=0.0, lt=1.0, description="sliding-window overlap")
     mirror_tta: bool = Field(False, description="average predictions over every flip of the spatial axes")

@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional
 
 import medsight.models.segmenters  # noqa: F401  (fills the registry until registry.py imports it)
-from medsight.engine.seg_losses import SEG_LOSSES, make_seg_loss
+from medsight.engine.seg_losses import SEG_LOSSES, cldice_loss, make_seg_loss, soft_skeleton
 from medsight.errors import ConfigError
 from medsight.models.registry import create_model
 
@@ -101,3 +101,70 @@ def test_ce_is_plain_cross_entropy_and_takes_class_weights():
     weighted = make_seg_loss("ce", num_classes=3, weight=[0.2, 1.0, 3.0])(logits, labels)
     expected = torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor([0.2, 1.0, 3.0]))
     assert float(weighted) == pytest.approx(float(expected), rel=1e-6)
+
+
+def _bar_and_line(length: int = 30) -> torch.Tensor:
+    """A label map ``(1, 1, 21, length)``: a 7-pixel-wide bar (rows 2-8) and a 1-pixel line (row 15),
+    both running the full width."""
+    labels = torch.zeros(1, 1, 21, length, dtype=torch.long)
+    labels[..., 2:9, :] = 1
+    labels[..., 15, :] = 1
+    return labels
+
+
+def test_soft_skeleton_of_a_bar_is_its_one_pixel_centreline_up_to_the_patch_border():
+    bars = _bar_and_line().float()
+    skeleton = soft_skeleton(bars)
+    assert torch.equal(skeleton[0, 0].sum(dim=1).nonzero().flatten(), torch.tensor([5, 15]))  # the centre rows
+    assert skeleton[0, 0, 5].tolist() == [1.0] * 30  # not shortened at the patch's left and right border
+    assert skeleton[0, 0, 15].tolist() == [1.0] * 30
+    tube = torch.zeros(1, 1, 9, 9, 12)
+    tube[..., 2:7, 2:7, :] = 1  # a 5x5 tube along the last axis, 3D
+    centre = soft_skeleton(tube)[0, 0]
+    assert centre[4, 4].tolist() == [1.0] * 12 and centre.sum().item() == 12
+
+
+def test_cldice_punishes_a_missed_thin_vessel_that_dice_hardly_sees():
+    truth = _bar_and_line()
+    thick_only = truth.clone()
+    thick_only[..., 15, :] = 0
+    logits = _logits(thick_only[:, 0])[:, :2]
+    dice = make_seg_loss("dice_ce", num_classes=2, lambda_ce=0.0, smooth_nr=0.0, smooth_dr=0.0)
+    # Dice: 7 of 8 rows found, 2 * 7 / 15; clDice: the predicted centreline lies in the truth (precision 1),
+    # it covers one of the two true centrelines (sensitivity 1/2, +1 smoothing each): 1 - 2 p s / (p + s)
+    sensitivity = (30 + 1) / (60 + 1)
+    assert dice(logits, truth).item() == pytest.approx(1 - 14 / 15, abs=1e-4)
+    assert cldice_loss(logits, truth).item() == pytest.approx(1 - 2 * sensitivity / (1 + sensitivity), abs=1e-4)
+    assert cldice_loss(_logits(truth[:, 0])[:, :2], truth).item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_the_cldice_weight_mixes_the_two_losses():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 3, 16, 16), _labels()
+    base = make_seg_loss("dice_ce", num_classes=3)(logits, labels)
+    mixed = make_seg_loss("dice_ce", num_classes=3, cldice=0.3)(logits, labels)
+    assert mixed.item() == pytest.approx(0.7 * base.item() + 0.3 * cldice_loss(logits, labels[:, None]).item(),
+                                         rel=1e-5)
+    with pytest.raises(ConfigError, match=r"cldice=1.0: the clDice weight must be in \[0, 1\)"):
+        make_seg_loss("dice_ce", num_classes=3, cldice=1.0)
+
+
+def test_compiled_cldice_equals_eager_and_a_failed_compile_falls_back(monkeypatch, caplog):
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 2, 24, 24, requires_grad=True), _bar_and_line(24)[:, :, :24].repeat(2, 1, 1, 1)
+    eager = make_seg_loss("dice_ce", num_classes=2, cldice=0.5)(logits, labels)
+    compiled = make_seg_loss("dice_ce", num_classes=2, cldice=0.5, compile=True)(logits, labels)
+    assert compiled.item() == pytest.approx(eager.item(), rel=1e-5)
+    compiled.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+    def broken(fn):
+        def call(*args):
+            raise RuntimeError("no C compiler")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    fallback = make_seg_loss("dice_ce", num_classes=2, cldice=0.5, compile=True)
+    assert fallback(logits, labels).item() == pytest.approx(eager.item(), rel=1e-6)
+    assert fallback(logits, labels).item() == pytest.approx(eager.item(), rel=1e-6)  # eager from now on
+    assert caplog.text.count("compiling the loss failed (RuntimeError); computing it in eager mode") == 1

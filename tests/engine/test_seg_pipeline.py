@@ -217,3 +217,16 @@ def test_data_fold_trains_that_fold_alone(disc_folder, tmp_path) -> None:
     split = json.loads((tmp_path / "one" / "model" / "bundle.json").read_text())["provenance"]["split"]
     order = np.random.default_rng(0).permutation(12)
     assert sorted(split["val"]) == sorted(f"case{int(k):02d}" for k in np.array_split(order, 3)[2])
+
+
+def test_cldice_with_loss_kwargs_trains_a_segmenter(disc_folder, tmp_path) -> None:
+    cfg = _cfg(disc_folder, **{"segment.cldice": 0.3, "segment.loss_kwargs": {"batch": True}})
+    assert train_segmenter(cfg, out=tmp_path / "run", progress=False)["best_val_dice"] > 0.7
+
+
+def test_bad_loss_kwargs_are_a_config_error_naming_them_and_write_no_model(disc_folder, tmp_path) -> None:
+    cfg = _cfg(disc_folder, **{"segment.loss": "tversky", "segment.loss_kwargs": {"gamma": 2}})
+    with pytest.raises(ConfigError, match=r"segment.loss_kwargs=\{'gamma': 2\}: bad loss arguments .*"
+                                          r"give only options of the tversky loss"):
+        train_segmenter(cfg, out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "model").exists()

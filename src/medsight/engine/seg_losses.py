@@ -7,10 +7,18 @@ encoding happen inside. The Dice-type terms leave the background out.
 Example:
     >>> loss_fn = make_seg_loss("dice_ce", num_classes=2)
     >>> loss = loss_fn(model(images), labels)
+
+``cldice=w`` mixes in the soft centreline Dice of Shit et al. (clDice, CVPR 2021) for thin
+tubular structures such as vessels: ``(1 - w) * loss + w * clDice``. It scores how much of the
+true centreline the prediction covers and how much of the predicted centreline lies inside
+the truth, so a broken or missed thin vessel costs as much as a thick one.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +27,8 @@ from torch import Tensor
 from torch.nn import functional
 
 from medsight.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 SEG_LOSSES = ("dice_ce", "dice_focal", "focal", "tversky", "ce")
 
@@ -55,6 +65,78 @@ def _dice_focal(kwargs: dict[str, Any]) -> Callable[[Tensor, Tensor], Tensor]:
     return lambda logits, target: lambda_dice * dice(logits, target) + lambda_focal * focal(logits, target)
 
 
+def _neighbour_extreme(x: Tensor, axis: int, fill: float, pick: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """``pick`` (min or max) of ``x`` and its two neighbours along ``axis``; ``fill`` beyond the
+    edge, so a patch border neither erodes nor dilates anything."""
+    n = x.shape[axis]
+    padded = functional.pad(x, [0, 0] * (x.dim() - axis - 1) + [1, 1], value=fill)
+    return pick(x, pick(padded.narrow(axis, 0, n), padded.narrow(axis, 2, n)))
+
+
+def _erode(x: Tensor) -> Tensor:
+    """Min filter over the cross (the pixel and its 4 or 6 face neighbours)."""
+    return functools.reduce(
+        torch.minimum, (_neighbour_extreme(x, a, math.inf, torch.minimum) for a in range(2, x.dim()))
+    )
+
+
+def _dilate(x: Tensor) -> Tensor:
+    """Max filter over the 3x3 (3x3x3) square, one axis at a time."""
+    for axis in range(2, x.dim()):
+        x = _neighbour_extreme(x, axis, -math.inf, torch.maximum)
+    return x
+
+
+def soft_skeleton(prob: Tensor, iterations: int = 5) -> Tensor:
+    """A differentiable centreline of ``prob`` ``(N, C, *spatial)`` (2D or 3D), values in [0, 1].
+
+    The morphological skeleton with min/max filters in place of erosion and dilation: what an
+    opening removes at each of ``iterations`` erosions is added, so structures up to about
+    ``2 * iterations + 1`` pixels wide keep a one-pixel centreline. The filters are shifts and
+    elementwise min/max, which ``torch.compile`` fuses.
+    """
+    skeleton = functional.relu(prob - _dilate(_erode(prob)))
+    for _ in range(iterations):
+        prob = _erode(prob)
+        delta = functional.relu(prob - _dilate(_erode(prob)))
+        skeleton = skeleton + functional.relu(delta - skeleton * delta)
+    return skeleton
+
+
+def cldice_loss(logits: Tensor, target: Tensor, *, iterations: int = 5, smooth: float = 1.0) -> Tensor:
+    """``1 - clDice`` over the foreground classes of softmax ``logits`` against label map ``target``
+    ``(N, 1, *spatial)``: the harmonic mean of topology precision (predicted centreline inside
+    the truth) and topology sensitivity (true centreline covered by the prediction), per case
+    and class, averaged."""
+    prob = torch.softmax(logits, dim=1)[:, 1:]
+    truth = functional.one_hot(target[:, 0].long(), logits.shape[1]).movedim(-1, 1)[:, 1:].to(prob.dtype)
+    axes = tuple(range(2, prob.dim()))
+    pred_skel = soft_skeleton(prob, iterations)
+    with torch.no_grad():
+        true_skel = soft_skeleton(truth, iterations)
+    precision = ((pred_skel * truth).sum(axes) + smooth) / (pred_skel.sum(axes) + smooth)
+    sensitivity = ((true_skel * prob).sum(axes) + smooth) / (true_skel.sum(axes) + smooth)
+    return (1.0 - 2.0 * precision * sensitivity / (precision + sensitivity)).mean()
+
+
+def _compiled(loss: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """``loss`` through ``torch.compile``, falling back to eager for good on the first failure
+    (no C compiler, an unsupported operator) with a warning."""
+    compiled = torch.compile(loss)
+    current = [compiled]
+
+    def call(logits: Tensor, target: Tensor) -> Tensor:
+        if current[0] is compiled:
+            try:
+                return compiled(logits, target)
+            except Exception as exc:  # noqa: BLE001 - torch.compile raises many kinds; eager is always safe
+                log.warning("compiling the loss failed (%s); computing it in eager mode", type(exc).__name__)
+                current[0] = loss
+        return loss(logits, target)
+
+    return call
+
+
 def _as_label_map(target: Tensor, logits: Tensor) -> Tensor:
     """Labels as ``(N, 1, *spatial)``, matching the spatial size of ``logits``."""
     if target.dim() == logits.dim() - 1:
@@ -75,7 +157,13 @@ def _is_single_head(logits: Tensor, target: Tensor) -> bool:
 
 
 def make_seg_loss(
-    name: str = "dice_ce", *, num_classes: int, deep_supervision: bool = False, **kwargs: Any
+    name: str = "dice_ce",
+    *,
+    num_classes: int,
+    deep_supervision: bool = False,
+    cldice: float = 0.0,
+    compile: bool = False,
+    **kwargs: Any,
 ) -> Callable[[Tensor, Tensor], Tensor]:
     """A segmentation loss ``loss(logits, labels) -> scalar``.
 
@@ -91,10 +179,14 @@ def make_seg_loss(
             scored against nearest-neighbour downsampled labels. A plain
             ``(N, C, *spatial)`` output of the labels' size, as in eval mode, is scored as
             one head.
+        cldice: weight ``w`` in ``[0, 1)`` of the soft clDice term: ``(1 - w) * loss + w * clDice``.
+        compile: run the clDice term through ``torch.compile`` (about 3x faster on CPU; eager
+            if compiling fails).
         **kwargs: passed to the MONAI loss (``lambda_dice``, ``gamma``, ``alpha``, ``beta``...).
 
     Raises:
-        ConfigError: unknown name, fewer than 2 classes, or kwargs the MONAI loss rejects.
+        ConfigError: unknown name, fewer than 2 classes, a clDice weight outside [0, 1), or
+            kwargs the MONAI loss rejects.
 
     Example:
         >>> loss_fn = make_seg_loss("tversky", num_classes=3, alpha=0.5, beta=0.5)
@@ -108,13 +200,21 @@ def make_seg_loss(
             "segmentation losses use a softmax over classes including the background",
             "build the model with num_outputs=2 for a foreground/background task",
         )
+    if not 0.0 <= cldice < 1.0:
+        raise ConfigError(f"cldice={cldice}", "the clDice weight must be in [0, 1)",
+                          "use e.g. 0.3, or 0 to turn it off")
     try:
         base = _monai_loss(name, kwargs)
     except TypeError as exc:
         raise ConfigError(f"loss={name}", f"bad loss arguments ({exc})", "check the loss kwargs") from exc
 
+    centreline = _compiled(cldice_loss) if compile and cldice else cldice_loss
+
     def single(logits: Tensor, target: Tensor) -> Tensor:
-        return base(logits, _as_label_map(target, logits))
+        target = _as_label_map(target, logits)
+        if not cldice:
+            return base(logits, target)
+        return (1.0 - cldice) * base(logits, target) + cldice * centreline(logits, target)
 
     if not deep_supervision:
         return single

@@ -121,7 +121,7 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
     net.to(device)
     optimizer = build_optimizer(net.parameters(), cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train)
-    loss_fn = make_seg_loss(cfg.segment.loss, num_classes=n_classes, deep_supervision=cfg.segment.deep_supervision)
+    loss_fn = _loss(cfg, n_classes)
     augment = _augmenter(cfg, len(patch))
     rng = np.random.default_rng(cfg.train.seed)  # the same on every rank: all draw the same global batch
     state: dict[str, Any] = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
@@ -317,6 +317,19 @@ def _split(n_cases: int, cfg: RunConfig) -> tuple[list[int], list[int]]:
     else:
         val = order[: min(max(1, round(cfg.data.val_fraction * n_cases)), n_cases - 1)]
     return sorted(set(range(n_cases)) - {int(i) for i in val}), sorted(int(i) for i in val)
+
+
+def _loss(cfg: RunConfig, n_classes: int):
+    """The configured training loss; bad ``segment.loss_kwargs`` are a ConfigError naming them."""
+    seg = cfg.segment
+    try:
+        return make_seg_loss(seg.loss, num_classes=n_classes, deep_supervision=seg.deep_supervision,
+                             cldice=seg.cldice, compile=cfg.train.compile, **seg.loss_kwargs)
+    except ConfigError as exc:
+        if not seg.loss_kwargs or exc.fix != "check the loss kwargs":
+            raise
+        raise ConfigError(f"segment.loss_kwargs={seg.loss_kwargs}", exc.problem,
+                          f"give only options of the {seg.loss} loss") from exc
 
 
 def _model_kwargs(cfg: RunConfig, plan: dict, patch: list[int]) -> dict[str, Any]:
