@@ -77,6 +77,26 @@ def test_kfold_writes_an_aggregate(small_phantoms: Path, tmp_path: Path) -> None
     assert "accuracy" in text and "auc" in text
 
 
+def test_a_resumed_cross_validation_continues_started_folds_and_starts_the_rest(
+    small_phantoms: Path, tmp_path: Path
+) -> None:
+    """A CV stopped before its last fold: ``--resume`` with more epochs goes on with fold 0 from its
+    checkpoint and trains fold 1 from the start (it used to fail: fold 1 had no checkpoint)."""
+    import shutil
+
+    overrides = {"data.path": str(small_phantoms), "data.folds": 2, "preprocess.size": [32, 32],
+                 "train.epochs": 1, "eval.bootstrap": 0}
+    run_training(load_config(recipe="demo", overrides=overrides), out=tmp_path, progress=False)
+    shutil.rmtree(tmp_path / "fold1")
+    (tmp_path / "cv_metrics.json").unlink()
+    run_training(load_config(recipe="demo", overrides={**overrides, "train.epochs": 2}), out=tmp_path,
+                 resume=True, progress=False)
+    for fold in ("fold0", "fold1"):
+        with (tmp_path / fold / "metrics.csv").open() as handle:
+            assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"], fold
+    assert json.loads((tmp_path / "cv_metrics.json").read_text())
+
+
 def test_a_given_fold_trains_alone_on_the_cv_folds_split(small_phantoms: Path, tmp_path: Path) -> None:
     """`data.fold=1` with `data.folds=2`: one run in the folder itself (no fold folders), whose val cases
     are fold 1's of the 2-fold split, disjoint from fold 0's."""

@@ -34,6 +34,7 @@ import torch
 from medsight.errors import MedsightError
 
 FORMAT = "medsight-checkpoint/1"
+CHECKPOINT = Path("checkpoints") / "last.safetensors"  # a run folder's checkpoint, both tasks
 _KEY = "medsight"
 _FIX = "delete it to start the run over (or train without --resume)"
 

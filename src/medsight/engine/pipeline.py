@@ -38,21 +38,26 @@ def run_training(cfg: RunConfig, *, out: Path, resume: bool = False, progress: b
         return _summary(out, metrics) if is_main() else ""  # under DDP only rank 0 reports
     from medsight.engine.evaluate import aggregate_folds
 
-    fold_metrics = [_train_one(fold_cfg, ds, out=out / f"fold{fold}", resume=resume, progress=progress)
-                    for fold, fold_cfg in fold_configs(cfg)]
+    fold_metrics = [_train_one(fold_cfg, ds, out=fold_out, resume=fold_resume, progress=progress)
+                    for fold_cfg, fold_out, fold_resume in fold_runs(cfg, out, resume)]
     if not is_main():
         return ""
     aggregate_folds(fold_metrics, out, title=f"{cfg.name}: {cfg.data.folds}-fold cross-validation")
     return f"cross-validation of {cfg.data.folds} folds written to {out}/cv_report.html"
 
 
-def fold_configs(cfg: RunConfig):
-    """``(k, config of fold k)`` for each fold of a cross-validation: ``data.fold`` set, name suffixed."""
+def fold_runs(cfg: RunConfig, out: Path, resume: bool):
+    """``(config, run folder, resume?)`` of each fold of a cross-validation: fold k has ``data.fold``
+    set and its name suffixed, trains in ``out/fold{k}``, and resumes when ``resume`` is asked and
+    the fold has a checkpoint (a fold the interrupted run never reached starts afresh)."""
+    from medsight.engine.checkpoint import CHECKPOINT
+
     for fold in range(cfg.data.folds):
         fold_cfg = cfg.model_copy(deep=True)
         fold_cfg.data.fold = fold
         fold_cfg.name = f"{cfg.name}-fold{fold}"
-        yield fold, fold_cfg
+        fold_out = out / f"fold{fold}"
+        yield fold_cfg, fold_out, resume and (fold_out / CHECKPOINT).exists()
 
 
 def run_evaluation(*, bundle: Path, data: str, split: str | None = None, out: Path, progress: bool = True) -> dict:
@@ -287,13 +292,10 @@ def _cross_validate_segmentation(cfg: RunConfig, *, out: Path, resume: bool, pro
     from medsight.engine.distributed import is_main
     from medsight.engine.evaluate import aggregate_folds
     from medsight.engine.seg_metrics import SEG_METRIC_KEYS
-    from medsight.engine.seg_pipeline import CHECKPOINT, train_segmenter
+    from medsight.engine.seg_pipeline import train_segmenter
 
-    fold_metrics = []
-    for fold, fold_cfg in fold_configs(cfg):
-        fold_out = out / f"fold{fold}"
-        fold_resume = resume and (fold_out / CHECKPOINT).exists()
-        fold_metrics.append(train_segmenter(fold_cfg, out=fold_out, resume=fold_resume, progress=progress)["metrics"])
+    fold_metrics = [train_segmenter(fold_cfg, out=fold_out, resume=fold_resume, progress=progress)["metrics"]
+                    for fold_cfg, fold_out, fold_resume in fold_runs(cfg, out, resume)]
     if not is_main():
         return ""
     keys = (*SEG_METRIC_KEYS, "auc", "pr_auc", "f1", "accuracy")

@@ -46,7 +46,7 @@ from medsight.data.sample import Sample
 from medsight.data.seg_layouts import SegSet, open_seg_dataset
 from medsight.engine import distributed
 from medsight.engine.callbacks import ProgressDisplay, RunLog
-from medsight.engine.checkpoint import load_checkpoint, save_checkpoint
+from medsight.engine.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from medsight.engine.device import autocast, cpu_bf16_active, grad_scaler, pick_device, set_threads
 from medsight.engine.optim import build_optimizer, build_scheduler
 from medsight.engine.patches import sample_patches
@@ -61,7 +61,6 @@ from medsight.inference.segment import sliding_window_probs
 from medsight.models import create_model, list_models
 from medsight.transforms.preprocess import intensity_steps, plan_normalize
 
-CHECKPOINT = Path("checkpoints") / "last.safetensors"
 log = logging.getLogger(__name__)
 
 

@@ -29,7 +29,7 @@ from torch import nn
 from medsight.config import TrainConfig
 from medsight.engine import distributed
 from medsight.engine.callbacks import Callback, EarlyStopping, ProgressDisplay, RunLog
-from medsight.engine.checkpoint import load_checkpoint, save_checkpoint
+from medsight.engine.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from medsight.engine.data import TensorSet, class_counts, inverse_frequency_weights, iterate_batches
 from medsight.engine.device import autocast, grad_scaler, pick_device, set_threads
 from medsight.engine.finetune import parameter_groups
@@ -37,7 +37,6 @@ from medsight.engine.optim import build_optimizer, build_scheduler, current_lr, 
 from medsight.errors import ConfigError, DatasetError
 from medsight.models.heads import logits_to_probs
 
-CHECKPOINT = Path("checkpoints") / "last.safetensors"
 LOSS_EVERY = 10  # batches between reads of the running loss (a device sync) for the live bar
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
