@@ -285,6 +285,32 @@ def _cli(args: list[str]):
     return CliRunner().invoke(app, args)
 
 
+@pytest.mark.parametrize(("launched", "world", "exits"), [(True, 2, True), (True, 1, False), (False, 1, False)])
+def test_a_finished_ddp_process_ends_without_interpreter_teardown(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, launched: bool, world: int, exits: bool
+) -> None:
+    """Gloo can abort a process in the interpreter's teardown after a finished run; a DDP process
+    therefore ends with ``os._exit(0)`` once its summary is printed. One process exits normally."""
+    import contextlib
+
+    import medsight.engine.pipeline as pipeline
+
+    exit_codes: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        exit_codes.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(distributed, "under_torchrun", lambda: launched)
+    monkeypatch.setattr(distributed, "world_size", lambda: world)
+    monkeypatch.setattr(distributed, "session", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(pipeline, "run_training", lambda cfg, **kwargs: "trained")
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    result = _cli(["--recipe", "demo", "--data", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert "trained" in result.output
+    assert exit_codes == ([0] if exits else [])
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
