@@ -180,6 +180,8 @@ class SegmentConfig(Strict):
         default_factory=dict, description="class -> probability threshold; binary tasks choose one on validation"
     )
     tune_threshold: bool = Field(True, description="binary tasks: pick the threshold that maximises val Dice")
+    ensemble: bool = Field(True, description="after a k-fold cross-validation (data.folds > 1) RUN/model is the "
+                           "ensemble of the k fold models, its threshold chosen on their out-of-fold predictions")
     memory_budget_mb: float = Field(2000, gt=0, description="what the plan fits patch and batch into")
     resample: bool = Field(True, description="train and predict at the plan's target spacing (masks come back "
                            "on the input's own grid)")

@@ -294,16 +294,26 @@ def _cross_validate_segmentation(cfg: RunConfig, *, out: Path, resume: bool, pro
     from medsight.engine.seg_metrics import SEG_METRIC_KEYS
     from medsight.engine.seg_pipeline import train_segmenter
 
-    fold_metrics = [train_segmenter(fold_cfg, out=fold_out, resume=fold_resume, progress=progress)["metrics"]
-                    for fold_cfg, fold_out, fold_resume in fold_runs(cfg, out, resume)]
+    fold_metrics, fold_outs = [], []
+    for fold_cfg, fold_out, fold_resume in fold_runs(cfg, out, resume):
+        fold_metrics.append(train_segmenter(fold_cfg, out=fold_out, resume=fold_resume, progress=progress)["metrics"])
+        fold_outs.append(fold_out)
     if not is_main():
         return ""
     keys = (*SEG_METRIC_KEYS, "auc", "pr_auc", "f1", "accuracy")
     summary = aggregate_folds(fold_metrics, out, title=f"{cfg.name}: {cfg.data.folds}-fold cross-validation",
                               keys=keys)
     means = " ".join(f"{k}={summary[k]:.4f}" for k in ("dice", "auc", "f1") if summary[k] == summary[k])
-    return (f"cross-validation of {cfg.data.folds} folds (mean over folds): {means}\n"
+    text = (f"cross-validation of {cfg.data.folds} folds (mean over folds): {means}\n"
             f"folds:   {out}/fold0 .. fold{cfg.data.folds - 1}\nreport:  {out}/cv_report.html")
+    if not cfg.segment.ensemble:
+        return text
+    from medsight.engine.seg_ensemble import ensemble_folds
+
+    metrics = ensemble_folds(cfg, out, fold_outs, progress=progress)
+    return (f"{text}\n{seg_summary('out of fold', metrics)}\n"
+            f"ensemble of the {cfg.data.folds} folds (threshold chosen out of fold): {out / 'model'}\n"
+            f"out-of-fold report: {out / 'report.html'}")
 
 
 def seg_summary(split: str, metrics: dict) -> str:

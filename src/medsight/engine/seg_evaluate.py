@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,10 @@ def open_split(model_bundle, data: str, split: str):
 
     dataset = open_seg_dataset(data, label_names=dict(enumerate(model_bundle.label_names)))
     items = dataset.items
+    if split == "val" and model_bundle.model.name == "fold_ensemble":
+        raise DatasetError(data, "a fold ensemble has no validation cases (each case trained all but one of its "
+                           "members)", "read its out-of-fold scores in the run folder's metrics.json, or "
+                           "evaluate it with --split all on held-out data")
     if split != "all":
         chosen = set(model_bundle.provenance.get("split", {}).get(split, []))
         items = [item for item in items if item.case_id in chosen]
@@ -53,6 +57,11 @@ def open_split(model_bundle, data: str, split: str):
             raise DatasetError(data, f"has none of the model's '{split}' cases",
                                "use --split all for a data set other than the one the model was trained on")
     return dataset, items
+
+
+def probabilities_file(folder: Path, case_id: str) -> Path:
+    """Where :func:`evaluate_segmentation` keeps a case's probabilities (``save_probabilities``)."""
+    return Path(folder) / f"{case_id.replace('/', '_')}.npy"
 
 
 class DatasetCases:
@@ -77,8 +86,15 @@ def evaluate_segmentation(
     extra: dict[str, Any] | None = None,
     n_boot: int = 1000,
     progress: bool = False,
+    segmenter_for: Callable[[str], Any] | None = None,
+    save_probabilities: Path | None = None,
 ) -> dict[str, Any]:
     """Segment and score every case; write ``out/metrics.json``, ``out/per_case.csv``, ``out/report.html``.
+
+    ``segmenter_for(case_id)``, when given, is the segmenter of each case (out-of-fold scoring: each
+    case by the fold model that did not train on it); ``segmenter`` still gives the label names and
+    the reported threshold. ``save_probabilities`` keeps each case's probabilities there as
+    ``<case_id>.npy`` (float16, on the case's own grid).
 
     Raises:
         DatasetError: no cases, or a case without a reference mask.
@@ -101,15 +117,19 @@ def evaluate_segmentation(
                 case_id, f"the mask is {truth.shape} but the image is {sample.spatial_shape}",
                 "give each image a mask on its own grid",
             )
-        probs = segmenter.probabilities(sample)
-        pred = segmenter.labels_from(probs)
+        model = segmenter_for(case_id) if segmenter_for else segmenter
+        probs = model.probabilities(sample)
+        if save_probabilities is not None:
+            save_probabilities.mkdir(parents=True, exist_ok=True)
+            np.save(probabilities_file(save_probabilities, case_id), probs.astype(np.float16))
+        pred = model.labels_from(probs)
         uncertainty.append(case_uncertainty(entropy_map(probs), pred))
         scores = segmentation_case_metrics(pred, truth, spacing=sample.spacing, labels=foreground, roi=roi)
         per_case.append(scores)
         dice = float(np.nanmean([scores[k]["dice"] for k in foreground]))
         rows.append({"case_id": case_id, "dice": dice, "uncertainty": uncertainty[-1],
                      "metrics": {names[k]: v for k, v in scores.items()}})
-        shown.append(_report_case(case_id, segmenter.prepare(sample), truth, pred, dice))
+        shown.append(_report_case(case_id, model.prepare(sample), truth, pred, dice))
         if binary:
             inside = np.ones(truth.shape, bool) if roi is None else np.asarray(roi, bool)
             pixels.add(probs[1], truth, roi=inside)

@@ -11,6 +11,8 @@ oversampled, augmented by ``augment.*``), validates every epoch by sliding-windo
     out/model/                           the best model as a Bundle, with its inference settings
     out/metrics.json, per_case.csv, report.html
                                          the validation cases scored by the bundle itself
+    out/val_probabilities/<case>.npy     a cross-validation fold's: its validation probabilities
+                                         (float16), which the fold ensemble is tuned on
 
 Binary tasks pick the foreground threshold that maximises the pooled validation Dice (unless
 ``segment.thresholds`` gives one); the bundle keeps it, and evaluation and prediction use it.
@@ -62,6 +64,9 @@ from medsight.models import create_model, list_models
 from medsight.transforms.preprocess import intensity_steps, plan_normalize
 
 log = logging.getLogger(__name__)
+
+#: a cross-validation fold keeps its validation cases' probabilities here, for the fold ensemble's threshold
+VAL_PROBABILITIES = "val_probabilities"
 
 
 def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress: bool = True) -> dict:
@@ -195,6 +200,7 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
         extra={"split": "val", "data": str(cfg.data.path), "model": cfg.model.name, "best_epoch": state["best_epoch"],
                "epochs_run": state["epoch"], "training_seconds": round(state["seconds"], 1),
                "threshold_note": note, "cases_per_split": {"train": len(train_idx), "val": len(val_idx)}},
+        save_probabilities=out / VAL_PROBABILITIES if cfg.data.folds > 1 else None,
     )
     return {"best_epoch": state["best_epoch"], "best_val_dice": state["best_dice"],
             "epochs_run": state["epoch"], "bundle": str(bundle_path), "metrics": metrics}

@@ -59,4 +59,4 @@ def create_model(name: str, *, in_channels: int, num_outputs: int, spatial_dims:
 
 def _load_builtin() -> None:
     """Import the modules whose decorators fill the registry."""
-    from medsight.models import classifiers, segmenters  # noqa: F401
+    from medsight.models import classifiers, ensemble, segmenters  # noqa: F401
