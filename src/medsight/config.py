@@ -180,6 +180,8 @@ class SegmentConfig(Strict):
         default_factory=dict, description="class -> probability threshold; binary tasks choose one on validation"
     )
     tune_threshold: bool = Field(True, description="binary tasks: pick the threshold that maximises val Dice")
+    val_every: int = Field(1, ge=1, description="validate (sliding window, Dice) every N epochs, and always after "
+                           "the last one and when the time limit stops training")
     ensemble: bool = Field(True, description="after a k-fold cross-validation (data.folds > 1) RUN/model is the "
                            "ensemble of the k fold models, its threshold chosen on their out-of-fold predictions")
     memory_budget_mb: float = Field(2000, gt=0, description="what the plan fits patch and batch into")

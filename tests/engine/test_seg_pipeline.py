@@ -230,3 +230,26 @@ def test_bad_loss_kwargs_are_a_config_error_naming_them_and_write_no_model(disc_
                                           r"give only options of the tversky loss"):
         train_segmenter(cfg, out=tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "model").exists()
+
+
+def test_val_every_validates_every_nth_epoch_and_the_last(disc_folder, tmp_path) -> None:
+    """`segment.val_every=2` over 5 epochs: val Dice at epochs 2, 4 and 5 (the last), none at 1 and 3;
+    the best of the validated epochs is what the bundle ships."""
+    import csv
+
+    result = train_segmenter(_cfg(disc_folder, **{"segment.val_every": 2}), out=tmp_path / "run", progress=False)
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    validated = [int(r["epoch"]) for r in rows if r["val_dice"] not in ("", "nan")]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5] and validated == [2, 4, 5]
+    assert result["best_epoch"] in validated
+    best = max(float(r["val_dice"]) for r in rows if int(r["epoch"]) in validated)
+    assert result["best_val_dice"] == pytest.approx(best)
+
+
+def test_a_time_limit_stop_validates_the_last_epoch_trained(disc_folder, tmp_path) -> None:
+    """Stopped by the time limit after epoch 1 while validating only every 3rd epoch: epoch 1 is still
+    validated, so the run ships a model."""
+    cfg = _cfg(disc_folder, **{"segment.val_every": 3, "train.time_limit_min": 1e-6})
+    result = train_segmenter(cfg, out=tmp_path / "run", progress=False)
+    assert result["epochs_run"] == 1 and result["best_epoch"] == 1 and result["best_val_dice"] > 0
+    assert (tmp_path / "run" / "model" / "weights.safetensors").is_file()

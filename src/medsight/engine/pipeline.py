@@ -288,6 +288,8 @@ def _train_segmentation(cfg: RunConfig, *, out: Path, resume: bool, progress: bo
 def _cross_validate_segmentation(cfg: RunConfig, *, out: Path, resume: bool, progress: bool) -> str:
     """k-fold segmentation: fold k trains in ``out/fold{k}`` and validates on its own part of the cases;
     ``out/cv_metrics.json`` and ``out/cv_report.html`` give each metric's mean, sd and per-fold values.
+    With ``segment.ensemble`` ``out/model`` is the ensemble of the fold models and ``out/metrics.json``
+    scores the out-of-fold predictions (:mod:`medsight.engine.seg_ensemble`).
     ``--resume`` goes on with the folds that have a checkpoint and starts the ones that have none."""
     from medsight.engine.distributed import is_main
     from medsight.engine.evaluate import aggregate_folds

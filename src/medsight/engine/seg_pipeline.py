@@ -149,11 +149,14 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
             display.start_epoch(epoch, cfg.segment.steps_per_epoch)
             loss, seconds = _train_epoch(cfg, step, augment, rng, (train_images, train_labels), patch, batch, display)
             scheduler.step()
+            seconds_so_far = resumed_seconds + time.perf_counter() - started
+            time_up = distributed.broadcast(bool(limit and seconds_so_far > limit * 60))  # rank 0's clock decides
+            validate = main and (epoch % cfg.segment.val_every == 0 or epoch == epochs or time_up)
             dice = float(np.nanmean([
                 _val_dice(validated, images[i], labels[i], rois[i], target or cases[i][1].spacing, patch,
                           cfg.segment.overlap, device, foreground)
                 for i in val_idx
-            ])) if main else 0.0
+            ])) if validate else float("nan")
             row = distributed.broadcast({
                 "epoch": epoch, "train_loss": loss, "val_dice": dice, "lr": optimizer.param_groups[0]["lr"],
                 "patches_per_s": round(cfg.segment.steps_per_epoch * batch / seconds, 1),
@@ -172,9 +175,9 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
             stop = ""
             if patience and epoch - state["best_epoch"] >= patience:
                 stop = f"no better val Dice for {patience} epochs"
-            elif limit and state["seconds"] > limit * 60:
+            elif time_up:
                 stop = f"the time limit of {limit} min is reached"
-            stop = distributed.broadcast(stop)  # rank 0's clock decides, so every rank stops together
+            stop = distributed.broadcast(stop)  # so every rank stops together
             best = "  (best)" if state["best_epoch"] == epoch else ""
             display.end_epoch(state["history"][-1], best + (f"; stopping: {stop}" if stop else ""))
             if stop:
