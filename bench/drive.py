@@ -17,7 +17,9 @@ random crops, Adam, no augmentation) and prints our training patches/s as a rati
 
 Reproduce:
     .venv/bin/python bench/drive.py [--data ../shared/data/drive/training] [--holdout 23,25,27,34,40]
-        [--out DIR] [--set KEY=VALUE ...]
+        [--out DIR] [--minutes M] [--epochs N] [--set KEY=VALUE ...]
+The single model the recipe trained before 2026-12-04 (a seeded 15/5 split):
+    .venv/bin/python bench/drive.py --set data.folds=1 --epochs 120 --minutes 25 --set segment.val_every=1
 """
 
 from __future__ import annotations
@@ -116,6 +118,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/medsight-bench-drive"))
     parser.add_argument("--holdout", default="", help="comma-separated case ids kept out of training, e.g. "
                         "23,25,27,34,40 (the validation images of the single-model runs)")
+    parser.add_argument("--minutes", type=float, default=None, help="time limit of each fold (default: the recipe's)")
+    parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--ref-seconds", type=float, default=30.0)
     parser.add_argument("--set", dest="sets", action="append", default=[], help="recipe override KEY=VALUE")
     args = parser.parse_args()
@@ -124,7 +128,10 @@ def main() -> None:
 
     held_out = [case.strip() for case in args.holdout.split(",") if case.strip()]
     train_data, holdout_data = split_folder(args.data, held_out, args.out / "data") if held_out else (args.data, None)
-    cfg = load_config(recipe="drive", overrides={"data.path": str(train_data), **parse_overrides(args.sets)})
+    overrides = {"data.path": str(train_data), **parse_overrides(args.sets)}
+    overrides.update({key: value for key, value in (("train.time_limit_min", args.minutes),
+                                                     ("train.epochs", args.epochs)) if value is not None})
+    cfg = load_config(recipe="drive", overrides=overrides)
     torch.set_num_threads(os.cpu_count() or 1)
     run = args.out / "run"
     start = time.perf_counter()
@@ -140,6 +147,8 @@ def main() -> None:
     print(f"data: {train_data} (DRIVE test withheld){f'; held out: {held_out}' if held_out else ''}; "
           "metrics inside the field of view")
     flags = (f" --holdout {args.holdout}" if held_out else "") + "".join(f" --set '{item}'" for item in args.sets)
+    flags += f" --minutes {args.minutes}" if args.minutes else ""
+    flags += f" --epochs {args.epochs}" if args.epochs else ""
     print(f"command: .venv/bin/python bench/drive.py --data {args.data}{flags}\n")
     print("| scored on | n | AUC | F1 | accuracy | Dice (mean/case) | HD95 px | epochs (best) | train s |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -229,7 +229,7 @@ def segmentation(args, out: Path) -> dict:
     from medsight.models import create_model
 
     data = DATA / "drive" / "training"
-    overrides = {"data.path": str(data), "name": "throughput-drive", "train.epochs": 2,
+    overrides = {"data.path": str(data), "name": "throughput-drive", "train.epochs": 2, "data.folds": 1,
                  "segment.steps_per_epoch": args.seg_steps, "train.time_limit_min": None}
     if args.quick:
         overrides.update({"data.val_fraction": 0.05, "segment.mirror_tta": False})

@@ -173,3 +173,14 @@ def test_the_ensemble_exports_to_onnx_with_parity(cv_run, tmp_path) -> None:
     with torch.inference_mode():
         expected = torch.stack([torch.softmax(m(torch.from_numpy(x)), 1) for m in net.members]).mean(0).numpy()
     np.testing.assert_allclose(session.run(["probabilities"], {"image": x})[0], expected, atol=1e-4)
+
+
+def test_the_drive_recipe_is_a_four_fold_ensemble_within_30_minutes_of_training() -> None:
+    """Issue 3's budget: at most 30 minutes of training on 2 cores, whatever the machine's speed (each fold
+    stops at its time limit)."""
+    from medsight.config import load_config
+
+    cfg = load_config(recipe="drive", overrides={"data.path": "drive/training"})
+    assert cfg.data.folds == 4 and cfg.segment.ensemble and cfg.data.fold is None
+    assert cfg.data.folds * cfg.train.time_limit_min <= 30
+    assert cfg.segment.mirror_tta and cfg.segment.transpose_tta
