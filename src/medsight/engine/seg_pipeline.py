@@ -2,7 +2,7 @@
 
 ``train_segmenter`` opens a segmentation data set, plans it (``medsight plan``; overridden by
 ``segment.*`` and ``segment.plan``), splits its cases, trains on random patches (foreground
-oversampled, augmented by ``augment.*``), validates every epoch by sliding-window prediction
+oversampled, augmented by ``augment.*``), validates every epoch (``segment.val_every``) by sliding-window prediction
 (mean foreground Dice, inside the region of interest), checkpoints each epoch, and writes:
 
     out/config.yaml, out/plan.json       what was asked and what was planned
