@@ -140,7 +140,8 @@ def test_evaluating_the_ensemble_on_its_val_split_is_a_clear_error(cv_run, tmp_p
     from medsight.engine.pipeline import run_evaluation
 
     data, cv, _ = cv_run
-    with pytest.raises(DatasetError, match="a fold ensemble has no validation cases.*--split all on held-out data"):
+    with pytest.raises(DatasetError, match=r"the model has no 'val' cases \(a fold ensemble: each case trained "
+                                           r"all but one.*--split all on held-out data"):
         run_evaluation(bundle=cv / "model", data=str(data), split="val", out=tmp_path / "eval", progress=False)
     assert not (tmp_path / "eval").exists()
     held_out = write_disc_folder(tmp_path / "new", n=4, seed=7)

@@ -28,9 +28,8 @@ import numpy as np
 from medsight.bundle import Bundle, load_bundle, provenance
 from medsight.config import ModelConfig, RunConfig
 from medsight.data.sample import Sample
-from medsight.engine.pixel_scores import PixelScores
 from medsight.engine.seg_evaluate import DatasetCases, evaluate_segmentation, probabilities_file
-from medsight.engine.seg_pipeline import VAL_PROBABILITIES
+from medsight.engine.seg_pipeline import VAL_PROBABILITIES, choose_thresholds
 from medsight.errors import MedsightError
 from medsight.inference.segmenter import Segmenter
 
@@ -71,6 +70,7 @@ def ensemble_folds(cfg: RunConfig, out: Path, folds: list[Path], *, progress: bo
     """
     from medsight.data.seg_layouts import open_seg_dataset
     from medsight.engine.device import pick_device
+    from medsight.progress import track
 
     bundles = [load_bundle(fold / "model") for fold in folds]
     _check_compatible(bundles, folds)
@@ -81,13 +81,19 @@ def ensemble_folds(cfg: RunConfig, out: Path, folds: list[Path], *, progress: bo
     items = [item for item in dataset.items if item.case_id in owner]
     oof = {item.case_id: OutOfFold(members[owner[item.case_id]], folds[owner[item.case_id]] / VAL_PROBABILITIES,
                                    item.case_id) for item in items}
-    thresholds, note = _thresholds(cfg, bundles[0], oof, DatasetCases(dataset, items), progress)
+    def oof_probs():
+        for case_id, sample, truth, roi in track(DatasetCases(dataset, items), description="out-of-fold threshold",
+                                                 enabled=progress):
+            yield oof[case_id].probabilities(sample)[1], truth, roi
+
+    thresholds, note = choose_thresholds(cfg, len(bundles[0].label_names), oof_probs,
+                                         f"the out-of-fold predictions on {len(items)} cases")
     for member in members:
         member.thresholds = thresholds
     bundle = _ensemble_bundle(cfg, bundles, thresholds, note, all_cases=[item.case_id for item in dataset.items])
     states = bundle.provenance["folds"]
-    metrics = evaluate_segmentation(
-        Segmenter(bundle, device=device), DatasetCases(dataset, items), out=out, segmenter_for=oof.__getitem__,
+    metrics = evaluate_segmentation(  # members[0] gives the label names and the (shared) threshold
+        members[0], DatasetCases(dataset, items), out=out, segmenter_for=oof.__getitem__,
         title=f"{cfg.name}: the {len(folds)} fold models, each case scored by the fold that did not train on it",
         progress=progress,
         extra={"split": "out of fold", "data": str(cfg.data.path), "model": f"fold_ensemble of {len(folds)} "
@@ -116,23 +122,6 @@ def _check_compatible(bundles: list[Bundle], folds: list[Path]) -> None:
             )
 
 
-def _thresholds(cfg: RunConfig, bundle: Bundle, oof: dict[str, OutOfFold], cases: DatasetCases,
-                progress: bool) -> tuple[dict[int, float], str]:
-    """The ensemble's thresholds: given, chosen on the pooled out-of-fold predictions (binary), or none."""
-    from medsight.progress import track
-
-    if cfg.segment.thresholds:
-        return dict(cfg.segment.thresholds), "given in segment.thresholds"
-    if len(bundle.label_names) != 2 or not cfg.segment.tune_threshold:
-        return {}, "the most probable class of each voxel"
-    scores = PixelScores()
-    for case_id, sample, truth, roi in track(cases, description="out-of-fold threshold", enabled=progress):
-        scores.add(oof[case_id].probabilities(sample)[1], truth, roi=roi)
-    threshold, dice = scores.best_threshold()
-    return {1: threshold}, (f"foreground probability >= {threshold:.4f}, which maximises the pooled Dice ({dice:.4f}) "
-                            f"of the out-of-fold predictions on {len(cases)} cases")
-
-
 def _ensemble_bundle(cfg: RunConfig, bundles: list[Bundle], thresholds: dict[int, float], note: str,
                      all_cases: list[str]) -> Bundle:
     first = bundles[0]
@@ -149,7 +138,8 @@ def _ensemble_bundle(cfg: RunConfig, bundles: list[Bundle], thresholds: dict[int
             run=cfg.name, data=str(cfg.data.path), plan=first.provenance.get("plan"), seed=cfg.train.seed,
             threshold_note=note, data_config=first.provenance.get("data_config"), folds=folds,
             train_seconds=round(sum(fold["train_seconds"] or 0 for fold in folds), 1),
-            split={"train": all_cases, "val": []},
+            split={"train": all_cases, "val": []}, split_note="a fold ensemble: each case trained all but one of "
+            "its members; the out-of-fold scores are in the run folder's metrics.json",
         ),
         state_dict={f"members.{k}.{key}": value for k, b in enumerate(bundles) for key, value in b.state_dict.items()},
         segmentation={**first.segmentation, "thresholds": {str(k): float(v) for k, v in thresholds.items()}},

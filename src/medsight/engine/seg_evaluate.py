@@ -40,18 +40,18 @@ def open_split(model_bundle, data: str, split: str):
     bundle's training run put in ``split`` (``train`` / ``val``).
 
     Raises:
-        DatasetError: none of the run's ``split`` cases are in ``data``.
+        DatasetError: the model has no ``split`` cases (a fold ensemble has no ``val``), or none are in ``data``.
     """
     from medsight.data.seg_layouts import open_seg_dataset
 
     dataset = open_seg_dataset(data, label_names=dict(enumerate(model_bundle.label_names)))
     items = dataset.items
-    if split == "val" and model_bundle.model.name == "fold_ensemble":
-        raise DatasetError(data, "a fold ensemble has no validation cases (each case trained all but one of its "
-                           "members)", "read its out-of-fold scores in the run folder's metrics.json, or "
-                           "evaluate it with --split all on held-out data")
     if split != "all":
         chosen = set(model_bundle.provenance.get("split", {}).get(split, []))
+        if not chosen:
+            note = model_bundle.provenance.get("split_note")
+            raise DatasetError(data, f"the model has no '{split}' cases" + (f" ({note})" if note else ""),
+                               "evaluate it with --split all on held-out data")
         items = [item for item in items if item.case_id in chosen]
         if not items:
             raise DatasetError(data, f"has none of the model's '{split}' cases",

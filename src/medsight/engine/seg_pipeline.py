@@ -2,8 +2,8 @@
 
 ``train_segmenter`` opens a segmentation data set, plans it (``medsight plan``; overridden by
 ``segment.*`` and ``segment.plan``), splits its cases, trains on random patches (foreground
-oversampled, augmented by ``augment.*``), validates every epoch (``segment.val_every``) by sliding-window prediction
-(mean foreground Dice, inside the region of interest), checkpoints each epoch, and writes:
+oversampled, augmented by ``augment.*``), validates every ``segment.val_every`` epochs by sliding-window
+prediction (mean foreground Dice, inside the region of interest), checkpoints each epoch, and writes:
 
     out/config.yaml, out/plan.json       what was asked and what was planned
     out/checkpoints/last.safetensors     resumable training state (as classification)
@@ -175,9 +175,8 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
             stop = ""
             if patience and epoch - state["best_epoch"] >= patience:
                 stop = f"no better val Dice for {patience} epochs"
-            elif time_up:
+            elif time_up:  # both tests read broadcast values, so every rank stops together
                 stop = f"the time limit of {limit} min is reached"
-            stop = distributed.broadcast(stop)  # so every rank stops together
             best = "  (best)" if state["best_epoch"] == epoch else ""
             display.end_epoch(state["history"][-1], best + (f"; stopping: {stop}" if stop else ""))
             if stop:
@@ -452,21 +451,32 @@ def _val_dice(net, image: np.ndarray, labels, roi, spacing, patch, overlap: floa
     return float(np.nanmean([scores[k]["dice"] for k in foreground]))
 
 
-def _thresholds(cfg: RunConfig, net, val_set, patch, device, n_classes: int):
-    """The per-class thresholds the bundle keeps, and how they were chosen (on the training grid)."""
+def choose_thresholds(cfg: RunConfig, n_classes: int, foreground_probs, cases: str) -> tuple[dict[int, float], str]:
+    """The per-class thresholds a bundle keeps, and how they were chosen: ``segment.thresholds`` when
+    given; for binary tasks (``segment.tune_threshold``) the one maximising the pooled Dice of
+    ``foreground_probs()``, an iterable of ``(foreground probability, labels, roi)`` over ``cases``
+    (their description); otherwise none (argmax)."""
     if cfg.segment.thresholds:
         return dict(cfg.segment.thresholds), "given in segment.thresholds"
     if n_classes != 2 or not cfg.segment.tune_threshold:
         return {}, "the most probable class of each voxel"
     scores = PixelScores()
-    for image, labels, roi in val_set:
-        probs = sliding_window_probs(net, image, patch_size=patch, overlap=cfg.segment.overlap,
-                                     mirror_tta=cfg.segment.mirror_tta, transpose_tta=cfg.segment.transpose_tta,
-                                     device=device)
-        scores.add(probs[1], labels, roi=roi)
+    for prob, labels, roi in foreground_probs():
+        scores.add(prob, labels, roi=roi)
     threshold, dice = scores.best_threshold()
     return {1: threshold}, (f"foreground probability >= {threshold:.4f}, which maximises the pooled Dice "
-                            f"({dice:.4f}) of the {len(val_set)} validation cases")
+                            f"({dice:.4f}) of {cases}")
+
+
+def _thresholds(cfg: RunConfig, net, val_set, patch, device, n_classes: int):
+    """:func:`choose_thresholds` on the validation cases (on the training grid)."""
+    def probs():
+        for image, labels, roi in val_set:
+            yield sliding_window_probs(net, image, patch_size=patch, overlap=cfg.segment.overlap,
+                                       mirror_tta=cfg.segment.mirror_tta, transpose_tta=cfg.segment.transpose_tta,
+                                       device=device)[1], labels, roi
+
+    return choose_thresholds(cfg, n_classes, probs, f"the {len(val_set)} validation cases")
 
 
 def _bundle(cfg, dataset, plan, patch, kwargs, n_classes, thresholds, note, state, best_state, cases,
