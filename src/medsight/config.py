@@ -132,6 +132,9 @@ class TrainConfig(Strict):
     ema: float = Field(0.0, ge=0.0, lt=1.0, description="segmentation: validate, keep and ship an exponential "
                        "moving average of the weights with this decay per step (e.g. 0.999); 0 turns it off")
     time_limit_min: float | None = Field(None, gt=0)
+    anneal_to_time_limit: bool = Field(True, description="cosine schedule with time_limit_min: follow the larger of "
+                                       "the epoch and the time progress, so a run its time limit stops ends "
+                                       "annealed; false: epochs alone (the same rates on any machine)")
     freeze: str = Field("none", description="none, backbone, or until:LAYER (freeze up to and including LAYER)")
     backbone_lr_factor: float = Field(1.0, gt=0, le=1, description="backbone LR = lr * factor when fine-tuning")
     unfreeze_every: int = Field(0, ge=0, description="gradual unfreezing: one more block every N epochs; 0 off")

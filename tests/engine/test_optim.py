@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from medsight.config import TrainConfig
-from medsight.engine.optim import build_optimizer, build_scheduler, current_lr, step_scheduler
+from medsight.engine.optim import TimeBudget, build_optimizer, build_scheduler, current_lr, step_scheduler
 from medsight.errors import ConfigError
 
 
@@ -42,6 +42,49 @@ def cosine(e: float, span: int) -> float:
 def test_schedule_lr_per_epoch(settings: dict, expected: list[float]) -> None:
     cfg = TrainConfig(epochs=6, lr=0.1, **settings)
     assert lrs_by_epoch(cfg) == pytest.approx(expected, rel=1e-9)
+
+
+def lrs_with_clock(cfg: TrainConfig, seconds_per_epoch: float) -> list[float]:
+    """The learning rate of each epoch when every epoch takes ``seconds_per_epoch``, the budget
+    updated before the schedule steps, as both training loops do."""
+    optimizer = build_optimizer(nn.Linear(2, 2).parameters(), cfg)
+    budget = TimeBudget(cfg)
+    scheduler = build_scheduler(optimizer, cfg, budget)
+    rates = []
+    for epoch in range(1, cfg.epochs + 1):
+        rates.append(current_lr(optimizer))
+        optimizer.step()
+        budget.update(epoch * seconds_per_epoch)
+        step_scheduler(scheduler, metric=0.0)
+    return rates
+
+
+def test_cosine_anneals_to_the_time_limit_when_time_runs_ahead_of_the_epochs() -> None:
+    """A 1-minute limit at 15 s an epoch: the run gets 4 of its 10 epochs, and its rate reaches the
+    bottom of the cosine by the 4th (time share 0, 1/4, 1/2, 3/4) instead of staying near the top."""
+    cfg = TrainConfig(epochs=10, lr=0.1, schedule="cosine", time_limit_min=1.0)
+    assert lrs_with_clock(cfg, 15.0)[:4] == pytest.approx([0.1, cosine(1, 4), 0.05, cosine(3, 4)])
+    by_epochs = TrainConfig(epochs=10, lr=0.1, schedule="cosine", time_limit_min=1.0, anneal_to_time_limit=False)
+    assert lrs_with_clock(by_epochs, 15.0)[:4] == pytest.approx([cosine(e, 10) for e in range(4)])
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        # time behind the epochs: the epoch count leads, the same rates as without a limit
+        ({"schedule": "cosine", "time_limit_min": 10.0}, [cosine(e, 6) for e in range(6)]),
+        # warmup is by epochs; the cosine after it follows the time share (1/6, 2/6, ... of 6 s),
+        # ahead of its epoch progress (0, 1/5, ...)
+        ({"schedule": "cosine", "time_limit_min": 0.1, "warmup_epochs": 1},
+         [0.05, cosine(1, 6), cosine(2, 6), cosine(3, 6), cosine(4, 6), cosine(5, 6)]),
+        # only cosine follows the clock
+        ({"schedule": "step", "step_size": 2, "gamma": 0.5, "time_limit_min": 0.01},
+         [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]),
+    ],
+)
+def test_time_budget_only_moves_a_cosine_forward(settings: dict, expected: list[float]) -> None:
+    cfg = TrainConfig(**{"epochs": 6, "lr": 0.1, **settings})
+    assert lrs_with_clock(cfg, 1.0) == pytest.approx(expected, rel=1e-9)
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,16 @@
 """Patch sampling and end-to-end segmentation training on synthetic discs."""
 
+import csv
+import itertools
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from disc_images import write_disc_folder
 from PIL import Image
 
+from medsight.engine import seg_pipeline
 from medsight.engine.patches import sample_patches
 from medsight.engine.seg_pipeline import train_segmenter
 from medsight.errors import ConfigError, InvalidImageError
@@ -235,8 +239,6 @@ def test_bad_loss_kwargs_are_a_config_error_naming_them_and_write_no_model(disc_
 def test_val_every_validates_every_nth_epoch_and_the_last(disc_folder, tmp_path) -> None:
     """`segment.val_every=2` over 5 epochs: val Dice at epochs 2, 4 and 5 (the last), none at 1 and 3;
     the best of the validated epochs is what the bundle ships."""
-    import csv
-
     result = train_segmenter(_cfg(disc_folder, **{"segment.val_every": 2}), out=tmp_path / "run", progress=False)
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
     validated = [int(r["epoch"]) for r in rows if r["val_dice"] not in ("", "nan")]
@@ -252,4 +254,24 @@ def test_a_time_limit_stop_validates_the_last_epoch_trained(disc_folder, tmp_pat
     cfg = _cfg(disc_folder, **{"segment.val_every": 3, "train.time_limit_min": 1e-6})
     result = train_segmenter(cfg, out=tmp_path / "run", progress=False)
     assert result["epochs_run"] == 1 and result["best_epoch"] == 1 and result["best_val_dice"] > 0
+    assert (tmp_path / "run" / "model" / "weights.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("anneal", "last_lr_share"), [(True, (0.0, 0.05)), (False, (0.9, 1.0))])
+def test_a_run_its_time_limit_stops_ends_with_an_annealed_learning_rate(disc_folder, tmp_path, monkeypatch,
+                                                                         anneal, last_lr_share) -> None:
+    """A clock that advances 1 s a reading (4 readings an epoch) and a 1-minute limit stop a 100-epoch run
+    after 16 epochs. The cosine follows the time spent, so the last epoch trains at under 5% of train.lr;
+    with anneal_to_time_limit off it follows the epochs alone and is still above 90%."""
+    readings = itertools.count()
+    monkeypatch.setattr(seg_pipeline, "time", SimpleNamespace(perf_counter=lambda: float(next(readings))))
+    cfg = _cfg(disc_folder, **{"train.epochs": 100, "train.time_limit_min": 1.0, "segment.steps_per_epoch": 1,
+                               "segment.val_every": 1000, "train.anneal_to_time_limit": anneal})
+    result = train_segmenter(cfg, out=tmp_path / "run", progress=False)
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    rates = [float(r["lr"]) / 3e-3 for r in rows]
+    assert result["epochs_run"] == len(rows) == 16
+    assert rates[0] == pytest.approx(1.0)
+    assert last_lr_share[0] <= rates[-1] <= last_lr_share[1]
+    assert all(a >= b for a, b in itertools.pairwise(rates))
     assert (tmp_path / "run" / "model" / "weights.safetensors").is_file()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -151,6 +153,23 @@ def test_under_ddp_every_rank_stops_when_rank_zero_says_so(tmp_path: Path, monke
     result = fit(small_cnn(2), train, val, cfg=config(epochs=3), head="softmax", num_classes=2,
                  run_dir=tmp_path, progress=False)
     assert result.epochs_run == 1 and result.stop_reason == rank_zero
+
+
+def test_a_fit_its_time_limit_stops_ends_with_an_annealed_learning_rate(tmp_path: Path, monkeypatch) -> None:
+    """A clock that advances 1 s a reading and a 30-second limit stop a 100-epoch cosine run after a few
+    epochs; the rate follows the time spent, so the last epoch trains at under 10% of train.lr
+    (by epochs alone it would still be above 95%)."""
+    from medsight.engine import trainer
+
+    readings = itertools.count()
+    monkeypatch.setattr(trainer, "time", SimpleNamespace(perf_counter=lambda: float(next(readings))))
+    train, val = blobs(32, 2, seed=1), blobs(16, 2, seed=2)
+    result = fit(small_cnn(2), train, val, cfg=config(epochs=100, time_limit_min=0.5), head="softmax", num_classes=2,
+                 run_dir=tmp_path, progress=False)
+    rates = [row["lr"] / 0.05 for row in result.history]
+    assert 3 <= result.epochs_run < 100 and "time limit" in result.stop_reason
+    assert rates[0] == pytest.approx(1.0) and rates[-1] < 0.1
+    assert all(a >= b for a, b in itertools.pairwise(rates))
 
 
 @pytest.mark.parametrize(

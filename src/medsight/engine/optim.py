@@ -14,11 +14,18 @@ plateau    ``lr``, times ``gamma`` after each ``step_size`` epochs without impro
 
 During warmup (``e < w``) the rate is ``lr * (e + 1) / (w + 1)``.
 
+With ``time_limit_min`` set (and ``anneal_to_time_limit``, the default), ``cosine`` follows the larger
+of its epoch progress ``(e - w) / (epochs - w)`` and the share of the time limit spent (a
+:class:`TimeBudget`): a run its time limit stops ends with an annealed rate, on a slow machine
+as on a fast one, instead of being cut off at a high rate.
+
 Example:
     >>> optimizer = build_optimizer(model.parameters(), cfg)
-    >>> scheduler = build_scheduler(optimizer, cfg)
+    >>> budget = TimeBudget(cfg)
+    >>> scheduler = build_scheduler(optimizer, cfg, budget)
     >>> for epoch in range(cfg.epochs):
     ...     ...  # train, validate
+    ...     budget.update(seconds_since_start)
     ...     step_scheduler(scheduler, metric=val_auc)
 """
 
@@ -75,8 +82,29 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Scheduler:
-    """The per-epoch learning-rate schedule named by ``cfg.schedule`` (see the module table).
+class TimeBudget:
+    """The share of ``cfg.time_limit_min`` a run has spent, which a ``cosine`` schedule follows when
+    it is ahead of the epoch count. Always 0 without a time limit or with
+    ``anneal_to_time_limit: false`` (then the schedule depends on the epoch alone, as it must for
+    runs that should repeat exactly on another machine).
+
+    Under DDP every rank must update it with the same (rank 0's) seconds.
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        active = cfg.time_limit_min is not None and cfg.anneal_to_time_limit
+        self.seconds = cfg.time_limit_min * 60 if active else None
+        self.fraction = 0.0
+
+    def update(self, elapsed: float) -> None:
+        """Record ``elapsed`` seconds of training (since the run started, resumed runs included)."""
+        if self.seconds:
+            self.fraction = min(max(elapsed / self.seconds, 0.0), 1.0)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, budget: TimeBudget | None = None) -> Scheduler:
+    """The per-epoch learning-rate schedule named by ``cfg.schedule`` (see the module table);
+    ``cosine`` also follows ``budget`` when it is given.
 
     Raises:
         ConfigError: warmup with ``plateau``, or ``plateau`` with ``gamma`` 1 (it would never act).
@@ -91,16 +119,18 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Sched
             raise ConfigError("train.gamma", "schedule=plateau needs gamma below 1", "set e.g. gamma: 0.1")
         mode = "min" if lower_is_better(cfg.early_stopping_metric) else "max"
         return ReduceLROnPlateau(optimizer, mode=mode, factor=cfg.gamma, patience=cfg.step_size - 1)
-    return LambdaLR(optimizer, lr_lambda=lambda epoch: lr_factor(epoch, cfg))
+    return LambdaLR(optimizer, lr_lambda=lambda epoch: lr_factor(epoch, cfg, budget.fraction if budget else 0.0))
 
 
-def lr_factor(epoch: int, cfg: TrainConfig) -> float:
-    """The multiple of ``cfg.lr`` used in ``epoch`` (0-based) by the non-plateau schedules."""
+def lr_factor(epoch: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
+    """The multiple of ``cfg.lr`` used in ``epoch`` (0-based) by the non-plateau schedules, after
+    ``time_fraction`` of the time limit (which only ``cosine`` follows, and only after warmup)."""
     warm = cfg.warmup_epochs
     if epoch < warm:
         return (epoch + 1) / (warm + 1)
     if cfg.schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * (epoch - warm) / max(cfg.epochs - warm, 1)))
+        progress = min(max((epoch - warm) / max(cfg.epochs - warm, 1), time_fraction), 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
     if cfg.schedule == "step":
         return cfg.gamma ** ((epoch - warm) // cfg.step_size)
     return 1.0

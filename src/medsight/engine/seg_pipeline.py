@@ -50,7 +50,7 @@ from medsight.engine import distributed
 from medsight.engine.callbacks import ProgressDisplay, RunLog
 from medsight.engine.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from medsight.engine.device import autocast, cpu_bf16_active, grad_scaler, pick_device, set_threads
-from medsight.engine.optim import build_optimizer, build_scheduler
+from medsight.engine.optim import TimeBudget, build_optimizer, build_scheduler
 from medsight.engine.patches import sample_patches
 from medsight.engine.pixel_scores import PixelScores
 from medsight.engine.plan import make_plan
@@ -124,7 +124,8 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
     device = pick_device(cfg.train.device)
     net.to(device)
     optimizer = build_optimizer(net.parameters(), cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train)
+    budget = TimeBudget(cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, budget)
     loss_fn = _loss(cfg, n_classes)
     augment = _augmenter(cfg, len(patch))
     rng = np.random.default_rng(cfg.train.seed)  # the same on every rank: all draw the same global batch
@@ -147,10 +148,13 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
     with ProgressDisplay(progress and main, epochs, "val_dice") as display:
         for epoch in range(state["epoch"] + 1, epochs + 1):
             display.start_epoch(epoch, cfg.segment.steps_per_epoch)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains at
             loss, seconds = _train_epoch(cfg, step, augment, rng, (train_images, train_labels), patch, batch, display)
+            # rank 0's clock decides the time limit and the time-following learning rate on every rank
+            seconds_so_far = distributed.broadcast(resumed_seconds + time.perf_counter() - started)
+            budget.update(seconds_so_far)
             scheduler.step()
-            seconds_so_far = resumed_seconds + time.perf_counter() - started
-            time_up = distributed.broadcast(bool(limit and seconds_so_far > limit * 60))  # rank 0's clock decides
+            time_up = bool(limit and seconds_so_far > limit * 60)
             validate = main and (epoch % cfg.segment.val_every == 0 or epoch == epochs or time_up)
             dice = float(np.nanmean([
                 _val_dice(validated, images[i], labels[i], rois[i], target or cases[i][1].spacing, patch,
@@ -158,7 +162,7 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
                 for i in val_idx
             ])) if validate else float("nan")
             row = distributed.broadcast({
-                "epoch": epoch, "train_loss": loss, "val_dice": dice, "lr": optimizer.param_groups[0]["lr"],
+                "epoch": epoch, "train_loss": loss, "val_dice": dice, "lr": lr,
                 "patches_per_s": round(cfg.segment.steps_per_epoch * batch / seconds, 1),
             })
             if row["val_dice"] > state["best_dice"]:

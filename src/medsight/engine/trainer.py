@@ -33,7 +33,7 @@ from medsight.engine.checkpoint import CHECKPOINT, load_checkpoint, save_checkpo
 from medsight.engine.data import TensorSet, class_counts, inverse_frequency_weights, iterate_batches
 from medsight.engine.device import autocast, grad_scaler, pick_device, set_threads
 from medsight.engine.finetune import parameter_groups
-from medsight.engine.optim import build_optimizer, build_scheduler, current_lr, step_scheduler
+from medsight.engine.optim import TimeBudget, build_optimizer, build_scheduler, current_lr, step_scheduler
 from medsight.errors import ConfigError, DatasetError
 from medsight.models.heads import logits_to_probs
 
@@ -123,7 +123,8 @@ def fit(
         model.to(memory_format=torch.channels_last)
     _check_outputs(model, train.images[:2], head=head, num_classes=num_classes, device=device)
     optimizer = build_optimizer(parameter_groups(model, cfg), cfg)
-    scheduler = build_scheduler(optimizer, cfg)
+    budget = TimeBudget(cfg)
+    scheduler = build_scheduler(optimizer, cfg, budget)
     scaler = grad_scaler(device, cfg.amp)
     weights = inverse_frequency_weights(train.labels, num_classes)
     class_weights = weights.to(device) if cfg.class_weights == "balanced" else None
@@ -173,6 +174,7 @@ def fit(
                 row = distributed.broadcast(row)
                 if stopper.update(epoch, row[metric]):
                     best_state = _cpu_state(model)
+                budget.update(distributed.broadcast(time.perf_counter() - started))  # rank 0's clock
                 step_scheduler(scheduler, row[metric])
                 row["seconds"] = time.perf_counter() - epoch_start
                 history.append(row)
