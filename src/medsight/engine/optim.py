@@ -97,7 +97,8 @@ class TimeBudget:
         self.fraction = 0.0
 
     def update(self, elapsed: float) -> None:
-        """Record ``elapsed`` seconds of training (since the run started, resumed runs included)."""
+        """Record ``elapsed``: the seconds the run counts against its limit (segmentation includes the
+        time trained before a resume; classification starts a fresh limit on resume)."""
         if self.seconds:
             self.fraction = min(max(elapsed / self.seconds, 0.0), 1.0)
 
