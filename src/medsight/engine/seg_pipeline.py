@@ -50,7 +50,7 @@ from medsight.engine import distributed
 from medsight.engine.callbacks import ProgressDisplay, RunLog
 from medsight.engine.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from medsight.engine.device import autocast, cpu_bf16_active, grad_scaler, pick_device, set_threads
-from medsight.engine.optim import TimeBudget, build_optimizer, build_scheduler
+from medsight.engine.optim import TimeBudget, build_optimizer, build_scheduler, current_lr
 from medsight.engine.patches import sample_patches
 from medsight.engine.pixel_scores import PixelScores
 from medsight.engine.plan import make_plan
@@ -148,7 +148,7 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
     with ProgressDisplay(progress and main, epochs, "val_dice") as display:
         for epoch in range(state["epoch"] + 1, epochs + 1):
             display.start_epoch(epoch, cfg.segment.steps_per_epoch)
-            lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains at
+            lr = current_lr(optimizer)  # the rate this epoch trains at
             loss, seconds = _train_epoch(cfg, step, augment, rng, (train_images, train_labels), patch, batch, display)
             # rank 0's clock decides the time limit and the time-following learning rate on every rank
             seconds_so_far = distributed.broadcast(resumed_seconds + time.perf_counter() - started)

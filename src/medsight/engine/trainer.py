@@ -174,12 +174,13 @@ def fit(
                 row = distributed.broadcast(row)
                 if stopper.update(epoch, row[metric]):
                     best_state = _cpu_state(model)
-                budget.update(distributed.broadcast(time.perf_counter() - started))  # rank 0's clock
+                # rank 0's clock decides the time limit and the time-following rate, for every rank
+                elapsed = distributed.broadcast(time.perf_counter() - started)
+                budget.update(elapsed)
                 step_scheduler(scheduler, row[metric])
                 row["seconds"] = time.perf_counter() - epoch_start
                 history.append(row)
-                # rank 0's clock decides the time limit, so every rank stops after the same epoch
-                stop_reason = distributed.broadcast(_stop_reason(stopper, cfg, epoch, time.perf_counter() - started))
+                stop_reason = _stop_reason(stopper, cfg, epoch, elapsed)  # broadcast inputs: the same on all ranks
                 state = {
                     "epoch": epoch, "history": history, "early_stopping": stopper.state_dict(),
                     "scaler": scaler.state_dict(), "stop_reason": stop_reason,
