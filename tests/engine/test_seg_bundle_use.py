@@ -130,6 +130,43 @@ def test_predict_writes_png_masks_on_the_input_grid_and_error_rows(trained, tmp_
         assert int(rows[f"c{k}.png"]["voxels_foreground"]) == mask.sum()
 
 
+def test_predict_writes_probability_maps_that_reproduce_the_masks(trained, tmp_path):
+    from medsight.inference.segmenter import Segmenter
+
+    data, run = trained
+    out = tmp_path / "masks"
+    images = [str(data / "images" / f"c{k}.png") for k in (0, 1)]
+    result = CliRunner().invoke(app, ["predict", str(run / "model"), *images, "--out", str(out), "--probabilities",
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    segmenter = Segmenter(run / "model")
+    threshold = segmenter.thresholds[1]
+    for k, row in enumerate(rows):
+        assert row["prob_map_foreground"] == str(out / f"c{k}_prob_foreground.png")
+        stored = np.asarray(Image.open(row["prob_map_foreground"]))
+        assert stored.dtype == np.uint16 and stored.shape == (48, 48)
+        _, expected = segmenter.segment_file(data / "images" / f"c{k}.png")
+        np.testing.assert_allclose(stored / 65535, expected.probs[1], atol=0.5 / 65535 + 1e-6)
+        assert 0.05 < (stored / 65535).mean() < 0.5  # a disc on a background, not an all-0 or all-1 map
+        mask = np.asarray(Image.open(row["mask"])) > 0
+        np.testing.assert_array_equal(stored / 65535 >= threshold, mask)
+
+    before = (out / "predictions.csv").read_bytes()
+    again = CliRunner().invoke(app, ["predict", str(run / "model"), *images, "--out", str(out), "--resume",
+                                     "--no-progress"])  # resumed without --probabilities: other columns
+    assert again.exit_code != 0 and "other options" in again.output
+    assert (out / "predictions.csv").read_bytes() == before and (out / "c1_prob_foreground.png").is_file()
+
+
+def test_probability_maps_are_refused_for_a_classifier(trained_run, small_phantoms, tmp_path):
+    image = sorted(p for p in small_phantoms.rglob("*") if p.suffix in {".png", ".dcm", ".gz"})[0]
+    result = CliRunner().invoke(app, ["predict", str(trained_run / "model"), str(image), "--out",
+                                      str(tmp_path / "p.csv"), "--probabilities"])
+    assert result.exit_code != 0 and "is for segmentation models" in result.output
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_predict_into_a_csv_path_is_refused_for_a_segmenter(trained, tmp_path):
     data, run = trained
     result = CliRunner().invoke(app, ["predict", str(run / "model"), str(data / "images" / "c0.png"),

@@ -48,7 +48,7 @@ def test_resume_into_json_or_another_models_csv_is_refused(trained_run, inputs, 
     other = tmp_path / "other.csv"
     other.write_text("path,mask,voxels_background,error\na.png,a_mask.png,10,\n")
     before = other.read_text()
-    with pytest.raises(ConfigError, match=r"another model wrote it.*choose a new --out"):
+    with pytest.raises(ConfigError, match=r"another model or other options wrote it.*choose a new --out"):
         predict_to_file(bundle=trained_run / "model", inputs=[inputs], out=other, resume=True, progress=False)
     assert other.read_text() == before
 

@@ -102,12 +102,15 @@ def test_two_workers_write_the_same_masks_as_one(tmp_path):
         "segment.patch_size": [32, 32], "segment.batch_size": 2, "segment.steps_per_epoch": 2, "train.epochs": 1,
     })
     bundle = train_segmenter(cfg, out=tmp_path / "run", progress=False)["bundle"]
-    serial = segment_to_folder(bundle=bundle, inputs=[root / "images"], out=tmp_path / "m1", progress=False)
+    serial = segment_to_folder(bundle=bundle, inputs=[root / "images"], out=tmp_path / "m1", progress=False,
+                               probabilities=True)
     parallel = segment_parallel(bundle=bundle, inputs=[root / "images"], out=tmp_path / "m2", workers=2,
-                                progress=False)
+                                progress=False, probabilities=True)
     assert serial == parallel == {"ok": 6, "errors": 0, "skipped": 0}
     one = (tmp_path / "m1" / "predictions.csv").read_text()
     two = (tmp_path / "m2" / "predictions.csv").read_text()
     assert two == one.replace(str(tmp_path / "m1"), str(tmp_path / "m2"))
-    for mask in sorted((tmp_path / "m1").glob("*.png")):
+    written = sorted((tmp_path / "m1").glob("*.png"))
+    assert len(written) == 18  # mask, uncertainty and foreground probability map of each case
+    for mask in written:
         assert mask.read_bytes() == (tmp_path / "m2" / mask.name).read_bytes()

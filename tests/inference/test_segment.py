@@ -12,7 +12,12 @@ from PIL import Image
 
 from medsight.data.sample import Sample
 from medsight.errors import ConfigError, InvalidImageError
-from medsight.inference.postprocess import keep_largest_component, probs_to_labels, write_mask
+from medsight.inference.postprocess import (
+    keep_largest_component,
+    probs_to_labels,
+    write_mask,
+    write_probability_maps,
+)
 from medsight.inference.segment import sliding_window_probs
 from medsight.io import read_image_file, read_nifti
 
@@ -156,6 +161,28 @@ def test_mask_overlays_an_oblique_nifti_voxel_for_voxel(tmp_path: Path):
     np.testing.assert_allclose(mask.affine, oblique_affine(), atol=1e-4)
     np.testing.assert_array_equal(mask.get_fdata() == 1, reference.get_fdata() > 0.5)
     assert mask.get_data_dtype() == np.uint8
+
+
+def test_probability_maps_overlay_an_oblique_nifti_voxel_for_voxel(tmp_path: Path):
+    source = intensities((21, 17, 9), seed=4)
+    nib.save(nib.Nifti1Image(source, oblique_affine()), tmp_path / "scan.nii.gz")
+    sample = read_nifti(tmp_path / "scan.nii.gz")
+    foreground = sliding_window_probs(threshold_net(3), sample.array, patch_size=(8, 8, 8))[1]
+    probs = np.stack([1 - foreground, 0.6 * foreground, 0.4 * foreground])  # three classes
+    written = write_probability_maps(probs, sample, tmp_path / "out" / "scan_mask.nii.gz",
+                                     ["background", "left kidney", "tumour/cyst"])
+    assert written == {"left kidney": tmp_path / "out" / "scan_prob_left_kidney.nii.gz",
+                       "tumour/cyst": tmp_path / "out" / "scan_prob_tumour_cyst.nii.gz"}
+    for k, path in enumerate(written.values(), start=1):
+        stored = nib.load(path)
+        np.testing.assert_array_equal(stored.affine, nib.load(tmp_path / "scan.nii.gz").affine)
+        assert stored.get_data_dtype() == np.float32
+        np.testing.assert_allclose(stored.get_fdata(), probs[k], atol=1e-6)
+    np.testing.assert_array_equal(nib.load(written["left kidney"]).get_fdata() > 0.3, source > 0.5)
+
+    with pytest.raises(InvalidImageError, match=r"shape \(9, 17, 21, 2\), not \(2, 21, 17, 9\)"):
+        write_probability_maps(probs[:2].T, sample, tmp_path / "bad" / "scan_mask.nii.gz", ["background", "x"])
+    assert not (tmp_path / "bad").exists()
 
 
 def test_png_mask_round_trip(tmp_path: Path):

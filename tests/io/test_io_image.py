@@ -166,16 +166,19 @@ def test_bad_png_names_the_file_and_the_fix(tmp_path: Path, make, needle: str) -
     assert str(path) in str(err.value) and needle in str(err.value) and "save it again" in str(err.value)
 
 
-def test_write_png_round_trips_uint8_and_bool(tmp_path: Path) -> None:
+def test_write_png_round_trips_uint8_uint16_and_bool(tmp_path: Path) -> None:
     write_png(GRID, tmp_path / "grid.png")
     np.testing.assert_array_equal(read_image(tmp_path / "grid.png").array[0], GRID)
     write_png(GRID > 100, tmp_path / "mask.png")
     np.testing.assert_array_equal(read_image(tmp_path / "mask.png").array[0], [[0, 0], [255, 255]])
+    deep = np.array([[0, 1], [40000, 65535]], np.uint16)
+    write_png(deep, tmp_path / "deep.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "deep.png").array[0], deep)  # all 16 bits kept
 
 
 @pytest.mark.parametrize("array", [GRID.astype(np.float32), GRID[None]], ids=["float", "3D"])
 def test_write_png_refuses_other_arrays(tmp_path: Path, array: np.ndarray) -> None:
-    with pytest.raises(InvalidImageError, match=r"out\.png: write_png takes a 2D uint8 or bool array"):
+    with pytest.raises(InvalidImageError, match=r"out\.png: write_png takes a 2D uint8, uint16 or bool array"):
         write_png(array, tmp_path / "out.png")
 
 

@@ -22,12 +22,16 @@ def predict(
     progress: bool = typer.Option(True, help="Show a progress bar."),
     workers: int = typer.Option(1, min=1, help="Worker processes (each loads the model once); rows stay in input "
                                 "order."),
+    probabilities: bool = typer.Option(
+        False, "--probabilities", help="Segmenters: also write each foreground class's probability map next to its "
+        "mask (16-bit PNG holding p x 65535, or float32 NIfTI with the image's affine)."
+    ),
 ) -> None:
     """Predict labels for images (classifiers) or write masks (segmenters); unreadable files get an error row."""
     from medsight.bundle import load_bundle
+    from medsight.errors import ConfigError
 
     if load_bundle(bundle, weights=False).task == "segmentation":
-        from medsight.errors import ConfigError
         from medsight.inference.segmenter import segment_to_folder
 
         out = out or Path("masks")
@@ -38,12 +42,16 @@ def predict(
             from medsight.inference.parallel import segment_parallel
 
             counts = segment_parallel(bundle=bundle, inputs=inputs, out=out, workers=workers, progress=progress,
-                                      resume=resume)
+                                      resume=resume, probabilities=probabilities)
         else:
-            counts = segment_to_folder(bundle=bundle, inputs=inputs, out=out, progress=progress, resume=resume)
+            counts = segment_to_folder(bundle=bundle, inputs=inputs, out=out, progress=progress, resume=resume,
+                                       probabilities=probabilities)
         typer.echo(f"wrote {counts['ok']} mask(s) to {out}/ and {out / 'predictions.csv'}; "
                    f"{counts['errors']} unreadable; {counts['skipped']} already done")
         return
+    if probabilities:
+        raise ConfigError("--probabilities", "is for segmentation models",
+                          "drop it: a classifier's class probabilities are already columns of its output")
     from medsight.inference.predictor import predict_to_file
 
     out = out or Path("predictions.csv")

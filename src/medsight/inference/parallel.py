@@ -57,7 +57,8 @@ def predict_parallel(
     with ResultsCsv(out, fields, resume=resume) as results:
         todo = [path for path in files if str(path) not in results.done]
         counts = {"ok": 0, "errors": 0, "skipped": len(files) - len(todo)}
-        for row in _ordered_rows(("classify", str(bundle), resolved, None), todo, workers, progress, "predicting"):
+        job = ("classify", str(bundle), resolved, None, False)
+        for row in _ordered_rows(job, todo, workers, progress, "predicting"):
             counts["errors" if row["error"] else "ok"] += 1
             results.write(row)
     return counts
@@ -65,6 +66,7 @@ def predict_parallel(
 
 def segment_parallel(
     *, bundle: str | Path, inputs: list[Path], out: Path, workers: int, resume: bool = False, progress: bool = True,
+    probabilities: bool = False,
 ) -> dict[str, int]:
     """:func:`~medsight.inference.segmenter.segment_to_folder` on ``workers`` processes.
 
@@ -74,17 +76,18 @@ def segment_parallel(
     """
     from medsight.inference.predictor import expand_inputs
     from medsight.inference.results_csv import ResultsCsv
-    from medsight.inference.segmenter import Segmenter
+    from medsight.inference.segmenter import Segmenter, segment_fields
 
     _check_workers(workers)
     label_names = Segmenter(bundle).label_names  # fails here on a bad bundle
     files = expand_inputs(inputs)
     out = Path(out)
-    fields = ["path", "mask", "uncertainty_map", "uncertainty", *(f"voxels_{n}" for n in label_names), "error"]
+    fields = segment_fields(label_names, probabilities=probabilities)
     with ResultsCsv(out / "predictions.csv", fields, resume=resume) as results:
         todo = [path for path in files if str(path) not in results.done]
         counts = {"ok": 0, "errors": 0, "skipped": len(files) - len(todo)}
-        for row in _ordered_rows(("segment", str(bundle), None, str(out)), todo, workers, progress, "segmenting"):
+        job = ("segment", str(bundle), None, str(out), probabilities)
+        for row in _ordered_rows(job, todo, workers, progress, "segmenting"):
             counts["errors" if row["error"] else "ok"] += 1
             results.write(row)
     return counts
@@ -125,7 +128,8 @@ class _Sized:
         return iter(self.items)
 
 
-def _start_worker(kind: str, bundle: str, backend: str | None, out: str | None, threads: int) -> None:
+def _start_worker(kind: str, bundle: str, backend: str | None, out: str | None, probabilities: bool,
+                  threads: int) -> None:
     """Runs once in each worker: thread count, then the model (loaded once per process)."""
     import torch
 
@@ -137,7 +141,7 @@ def _start_worker(kind: str, bundle: str, backend: str | None, out: str | None, 
     else:
         from medsight.inference.segmenter import Segmenter
 
-        _WORKER["row"] = _segment_row(Segmenter(bundle), Path(out or "masks"))
+        _WORKER["row"] = _segment_row(Segmenter(bundle), Path(out or "masks"), probabilities)
 
 
 def _row(path: str) -> dict[str, Any]:
@@ -151,8 +155,8 @@ def _classify_row(predictor) -> Callable[[Path], dict[str, Any]]:
     return lambda path: csv_row(next(iter_predictions(predictor, [path], progress=False)), predictor.label_names)
 
 
-def _segment_row(segmenter, out: Path) -> Callable[[Path], dict[str, Any]]:
+def _segment_row(segmenter, out: Path, probabilities: bool) -> Callable[[Path], dict[str, Any]]:
     """The row (and the mask files) :func:`~medsight.inference.segmenter.segment_to_folder` writes for one file."""
     from medsight.inference.segmenter import segment_row
 
-    return lambda path: segment_row(segmenter, path, out)
+    return lambda path: segment_row(segmenter, path, out, probabilities=probabilities)

@@ -4,10 +4,13 @@ Example:
     >>> labels = keep_largest_component(probs_to_labels(probs, thresholds={1: 0.7}))
     >>> write_mask(labels, sample, Path("liver_mask.nii.gz"))
     PosixPath('liver_mask.nii.gz')
+    >>> write_probability_maps(probs, sample, Path("liver_mask.nii.gz"), ["background", "liver"])
+    {'liver': PosixPath('liver_prob_liver.nii.gz')}
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -105,3 +108,40 @@ def write_mask(labels: np.ndarray, sample_like: Sample, path: Path) -> Path:
         f"cannot write a mask as {path.suffix or '(no suffix)'}",
         f"use one of {', '.join(MASK_SUFFIXES)}",
     )
+
+
+def write_probability_maps(probs: np.ndarray, sample_like: Sample, mask: Path, label_names: Sequence[str]) -> dict:
+    """Next to ``mask`` (``<stem>_mask.png`` / ``.nii.gz``), each foreground class's probability map.
+
+    ``<stem>_prob_<class>.png`` is a 16-bit grey PNG holding ``round(p * 65535)`` (a PNG mask),
+    ``<stem>_prob_<class>.nii.gz`` float32 probabilities with the sample's affine (a NIfTI mask);
+    either overlays the image voxel for voxel. Class names are made file-safe (``left kidney``
+    -> ``left_kidney``).
+
+    Returns:
+        ``{class name: path}`` for classes 1..K-1.
+
+    Raises:
+        InvalidImageError: ``probs`` is not ``(len(label_names), *sample_like.spatial_shape)``.
+    """
+    probs = np.asarray(probs)
+    if probs.shape != (len(label_names), *sample_like.spatial_shape):
+        raise InvalidImageError(
+            mask, f"the probabilities have shape {probs.shape}, not "
+            f"{(len(label_names), *sample_like.spatial_shape)} (classes, image)",
+            "pass the (K, *spatial) probabilities on the image's own grid",
+        )
+    written = {}
+    for k, name in enumerate(label_names[1:], start=1):
+        path = beside_mask(mask, f"prob_{re.sub(r'[^A-Za-z0-9_-]+', '_', name)}")
+        p = np.clip(probs[k], 0.0, 1.0)
+        written[name] = write_png(np.round(p * 65535).astype(np.uint16), path) if path.suffix == ".png" else (
+            write_nifti(p.astype(np.float32), sample_like.affine, path))
+    return written
+
+
+def beside_mask(mask: Path, tag: str) -> Path:
+    """``<stem>_<tag>.png`` (or ``.nii.gz``) next to ``<stem>_mask.png`` (or ``.nii.gz``)."""
+    mask = Path(mask)
+    suffix = ".png" if mask.name.endswith(".png") else ".nii.gz"
+    return mask.with_name(f"{mask.name.removesuffix(suffix).removesuffix('_mask')}_{tag}{suffix}")

@@ -55,7 +55,8 @@ class ResultsCsv:
             reader = csv.DictReader(handle)
             if reader.fieldnames != self.fields:
                 raise ConfigError(
-                    self.path, f"has the columns {reader.fieldnames}, not {self.fields} (another model wrote it)",
-                    "resume into the file this model started, or choose a new --out",
+                    self.path,
+                    f"has the columns {reader.fieldnames}, not {self.fields} (another model or other options wrote it)",
+                    "resume with the model and options that started it, or choose a new --out",
                 )
             return [row for row in reader if None not in row.values() and None not in row]

@@ -23,7 +23,13 @@ import numpy as np
 from medsight.bundle import Bundle, load_bundle
 from medsight.data.sample import Sample
 from medsight.errors import BundleError, MedsightError
-from medsight.inference.postprocess import keep_largest_component, probs_to_labels, write_mask
+from medsight.inference.postprocess import (
+    beside_mask,
+    keep_largest_component,
+    probs_to_labels,
+    write_mask,
+    write_probability_maps,
+)
 
 
 def entropy_map(probs: np.ndarray) -> np.ndarray:
@@ -134,10 +140,10 @@ def _write_uncertainty(entropy: np.ndarray, sample: Sample, mask: Path) -> Path:
     from medsight.io.image import write_png
     from medsight.io.nifti import write_nifti
 
-    stem = mask.name[: -len("_mask.png")] if mask.name.endswith("_mask.png") else mask.name[: -len("_mask.nii.gz")]
-    if mask.suffix == ".png":
-        return write_png(np.round(entropy * 255).astype(np.uint8), mask.with_name(f"{stem}_uncertainty.png"))
-    return write_nifti(entropy, sample.affine, mask.with_name(f"{stem}_uncertainty.nii.gz"))
+    path = beside_mask(mask, "uncertainty")
+    if path.suffix == ".png":
+        return write_png(np.round(entropy * 255).astype(np.uint8), path)
+    return write_nifti(entropy, sample.affine, path)
 
 
 def mask_path(source: Path, out_dir: Path, sample: Sample) -> Path:
@@ -148,10 +154,18 @@ def mask_path(source: Path, out_dir: Path, sample: Sample) -> Path:
     return out_dir / f"{image_stem(source)}_mask{suffix}"
 
 
-def segment_row(segmenter: Segmenter, path: Path, out: Path) -> dict[str, Any]:
+def segment_fields(label_names: list[str], *, probabilities: bool = False) -> list[str]:
+    """The columns of a segmenter's ``predictions.csv`` (``prob_map_<class>`` with ``probabilities``)."""
+    maps = [f"prob_map_{n}" for n in label_names[1:]] if probabilities else []
+    return ["path", "mask", "uncertainty_map", "uncertainty", *(f"voxels_{n}" for n in label_names), *maps, "error"]
+
+
+def segment_row(segmenter: Segmenter, path: Path, out: Path, *, probabilities: bool = False) -> dict[str, Any]:
     """Segment one file, write its mask and uncertainty map under ``out``; the ``predictions.csv`` row.
 
-    An unreadable file gives a row with ``error`` set instead of raising.
+    With ``probabilities`` each foreground class's probability map is written next to the mask
+    (:func:`~medsight.inference.postprocess.write_probability_maps`). An unreadable file gives a
+    row with ``error`` set instead of raising.
     """
     row: dict[str, Any] = {"path": str(path), "mask": "", "error": ""}
     try:
@@ -161,19 +175,24 @@ def segment_row(segmenter: Segmenter, path: Path, out: Path) -> dict[str, Any]:
         row["uncertainty_map"] = str(_write_uncertainty(result.uncertainty, sample, mask))
         row["uncertainty"] = round(result.case_uncertainty, 6)
         row.update({f"voxels_{n}": c for n, c in result.voxel_counts.items()})
+        if probabilities:
+            maps = write_probability_maps(result.probs, sample, mask, segmenter.label_names)
+            row.update({f"prob_map_{n}": str(p) for n, p in maps.items()})
     except MedsightError as exc:
         row["error"] = str(exc)
     return row
 
 
 def segment_to_folder(
-    *, bundle: str | Path, inputs: list[Path], out: Path, progress: bool = True, resume: bool = False
+    *, bundle: str | Path, inputs: list[Path], out: Path, progress: bool = True, resume: bool = False,
+    probabilities: bool = False,
 ) -> dict[str, int]:
     """Segment every input and write one mask per file plus ``out/predictions.csv``.
 
     The CSV has a row per file: the mask path and the voxel count of each class, or the
     error that stopped it (an unreadable file never stops the others). With ``resume``, files
-    that already have a row are skipped (``counts["skipped"]``).
+    that already have a row are skipped (``counts["skipped"]``). With ``probabilities``, each
+    foreground class's probability map is written next to the mask, its path in the row.
     """
     from medsight.inference.predictor import expand_inputs
     from medsight.inference.results_csv import ResultsCsv
@@ -183,13 +202,12 @@ def segment_to_folder(
     files = expand_inputs(inputs)
     out = Path(out)
     counts = {"ok": 0, "errors": 0, "skipped": 0}
-    fields = ["path", "mask", "uncertainty_map", "uncertainty", *(f"voxels_{n}" for n in segmenter.label_names),
-              "error"]
+    fields = segment_fields(segmenter.label_names, probabilities=probabilities)
     with ResultsCsv(out / "predictions.csv", fields, resume=resume) as results:
         todo = [path for path in files if str(path) not in results.done]
         counts["skipped"] = len(files) - len(todo)
         for path in track(todo, description="segmenting", enabled=progress):
-            row = segment_row(segmenter, path, out)
+            row = segment_row(segmenter, path, out, probabilities=probabilities)
             counts["errors" if row["error"] else "ok"] += 1
             results.write(row)
     return counts

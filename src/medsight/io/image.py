@@ -91,7 +91,7 @@ def _pixels(image: Image.Image) -> np.ndarray:
 
 
 def write_png(array: np.ndarray, path: str | Path) -> Path:
-    """Write a 2D uint8 array, or a bool mask as 0/255, as an 8-bit grey PNG.
+    """Write a 2D uint8 array, or a bool mask as 0/255, as an 8-bit grey PNG; uint16 as a 16-bit one.
 
     Example:
         >>> write_png(mask > 0, "mask.png")
@@ -99,16 +99,16 @@ def write_png(array: np.ndarray, path: str | Path) -> Path:
     """
     path = Path(path)
     data = np.asarray(array)
-    if data.ndim != 2 or data.dtype not in (np.uint8, np.bool_):
+    if data.ndim != 2 or data.dtype not in (np.uint8, np.uint16, np.bool_):
         raise InvalidImageError(
             path,
-            f"write_png takes a 2D uint8 or bool array, got {data.dtype} with shape {data.shape}",
+            f"write_png takes a 2D uint8, uint16 or bool array, got {data.dtype} with shape {data.shape}",
             "pass one channel, e.g. array[0], converted with .astype(np.uint8) or (array > 0)",
         )
     if data.dtype == np.bool_:
         data = data.astype(np.uint8) * 255
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(data, mode="L").save(path, format="PNG")
+    Image.fromarray(data).save(path, format="PNG")  # 2D uint8 -> "L", uint16 -> "I;16"
     return path
 
 
