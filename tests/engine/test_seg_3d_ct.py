@@ -1,6 +1,8 @@
 """3D segmentation on the real CT volume: plan (CT normalisation), train a few iterations, predict a NIfTI."""
 
+import csv
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -30,8 +32,10 @@ def ct_set(tmp_path_factory, shared_data) -> Path:
     return root
 
 
-def test_3d_unet_trains_on_ct_and_predicts_a_mask_on_the_source_grid(ct_set, tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def ct_run(ct_set, tmp_path_factory) -> Path:
+    """A small 3D U-Net trained a few iterations on the body masks, through the CLI."""
+    run = tmp_path_factory.mktemp("ct_run") / "run"
     result = CliRunner().invoke(app, [
         "train", "--task", "segmentation", "--data", str(ct_set), "--out", str(run), "--epochs", "3", "--lr", "0.01",
         "--set", "model.kwargs={base_features: 8, depth: 3}", "--set", "segment.patch_size=[48, 48, 16]",
@@ -39,6 +43,11 @@ def test_3d_unet_trains_on_ct_and_predicts_a_mask_on_the_source_grid(ct_set, tmp
         "--no-progress",
     ])
     assert result.exit_code == 0, result.output
+    return run
+
+
+def test_3d_unet_trains_on_ct_and_predicts_a_mask_on_the_source_grid(ct_set, ct_run, tmp_path):
+    run = ct_run
     plan = json.loads((run / "plan.json").read_text())
     assert plan["spatial_dims"] == 3 and plan["normalization"]["scheme"] == "ct"
     low, high = plan["normalization"]["clip"]
@@ -57,3 +66,40 @@ def test_3d_unet_trains_on_ct_and_predicts_a_mask_on_the_source_grid(ct_set, tmp
     pred = np.asarray(mask.dataobj) > 0
     dice = 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
     assert dice > 0.8, dice  # the body is an easy, large target: a few steps already find it
+
+
+def test_a_dicom_series_folder_is_segmented_as_one_volume_with_a_dicom_seg(ct_set, ct_run, shared_data, tmp_path):
+    from medsight.io.dicom_seg import read_dicom_seg
+    from medsight.io.dicom_series import read_dicom_series
+
+    inputs = tmp_path / "in"
+    shutil.copytree(shared_data / "dicom" / "dcmqi" / "segmentations" / "ct-3slice", inputs / "abdomen")
+    shutil.copy(ct_set / "imagesTr" / "ct_b.nii.gz", inputs / "ct_b.nii.gz")
+    mixed = inputs / "mixed"  # two series in one folder: which volume is meant?
+    shutil.copytree(shared_data / "dicom" / "dcmqi" / "segmentations" / "ct-3slice", mixed / "a")
+    shutil.copytree(shared_data / "dicom" / "dcmqi" / "paramaps" / "pm-example-dcm" / "701-ADCb500", mixed / "b")
+    for f in mixed.rglob("*.dcm"):
+        f.rename(mixed / f"{f.parent.name}_{f.name}")
+    out = tmp_path / "masks"
+    result = CliRunner().invoke(app, ["predict", str(ct_run / "model"), str(inputs), "--out", str(out),
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 2 mask(s)" in result.output and "1 unreadable" in result.output  # 3 slices are one volume
+    rows = {Path(r["path"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
+    assert sorted(rows) == ["abdomen", "ct_b.nii.gz", "mixed"] and not rows["ct_b.nii.gz"]["dicom_seg"]
+    assert "holds 2 series" in rows["mixed"]["error"] and "a folder of its own" in rows["mixed"]["error"]
+    assert not rows["mixed"]["mask"] and not list(out.glob("mixed*"))
+
+    series = read_dicom_series(inputs / "abdomen")
+    mask = nib.load(rows["abdomen"]["mask"])
+    assert rows["abdomen"]["mask"] == str(out / "abdomen_mask.nii.gz")
+    assert mask.shape == series.spatial_shape == (3, 512, 512)
+    np.testing.assert_allclose(mask.affine, series.affine, atol=1e-6)
+    labels = np.asarray(mask.dataobj)
+    body = series.array[0] > -400  # HU: the body against the air around it
+    assert 2 * (labels.astype(bool) & body).sum() / (labels.sum() + body.sum()) > 0.8  # measured 0.89
+
+    image, seg_labels, names = read_dicom_seg(rows["abdomen"]["dicom_seg"], inputs / "abdomen")
+    assert names == {1: "body"}
+    np.testing.assert_array_equal(seg_labels, labels)  # the SEG holds the same mask, slice for slice
+    assert image.meta["slice_files"] == series.meta["slice_files"]

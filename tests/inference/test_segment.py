@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -234,3 +235,23 @@ def test_sliding_window_rejects_bad_input(image, patch, overlap, error, words):
 def test_threshold_for_an_unknown_class_is_a_config_error():
     with pytest.raises(ConfigError, match=r"thresholds: class 3 .*use class indices 1\.\.1"):
         probs_to_labels(np.full((2, 3), 0.5, np.float32), thresholds={3: 0.5})
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on the broken file
+def test_a_3d_model_reads_each_folder_of_dicom_slices_as_one_volume(shared_data: Path, tmp_path: Path):
+    from medsight.inference.segmenter import segmentation_inputs
+
+    study = tmp_path / "study"
+    shutil.copytree(shared_data / "dicom" / "dcmqi" / "segmentations" / "ct-3slice", study / "ct")
+    shutil.copy(shared_data / "dicom" / "pydicom" / "emri_small.dcm", study / "enhanced.dcm")  # multi-frame MR
+    (study / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00cut short")
+    nib.save(nib.Nifti1Image(intensities((6, 5, 4)), np.eye(4)), study / "scan.nii.gz")
+
+    every_file = [study / "broken.dcm", *(study / "ct" / f"0{k}.dcm" for k in (1, 2, 3)), study / "enhanced.dcm",
+                  study / "scan.nii.gz"]
+    assert segmentation_inputs([study], volumes=False) == every_file  # a 2D model segments each slice
+    assert segmentation_inputs([study], volumes=True) == [
+        study / "broken.dcm",  # unreadable: kept, so that its row names the error
+        study / "ct", study / "enhanced.dcm", study / "scan.nii.gz",
+    ]
+    assert segmentation_inputs([study / "ct" / "02.dcm"], volumes=True) == [study / "ct"]

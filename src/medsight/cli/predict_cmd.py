@@ -12,7 +12,8 @@ from medsight.cli.errors import reports_errors
 @reports_errors
 def predict(
     bundle: Path = typer.Argument(..., help="A model folder (RUN_DIR/model)."),
-    inputs: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+    inputs: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively); a 3D "
+                                        "segmenter reads each folder of DICOM slices as one volume."),
     out: Path = typer.Option(
         None, help="Classifiers: a .csv or .json file (default predictions.csv). Segmenters: a folder for the "
         "masks and predictions.csv (default masks/)."

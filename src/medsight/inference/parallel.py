@@ -74,15 +74,14 @@ def segment_parallel(
         ConfigError: ``workers`` below 1.
         BundleError: the bundle is not a usable segmentation bundle.
     """
-    from medsight.inference.predictor import expand_inputs
     from medsight.inference.results_csv import ResultsCsv
-    from medsight.inference.segmenter import Segmenter, segment_fields
+    from medsight.inference.segmenter import Segmenter, segment_fields, segmentation_inputs
 
     _check_workers(workers)
-    label_names = Segmenter(bundle).label_names  # fails here on a bad bundle
-    files = expand_inputs(inputs)
+    segmenter = Segmenter(bundle)  # fails here on a bad bundle
+    files = segmentation_inputs(inputs, volumes=segmenter.volumes)
     out = Path(out)
-    fields = segment_fields(label_names, probabilities=probabilities)
+    fields = segment_fields(segmenter.label_names, probabilities=probabilities)
     with ResultsCsv(out / "predictions.csv", fields, resume=resume) as results:
         todo = [path for path in files if str(path) not in results.done]
         counts = {"ok": 0, "errors": 0, "skipped": len(files) - len(todo)}

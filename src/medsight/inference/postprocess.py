@@ -140,8 +140,8 @@ def write_probability_maps(probs: np.ndarray, sample_like: Sample, mask: Path, l
     return written
 
 
-def beside_mask(mask: Path, tag: str) -> Path:
-    """``<stem>_<tag>.png`` (or ``.nii.gz``) next to ``<stem>_mask.png`` (or ``.nii.gz``)."""
+def beside_mask(mask: Path, tag: str, suffix: str | None = None) -> Path:
+    """``<stem>_<tag>.png`` (or ``.nii.gz``, or ``suffix``) next to ``<stem>_mask.png`` (or ``.nii.gz``)."""
     mask = Path(mask)
-    suffix = ".png" if mask.name.endswith(".png") else ".nii.gz"
-    return mask.with_name(f"{mask.name.removesuffix(suffix).removesuffix('_mask')}_{tag}{suffix}")
+    own = ".png" if mask.name.endswith(".png") else ".nii.gz"
+    return mask.with_name(f"{mask.name.removesuffix(own).removesuffix('_mask')}_{tag}{suffix or own}")

@@ -89,6 +89,11 @@ class Segmenter:
     def label_names(self) -> list[str]:
         return self.bundle.label_names
 
+    @property
+    def volumes(self) -> bool:
+        """A 3D model: it segments volumes (a DICOM series as one)."""
+        return self.bundle.spatial_dims == 3
+
     def prepare(self, sample: Sample) -> np.ndarray:
         """The network input for a whole image: the bundle's intensity steps and normalisation."""
         from medsight.transforms.preprocess import preprocess_for_segmentation
@@ -128,6 +133,14 @@ class Segmenter:
         probs = self.probabilities(sample)
         return SegmentationResult(self.labels_from(probs), probs, self.label_names)
 
+    def write_dicom_seg(self, labels: np.ndarray, sample: Sample, path: Path) -> Path:
+        """``labels`` of a DICOM series ``sample`` as a DICOM SEG that references it, naming this model."""
+        from medsight.io.seg_writer import write_dicom_seg
+
+        version = str(self.bundle.provenance.get("created") or "unversioned")  # the bundle's training time stamp
+        return write_dicom_seg(labels, sample, path, label_names=self.label_names, model=self.bundle.model.name,
+                               version=version)
+
     def segment_file(self, path: str | Path) -> tuple[Sample, SegmentationResult]:
         from medsight.io import read_image
 
@@ -154,16 +167,44 @@ def mask_path(source: Path, out_dir: Path, sample: Sample) -> Path:
     return out_dir / f"{image_stem(source)}_mask{suffix}"
 
 
+def segmentation_inputs(inputs: list[Path], *, volumes: bool) -> list[Path]:
+    """What to segment, in a stable order: files as given, folders searched recursively.
+
+    For a 3D model (``volumes``) a single-frame DICOM file stands for its folder, so that a
+    series is segmented as one volume (its slices sorted by position:
+    :func:`~medsight.io.dicom_series.read_dicom_series`); NIfTI, NRRD and multi-frame DICOM
+    files are volumes of their own. A 2D model segments every file.
+    """
+    from medsight.inference.predictor import expand_inputs
+    from medsight.io.dicom import is_dicom_file, number_of_frames, open_dataset
+
+    files = expand_inputs(inputs)
+    if not volumes:
+        return files
+    chosen: dict[Path, None] = {}
+    for path in files:
+        if is_dicom_file(path):
+            try:
+                if number_of_frames(open_dataset(path, stop_before_pixels=True)) == 1:
+                    path = path.parent
+            except MedsightError:
+                pass  # unreadable: it stays a file of its own and gets an error row
+        chosen.setdefault(path)
+    return list(chosen)
+
+
 def segment_fields(label_names: list[str], *, probabilities: bool = False) -> list[str]:
     """The columns of a segmenter's ``predictions.csv`` (``prob_map_<class>`` with ``probabilities``)."""
     maps = [f"prob_map_{n}" for n in label_names[1:]] if probabilities else []
-    return ["path", "mask", "uncertainty_map", "uncertainty", *(f"voxels_{n}" for n in label_names), *maps, "error"]
+    return ["path", "mask", "dicom_seg", "uncertainty_map", "uncertainty", *(f"voxels_{n}" for n in label_names),
+            *maps, "error"]
 
 
 def segment_row(segmenter: Segmenter, path: Path, out: Path, *, probabilities: bool = False) -> dict[str, Any]:
     """Segment one file, write its mask and uncertainty map under ``out``; the ``predictions.csv`` row.
 
-    With ``probabilities`` each foreground class's probability map is written next to the mask
+    A DICOM series (a folder) also gets ``<stem>_seg.dcm``, a DICOM SEG that references it. With
+    ``probabilities`` each foreground class's probability map is written next to the mask
     (:func:`~medsight.inference.postprocess.write_probability_maps`). An unreadable file gives a
     row with ``error`` set instead of raising.
     """
@@ -172,6 +213,8 @@ def segment_row(segmenter: Segmenter, path: Path, out: Path, *, probabilities: b
         sample, result = segmenter.segment_file(path)
         mask = write_mask(result.labels, sample, mask_path(path, out, sample))
         row["mask"] = str(mask)
+        if sample.meta.get("slice_files"):
+            row["dicom_seg"] = str(segmenter.write_dicom_seg(result.labels, sample, beside_mask(mask, "seg", ".dcm")))
         row["uncertainty_map"] = str(_write_uncertainty(result.uncertainty, sample, mask))
         row["uncertainty"] = round(result.case_uncertainty, 6)
         row.update({f"voxels_{n}": c for n, c in result.voxel_counts.items()})
@@ -194,12 +237,11 @@ def segment_to_folder(
     that already have a row are skipped (``counts["skipped"]``). With ``probabilities``, each
     foreground class's probability map is written next to the mask, its path in the row.
     """
-    from medsight.inference.predictor import expand_inputs
     from medsight.inference.results_csv import ResultsCsv
     from medsight.progress import track
 
     segmenter = Segmenter(bundle)
-    files = expand_inputs(inputs)
+    files = segmentation_inputs(inputs, volumes=segmenter.volumes)
     out = Path(out)
     counts = {"ok": 0, "errors": 0, "skipped": 0}
     fields = segment_fields(segmenter.label_names, probabilities=probabilities)

@@ -86,7 +86,8 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None, wind
     series = _scan(folder)
     if series_uid is None and len(series) > 1:
         raise DatasetError(
-            folder, f"holds {len(series)} series: {_describe(series)}", "pass series_uid= to pick one"
+            folder, f"holds {len(series)} series: {_describe(series)}",
+            "pass series_uid= to pick one (medsight predict: give each series a folder of its own)",
         )
     if series_uid is not None and series_uid not in series:
         raise DatasetError(
