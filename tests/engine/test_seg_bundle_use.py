@@ -159,11 +159,25 @@ def test_predict_writes_probability_maps_that_reproduce_the_masks(trained, tmp_p
     assert (out / "predictions.csv").read_bytes() == before and (out / "c1_prob_foreground.png").is_file()
 
 
-def test_probability_maps_are_refused_for_a_classifier(trained_run, small_phantoms, tmp_path):
+def test_mixed_precision_masks_agree_with_float32(trained, tmp_path):
+    data, run = trained
+    images = [str(data / "images" / f"c{k}.png") for k in range(4)]
+    for name, flags in (("plain", []), ("mixed", ["--mixed-precision"])):
+        result = CliRunner().invoke(app, ["predict", str(run / "model"), *images, "--out", str(tmp_path / name),
+                                          "--no-progress", *flags])
+        assert result.exit_code == 0, result.output
+    for k in range(4):
+        plain = np.asarray(Image.open(tmp_path / "plain" / f"c{k}_mask.png")) > 0
+        mixed = np.asarray(Image.open(tmp_path / "mixed" / f"c{k}_mask.png")) > 0
+        assert plain.sum() > 20 and (plain != mixed).mean() <= 0.01  # at most 1% of pixels flip at the threshold
+
+
+@pytest.mark.parametrize("flag", ["--probabilities", "--mixed-precision"])
+def test_segmenter_options_are_refused_for_a_classifier(trained_run, small_phantoms, tmp_path, flag):
     image = sorted(p for p in small_phantoms.rglob("*") if p.suffix in {".png", ".dcm", ".gz"})[0]
     result = CliRunner().invoke(app, ["predict", str(trained_run / "model"), str(image), "--out",
-                                      str(tmp_path / "p.csv"), "--probabilities"])
-    assert result.exit_code != 0 and "is for segmentation models" in result.output
+                                      str(tmp_path / "p.csv"), flag])
+    assert result.exit_code != 0 and f"{flag}: is for segmentation models" in result.output
     assert not (tmp_path / "p.csv").exists()
 
 

@@ -255,3 +255,19 @@ def test_a_3d_model_reads_each_folder_of_dicom_slices_as_one_volume(shared_data:
         study / "ct", study / "enhanced.dcm", study / "scan.nii.gz",
     ]
     assert segmentation_inputs([study / "ct" / "02.dcm"], volumes=True) == [study / "ct"]
+
+
+def test_mixed_precision_runs_the_network_in_bfloat16_where_the_cpu_has_it():
+    from medsight.engine.device import cpu_has_native_bf16
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 3, padding=1))
+    image = intensities((1, 40, 52), seed=5) * 4
+    plain = sliding_window_probs(net, image, patch_size=(16, 16))
+    mixed = sliding_window_probs(net, image, patch_size=(16, 16), mixed_precision=True)
+    assert mixed.dtype == np.float32 and mixed.shape == plain.shape
+    np.testing.assert_allclose(mixed.sum(axis=0), 1.0, atol=1e-5)  # softmax and stitching stay float32
+    if cpu_has_native_bf16():
+        assert 1e-4 < np.abs(mixed - plain).max() < 0.05  # bfloat16 ran: close, not equal
+    else:
+        np.testing.assert_array_equal(mixed, plain)  # no native bf16: float32, as without the option

@@ -27,6 +27,10 @@ def predict(
         False, "--probabilities", help="Segmenters: also write each foreground class's probability map next to its "
         "mask (16-bit PNG holding p x 65535, or float32 NIfTI with the image's affine)."
     ),
+    mixed_precision: bool = typer.Option(
+        False, "--mixed-precision", help="Segmenters: run the network in bfloat16 where the CPU has native bf16 "
+        "(AVX512-BF16/AMX; about 2x faster, probabilities within ~0.02), autocast on CUDA; float32 elsewhere."
+    ),
 ) -> None:
     """Predict labels for images (classifiers) or write masks (segmenters); unreadable files get an error row."""
     from medsight.bundle import load_bundle
@@ -43,16 +47,17 @@ def predict(
             from medsight.inference.parallel import segment_parallel
 
             counts = segment_parallel(bundle=bundle, inputs=inputs, out=out, workers=workers, progress=progress,
-                                      resume=resume, probabilities=probabilities)
+                                      resume=resume, probabilities=probabilities, mixed_precision=mixed_precision)
         else:
             counts = segment_to_folder(bundle=bundle, inputs=inputs, out=out, progress=progress, resume=resume,
-                                       probabilities=probabilities)
+                                       probabilities=probabilities, mixed_precision=mixed_precision)
         typer.echo(f"wrote {counts['ok']} mask(s) to {out}/ and {out / 'predictions.csv'}; "
                    f"{counts['errors']} unreadable; {counts['skipped']} already done")
         return
-    if probabilities:
-        raise ConfigError("--probabilities", "is for segmentation models",
-                          "drop it: a classifier's class probabilities are already columns of its output")
+    if probabilities or mixed_precision:
+        flag = "--probabilities" if probabilities else "--mixed-precision"
+        raise ConfigError(flag, "is for segmentation models", "drop it: a classifier's class probabilities are "
+                          "already columns of its output, and it runs in float32 (or ONNX: --backend onnx)")
     from medsight.inference.predictor import predict_to_file
 
     out = out or Path("predictions.csv")

@@ -57,7 +57,7 @@ def predict_parallel(
     with ResultsCsv(out, fields, resume=resume) as results:
         todo = [path for path in files if str(path) not in results.done]
         counts = {"ok": 0, "errors": 0, "skipped": len(files) - len(todo)}
-        job = ("classify", str(bundle), resolved, None, False)
+        job = ("classify", str(bundle), resolved, None, None)
         for row in _ordered_rows(job, todo, workers, progress, "predicting"):
             counts["errors" if row["error"] else "ok"] += 1
             results.write(row)
@@ -66,7 +66,7 @@ def predict_parallel(
 
 def segment_parallel(
     *, bundle: str | Path, inputs: list[Path], out: Path, workers: int, resume: bool = False, progress: bool = True,
-    probabilities: bool = False,
+    probabilities: bool = False, mixed_precision: bool = False,
 ) -> dict[str, int]:
     """:func:`~medsight.inference.segmenter.segment_to_folder` on ``workers`` processes.
 
@@ -85,7 +85,7 @@ def segment_parallel(
     with ResultsCsv(out / "predictions.csv", fields, resume=resume) as results:
         todo = [path for path in files if str(path) not in results.done]
         counts = {"ok": 0, "errors": 0, "skipped": len(files) - len(todo)}
-        job = ("segment", str(bundle), None, str(out), probabilities)
+        job = ("segment", str(bundle), None, str(out), (probabilities, mixed_precision))
         for row in _ordered_rows(job, todo, workers, progress, "segmenting"):
             counts["errors" if row["error"] else "ok"] += 1
             results.write(row)
@@ -127,9 +127,12 @@ class _Sized:
         return iter(self.items)
 
 
-def _start_worker(kind: str, bundle: str, backend: str | None, out: str | None, probabilities: bool,
-                  threads: int) -> None:
-    """Runs once in each worker: thread count, then the model (loaded once per process)."""
+def _start_worker(kind: str, bundle: str, backend: str | None, out: str | None,
+                  options: tuple[bool, bool] | None, threads: int) -> None:
+    """Runs once in each worker: thread count, then the model (loaded once per process).
+
+    ``options``: a segmenter's ``(probabilities, mixed_precision)``.
+    """
     import torch
 
     torch.set_num_threads(threads)
@@ -140,7 +143,9 @@ def _start_worker(kind: str, bundle: str, backend: str | None, out: str | None, 
     else:
         from medsight.inference.segmenter import Segmenter
 
-        _WORKER["row"] = _segment_row(Segmenter(bundle), Path(out or "masks"), probabilities)
+        probabilities, mixed_precision = options
+        _WORKER["row"] = _segment_row(Segmenter(bundle, mixed_precision=mixed_precision), Path(out or "masks"),
+                                      probabilities)
 
 
 def _row(path: str) -> dict[str, Any]:

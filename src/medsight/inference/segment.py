@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
+from medsight.engine.device import autocast
 from medsight.errors import ConfigError, InvalidImageError
 
 
@@ -31,6 +32,7 @@ def sliding_window_probs(
     transpose_tta: bool = False,
     batch_size: int | None = None,
     device: str | torch.device = "cpu",
+    mixed_precision: bool = False,
 ) -> np.ndarray:
     """Predict per-class probabilities for a whole image, window by window.
 
@@ -47,6 +49,9 @@ def sliding_window_probs(
             voxels, at least 4 and at most 64 (56 windows of 96x96: 1.5x faster on a CPU than 4;
             4 windows of a 3D patch).
         device: where the network runs; the stitched output is kept on the CPU.
+        mixed_precision: run the network under autocast: bfloat16 on a CPU with native bf16
+            (AVX512-BF16/AMX; float32 on other CPUs), bfloat16 or float16 on CUDA. About 2x faster
+            on such a CPU; probabilities move by up to ~0.02, the softmax and stitching stay float32.
 
     Returns:
         ``(K, *spatial)`` float32 softmax probabilities (sum to 1 over K).
@@ -76,7 +81,9 @@ def sliding_window_probs(
         batch_size = max(4, min(64, 2**19 // int(np.prod(patch_size))))
 
     def predict(patches: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(network(patches).float(), dim=1)
+        with autocast(patches.device, mixed_precision, cpu_bf16=mixed_precision):
+            logits = network(patches)
+        return torch.softmax(logits.float(), dim=1)
 
     inputs = torch.from_numpy(array)[None]
     axes = range(2, array.ndim + 1)

@@ -70,7 +70,9 @@ class SegmentationResult:
 class Segmenter:
     """Loads a segmentation bundle once and segments samples or files."""
 
-    def __init__(self, bundle: Bundle | str | Path, *, device: str = "cpu") -> None:
+    def __init__(self, bundle: Bundle | str | Path, *, device: str = "cpu", mixed_precision: bool = False) -> None:
+        """``mixed_precision``: the network runs under autocast (bfloat16 on a CPU with native bf16:
+        about 2x faster; see :func:`~medsight.inference.segment.sliding_window_probs`)."""
         import torch
 
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
@@ -83,6 +85,7 @@ class Segmenter:
         self.settings = self.bundle.segmentation
         self.thresholds = {int(k): float(v) for k, v in (self.settings.get("thresholds") or {}).items()}
         self.device = torch.device(device)
+        self.mixed_precision = mixed_precision
         self.model = self.bundle.build_model().to(self.device)
 
     @property
@@ -119,6 +122,7 @@ class Segmenter:
             mirror_tta=bool(self.settings.get("mirror_tta", False)),
             transpose_tta=bool(self.settings.get("transpose_tta", False)),
             device=self.device,
+            mixed_precision=self.mixed_precision,
         )
         return resize(probs, sample.spatial_shape)
 
@@ -228,7 +232,7 @@ def segment_row(segmenter: Segmenter, path: Path, out: Path, *, probabilities: b
 
 def segment_to_folder(
     *, bundle: str | Path, inputs: list[Path], out: Path, progress: bool = True, resume: bool = False,
-    probabilities: bool = False,
+    probabilities: bool = False, mixed_precision: bool = False,
 ) -> dict[str, int]:
     """Segment every input and write one mask per file plus ``out/predictions.csv``.
 
@@ -236,11 +240,12 @@ def segment_to_folder(
     error that stopped it (an unreadable file never stops the others). With ``resume``, files
     that already have a row are skipped (``counts["skipped"]``). With ``probabilities``, each
     foreground class's probability map is written next to the mask, its path in the row.
+    ``mixed_precision``: see :class:`Segmenter`.
     """
     from medsight.inference.results_csv import ResultsCsv
     from medsight.progress import track
 
-    segmenter = Segmenter(bundle)
+    segmenter = Segmenter(bundle, mixed_precision=mixed_precision)
     files = segmentation_inputs(inputs, volumes=segmenter.volumes)
     out = Path(out)
     counts = {"ok": 0, "errors": 0, "skipped": 0}
