@@ -65,6 +65,11 @@ class Bundle:
     def spatial_dims(self) -> int:
         return len(self.preprocess.size)
 
+    @property
+    def version(self) -> str:
+        """The bundle's training time stamp, as DICOM results name the algorithm's version."""
+        return str(self.provenance.get("created") or "unversioned")
+
     def build_model(self):
         """The network with the bundle's weights loaded, in eval mode."""
         from medsight.models import create_model

@@ -84,7 +84,8 @@ def test_a_dicom_series_folder_is_segmented_as_one_volume_with_a_dicom_seg(ct_se
     result = CliRunner().invoke(app, ["predict", str(ct_run / "model"), str(inputs), "--out", str(out),
                                       "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "wrote 2 mask(s)" in result.output and "1 unreadable" in result.output  # 3 slices are one volume
+    assert "wrote 2 mask(s)" in result.output  # the 3 slices are one volume
+    assert "1 failed (see the error column)" in result.output  # the folder of two series
     rows = {Path(r["path"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
     assert sorted(rows) == ["abdomen", "ct_b.nii.gz", "mixed"] and not rows["ct_b.nii.gz"]["dicom_seg"]
     assert "holds 2 series" in rows["mixed"]["error"] and "a folder of its own" in rows["mixed"]["error"]
@@ -103,3 +104,25 @@ def test_a_dicom_series_folder_is_segmented_as_one_volume_with_a_dicom_seg(ct_se
     assert names == {1: "body"}
     np.testing.assert_array_equal(seg_labels, labels)  # the SEG holds the same mask, slice for slice
     assert image.meta["slice_files"] == series.meta["slice_files"]
+
+
+def test_a_series_highdicom_cannot_encode_keeps_its_nifti_and_gets_an_error_row(ct_run, shared_data, tmp_path,
+                                                                              monkeypatch):
+    import highdicom
+
+    def refuse(*args, **kwargs):
+        raise ValueError("PatientName 'Doe^Jane' differs between the source images")
+
+    monkeypatch.setattr(highdicom.seg, "Segmentation", refuse)
+    inputs = tmp_path / "in"
+    shutil.copytree(shared_data / "dicom" / "dcmqi" / "segmentations" / "ct-3slice", inputs / "abdomen")
+    out = tmp_path / "masks"
+    result = CliRunner().invoke(app, ["predict", str(ct_run / "model"), str(inputs), "--out", str(out),
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "1 failed (see the error column)" in result.output
+    (row,) = csv.DictReader((out / "predictions.csv").open())
+    assert "could not build a DICOM SEG" in row["error"] and "(ValueError)" in row["error"]
+    assert "Doe" not in row["error"] and "Doe" not in result.output  # header values are not repeated
+    assert row["mask"] == str(out / "abdomen_mask.nii.gz") and nib.load(row["mask"]).shape == (3, 512, 512)
+    assert not (out / "abdomen_seg.dcm").exists()

@@ -119,7 +119,7 @@ def test_predict_writes_png_masks_on_the_input_grid_and_error_rows(trained, tmp_
     result = CliRunner().invoke(app, ["predict", str(run / "model"), str(inputs), "--out", str(tmp_path / "masks"),
                                       "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "wrote 2 mask(s)" in result.output and "1 unreadable" in result.output
+    assert "wrote 2 mask(s)" in result.output and "1 failed (see the error column)" in result.output
     rows = {r["path"].split("/")[-1]: r for r in csv.DictReader((tmp_path / "masks" / "predictions.csv").open())}
     assert rows["broken.png"]["error"] and not rows["broken.png"]["mask"]
     for k in (0, 1):

@@ -52,7 +52,7 @@ def predict(
             counts = segment_to_folder(bundle=bundle, inputs=inputs, out=out, progress=progress, resume=resume,
                                        probabilities=probabilities, mixed_precision=mixed_precision)
         typer.echo(f"wrote {counts['ok']} mask(s) to {out}/ and {out / 'predictions.csv'}; "
-                   f"{counts['errors']} unreadable; {counts['skipped']} already done")
+                   f"{counts['errors']} failed (see the error column); {counts['skipped']} already done")
         return
     if probabilities or mixed_precision:
         flag = "--probabilities" if probabilities else "--mixed-precision"

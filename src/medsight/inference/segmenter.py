@@ -141,9 +141,8 @@ class Segmenter:
         """``labels`` of a DICOM series ``sample`` as a DICOM SEG that references it, naming this model."""
         from medsight.io.seg_writer import write_dicom_seg
 
-        version = str(self.bundle.provenance.get("created") or "unversioned")  # the bundle's training time stamp
         return write_dicom_seg(labels, sample, path, label_names=self.label_names, model=self.bundle.model.name,
-                               version=version)
+                               version=self.bundle.version)
 
     def segment_file(self, path: str | Path) -> tuple[Sample, SegmentationResult]:
         from medsight.io import read_image

@@ -55,7 +55,9 @@ def write_dicom_seg(labels: np.ndarray, image: Sample, path: Path, *, label_name
 
     Raises:
         UnsupportedFileError: the image is not a DICOM series read from single-frame files.
-        InvalidImageError: ``labels`` does not have the image's spatial shape.
+        InvalidImageError: ``labels`` does not have the image's spatial shape, or highdicom
+            cannot build a SEG from the source headers (the message names the exception type only:
+            highdicom's own may quote header values).
     """
     import highdicom as hd
     import pydicom
@@ -91,14 +93,21 @@ def write_dicom_seg(labels: np.ndarray, image: Sample, path: Path, *, label_name
     renumbered = np.zeros(labels.shape, np.uint8)
     for number, k in enumerate(present, start=1):
         renumbered[labels == k] = number
-    with no_patient_warnings():
-        seg = hd.seg.Segmentation(
-            source_images=sources, pixel_array=renumbered, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=900,
-            sop_instance_uid=generate_uid(), instance_number=1, manufacturer="medsight",
-            manufacturer_model_name=f"medsight {model}", software_versions=f"medsight {__version__}",
-            device_serial_number="none", series_description=f"medsight {model} segmentation",
-        )
+    try:
+        with no_patient_warnings():
+            seg = hd.seg.Segmentation(
+                source_images=sources, pixel_array=renumbered,
+                segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+                series_instance_uid=generate_uid(), series_number=900, sop_instance_uid=generate_uid(),
+                instance_number=1, manufacturer="medsight", manufacturer_model_name=f"medsight {model}",
+                software_versions=f"medsight {__version__}", device_serial_number="none",
+                series_description=f"medsight {model} segmentation",
+            )
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # its message may quote header values: not shown
+        raise InvalidImageError(
+            path, f"highdicom could not build a DICOM SEG from the source slices ({type(exc).__name__})",
+            "check the series' headers: one study, one frame of reference, image slices of one size",
+        ) from None
     from medsight.io.sr_writer import save_dataset
 
     return save_dataset(seg, path)

@@ -79,7 +79,7 @@ def run_study(client: PacsClient, study_uid: str, bundle: Bundle | str | Path, *
         raise NoMatchingSeriesError(f"study {study_uid}", f"has no image series matching {_describe(where)}",
                                     "check --modality / --series-description against `medsight pacs query`")
     name = loaded.model.name
-    version = str(loaded.provenance.get("created") or "unversioned")  # the bundle's training time stamp
+    version = loaded.version
     work = Path(work_dir) / _safe(study_uid)
     outputs = []
     for ref in series:
