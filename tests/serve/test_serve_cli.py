@@ -34,6 +34,7 @@ def _cli() -> typer.Typer:
         (["--no-auth", "--host", "0.0.0.0"], "--no-auth is only allowed on a loopback host"),
         (["--api-keys", "missing-keys.txt"], "cannot read the API key file"),
         (["--no-auth", "--workers", "0"], "needs at least one worker"),
+        (["--no-auth", "--mixed-precision"], "--mixed-precision: is for segmentation models"),  # a classifier
     ],
 )
 def test_refuses_to_start_with_a_one_line_error(tiny_bundle: Path, args: list[str], message: str,

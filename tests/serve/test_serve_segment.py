@@ -126,3 +126,23 @@ def test_3d_bundle_answers_nifti_by_default_and_the_middle_slice_in_json(tmp_pat
     assert sum(as_json["voxel_counts"].values()) == 12 * 20 * 18
     slice_mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(as_json["mask_png"]))))
     np.testing.assert_array_equal(slice_mask > 0, offline.labels[6] > 0)
+
+
+def test_a_mixed_precision_service_says_so_and_agrees_with_float32(seg_client, seg_bundle: Path,
+                                                                  disc_images: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from medsight.engine.device import cpu_has_native_bf16
+    from medsight.serve.app import ServeSettings, create_app
+
+    plain, _ = seg_client
+    settings = ServeSettings(bundle=seg_bundle, no_auth=True, mixed_precision=True)
+    with TestClient(create_app(settings)) as mixed:
+        for k in range(3):
+            case = disc_images / "images" / f"c{k}.png"
+            bodies = [client.post("/v1/predict", files={"file": (case.name, case.read_bytes())},
+                                  headers={"Accept": "application/json"}).json() for client in (plain, mixed)]
+            assert bodies[0]["model"]["precision"] == "float32"
+            assert bodies[1]["model"]["precision"] == ("bfloat16" if cpu_has_native_bf16() else "float32")
+            masks = [np.asarray(Image.open(io.BytesIO(base64.b64decode(b["mask_png"])))) > 0 for b in bodies]
+            assert masks[0].sum() > 20 and (masks[0] != masks[1]).mean() <= 0.01

@@ -27,10 +27,14 @@ def serve(
     no_auth: bool = typer.Option(False, "--no-auth", help="No API key needed (loopback hosts only)."),
     max_body_mb: float = typer.Option(64.0, help="Largest upload accepted, in MB (larger: 413)."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    mixed_precision: bool = typer.Option(
+        False, "--mixed-precision", help="Segmenters: run the network in bfloat16 where the CPU has native bf16 "
+        "(about 2x faster; masks agree on >99% of pixels), autocast on CUDA."
+    ),
 ) -> None:
     """Serve a model over HTTP: REST API (/v1/predict, /v1/explain, /v1/model), metrics and a web page."""
     from medsight.serve.server import run_server
 
     run_server(bundle=bundle, registry=registry, feedback=feedback, host=host, port=port, workers=workers,
                api_keys_file=api_keys, no_auth=no_auth,
-               max_body_mb=max_body_mb, device=device)
+               max_body_mb=max_body_mb, device=device, mixed_precision=mixed_precision)

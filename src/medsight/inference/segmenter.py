@@ -93,6 +93,15 @@ class Segmenter:
         return self.bundle.label_names
 
     @property
+    def precision(self) -> str:
+        """What the network computes in: ``float32``, or the autocast dtype ``mixed_precision`` gives here."""
+        from medsight.engine.device import amp_dtype, cpu_bf16_active
+
+        if self.mixed_precision and self.device.type == "cuda":
+            return str(amp_dtype(self.device)).removeprefix("torch.")
+        return "bfloat16" if cpu_bf16_active(self.device, self.mixed_precision)[0] else "float32"
+
+    @property
     def volumes(self) -> bool:
         """A 3D model: it segments volumes (a DICOM series as one)."""
         return self.bundle.spatial_dims == 3

@@ -106,6 +106,7 @@ class ServeSettings:
     host: str = "127.0.0.1"
     max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 2**20)
     device: str = "cpu"
+    mixed_precision: bool = False
     registry: Path | None = None
     feedback: Path | None = None
     registry_poll_s: float = 1.0
@@ -150,7 +151,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
             if current is not None and current.path == path:
                 return False
             start = perf_counter()
-            service = await run_in_threadpool(partial(ModelService, path, device=settings.device))
+            load = partial(ModelService, path, device=settings.device, mixed_precision=settings.mixed_precision)
+            service = await run_in_threadpool(load)
             app.state.service = service  # one reference assignment: requests in flight keep the old one
             metrics.model_loaded(perf_counter() - start)
             log.info("model swapped in: %s %s", service.version["name"], service.version["hash"])
@@ -176,7 +178,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
         app.state.swap_lock = asyncio.Lock()
         app.state.inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medsight-inference")
         start = perf_counter()
-        app.state.service = await _on_model(app, partial(ModelService, model_path(), device=settings.device))
+        load = partial(ModelService, model_path(), device=settings.device, mixed_precision=settings.mixed_precision)
+        app.state.service = await _on_model(app, load)
         metrics.model_loaded(perf_counter() - start)
         version = app.state.service.version
         log.info("model loaded: %s %s (%s) in %.2f s", app.state.service.task, version["name"], version["hash"],

@@ -38,7 +38,9 @@ _SPLIT_KEYS = ("split", "splits")
 class ModelService:
     """A bundle loaded for serving: the network, its preprocessing, version and card."""
 
-    def __init__(self, bundle_path: str | Path, *, device: str = "cpu") -> None:
+    def __init__(self, bundle_path: str | Path, *, device: str = "cpu", mixed_precision: bool = False) -> None:
+        """``mixed_precision``: a segmenter's network runs under autocast (bfloat16 on a CPU with native
+        bf16); classifiers run as they are. ``version["precision"]`` says what it computes in."""
         start = perf_counter()
         self.path = Path(bundle_path)
         self.task = load_bundle(self.path, weights=False).task
@@ -48,12 +50,13 @@ class ModelService:
         elif self.task == "segmentation":
             from medsight.inference.segmenter import Segmenter
 
-            self.runner = Segmenter(self.path, device=device)
+            self.runner = Segmenter(self.path, device=device, mixed_precision=mixed_precision)
         else:
             raise BundleError(self.path, f"task {self.task!r} cannot be served", f"serve one of {', '.join(TASKS)}")
         self.bundle = self.runner.bundle
         self.version = {**model_version(self.path, self.bundle.model.name, self.bundle.provenance),
-                        "backend": getattr(self.runner, "backend", "torch")}
+                        "backend": getattr(self.runner, "backend", "torch"),
+                        "precision": getattr(self.runner, "precision", "float32")}
         self.explainer = load_explainer()
         # the bundle's triage policy (medsight triage train), None without one; one for other weights is an error
         self.triage = served_policy(self.path, self.runner) if self.task == "classification" else None

@@ -27,16 +27,18 @@ def run_server(
     no_auth: bool = False,
     max_body_mb: float = 64.0,
     device: str = "cpu",
+    mixed_precision: bool = False,
     log_level: str = "info",
 ) -> None:
     """Serve ``bundle`` (or ``registry``'s production version) until interrupted.
 
     Each of ``workers`` processes loads the model once; with ``registry`` each worker watches
     ``registry.json`` and hot-swaps on promote or rollback. ``feedback`` turns on ``POST /v1/feedback``.
+    ``mixed_precision`` runs a segmenter's network in bfloat16 where the CPU has native bf16.
 
     Raises:
         ConfigError: no API key (and no ``no_auth``), ``no_auth`` off loopback, bad numbers, neither or
-            both of ``bundle`` and ``registry``.
+            both of ``bundle`` and ``registry``, ``mixed_precision`` for a classifier bundle.
         BundleError: ``bundle`` is not a readable model folder.
     """
     import uvicorn
@@ -58,13 +60,15 @@ def run_server(
         from medsight.registry.registry import ModelRegistry
 
         load_bundle(ModelRegistry(registry).production_bundle(), weights=False)
-    else:
-        load_bundle(bundle, weights=False)  # a clear error now rather than in every worker
+    elif load_bundle(bundle, weights=False).task != "segmentation" and mixed_precision:  # a clear error now
+        raise ConfigError("--mixed-precision", "is for segmentation models",
+                          "drop it: classifiers are served in float32 (or ONNX)")
     settings = ServeSettings(bundle=Path(bundle).resolve() if bundle else None,
                              registry=Path(registry).resolve() if registry else None,
                              feedback=Path(feedback).resolve() if feedback else None,
                              api_keys=tuple(keys), no_auth=no_auth, host=host,
-                             max_body_bytes=int(max_body_mb * 2**20), device=device)
+                             max_body_bytes=int(max_body_mb * 2**20), device=device,
+                             mixed_precision=mixed_precision)
     os.environ[SETTINGS_ENV] = settings_to_env(settings, Path(api_keys_file).resolve() if api_keys_file else None)
     # Idle OpenMP threads sleep instead of spinning for a few hundred ms after each request, which on a
     # small or shared CPU starved the event loop (p50 7 ms instead of 400 ms on 2 busy cores). It takes
