@@ -160,16 +160,24 @@ def test_predict_writes_probability_maps_that_reproduce_the_masks(trained, tmp_p
 
 
 def test_mixed_precision_masks_agree_with_float32(trained, tmp_path):
+    from medsight.engine.device import cpu_has_native_bf16
+
     data, run = trained
     images = [str(data / "images" / f"c{k}.png") for k in range(4)]
     for name, flags in (("plain", []), ("mixed", ["--mixed-precision"])):
         result = CliRunner().invoke(app, ["predict", str(run / "model"), *images, "--out", str(tmp_path / name),
-                                          "--no-progress", *flags])
+                                          "--probabilities", "--no-progress", *flags])
         assert result.exit_code == 0, result.output
+    changed = 0.0
     for k in range(4):
         plain = np.asarray(Image.open(tmp_path / "plain" / f"c{k}_mask.png")) > 0
         mixed = np.asarray(Image.open(tmp_path / "mixed" / f"c{k}_mask.png")) > 0
         assert plain.sum() > 20 and (plain != mixed).mean() <= 0.01  # at most 1% of pixels flip at the threshold
+        maps = [np.asarray(Image.open(tmp_path / name / f"c{k}_prob_foreground.png")) / 65535
+                for name in ("plain", "mixed")]
+        changed = max(changed, float(np.abs(maps[0] - maps[1]).max()))
+    # bfloat16 really ran where the CPU has it (probabilities moved), and float32 ran where it does not
+    assert (0.001 < changed < 0.1) if cpu_has_native_bf16() else changed == 0.0
 
 
 @pytest.mark.parametrize("flag", ["--probabilities", "--mixed-precision"])
