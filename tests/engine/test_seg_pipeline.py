@@ -256,6 +256,15 @@ def test_a_time_limit_stop_validates_the_last_epoch_trained(disc_folder, tmp_pat
     assert result["epochs_run"] == 1 and result["best_epoch"] == 1 and result["best_val_dice"] > 0
     assert (tmp_path / "run" / "model" / "weights.safetensors").is_file()
 
+    # the limit counts the time already trained: resumed with the same limit, nothing more is trained
+    weights = (tmp_path / "run" / "model" / "weights.safetensors").read_bytes()
+    again = train_segmenter(cfg, out=tmp_path / "run", resume=True, progress=False)
+    assert again["epochs_run"] == 1 and again["best_epoch"] == 1
+    assert (tmp_path / "run" / "model" / "weights.safetensors").read_bytes() == weights
+    longer = train_segmenter(_cfg(disc_folder, **{"segment.val_every": 3, "train.epochs": 3}), out=tmp_path / "run",
+                             resume=True, progress=False)  # no limit now: it trains on
+    assert longer["epochs_run"] == 3
+
 
 @pytest.mark.parametrize(("anneal", "last_lr_share"), [(True, (0.0, 0.05)), (False, (0.9, 1.0))])
 def test_a_run_its_time_limit_stops_ends_with_an_annealed_learning_rate(disc_folder, tmp_path, monkeypatch,

@@ -16,7 +16,7 @@ from torch import nn
 from medsight.config import TrainConfig
 from medsight.engine.callbacks import Callback, EarlyStopping
 from medsight.engine.data import TensorSet, class_counts, inverse_frequency_weights, iterate_batches
-from medsight.engine.trainer import fit, make_loss, predict_probs
+from medsight.engine.trainer import FitResult, fit, make_loss, predict_probs
 from medsight.errors import ConfigError, DatasetError, MedsightError
 
 
@@ -284,3 +284,30 @@ def test_device_helpers_on_a_cpu_machine(monkeypatch) -> None:
         assert torch.get_num_threads() == len(os.sched_getaffinity(0))
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_resumed_fit_counts_the_time_trained_before_against_its_limit(tmp_path: Path, monkeypatch) -> None:
+    """With a clock that advances 1 s a reading: a 30 s limit stops the run after n epochs; resumed
+    with the same limit it trains nothing more; resumed with a 60 s limit it stops once 60 s are
+    spent counting from the start of the run (about 2n epochs), not 60 s after the resume (3n)."""
+    from medsight.engine import trainer
+
+    def fresh_clock() -> None:
+        readings = itertools.count()
+        monkeypatch.setattr(trainer, "time", SimpleNamespace(perf_counter=lambda: float(next(readings))))
+
+    train, val = blobs(32, 2, seed=1), blobs(16, 2, seed=2)
+    model = small_cnn(2)
+
+    def run(limit_min: float | None, resume: bool) -> FitResult:
+        fresh_clock()
+        return fit(model, train, val, cfg=config(epochs=100, time_limit_min=limit_min), head="softmax",
+                   num_classes=2, run_dir=tmp_path, resume=resume, progress=False)
+
+    first = run(0.5, resume=False)
+    n = first.epochs_run
+    assert 2 <= n < 100 and "time limit of 0.5 min" in first.stop_reason
+    again = run(0.5, resume=True)
+    assert again.epochs_run == n and "time limit of 0.5 min" in again.stop_reason  # nothing more trained
+    longer = run(1.0, resume=True)  # twice the limit: about twice the epochs (a fresh 60 s: three times)
+    assert n < longer.epochs_run <= 2 * n and "time limit of 1 min" in longer.stop_reason

@@ -97,8 +97,8 @@ class TimeBudget:
         self.fraction = 0.0
 
     def update(self, elapsed: float) -> None:
-        """Record ``elapsed``: the seconds the run counts against its limit (segmentation includes the
-        time trained before a resume; classification starts a fresh limit on resume)."""
+        """Record ``elapsed``: the seconds the run counts against its limit, the time trained before
+        a resume included (both training loops)."""
         if self.seconds:
             self.fraction = min(max(elapsed / self.seconds, 0.0), 1.0)
 

@@ -142,7 +142,9 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
     train_labels = [labels[i] for i in train_idx]
     foreground = list(range(1, n_classes))
     epochs, patience, limit = cfg.train.epochs, cfg.train.patience, cfg.train.time_limit_min
-    resumed_seconds = state["seconds"]
+    resumed_seconds = state["seconds"]  # the time limit counts the time trained before a resume too
+    if limit and resumed_seconds > limit * 60:
+        epochs = state["epoch"]  # resumed past the time limit given now: nothing more to train
     run_log = RunLog(out) if main else distributed.NullLog()
     step = PatchStep(net, optimizer, loss_fn, cfg, device, run_log, average)
     with ProgressDisplay(progress and main, epochs, "val_dice") as display:

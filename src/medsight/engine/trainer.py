@@ -137,6 +137,7 @@ def fit(
     history: list[dict[str, float]] = []
     best_state: dict[str, torch.Tensor] = {}
     stop_reason = ""
+    resumed_seconds = 0.0  # the time limit counts the time trained before a resume too
     checkpoint = run_dir / CHECKPOINT
     if resume:
         saved = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
@@ -144,7 +145,9 @@ def fit(
         stopper.load_state_dict(saved["early_stopping"])
         if saved["scaler"]:
             scaler.load_state_dict(saved["scaler"])
-        stop_reason = saved["stop_reason"] if stopper.should_stop else ""  # a time limit may be resumed
+        resumed_seconds = saved.get("seconds", sum(row["seconds"] for row in history))  # older checkpoints: epochs
+        # finished by early stopping, or already past the time limit given now: nothing more to train
+        stop_reason = saved["stop_reason"] if stopper.should_stop else _time_up(cfg, resumed_seconds)
     elif main:
         _clear_run(run_dir)
     net = distributed.wrap(model, device)  # DDP over the processes of a torchrun launch, else model
@@ -175,7 +178,7 @@ def fit(
                 if stopper.update(epoch, row[metric]):
                     best_state = _cpu_state(model)
                 # rank 0's clock decides the time limit and the time-following rate, for every rank
-                elapsed = distributed.broadcast(time.perf_counter() - started)
+                elapsed = distributed.broadcast(resumed_seconds + time.perf_counter() - started)
                 budget.update(elapsed)
                 step_scheduler(scheduler, row[metric])
                 row["seconds"] = time.perf_counter() - epoch_start
@@ -183,7 +186,7 @@ def fit(
                 stop_reason = _stop_reason(stopper, cfg, epoch, elapsed)  # broadcast inputs: the same on all ranks
                 state = {
                     "epoch": epoch, "history": history, "early_stopping": stopper.state_dict(),
-                    "scaler": scaler.state_dict(), "stop_reason": stop_reason,
+                    "scaler": scaler.state_dict(), "stop_reason": stop_reason, "seconds": elapsed,
                 }
                 if main:
                     save_checkpoint(
@@ -349,6 +352,10 @@ def _stop_reason(stopper: EarlyStopping, cfg: TrainConfig, epoch: int, elapsed: 
         return ""
     if stopper.should_stop:
         return f"early stopping: no better {stopper.metric} for {stopper.patience} epochs"
+    return _time_up(cfg, elapsed)
+
+
+def _time_up(cfg: TrainConfig, elapsed: float) -> str:
     if cfg.time_limit_min is not None and elapsed > cfg.time_limit_min * 60:
         return f"time limit of {cfg.time_limit_min:g} min reached"
     return ""
