@@ -67,15 +67,21 @@ def cpu_bf16_active(device: torch.device, asked: bool) -> tuple[bool, str]:
     return True, "training in bfloat16 mixed precision on the CPU (train.cpu_amp)"
 
 
+def autocast_dtype(device: torch.device, enabled: bool, *, cpu_bf16: bool = False) -> torch.dtype | None:
+    """The dtype :func:`autocast` computes in on ``device``; None where it is a no-op (float32)."""
+    if device.type == "cuda" and enabled:
+        return amp_dtype(device)
+    if cpu_bf16_active(device, cpu_bf16)[0]:
+        return torch.bfloat16
+    return None
+
+
 def autocast(device: torch.device, enabled: bool, *, cpu_bf16: bool = False) -> AbstractContextManager:
     """Mixed-precision autocast: on CUDA when ``enabled``; on CPU when ``cpu_bf16`` and the CPU
     has native bfloat16 (:func:`cpu_bf16_active`); a no-op context otherwise. Cast the outputs
     to float before the loss."""
-    if device.type == "cuda" and enabled:
-        return torch.autocast(device_type="cuda", dtype=amp_dtype(device))
-    if cpu_bf16_active(device, cpu_bf16)[0]:
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    dtype = autocast_dtype(device, enabled, cpu_bf16=cpu_bf16)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:

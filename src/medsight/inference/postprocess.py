@@ -110,7 +110,9 @@ def write_mask(labels: np.ndarray, sample_like: Sample, path: Path) -> Path:
     )
 
 
-def write_probability_maps(probs: np.ndarray, sample_like: Sample, mask: Path, label_names: Sequence[str]) -> dict:
+def write_probability_maps(
+    probs: np.ndarray, sample_like: Sample, mask: Path, label_names: Sequence[str]
+) -> dict[str, Path]:
     """Next to ``mask`` (``<stem>_mask.png`` / ``.nii.gz``), each foreground class's probability map.
 
     ``<stem>_prob_<class>.png`` is a 16-bit grey PNG holding ``round(p * 65535)`` (a PNG mask),

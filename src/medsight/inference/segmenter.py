@@ -95,11 +95,10 @@ class Segmenter:
     @property
     def precision(self) -> str:
         """What the network computes in: ``float32``, or the autocast dtype ``mixed_precision`` gives here."""
-        from medsight.engine.device import amp_dtype, cpu_bf16_active
+        from medsight.engine.device import autocast_dtype
 
-        if self.mixed_precision and self.device.type == "cuda":
-            return str(amp_dtype(self.device)).removeprefix("torch.")
-        return "bfloat16" if cpu_bf16_active(self.device, self.mixed_precision)[0] else "float32"
+        dtype = autocast_dtype(self.device, self.mixed_precision, cpu_bf16=self.mixed_precision)
+        return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
     @property
     def volumes(self) -> bool:

@@ -60,9 +60,11 @@ def run_server(
         from medsight.registry.registry import ModelRegistry
 
         load_bundle(ModelRegistry(registry).production_bundle(), weights=False)
-    elif load_bundle(bundle, weights=False).task != "segmentation" and mixed_precision:  # a clear error now
-        raise ConfigError("--mixed-precision", "is for segmentation models",
-                          "drop it: classifiers are served in float32 (or ONNX)")
+    else:
+        task = load_bundle(bundle, weights=False).task  # a clear error now rather than in every worker
+        if mixed_precision and task != "segmentation":
+            raise ConfigError("--mixed-precision", "is for segmentation models",
+                              "drop it: classifiers are served in float32 (or ONNX)")
     settings = ServeSettings(bundle=Path(bundle).resolve() if bundle else None,
                              registry=Path(registry).resolve() if registry else None,
                              feedback=Path(feedback).resolve() if feedback else None,
