@@ -185,3 +185,16 @@ def test_the_drive_recipe_is_a_four_fold_ensemble_within_30_minutes_of_training(
     assert cfg.data.folds == 4 and cfg.segment.ensemble and cfg.data.fold is None
     assert cfg.data.folds * cfg.train.time_limit_min <= 30
     assert cfg.segment.mirror_tta and cfg.segment.transpose_tta
+
+
+def test_the_drive_recipe_network_normalises_with_batch_norm() -> None:
+    """The recipe's UNet uses batch norm (bench/README.md: F1 up on every fold against instance norm),
+    and its network takes a DRIVE-sized patch to two-class logits of the same size."""
+    from medsight.config import load_config
+
+    cfg = load_config(recipe="drive", overrides={"data.path": "drive/training"})
+    net = create_model(cfg.model.name, in_channels=3, num_outputs=2, spatial_dims=2, **cfg.model.kwargs)
+    kinds = {type(m).__name__ for m in net.modules()}
+    assert "BatchNorm2d" in kinds and "InstanceNorm2d" not in kinds
+    with torch.inference_mode():
+        assert net.eval()(torch.zeros(2, 3, 96, 96)).shape == (2, 2, 96, 96)
