@@ -60,8 +60,10 @@ eval: {bootstrap: 0}
 """
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+def _env(tmpdir: Path | None = None) -> dict[str, str]:
+    """The launches' environment; ``tmpdir``: their temp folder (``TMPDIR``)."""
+    extra = {} if tmpdir is None else {"TMPDIR": str(tmpdir)}
+    return {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", **extra}
 
 
 def _killed_by_a_signal(result: subprocess.CompletedProcess) -> bool:
@@ -74,11 +76,12 @@ def _killed_by_a_signal(result: subprocess.CompletedProcess) -> bool:
     return result.returncode != 0 and bool(codes) and all(int(code) < 0 for code in codes)
 
 
-def _launch(args: list[str], *, fresh: Path | None = None) -> subprocess.CompletedProcess:
-    """``medsight train ARGS``, run once more if a rank died of a signal (emptying ``fresh`` first, when given)."""
+def _launch(args: list[str], *, fresh: Path | None = None, tmpdir: Path | None = None) -> subprocess.CompletedProcess:
+    """``medsight train ARGS``, run once more if a rank died of a signal (emptying ``fresh`` first, when
+    given); ``tmpdir``: the launch's ``TMPDIR``."""
     def run() -> subprocess.CompletedProcess:
-        return subprocess.run([*MEDSIGHT, *args], env=_env(), capture_output=True, text=True, timeout=TIMEOUT,
-                              check=False)
+        return subprocess.run([*MEDSIGHT, *args], env=_env(tmpdir), capture_output=True, text=True,
+                              timeout=TIMEOUT, check=False)
 
     result = run()
     if _killed_by_a_signal(result):
@@ -146,10 +149,12 @@ def _stopped_and_resumed(setup: tuple[Path, Path], out: Path) -> tuple[str, str]
     """
     data, config = setup
     args = [str(config), "--data", str(data), "--out", str(out), "--nproc", "2", "--no-progress"]
-    first = _launch([*args, "--set", "train.time_limit_min=0.000001"], fresh=out)
+    tmpdir = out.parent / f"{out.name}_tmp"
+    tmpdir.mkdir()
+    first = _launch([*args, "--set", "train.time_limit_min=0.000001"], fresh=out, tmpdir=tmpdir)
     assert first.returncode == 0, _failure(first.stderr)
     assert [row["epoch"] for row in _history(out)] == ["1"]
-    second = _launch([*args, "--resume"])
+    second = _launch([*args, "--resume"], tmpdir=tmpdir)
     assert second.returncode == 0, _failure(second.stderr)
     return first.stdout, second.stdout
 
@@ -248,6 +253,15 @@ def test_two_node_run_is_written_by_node_zero_only(two_nodes: list[tuple[Path, s
         assert not (node1 / written_by_rank0).exists(), written_by_rank0
 
 
+def test_torchrun_keeps_its_rank_folders_in_the_run_folder(resumed: Path) -> None:
+    """Both launches of the resumed run wrote torchrun's per-rank folders under RUN_DIR/torchrun/ and
+    left nothing in their temp folder (torchrun's default is a new torchelastic_* folder there)."""
+    launches = sorted((resumed / "torchrun").iterdir())
+    assert len(launches) >= 2  # one per launch (a launch repeated after a killed rank adds one)
+    assert all(sorted(p.name for p in (launch / "attempt_0").iterdir()) == ["0", "1"] for launch in launches)
+    assert list((resumed.parent / f"{resumed.name}_tmp").glob("torchelastic_*")) == []
+
+
 def test_torchrun_command_single_and_multi_node() -> None:
     single = torchrun_command(["cfg.yaml"], nproc=2)
     assert single[1:] == ["-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
@@ -255,6 +269,8 @@ def test_torchrun_command_single_and_multi_node() -> None:
     multi = torchrun_command(["cfg.yaml"], nproc=1, nnodes=2, node_rank=1, master_addr="10.0.0.5", master_port=29600)
     assert multi[3:13] == ["--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "1",
                            "--master-addr", "10.0.0.5", "--master-port", "29600"]
+    logged = torchrun_command(["cfg.yaml"], nproc=2, log_dir=Path("/runs/a/torchrun"))
+    assert logged[3:7] == ["--nproc-per-node", "2", "--log-dir", "/runs/a/torchrun"]
 
 
 def test_outside_torchrun_is_one_process_of_rank_zero() -> None:

@@ -3,7 +3,8 @@
 ``--nproc N`` (and ``--nnodes``/``--node-rank``/``--master-addr``/``--master-port`` for
 several machines) re-launches the same command under ``torchrun`` as N data-parallel
 processes; the direct form ``torchrun --nproc-per-node N -m medsight.cli.main train ...``
-works as well.
+works as well. torchrun's per-rank folders (a failed rank's ``error.json``) go to
+``RUN_DIR/torchrun/``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from pathlib import Path
 import typer
 
 from medsight.cli.errors import parse_overrides, reports_errors
+
+#: The run folder's subfolder for torchrun's per-rank folders under ``--nproc``/``--nnodes``.
+TORCHRUN_LOGS = "torchrun"
 
 
 @reports_errors
@@ -80,7 +84,8 @@ def train(
         }
         args = _cli_args(flags, sets=set_, resume=resume, progress=progress)
         command = torchrun_command(
-            args, nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port
+            args, nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port,
+            log_dir=run_dir.resolve() / TORCHRUN_LOGS,
         )
         raise typer.Exit(subprocess.run(command, check=False).returncode)
     with distributed.session(cfg.train.device):
@@ -107,14 +112,18 @@ def _exit_without_teardown() -> None:
 
 def torchrun_command(
     args: list[str], *, nproc: int, nnodes: int = 1, node_rank: int = 0, master_addr: str | None = None,
-    master_port: int = 29500,
+    master_port: int = 29500, log_dir: Path | None = None,
 ) -> list[str]:
     """The ``python -m torch.distributed.run ... -m medsight.cli.main train ARGS`` command line.
 
     One machine without ``master_addr``: ``--standalone`` (torchrun picks a free port).
     Otherwise a static rendezvous at ``master_addr:master_port`` (node 0's address).
+    ``log_dir``: where torchrun keeps its per-rank folders (a failed rank's ``error.json``);
+    without it, torchrun leaves a ``torchelastic_*`` folder in the system's temp folder each launch.
     """
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
+    if log_dir is not None:
+        command += ["--log-dir", str(log_dir)]
     if nnodes == 1 and master_addr is None:
         command.append("--standalone")
     else:
