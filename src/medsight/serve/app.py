@@ -143,6 +143,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
         return ModelRegistry(settings.registry).production_bundle()
 
+    def load_service(path: Path) -> ModelService:
+        """The bundle at ``path`` loaded with the service's device and precision."""
+        return ModelService(path, device=settings.device, mixed_precision=settings.mixed_precision)
+
     async def reload(app: FastAPI) -> bool:
         """Load the registry's production bundle off the request path and swap it in; True when it changed."""
         async with app.state.swap_lock:
@@ -151,8 +155,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             if current is not None and current.path == path:
                 return False
             start = perf_counter()
-            load = partial(ModelService, path, device=settings.device, mixed_precision=settings.mixed_precision)
-            service = await run_in_threadpool(load)
+            service = await run_in_threadpool(load_service, path)
             app.state.service = service  # one reference assignment: requests in flight keep the old one
             metrics.model_loaded(perf_counter() - start)
             log.info("model swapped in: %s %s", service.version["name"], service.version["hash"])
@@ -178,8 +181,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         app.state.swap_lock = asyncio.Lock()
         app.state.inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medsight-inference")
         start = perf_counter()
-        load = partial(ModelService, model_path(), device=settings.device, mixed_precision=settings.mixed_precision)
-        app.state.service = await _on_model(app, load)
+        app.state.service = await _on_model(app, partial(load_service, model_path()))
         metrics.model_loaded(perf_counter() - start)
         version = app.state.service.version
         log.info("model loaded: %s %s (%s) in %.2f s", app.state.service.task, version["name"], version["hash"],
