@@ -88,6 +88,8 @@ class AugmentConfig(Strict):
     blur_sigma: float = Field(0.0, ge=0.0)
     contrast: float = Field(0.0, ge=0.0, lt=1.0)
     brightness: float = Field(0.0, ge=0.0, lt=1.0)
+    gamma: float = Field(0.0, ge=0.0, le=1.0, description="intensity exponent between 1/(1+gamma) and 1+gamma")
+    color: float = Field(0.0, ge=0.0, lt=1.0, description="each channel's own contrast factor in [1-color, 1+color]")
 
 
 class ModelConfig(Strict):

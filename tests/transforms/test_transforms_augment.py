@@ -14,7 +14,7 @@ from medsight.transforms import BatchAugment
 
 EVERYTHING = AugmentConfig(
     flip_h=0.5, flip_v=0.5, rotate_deg=20, scale=0.1, shift=0.1,
-    noise_std=0.05, blur_sigma=1.0, contrast=0.2, brightness=0.2,
+    noise_std=0.05, blur_sigma=1.0, contrast=0.2, brightness=0.2, gamma=0.5, color=0.1,
 )
 
 
@@ -125,6 +125,56 @@ def test_brightness_adds_its_fraction_of_each_images_std():
     expected = params.brightness * images.std(dim=(1, 2, 3))
     torch.testing.assert_close((out - images).mean(dim=(1, 2, 3)), expected, atol=1e-4, rtol=0)
     assert params.brightness.abs().max() <= 0.3
+
+
+def test_gamma_keeps_mean_std_and_pixel_order_and_follows_the_power_law():
+    images = torch.rand(6, 1, 16, 16) * 4 - 1
+    aug = BatchAugment(AugmentConfig(gamma=0.5), spatial_dims=2)
+    params = aug.sample(images.shape, gen())
+    out, _ = aug.apply(images, None, params)
+    assert ((params.gamma >= 1 / 1.5 - 1e-6) & (params.gamma <= 1.5 + 1e-6)).all()
+    assert (params.gamma < 1).any() and (params.gamma > 1).any()
+    torch.testing.assert_close(out.mean(dim=(1, 2, 3)), images.mean(dim=(1, 2, 3)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.std(dim=(1, 2, 3)), images.std(dim=(1, 2, 3)), atol=1e-5, rtol=1e-5)
+    for before, after in zip(images.flatten(1), out.flatten(1), strict=True):
+        assert torch.equal(before.argsort(), after.argsort())
+    # example 0 by hand: scaled to [0, 1], raised to its exponent, then its mean and std restored
+    x = images[0]
+    unit = ((x - x.min()) / (x.max() - x.min())) ** params.gamma[0]
+    expected = (unit - unit.mean()) / unit.std() * x.std() + x.mean()
+    torch.testing.assert_close(out[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_gamma_below_1_lifts_the_mid_tones_and_leaves_a_flat_image_alone():
+    ramp = torch.linspace(0, 1, 101).view(1, 1, 1, 101).repeat(2, 1, 1, 1)
+    ramp[1] = 0.3
+    aug = BatchAugment(AugmentConfig(gamma=1.0), spatial_dims=2)
+    params = dataclasses.replace(aug.sample(ramp.shape, gen()), gamma=torch.tensor([0.5, 0.5]))
+    out, _ = aug.apply(ramp, None, params)
+    mid = ramp[0, 0, 0, 50] - ramp[0].mean()
+    assert out[0, 0, 0, 50] - out[0].mean() > mid + 0.05  # the middle of the ramp moves up against the mean
+    torch.testing.assert_close(out[1], ramp[1], rtol=0, atol=0)
+
+
+def test_color_scales_each_channel_around_its_own_mean_by_its_own_factor():
+    images = torch.rand(4, 3, 16, 16)
+    aug = BatchAugment(AugmentConfig(color=0.3), spatial_dims=2)
+    params = aug.sample(images.shape, gen())
+    out, _ = aug.apply(images, None, params)
+    assert params.color.shape == (4, 3)
+    assert ((params.color >= 0.7) & (params.color <= 1.3)).all() and params.color.std() > 0
+    torch.testing.assert_close(out.mean(dim=(2, 3)), images.mean(dim=(2, 3)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.std(dim=(2, 3)), images.std(dim=(2, 3)) * params.color, rtol=1e-4, atol=0)
+
+
+def test_gamma_and_color_leave_the_other_knobs_draws_unchanged():
+    """Adding the newer knobs keeps every earlier knob's draw, so older configs keep their batches."""
+    old = AugmentConfig(**{**EVERYTHING.model_dump(), "gamma": 0.0, "color": 0.0})
+    new_params = BatchAugment(EVERYTHING, spatial_dims=2).sample((4, 3, 8, 8), gen(3))
+    old_params = BatchAugment(old, spatial_dims=2).sample((4, 3, 8, 8), gen(3))
+    for field in ("flip_h", "flip_v", "angle", "scale", "shift", "blur_sigma", "contrast", "brightness", "noise"):
+        assert torch.equal(getattr(new_params, field), getattr(old_params, field)), field
+    assert torch.equal(old_params.gamma, torch.ones(4)) and torch.equal(old_params.color, torch.ones(4, 3))
 
 
 def test_noise_std_stays_within_the_configured_bound():

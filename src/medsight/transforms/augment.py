@@ -14,7 +14,13 @@ What each :class:`~medsight.config.AugmentConfig` knob does, per example:
 * ``scale``: a zoom factor uniform in ``[1 - scale, 1 + scale]`` (all spatial axes; > 1 zooms in).
 * ``shift``: a translation uniform in ``[-shift, shift]`` times the size, per axis.
 * ``blur_sigma``: a Gaussian blur with sigma uniform in ``[0, blur_sigma]`` pixels.
+* ``gamma``: nnU-Net's gamma transform: the image is scaled to ``[0, 1]`` (its own minimum
+  and maximum), raised to an exponent drawn log-uniformly in ``[1 / (1 + g), 1 + g]``, and
+  given back its mean and standard deviation. It brightens or darkens the mid-tones, so faint
+  structures gain or lose contrast against their background, as between dim and bright scans.
 * ``contrast``: scaling around the image's mean by a factor uniform in ``[1 - c, 1 + c]``.
+* ``color``: the same, with its own factor in ``[1 - c, 1 + c]`` for each channel around that
+  channel's mean: a change of colour balance for RGB photographs (fundus, dermoscopy).
 * ``brightness``: an offset uniform in ``[-b, b]`` times the image's standard deviation,
   so it means the same after ``minmax`` or ``zscore`` normalisation.
 * ``noise_std``: Gaussian noise whose std is uniform in ``[0, noise_std]``, in the units of
@@ -24,7 +30,7 @@ The geometric knobs form one affine per example, applied with ``F.affine_grid`` 
 ``F.grid_sample`` (bilinear for images, nearest for masks, the same grid for both; outside
 the image is 0). With only flips on, the flips are done by indexing, which is exact and
 fast; with no geometric knob on, no resampling happens at all. Intensity knobs touch
-images only, in the order blur, contrast, brightness, noise.
+images only, in the order blur, gamma, contrast, color, brightness, noise.
 
 Example:
     >>> aug = BatchAugment(AugmentConfig(flip_h=0.5, rotate_deg=10), spatial_dims=2)
@@ -49,7 +55,8 @@ class AugmentParams:
     """Per-example parameters of one batch; every field has the batch size as its first axis.
 
     ``shift`` is ``(N, spatial_dims)`` in the order of ``F.affine_grid`` (W, H[, D]) as a
-    fraction of the size; ``noise`` is the noise tensor itself (already scaled), or None.
+    fraction of the size; ``color`` is ``(N, C)``; ``noise`` is the noise tensor itself
+    (already scaled), or None.
     """
 
     flip_h: Tensor
@@ -60,6 +67,8 @@ class AugmentParams:
     blur_sigma: Tensor
     contrast: Tensor
     brightness: Tensor
+    gamma: Tensor
+    color: Tensor
     noise: Tensor | None
 
 
@@ -118,6 +127,13 @@ class BatchAugment:
         if c.noise_std > 0:
             noise = torch.randn(tuple(shape), generator=generator, device=generator.device)
             noise = noise * (u[:, 4] * c.noise_std).view(-1, *[1] * (len(shape) - 1))
+        # gamma and color draw after everything else, so configs without them keep their batches.
+        gamma, color = torch.ones(n), torch.ones(n, int(shape[1]))
+        if c.gamma > 0:
+            gamma = torch.exp((2 * torch.rand(n, generator=generator, device=generator.device) - 1)
+                              * math.log1p(c.gamma))
+        if c.color > 0:
+            color = 1 + (2 * torch.rand(n, int(shape[1]), generator=generator, device=generator.device) - 1) * c.color
         return AugmentParams(
             flip_h=u[:, 0] < c.flip_h,
             flip_v=u[:, 1] < c.flip_v,
@@ -127,6 +143,8 @@ class BatchAugment:
             blur_sigma=u[:, 5] * c.blur_sigma,
             contrast=1 + signed[:, 6] * c.contrast,
             brightness=signed[:, 7] * c.brightness,
+            gamma=gamma,
+            color=color,
             noise=noise,
         )
 
@@ -141,9 +159,14 @@ class BatchAugment:
             images = _blur(images, params.blur_sigma.to(images.device), c.blur_sigma)
         reduce = tuple(range(1, images.ndim))
         view = (-1,) + (1,) * (images.ndim - 1)
+        if c.gamma > 0:
+            images = _gamma(images, params.gamma.to(images).view(view))
         if c.contrast > 0:
             mean = images.mean(dim=reduce, keepdim=True)
             images = (images - mean) * params.contrast.to(images).view(view) + mean
+        if c.color > 0:
+            mean = images.mean(dim=tuple(range(2, images.ndim)), keepdim=True)
+            images = (images - mean) * params.color.to(images).view(*params.color.shape, *view[2:]) + mean
         if c.brightness > 0:
             std = images.std(dim=reduce, keepdim=True)
             images = images + params.brightness.to(images).view(view) * std
@@ -232,3 +255,13 @@ def _blur(images: Tensor, sigma: Tensor, max_sigma: float) -> Tensor:
         shape[2 + axis] = 2 * radius + 1
         flat = conv(flat, kernel.view(shape), groups=n * c)
     return flat.reshape(images.shape)
+
+
+def _gamma(images: Tensor, exponent: Tensor) -> Tensor:
+    """Raise each example, scaled to ``[0, 1]``, to its exponent; keep its mean and std."""
+    reduce = tuple(range(1, images.ndim))
+    low, high = images.amin(dim=reduce, keepdim=True), images.amax(dim=reduce, keepdim=True)
+    mean, std = images.mean(dim=reduce, keepdim=True), images.std(dim=reduce, keepdim=True)
+    unit = ((images - low) / (high - low).clamp_min(1e-6)).clamp(0, 1) ** exponent
+    out = (unit - unit.mean(dim=reduce, keepdim=True)) / unit.std(dim=reduce, keepdim=True).clamp_min(1e-6)
+    return torch.where(high > low, out * std + mean, images)
