@@ -145,14 +145,15 @@ def test_gamma_keeps_mean_std_and_pixel_order_and_follows_the_power_law():
     torch.testing.assert_close(out[0], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_gamma_below_1_lifts_the_mid_tones_and_leaves_a_flat_image_alone():
+@pytest.mark.parametrize(("exponent", "sign"), [(0.5, 1), (1.0, 0), (2.0, -1)])
+def test_gamma_below_1_lifts_the_mid_tones_above_1_lowers_them_and_leaves_a_flat_image_alone(exponent, sign):
     ramp = torch.linspace(0, 1, 101).view(1, 1, 1, 101).repeat(2, 1, 1, 1)
     ramp[1] = 0.3
     aug = BatchAugment(AugmentConfig(gamma=1.0), spatial_dims=2)
-    params = dataclasses.replace(aug.sample(ramp.shape, gen()), gamma=torch.tensor([0.5, 0.5]))
+    params = dataclasses.replace(aug.sample(ramp.shape, gen()), gamma=torch.tensor([exponent, exponent]))
     out, _ = aug.apply(ramp, None, params)
-    mid = ramp[0, 0, 0, 50] - ramp[0].mean()
-    assert out[0, 0, 0, 50] - out[0].mean() > mid + 0.05  # the middle of the ramp moves up against the mean
+    offset = float(out[0, 0, 0, 50] - out[0].mean())  # the ramp's middle against its mean (0 before)
+    assert offset == pytest.approx(0.0, abs=1e-6) if sign == 0 else sign * offset > 0.04
     torch.testing.assert_close(out[1], ramp[1], rtol=0, atol=0)
 
 

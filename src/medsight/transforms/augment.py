@@ -162,11 +162,10 @@ class BatchAugment:
         if c.gamma > 0:
             images = _gamma(images, params.gamma.to(images).view(view))
         if c.contrast > 0:
-            mean = images.mean(dim=reduce, keepdim=True)
-            images = (images - mean) * params.contrast.to(images).view(view) + mean
+            images = _scale_around_mean(images, params.contrast.to(images).view(view), reduce)
         if c.color > 0:
-            mean = images.mean(dim=tuple(range(2, images.ndim)), keepdim=True)
-            images = (images - mean) * params.color.to(images).view(*params.color.shape, *view[2:]) + mean
+            spatial = tuple(range(2, images.ndim))
+            images = _scale_around_mean(images, params.color.to(images).view(*params.color.shape, *view[2:]), spatial)
         if c.brightness > 0:
             std = images.std(dim=reduce, keepdim=True)
             images = images + params.brightness.to(images).view(view) * std
@@ -255,6 +254,12 @@ def _blur(images: Tensor, sigma: Tensor, max_sigma: float) -> Tensor:
         shape[2 + axis] = 2 * radius + 1
         flat = conv(flat, kernel.view(shape), groups=n * c)
     return flat.reshape(images.shape)
+
+
+def _scale_around_mean(images: Tensor, factor: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """Scale the spread around the mean over ``dims`` by ``factor`` (broadcast to the images)."""
+    mean = images.mean(dim=dims, keepdim=True)
+    return (images - mean) * factor + mean
 
 
 def _gamma(images: Tensor, exponent: Tensor) -> Tensor:
