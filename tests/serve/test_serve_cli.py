@@ -46,6 +46,21 @@ def test_refuses_to_start_with_a_one_line_error(tiny_bundle: Path, args: list[st
     assert "Traceback" not in result.output
 
 
+def test_mixed_precision_is_refused_for_a_registry_whose_production_model_is_a_classifier(
+        tiny_bundle: Path, tmp_path: Path) -> None:
+    from medsight.registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.register(tiny_bundle)
+    registry.promote(1)
+    index = (registry.root / "registry.json").read_text()
+    result = CliRunner().invoke(_cli(), ["--registry", str(registry.root), "--no-auth", "--mixed-precision"])
+    assert result.exit_code == 2
+    assert "--mixed-precision: is for segmentation models" in result.output
+    assert "classification model" in result.output and "Traceback" not in result.output
+    assert (registry.root / "registry.json").read_text() == index  # the registry is untouched
+
+
 def test_a_folder_that_is_not_a_bundle(tmp_path: Path) -> None:
     result = CliRunner().invoke(_cli(), [str(tmp_path), "--no-auth"])
     assert result.exit_code == 2 and "no bundle.json here" in result.output

@@ -59,12 +59,13 @@ def run_server(
     if registry is not None:
         from medsight.registry.registry import ModelRegistry
 
-        load_bundle(ModelRegistry(registry).production_bundle(), weights=False)
+        served = ModelRegistry(registry).production_bundle()
     else:
-        task = load_bundle(bundle, weights=False).task  # a clear error now rather than in every worker
-        if mixed_precision and task != "segmentation":
-            raise ConfigError("--mixed-precision", "is for segmentation models",
-                              "drop it: classifiers are served in float32 (or ONNX)")
+        served = bundle
+    task = load_bundle(served, weights=False).task  # a clear error now rather than in every worker
+    if mixed_precision and task != "segmentation":
+        raise ConfigError("--mixed-precision", f"is for segmentation models ({served} is a {task} model)",
+                          "drop it: classifiers are served in float32 (or ONNX)")
     settings = ServeSettings(bundle=Path(bundle).resolve() if bundle else None,
                              registry=Path(registry).resolve() if registry else None,
                              feedback=Path(feedback).resolve() if feedback else None,
