@@ -84,6 +84,8 @@ class AugmentConfig(Strict):
     rotate_deg: float = Field(0.0, ge=0.0, le=180.0)
     scale: float = Field(0.0, ge=0.0, lt=1.0)
     shift: float = Field(0.0, ge=0.0, lt=0.5)
+    elastic: float = Field(0.0, ge=0.0, le=8.0, description="smooth deformation: each pixel moves up to this many "
+                           "pixels per axis")
     noise_std: float = Field(0.0, ge=0.0)
     blur_sigma: float = Field(0.0, ge=0.0)
     contrast: float = Field(0.0, ge=0.0, lt=1.0)

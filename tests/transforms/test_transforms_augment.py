@@ -14,7 +14,7 @@ from medsight.transforms import BatchAugment
 
 EVERYTHING = AugmentConfig(
     flip_h=0.5, flip_v=0.5, rotate_deg=20, scale=0.1, shift=0.1,
-    noise_std=0.05, blur_sigma=1.0, contrast=0.2, brightness=0.2, gamma=0.5, color=0.1,
+    noise_std=0.05, blur_sigma=1.0, contrast=0.2, brightness=0.2, gamma=0.5, color=0.1, elastic=2.0,
 )
 
 
@@ -96,7 +96,7 @@ def test_a_half_width_shift_moves_the_image_by_that_many_pixels():
 def test_an_augmented_mask_still_lies_exactly_on_its_augmented_image(shape):
     masks = disc(shape)
     images = masks.float().unsqueeze(1)
-    cfg = AugmentConfig(flip_h=0.5, flip_v=0.5, rotate_deg=45, scale=0.2, shift=0.1)
+    cfg = AugmentConfig(flip_h=0.5, flip_v=0.5, rotate_deg=45, scale=0.2, shift=0.1, elastic=3.0)
     out, out_masks = BatchAugment(cfg, spatial_dims=len(shape) - 1)(images, masks, generator=gen(3))
     out = out[:, 0]
     assert out_masks.dtype == torch.long and set(out_masks.unique().tolist()) <= {0, 1}
@@ -168,14 +168,44 @@ def test_color_scales_each_channel_around_its_own_mean_by_its_own_factor():
     torch.testing.assert_close(out.std(dim=(2, 3)), images.std(dim=(2, 3)) * params.color, rtol=1e-4, atol=0)
 
 
-def test_gamma_and_color_leave_the_other_knobs_draws_unchanged():
+def test_gamma_color_and_elastic_leave_the_other_knobs_draws_unchanged():
     """Adding the newer knobs keeps every earlier knob's draw, so older configs keep their batches."""
-    old = AugmentConfig(**{**EVERYTHING.model_dump(), "gamma": 0.0, "color": 0.0})
+    old = AugmentConfig(**{**EVERYTHING.model_dump(), "gamma": 0.0, "color": 0.0, "elastic": 0.0})
     new_params = BatchAugment(EVERYTHING, spatial_dims=2).sample((4, 3, 8, 8), gen(3))
     old_params = BatchAugment(old, spatial_dims=2).sample((4, 3, 8, 8), gen(3))
     for field in ("flip_h", "flip_v", "angle", "scale", "shift", "blur_sigma", "contrast", "brightness", "noise"):
         assert torch.equal(getattr(new_params, field), getattr(old_params, field)), field
     assert torch.equal(old_params.gamma, torch.ones(4)) and torch.equal(old_params.color, torch.ones(4, 3))
+    assert old_params.elastic is None and new_params.elastic.shape == (4, 2, 2, 2)
+
+
+def test_a_uniform_elastic_displacement_is_a_shift_and_a_zero_one_changes_nothing():
+    images = torch.zeros(1, 1, 8, 8)
+    images[0, 0, :, 2] = 1.0
+    aug = BatchAugment(AugmentConfig(elastic=4.0), spatial_dims=2)
+    params = aug.sample(images.shape, gen())
+    still, _ = aug.apply(images, None, dataclasses.replace(params, elastic=torch.zeros_like(params.elastic)))
+    torch.testing.assert_close(still, images, atol=1e-5, rtol=0)
+    right = torch.zeros_like(params.elastic)
+    right[:, 0] = 2.0  # every control point samples 2 px to the right (channel 0 is x)
+    moved, _ = aug.apply(images, None, dataclasses.replace(params, elastic=right))
+    torch.testing.assert_close(moved[0, 0, :, 0], torch.ones(8), atol=1e-5, rtol=0)  # the line moved 2 px left
+    assert moved.sum() == pytest.approx(8.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(4, 1, 40, 40), (2, 1, 20, 24, 24)])
+def test_elastic_moves_no_pixel_further_than_configured_and_bends_the_image(shape):
+    from medsight.transforms.augment import _displacement
+
+    aug = BatchAugment(AugmentConfig(elastic=3.0), spatial_dims=len(shape) - 2)
+    params = aug.sample(shape, gen(5))
+    pixels = _displacement(params.elastic, torch.Size(shape[2:])) / torch.tensor(
+        [2.0 / s for s in reversed(shape[2:])]
+    )
+    assert pixels.abs().max() <= 3.0 + 1e-4 and pixels.abs().max() > 2.0
+    images = torch.rand(shape)
+    out, _ = aug.apply(images, None, params)
+    assert out.shape == images.shape and not torch.allclose(out, images, atol=1e-2)
 
 
 def test_noise_std_stays_within_the_configured_bound():

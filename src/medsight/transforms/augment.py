@@ -13,6 +13,10 @@ What each :class:`~medsight.config.AugmentConfig` knob does, per example:
   turns the image counter-clockwise as displayed, like ``torch.rot90(x, 1, (-2, -1))``.
 * ``scale``: a zoom factor uniform in ``[1 - scale, 1 + scale]`` (all spatial axes; > 1 zooms in).
 * ``shift``: a translation uniform in ``[-shift, shift]`` times the size, per axis.
+* ``elastic``: a smooth random deformation moving each pixel by up to ``elastic`` pixels per
+  axis: displacements uniform in ``[-elastic, elastic]`` at control points every
+  ``ELASTIC_SPACING`` pixels, interpolated linearly in between (so no pixel moves further), the
+  way U-Net's original training bent cell outlines.
 * ``blur_sigma``: a Gaussian blur with sigma uniform in ``[0, blur_sigma]`` pixels.
 * ``gamma``: nnU-Net's gamma transform: the image is scaled to ``[0, 1]`` (its own minimum
   and maximum), raised to an exponent drawn log-uniformly in ``[1 / (1 + g), 1 + g]``, and
@@ -26,7 +30,7 @@ What each :class:`~medsight.config.AugmentConfig` knob does, per example:
 * ``noise_std``: Gaussian noise whose std is uniform in ``[0, noise_std]``, in the units of
   the normalised image.
 
-The geometric knobs form one affine per example, applied with ``F.affine_grid`` +
+The geometric knobs form one affine per example (plus the elastic displacement), applied with ``F.affine_grid`` +
 ``F.grid_sample`` (bilinear for images, nearest for masks, the same grid for both; outside
 the image is 0). With only flips on, the flips are done by indexing, which is exact and
 fast; with no geometric knob on, no resampling happens at all. Intensity knobs touch
@@ -49,6 +53,9 @@ from torch import Tensor
 from medsight.config import AugmentConfig
 from medsight.errors import ConfigError
 
+ELASTIC_SPACING = 32
+"""Pixels between the control points of the ``elastic`` deformation."""
+
 
 @dataclass
 class AugmentParams:
@@ -56,7 +63,8 @@ class AugmentParams:
 
     ``shift`` is ``(N, spatial_dims)`` in the order of ``F.affine_grid`` (W, H[, D]) as a
     fraction of the size; ``color`` is ``(N, C)``; ``noise`` is the noise tensor itself
-    (already scaled), or None.
+    (already scaled), or None; ``elastic`` is the displacement in pixels at the control points,
+    ``(N, spatial_dims, *control_grid)`` with its channels in ``F.affine_grid`` order, or None.
     """
 
     flip_h: Tensor
@@ -70,6 +78,7 @@ class AugmentParams:
     gamma: Tensor
     color: Tensor
     noise: Tensor | None
+    elastic: Tensor | None = None
 
 
 class BatchAugment:
@@ -96,7 +105,7 @@ class BatchAugment:
     @property
     def _resamples(self) -> bool:
         c = self.cfg
-        return c.rotate_deg > 0 or c.scale > 0 or c.shift > 0
+        return c.rotate_deg > 0 or c.scale > 0 or c.shift > 0 or c.elastic > 0
 
     def __call__(
         self, images: Tensor, masks: Tensor | None = None, *, generator: torch.Generator
@@ -134,6 +143,10 @@ class BatchAugment:
                               * math.log1p(c.gamma))
         if c.color > 0:
             color = 1 + (2 * torch.rand(n, int(shape[1]), generator=generator, device=generator.device) - 1) * c.color
+        elastic = None
+        if c.elastic > 0:
+            control = [math.ceil(size / ELASTIC_SPACING) + 1 for size in shape[2:]]
+            elastic = (2 * torch.rand(n, dims, *control, generator=generator, device=generator.device) - 1) * c.elastic
         return AugmentParams(
             flip_h=u[:, 0] < c.flip_h,
             flip_v=u[:, 1] < c.flip_v,
@@ -146,6 +159,7 @@ class BatchAugment:
             gamma=gamma,
             color=color,
             noise=noise,
+            elastic=elastic,
         )
 
     def apply(self, images: Tensor, masks: Tensor | None, params: AugmentParams) -> tuple[Tensor, Tensor | None]:
@@ -180,6 +194,8 @@ class BatchAugment:
         dtype = images.dtype if images.dtype.is_floating_point else torch.float32
         theta = _theta(p, spatial).to(device=images.device, dtype=dtype)
         grid = F.affine_grid(theta, [images.shape[0], 1, *spatial], align_corners=False)
+        if p.elastic is not None:
+            grid = grid + _displacement(p.elastic, spatial).to(grid)
         images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if masks is not None:
             squeeze = masks.ndim == images.ndim - 1
@@ -225,6 +241,18 @@ def _theta(p: AugmentParams, spatial: torch.Size) -> Tensor:
     diag = diag / scale.view(-1, 1)
     matrix = rot / half.view(1, -1, 1) * half.view(1, 1, -1) * diag.view(n, 1, dims)
     return torch.cat([matrix, 2 * p.shift.float().cpu().view(n, dims, 1)], dim=2)
+
+
+def _displacement(control: Tensor, spatial: torch.Size) -> Tensor:
+    """The control points' pixel displacements interpolated over ``spatial``, in grid units.
+
+    Returns ``(N, *spatial, d)``, to add to an ``F.affine_grid`` grid (whose last axis runs
+    W, H[, D]; one pixel is ``2 / size`` there).
+    """
+    mode = "bilinear" if len(spatial) == 2 else "trilinear"
+    field = F.interpolate(control.float(), size=tuple(spatial), mode=mode, align_corners=True)
+    pixel = torch.tensor([2.0 / s for s in reversed(spatial)], device=field.device)
+    return field.movedim(1, -1) * pixel
 
 
 def _flip(images: Tensor, masks: Tensor | None, p: AugmentParams) -> tuple[Tensor, Tensor | None]:
