@@ -65,6 +65,8 @@ class PreprocessConfig(Strict):
     normalize: Literal["minmax", "zscore", "ct_window", "none"] = "minmax"
     window: str | list[float] | None = None
     clahe: bool = False
+    clahe_clip: float = Field(0.01, gt=0.0, le=1.0, description="CLAHE's clip limit (scikit-image's, a fraction "
+                              "of each tile's pixels per histogram bin); higher equalises harder")
     denoise: Literal["median", "gaussian"] | None = None
     denoise_size: float = 1.0
 

@@ -166,3 +166,26 @@ def test_medmnist_sized_images_preprocess_at_well_over_5000_per_second():
         preprocess(s, cfg)
     rate = len(samples) / (time.perf_counter() - start)
     assert rate > 10_000, f"{rate:.0f} images/s"
+
+
+def test_a_higher_clahe_clip_limit_brings_out_a_faint_line_more():
+    """A line 0.03 brighter than its surroundings on a strong gradient (a thin vessel on a
+    fundus photograph's uneven illumination): each clip limit raises its contrast, a higher
+    one more; preprocess passes ``clahe_clip`` on."""
+    image = np.tile(np.linspace(0.0, 1.0, 64, dtype=np.float32), (1, 64, 1))
+    image[0, 32] += 0.03
+
+    def line_contrast(clip: float | None) -> float:
+        cfg = PreprocessConfig(size=[64, 64], clahe=clip is not None, normalize="none",
+                               **({} if clip is None else {"clahe_clip": clip}))
+        out = preprocess(sample(image.copy()), cfg)[0]
+        return float((out[32] - (out[29] + out[35]) / 2).mean())
+
+    raw, default, harder = line_contrast(None), line_contrast(0.01), line_contrast(0.05)
+    assert raw == pytest.approx(0.03, abs=1e-3)
+    assert default > 1.3 * raw and harder > 1.5 * default  # measured: 0.045 and 0.080
+
+
+def test_a_clahe_clip_outside_0_1_is_refused_naming_the_field():
+    with pytest.raises(ValueError, match="clahe_clip"):
+        PreprocessConfig(clahe_clip=0.0)

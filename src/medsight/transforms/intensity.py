@@ -69,11 +69,12 @@ def denoise(array: np.ndarray, method: str, size: float) -> np.ndarray:
     return ndimage.gaussian_filter(array, sigma=(0.0,) + (float(size),) * (array.ndim - 1), mode="reflect")
 
 
-def clahe(array: np.ndarray) -> np.ndarray:
+def clahe(array: np.ndarray, clip_limit: float = 0.01) -> np.ndarray:
     """Contrast-limited adaptive histogram equalisation, per channel, 2D or 3D.
 
     Each channel is first rescaled to ``[0, 1]`` (a constant channel becomes 0), then
-    equalised with :func:`skimage.exposure.equalize_adapthist` at its default settings.
+    equalised with :func:`skimage.exposure.equalize_adapthist` (tiles of 1/8 of each axis,
+    256 bins) at ``clip_limit``, its default 0.01 unless given.
 
     Returns:
         A float32 array of the same shape with values in ``[0, 1]``.
@@ -83,5 +84,5 @@ def clahe(array: np.ndarray) -> np.ndarray:
     out = np.empty_like(array)
     for c, channel in enumerate(array):
         scaled = np.clip(normalize(channel[None], "minmax")[0], 0.0, 1.0)  # float rounding can pass 1
-        out[c] = equalize_adapthist(scaled) if scaled.max() > 0 else scaled
+        out[c] = equalize_adapthist(scaled, clip_limit=clip_limit) if scaled.max() > 0 else scaled
     return out

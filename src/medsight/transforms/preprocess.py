@@ -152,7 +152,7 @@ def intensity_steps(sample: Sample, cfg: PreprocessConfig) -> np.ndarray:
     if cfg.denoise is not None:
         image = denoise(image, cfg.denoise, cfg.denoise_size)
     if cfg.clahe:
-        image = clahe(image)
+        image = clahe(image, cfg.clahe_clip)
     return image
 
 
