@@ -186,6 +186,15 @@ def test_a_higher_clahe_clip_limit_brings_out_a_faint_line_more():
     assert default > 1.3 * raw and harder > 1.5 * default  # measured: 0.045 and 0.080
 
 
+def test_the_default_clahe_clip_is_scikit_images_default_so_existing_bundles_are_unchanged():
+    from skimage.exposure import equalize_adapthist
+
+    image = np.random.default_rng(4).random((1, 48, 48)).astype(np.float32)
+    out = preprocess(sample(image.copy()), PreprocessConfig(size=[48, 48], clahe=True, normalize="none"))
+    scaled = (image[0] - image.min()) / (image.max() - image.min())
+    np.testing.assert_allclose(out[0], equalize_adapthist(scaled), atol=1e-6)
+
+
 def test_a_clahe_clip_outside_0_1_is_refused_naming_the_field():
     with pytest.raises(ValueError, match="clahe_clip"):
         PreprocessConfig(clahe_clip=0.0)
