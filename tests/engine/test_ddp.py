@@ -4,9 +4,13 @@ classification and segmentation.
 Tolerance: with the same seed and effective batch (each of W processes trains on batch_size/W
 rows of the same global batch), the final weights of 1 and 2 processes differ by at most
 ``WEIGHT_TOL = 1e-4`` (max |dw|; gradients are averaged in a different float order) and the
-validation loss/AUC per epoch by at most ``METRIC_TOL = 1e-4``. The network has no batch norm
-and no dropout: on CPU each process normalises its own shard and draws its own dropout masks,
-which changes the numbers (not the method). A 2-process run stopped after epoch 1 and resumed is
+validation loss/AUC per epoch by at most ``METRIC_TOL = 1e-4`` (relative above 1: the batch-norm
+classifier's validation loss is ~90 after its 2 short epochs). The classifier has batch norm,
+synchronised over the processes (:mod:`medsight.engine.sync_norm`; without it each process would
+normalise its own shard); its running means and variances agree within ``STATS_TOL = 1e-3``
+(relative above 1; measured 1.2e-4: they average the statistics of activations that carry the float
+differences of every layer below) and no dropout (each process draws its own masks, which changes the
+numbers, not the method). A 2-process run stopped after epoch 1 and resumed is
 the same computation as a straight run of the same world size, so they match to ``EXACT_TOL = 1e-6``.
 The classifier trains with plain SGD (momentum): Adam divides by the gradient's own scale, so a unit
 whose true gradient is ~0 takes lr-sized steps whose sign is float noise, and that noise depends on
@@ -44,6 +48,7 @@ from medsight.errors import ConfigError
 pytestmark = pytest.mark.xdist_group("ddp")
 
 WEIGHT_TOL = 1e-4
+STATS_TOL = 1e-3
 METRIC_TOL = 1e-4
 EXACT_TOL = 1e-6
 TIMEOUT = 300
@@ -54,7 +59,7 @@ task: classification
 data: {class_names: [normal, nodule]}
 preprocess: {size: [16, 16], channels: 1, normalize: zscore}
 augment: {flip_h: 0.5, rotate_deg: 8}
-model: {name: classic_cnn, kwargs: {batch_norm: false, dropout: 0.0}}
+model: {name: classic_cnn, kwargs: {batch_norm: true, dropout: 0.0}}
 train: {epochs: 2, batch_size: 16, optimizer: sgd, lr: 0.3, schedule: cosine, num_threads: 1}
 eval: {bootstrap: 0}
 """
@@ -108,6 +113,12 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def _split_running_stats(weights: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """(everything else, batch norm's running means and variances)."""
+    stats = {k: v for k, v in weights.items() if ".running_" in k}
+    return {k: v for k, v in weights.items() if k not in stats}, stats
 
 
 def _history(run_dir: Path) -> list[dict[str, str]]:
@@ -231,12 +242,17 @@ def two_nodes(setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 def test_two_processes_match_one_process(run: str, one_process: Path, request: pytest.FixtureRequest) -> None:
     ddp = request.getfixturevalue(run)
     ddp = ddp[0][0] if run == "two_nodes" else ddp
-    assert _max_diff(_weights(one_process), _weights(ddp)) < WEIGHT_TOL
+    (one_w, one_stats), (ddp_w, ddp_stats) = (_split_running_stats(_weights(run)) for run in (one_process, ddp))
+    assert _max_diff(one_w, ddp_w) < WEIGHT_TOL
+    assert one_stats and all(
+        float(((one_stats[k] - ddp_stats[k]).abs() / one_stats[k].abs().clamp(min=1)).max()) < STATS_TOL
+        for k in one_stats
+    )
     one, two = _history(one_process), _history(ddp)
     assert [row["epoch"] for row in two] == ["1", "2"]  # one writer: no duplicated rows
     for a, b in zip(one, two, strict=True):
         for key in ("train_loss", "val_loss", "auc", "accuracy"):
-            assert abs(float(a[key]) - float(b[key])) < METRIC_TOL, (key, a[key], b[key])
+            assert abs(float(a[key]) - float(b[key])) < METRIC_TOL * max(1.0, abs(float(a[key]))), (key, a[key], b[key])
     assert (ddp / "model" / "weights.safetensors").is_file()
     assert (ddp / "report.html").is_file()
 
@@ -396,7 +412,7 @@ def test_segmentation_two_processes_resumed_match_one_process(
     assert [row["epoch"] for row in two] == ["1", "2"]  # rank 0 alone writes metrics.csv
     for a, b in zip(one, two, strict=True):
         for key in ("train_loss", "val_dice"):
-            assert abs(float(a[key]) - float(b[key])) < METRIC_TOL, (key, a[key], b[key])
+            assert abs(float(a[key]) - float(b[key])) < METRIC_TOL * max(1.0, abs(float(a[key]))), (key, a[key], b[key])
     assert first.count("bundle:") == 1 and second.count("bundle:") == 1  # only rank 0 reports
     metrics = json.loads((ddp / "metrics.json").read_text())
     assert metrics["n"] == 3 and 0.0 <= metrics["dice"] <= 1.0

@@ -167,10 +167,10 @@ def threads_per_process(num_threads: int) -> int:
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` in DistributedDataParallel when the world is larger than 1, else ``model`` itself.
 
-    On CUDA, batch-norm layers become ``SyncBatchNorm`` (statistics over the global batch);
-    ``gloo`` on CPU has no synchronised batch norm, so there each process normalises its own
-    ``batch_size / world`` rows. Checkpoints and best weights are taken from ``model``, never
-    from the wrapper.
+    Batch-norm layers normalise with the statistics of the global batch: on CUDA they become
+    ``SyncBatchNorm``; on CPU (gloo, which PyTorch's ``SyncBatchNorm`` does not run on)
+    :func:`~medsight.engine.sync_norm.sync_batch_norm` changes them in place, over a process group
+    of their own. Checkpoints and best weights are taken from ``model``, never from the wrapper.
     """
     if world_size() == 1:
         return model
@@ -179,6 +179,9 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     if device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return DistributedDataParallel(model, device_ids=[device.index or local_rank()])
+    from medsight.engine.sync_norm import sync_batch_norm
+
+    sync_batch_norm(model)
     return DistributedDataParallel(model)
 
 
