@@ -86,14 +86,23 @@ class AugmentConfig(Strict):
     rotate_deg: float = Field(0.0, ge=0.0, le=180.0)
     scale: float = Field(0.0, ge=0.0, lt=1.0)
     shift: float = Field(0.0, ge=0.0, lt=0.5)
-    elastic: float = Field(0.0, ge=0.0, le=8.0, description="smooth deformation: each pixel moves up to this many "
-                           "pixels per axis")
+    elastic: float | list[float] = Field(0.0, description="smooth deformation: each pixel moves up to this many "
+                                         "pixels per axis (at most 8); a list gives each spatial axis its own "
+                                         "bound, (D,) H, W, e.g. [0, 4, 4] in-plane only for thick slices")
     noise_std: float = Field(0.0, ge=0.0)
     blur_sigma: float = Field(0.0, ge=0.0)
     contrast: float = Field(0.0, ge=0.0, lt=1.0)
     brightness: float = Field(0.0, ge=0.0, lt=1.0)
     gamma: float = Field(0.0, ge=0.0, le=1.0, description="intensity exponent between 1/(1+gamma) and 1+gamma")
     color: float = Field(0.0, ge=0.0, lt=1.0, description="each channel's own contrast factor in [1-color, 1+color]")
+
+    @field_validator("elastic")
+    @classmethod
+    def _elastic_bounds(cls, value: float | list[float]) -> float | list[float]:
+        bounds = value if isinstance(value, list) else [value]
+        if len(bounds) not in (1, 2, 3) or any(not 0.0 <= bound <= 8.0 for bound in bounds):
+            raise ValueError("elastic must be a number of pixels in [0, 8], or one such number per spatial axis")
+        return value
 
 
 class ModelConfig(Strict):

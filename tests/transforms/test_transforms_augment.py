@@ -208,6 +208,30 @@ def test_elastic_moves_no_pixel_further_than_configured_and_bends_the_image(shap
     assert out.shape == images.shape and not torch.allclose(out, images, atol=1e-2)
 
 
+def test_elastic_per_axis_bounds_leave_a_zero_axis_still():
+    """[0, 3, 3] on a 3D batch: no displacement across slices, up to 3 px within them."""
+    from medsight.transforms.augment import _displacement
+
+    shape = (2, 1, 20, 24, 24)
+    params = BatchAugment(AugmentConfig(elastic=[0.0, 3.0, 3.0]), spatial_dims=3).sample(shape, gen(5))
+    pixels = _displacement(params.elastic, torch.Size(shape[2:])) / torch.tensor([2.0 / s for s in shape[:1:-1]])
+    assert pixels[..., 2].abs().max() == 0  # the grid's last channel is D
+    assert 2.0 < pixels[..., :2].abs().max() <= 3.0 + 1e-4
+    same = BatchAugment(AugmentConfig(elastic=[3.0, 3.0, 3.0]), spatial_dims=3).sample(shape, gen(5))
+    scalar = BatchAugment(AugmentConfig(elastic=3.0), spatial_dims=3).sample(shape, gen(5))
+    assert torch.equal(same.elastic, scalar.elastic)  # one number means that number on every axis
+    assert not BatchAugment(AugmentConfig(elastic=[0.0, 0.0]), spatial_dims=2).enabled
+
+
+def test_elastic_bounds_that_do_not_fit_are_refused():
+    with pytest.raises(ConfigError, match=r"augment.elastic=\[1.0, 2.0, 3.0\]: gives 3 bounds for 2D images; "
+                                          r"give one number for every axis, or 2 \(H, W\)"):
+        BatchAugment(AugmentConfig(elastic=[1.0, 2.0, 3.0]), spatial_dims=2)
+    for bad in ([0.0, 9.0], -1.0, [1.0, 1.0, 1.0, 1.0]):
+        with pytest.raises(ValueError, match="elastic must be a number of pixels in \\[0, 8\\]"):
+            AugmentConfig(elastic=bad)
+
+
 def test_noise_std_stays_within_the_configured_bound():
     images = torch.zeros(8, 1, 32, 32)
     out, _ = BatchAugment(AugmentConfig(noise_std=0.1), spatial_dims=2)(images, generator=gen())

@@ -16,7 +16,8 @@ What each :class:`~medsight.config.AugmentConfig` knob does, per example:
 * ``elastic``: a smooth random deformation moving each pixel by up to ``elastic`` pixels per
   axis: displacements uniform in ``[-elastic, elastic]`` at control points every
   ``ELASTIC_SPACING`` pixels, interpolated linearly in between (so no pixel moves further), the
-  way U-Net's original training bent cell outlines.
+  way U-Net's original training bent cell outlines. A list gives each spatial axis, ``(D,) H, W``,
+  its own bound: ``[0, 4, 4]`` bends thick-slice volumes within their slices only.
 * ``blur_sigma``: a Gaussian blur with sigma uniform in ``[0, blur_sigma]`` pixels.
 * ``gamma``: nnU-Net's gamma transform: the image is scaled to ``[0, 1]`` (its own minimum
   and maximum), raised to an exponent drawn log-uniformly in ``[1 / (1 + g), 1 + g]``, and
@@ -96,16 +97,18 @@ class BatchAugment:
             )
         self.cfg = cfg
         self.spatial_dims = spatial_dims
+        self.elastic = _elastic_bounds(cfg.elastic, spatial_dims)
 
     @property
     def enabled(self) -> bool:
         """False when every knob is 0: then calling it returns its inputs unchanged."""
-        return any(value > 0 for value in self.cfg.model_dump().values())
+        scalars = self.cfg.model_dump(exclude={"elastic"}).values()
+        return any(value > 0 for value in scalars) or self.elastic is not None
 
     @property
     def _resamples(self) -> bool:
         c = self.cfg
-        return c.rotate_deg > 0 or c.scale > 0 or c.shift > 0 or c.elastic > 0
+        return c.rotate_deg > 0 or c.scale > 0 or c.shift > 0 or self.elastic is not None
 
     def __call__(
         self, images: Tensor, masks: Tensor | None = None, *, generator: torch.Generator
@@ -144,9 +147,10 @@ class BatchAugment:
         if c.color > 0:
             color = 1 + (2 * torch.rand(n, int(shape[1]), generator=generator, device=generator.device) - 1) * c.color
         elastic = None
-        if c.elastic > 0:
+        if self.elastic is not None:
             control = [math.ceil(size / ELASTIC_SPACING) + 1 for size in shape[2:]]
-            elastic = (2 * torch.rand(n, dims, *control, generator=generator, device=generator.device) - 1) * c.elastic
+            bounds = torch.tensor(self.elastic, device=generator.device).view(1, dims, *[1] * dims)
+            elastic = (2 * torch.rand(n, dims, *control, generator=generator, device=generator.device) - 1) * bounds
         return AugmentParams(
             flip_h=u[:, 0] < c.flip_h,
             flip_v=u[:, 1] < c.flip_v,
@@ -241,6 +245,22 @@ def _theta(p: AugmentParams, spatial: torch.Size) -> Tensor:
     diag = diag / scale.view(-1, 1)
     matrix = rot / half.view(1, -1, 1) * half.view(1, 1, -1) * diag.view(n, 1, dims)
     return torch.cat([matrix, 2 * p.shift.float().cpu().view(n, dims, 1)], dim=2)
+
+
+def _elastic_bounds(elastic: float | list[float], spatial_dims: int) -> tuple[float, ...] | None:
+    """``augment.elastic`` as one bound per axis in ``F.affine_grid`` order (W, H[, D]); None when all are 0.
+
+    Raises:
+        ConfigError: a list whose length is not the number of spatial axes.
+    """
+    bounds = [float(elastic)] * spatial_dims if not isinstance(elastic, list) else [float(b) for b in elastic]
+    if len(bounds) != spatial_dims:
+        raise ConfigError(
+            f"augment.elastic={elastic}",
+            f"gives {len(bounds)} bounds for {spatial_dims}D images",
+            f"give one number for every axis, or {spatial_dims} ({'D, ' if spatial_dims == 3 else ''}H, W)",
+        )
+    return tuple(reversed(bounds)) if max(bounds) > 0 else None
 
 
 def _displacement(control: Tensor, spatial: torch.Size) -> Tensor:
