@@ -100,7 +100,7 @@ class AugmentConfig(Strict):
     @classmethod
     def _elastic_bounds(cls, value: float | list[float]) -> float | list[float]:
         bounds = value if isinstance(value, list) else [value]
-        if len(bounds) not in (1, 2, 3) or any(not 0.0 <= bound <= 8.0 for bound in bounds):
+        if (isinstance(value, list) and len(bounds) not in (2, 3)) or any(not 0.0 <= b <= 8.0 for b in bounds):
             raise ValueError("elastic must be a number of pixels in [0, 8], or one such number per spatial axis")
         return value
 

@@ -412,7 +412,7 @@ def test_segmentation_two_processes_resumed_match_one_process(
     assert [row["epoch"] for row in two] == ["1", "2"]  # rank 0 alone writes metrics.csv
     for a, b in zip(one, two, strict=True):
         for key in ("train_loss", "val_dice"):
-            assert abs(float(a[key]) - float(b[key])) < METRIC_TOL * max(1.0, abs(float(a[key]))), (key, a[key], b[key])
+            assert abs(float(a[key]) - float(b[key])) < METRIC_TOL, (key, a[key], b[key])
     assert first.count("bundle:") == 1 and second.count("bundle:") == 1  # only rank 0 reports
     metrics = json.loads((ddp / "metrics.json").read_text())
     assert metrics["n"] == 3 and 0.0 <= metrics["dice"] <= 1.0

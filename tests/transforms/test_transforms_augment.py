@@ -227,7 +227,7 @@ def test_elastic_bounds_that_do_not_fit_are_refused():
     with pytest.raises(ConfigError, match=r"augment.elastic=\[1.0, 2.0, 3.0\]: gives 3 bounds for 2D images; "
                                           r"give one number for every axis, or 2 \(H, W\)"):
         BatchAugment(AugmentConfig(elastic=[1.0, 2.0, 3.0]), spatial_dims=2)
-    for bad in ([0.0, 9.0], -1.0, [1.0, 1.0, 1.0, 1.0]):
+    for bad in ([0.0, 9.0], -1.0, [1.0, 1.0, 1.0, 1.0], [4.0]):
         with pytest.raises(ValueError, match="elastic must be a number of pixels in \\[0, 8\\]"):
             AugmentConfig(elastic=bad)
 
