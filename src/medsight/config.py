@@ -175,8 +175,8 @@ class EvalConfig(Strict):
 class SegmentConfig(Strict):
     """Segmentation training and inference; a ``None`` size takes the plan's value (``medsight plan``).
 
-    The inference keys (``overlap``, ``mirror_tta``, ``transpose_tta``, ``largest_component``, ``thresholds``) are
-    saved in the bundle and replayed by ``medsight evaluate`` and ``medsight predict``.
+    The inference keys (``overlap``, ``mirror_tta``, ``transpose_tta``, ``largest_component``, ``thresholds``,
+    ``centre_logits``) are saved in the bundle and replayed by ``medsight evaluate`` and ``medsight predict``.
     """
 
     patch_size: list[int] | None = Field(None, description="training and sliding-window patch; default: the plan's")
@@ -198,6 +198,9 @@ class SegmentConfig(Strict):
         default_factory=dict, description="class -> probability threshold; binary tasks choose one on validation"
     )
     tune_threshold: bool = Field(True, description="binary tasks: pick the threshold that maximises val Dice")
+    centre_logits: bool = Field(False, description="binary tasks: shift each image's foreground logits so that "
+                                "their median is the validation images' mean median (for photographs whose "
+                                "probabilities run high or low as a whole); the median voxel must be background")
     val_every: int = Field(1, ge=1, description="validate (sliding window, Dice) every N epochs, and always after "
                            "the last one and when the time limit stops training")
     ensemble: bool = Field(True, description="after a k-fold cross-validation (data.folds > 1) RUN/model is the "

@@ -86,6 +86,7 @@ def test_train_segmenter_learns_discs_and_writes_the_run(disc_folder, tmp_path):
     assert (out / "model" / "bundle.json").is_file() and (out / "model" / "weights.safetensors").is_file()
     manifest = json.loads((out / "model" / "bundle.json").read_text())
     assert manifest["task"] == "segmentation" and manifest["preprocess"]["size"] == [48, 48]
+    assert manifest["segmentation"]["logit_median"] is None  # segment.centre_logits is off by default
     metrics = json.loads((out / "metrics.json").read_text())
     fg = next(name for name in metrics["summary"])
     assert metrics["summary"][fg]["metrics"]["dice"]["mean"] > 0.7
@@ -112,6 +113,47 @@ def test_train_task_segmentation_uses_the_run_folder(disc_folder, tmp_path) -> N
     report = (tmp_path / "run" / "report.html").read_text()
     assert report.count("data:image/png;base64,") == 3  # best, median and worst overlays
     assert "worst case" in report and "best case" in report and "http" not in report
+
+
+def test_centre_logits_keeps_the_val_median_in_the_bundle_and_centres_every_prediction(disc_folder, tmp_path):
+    from medsight.data.seg_layouts import open_seg_dataset
+    from medsight.engine.pixel_scores import PixelScores
+    from medsight.inference.postprocess import centre_logits, median_logit
+    from medsight.inference.segmenter import Segmenter
+
+    out = tmp_path / "run"
+    train_segmenter(_cfg(disc_folder, **{"segment.centre_logits": True, "train.epochs": 2}), out=out, progress=False)
+    segmenter, uncentred = Segmenter(out / "model"), Segmenter(out / "model")
+    uncentred.logit_median = None
+    level = segmenter.bundle.segmentation["logit_median"]
+    assert segmenter.logit_median == level and -12 < level < 0  # the median voxel is background
+    dataset = open_seg_dataset(disc_folder)
+    val = set(segmenter.bundle.provenance["split"]["val"])
+    scores, medians = PixelScores(), []
+    for item in (item for item in dataset.items if item.case_id in val):
+        sample, truth, roi = dataset.read(item)
+        raw, probs = uncentred.probabilities(sample), segmenter.probabilities(sample)
+        medians.append(median_logit(raw[1]))
+        assert median_logit(probs[1]) == pytest.approx(level, abs=1e-3)
+        np.testing.assert_allclose(probs, centre_logits(raw, level), atol=1e-6)
+        scores.add(probs[1], truth, roi=roi)
+    assert len(medians) == 2 and abs(medians[0] - medians[1]) > 0.01  # two cases, shifted by different amounts
+    assert level == pytest.approx(np.mean(medians), abs=1e-2)  # the val cases' mean (kept as float16 meanwhile)
+    # the threshold and the scores are those of the centred probabilities
+    assert segmenter.thresholds[1] == pytest.approx(scores.best_threshold()[0], abs=2e-3)
+    assert json.loads((out / "metrics.json").read_text())["auc"] == pytest.approx(scores.roc_auc(), abs=1e-4)
+
+
+def test_centre_logits_for_more_than_one_foreground_class_is_a_config_error_and_writes_no_model(
+        disc_folder, tmp_path) -> None:
+    for mask in (disc_folder / "masks").iterdir():
+        labels = (np.asarray(Image.open(mask)) > 0).astype(np.uint8)
+        labels[:4, :4] = 2
+        Image.fromarray(labels).save(mask)
+    with pytest.raises(ConfigError, match=r"segment.centre_logits: centres a binary task's foreground logits, but "
+                                          r"these masks have 2 foreground classes.*set segment.centre_logits=false"):
+        train_segmenter(_cfg(disc_folder, **{"segment.centre_logits": True}), out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / "metrics.csv").exists()
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(disc_folder, tmp_path) -> None:

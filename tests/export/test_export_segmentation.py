@@ -107,3 +107,22 @@ def test_instance_norm_on_a_zero_padded_patch_stays_precise_in_onnx(tmp_path: Pa
                 dynamic_spatial=True)
     probs = onnx_session(tmp_path / "m.onnx").run(["probabilities"], {"image": x})[0]
     assert np.abs(probs - reference).max() <= 5e-6
+
+
+def test_the_described_centring_step_is_what_the_segmenter_does(seg_bundle: Path) -> None:
+    """A bundle trained with ``segment.centre_logits``: the export names the step after the graph, with its level,
+    and that formula, applied with numpy, gives the segmenter's probabilities."""
+    from medsight.export.graph import describe_preprocessing
+    from medsight.inference.segmenter import Segmenter
+
+    bundle = load_bundle(seg_bundle)
+    assert not any("centre" in step for step in describe_preprocessing(bundle)["outside_graph"])
+    bundle.segmentation["logit_median"] = -4.25
+    step = next(s for s in describe_preprocessing(bundle)["outside_graph"] if s.startswith("centre"))
+    assert "sigmoid(logit(p1) - median(logit(p1)) + -4.25)" in step
+    segmenter = Segmenter(bundle)
+    raw = np.random.default_rng(0).uniform(0.001, 0.999, (64, 64)).astype(np.float32) ** 3
+    logits = np.log(raw) - np.log1p(-raw)
+    expected = 1 / (1 + np.exp(-(logits - np.median(logits) - 4.25)))
+    centred = segmenter.centred(np.stack([1 - raw, raw]))
+    np.testing.assert_allclose(centred[1], expected, atol=1e-5)

@@ -29,7 +29,7 @@ from medsight.bundle import Bundle, load_bundle, provenance
 from medsight.config import ModelConfig, RunConfig
 from medsight.data.sample import Sample
 from medsight.engine.seg_evaluate import DatasetCases, evaluate_segmentation, probabilities_file
-from medsight.engine.seg_pipeline import VAL_PROBABILITIES, choose_thresholds
+from medsight.engine.seg_pipeline import VAL_PROBABILITIES, centring_level, choose_thresholds
 from medsight.errors import MedsightError
 from medsight.inference.segmenter import Segmenter
 
@@ -45,10 +45,11 @@ class OutOfFold:
         return self.segmenter.prepare(sample)
 
     def probabilities(self, sample: Sample) -> np.ndarray:
+        """The kept probabilities, centred as the segmenter says (so at the ensemble's level once it is set)."""
         if self.path.is_file():
             probs = np.load(self.path).astype(np.float32)
             if probs.shape[1:] == sample.spatial_shape:
-                return probs
+                return self.segmenter.centred(probs)
         probs = self.segmenter.probabilities(sample)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         np.save(self.path, probs.astype(np.float16))
@@ -84,13 +85,15 @@ def ensemble_folds(cfg: RunConfig, out: Path, folds: list[Path], *, progress: bo
     def oof_probs():
         for case_id, sample, truth, roi in track(DatasetCases(dataset, items), description="out-of-fold threshold",
                                                  enabled=progress):
-            yield oof[case_id].probabilities(sample)[1], truth, roi
+            yield oof[case_id].probabilities(sample), truth, roi
 
-    thresholds, note = choose_thresholds(cfg, len(bundles[0].label_names), oof_probs,
+    level, centred = centring_level(cfg, oof_probs)
+    thresholds, note = choose_thresholds(cfg, len(bundles[0].label_names), centred,
                                          f"the out-of-fold predictions on {len(items)} cases")
     for member in members:
-        member.thresholds = thresholds
-    bundle = _ensemble_bundle(cfg, bundles, thresholds, note, all_cases=[item.case_id for item in dataset.items])
+        member.thresholds, member.logit_median = thresholds, level
+    bundle = _ensemble_bundle(cfg, bundles, thresholds, note, level,
+                              all_cases=[item.case_id for item in dataset.items])
     states = bundle.provenance["folds"]
     metrics = evaluate_segmentation(  # members[0] gives the label names and the (shared) threshold
         members[0], DatasetCases(dataset, items), out=out, segmenter_for=oof.__getitem__,
@@ -111,7 +114,7 @@ def _check_compatible(bundles: list[Bundle], folds: list[Path]) -> None:
     """The members share the network, the preprocessing and the plan's normalisation (one input for all)."""
 
     def shared(bundle: Bundle) -> tuple:
-        settings = {k: v for k, v in bundle.segmentation.items() if k != "thresholds"}
+        settings = {k: v for k, v in bundle.segmentation.items() if k not in ("thresholds", "logit_median")}
         return (bundle.model.model_dump(), bundle.preprocess.model_dump(), settings, bundle.label_names)
 
     for fold, bundle in zip(folds[1:], bundles[1:], strict=True):
@@ -123,7 +126,7 @@ def _check_compatible(bundles: list[Bundle], folds: list[Path]) -> None:
 
 
 def _ensemble_bundle(cfg: RunConfig, bundles: list[Bundle], thresholds: dict[int, float], note: str,
-                     all_cases: list[str]) -> Bundle:
+                     level: float | None, all_cases: list[str]) -> Bundle:
     first = bundles[0]
     folds = [{"fold": k, "val": b.provenance["split"]["val"], "val_dice": b.metrics.get("val_dice"),
               **{key: b.provenance.get(key) for key in ("best_epoch", "epochs_run", "train_seconds")}}
@@ -142,5 +145,6 @@ def _ensemble_bundle(cfg: RunConfig, bundles: list[Bundle], thresholds: dict[int
             "its members; the out-of-fold scores are in the run folder's metrics.json",
         ),
         state_dict={f"members.{k}.{key}": value for k, b in enumerate(bundles) for key, value in b.state_dict.items()},
-        segmentation={**first.segmentation, "thresholds": {str(k): float(v) for k, v in thresholds.items()}},
+        segmentation={**first.segmentation, "thresholds": {str(k): float(v) for k, v in thresholds.items()},
+                      "logit_median": level},
     )

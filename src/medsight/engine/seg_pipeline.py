@@ -58,7 +58,7 @@ from medsight.engine.seg_losses import make_seg_loss
 from medsight.engine.seg_metrics import segmentation_case_metrics
 from medsight.engine.weight_average import WeightAverage
 from medsight.errors import ConfigError, DatasetError, MedsightError
-from medsight.inference.postprocess import probs_to_labels
+from medsight.inference.postprocess import centre_foreground, median_logit, probs_to_labels
 from medsight.inference.segment import sliding_window_probs
 from medsight.models import create_model, list_models
 from medsight.transforms.preprocess import intensity_steps, plan_normalize
@@ -117,6 +117,11 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
     del stepped
     train_idx, val_idx = _split(len(cases), cfg)
     n_classes = max(max(dataset.label_names), int(max(lab.max() for lab in labels))) + 1
+    if cfg.segment.centre_logits and n_classes != 2:
+        raise ConfigError(
+            "segment.centre_logits", f"centres a binary task's foreground logits, but these masks have "
+            f"{n_classes - 1} foreground classes", "set segment.centre_logits=false",
+        )
     kwargs = _model_kwargs(cfg, plan, patch)
     net = create_model(
         cfg.model.name, in_channels=images[0].shape[0], num_outputs=n_classes, spatial_dims=len(patch), **kwargs
@@ -194,10 +199,10 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
         return {"best_epoch": state["best_epoch"], "best_val_dice": state["best_dice"],
                 "epochs_run": state["epoch"], "bundle": "", "metrics": {}}
     val_cases = [cases[i] for i in val_idx]
-    thresholds, note = _thresholds(cfg, net, [(images[i], labels[i], rois[i]) for i in val_idx], patch, device,
-                                   n_classes)
+    thresholds, note, level = _thresholds(cfg, net, [(images[i], labels[i], rois[i]) for i in val_idx], patch,
+                                          device, n_classes)
     bundle = _bundle(cfg, dataset, plan, patch, kwargs, n_classes, thresholds, note, state, best_state, cases,
-                     train_idx, val_idx, images[0].shape[0])
+                     train_idx, val_idx, images[0].shape[0], level)
     bundle_path = bundle.save(out / "model")
     from medsight.engine.seg_evaluate import evaluate_segmentation
     from medsight.inference.segmenter import Segmenter
@@ -475,18 +480,36 @@ def choose_thresholds(cfg: RunConfig, n_classes: int, foreground_probs, cases: s
 
 
 def _thresholds(cfg: RunConfig, net, val_set, patch, device, n_classes: int):
-    """:func:`choose_thresholds` on the validation cases (on the training grid)."""
+    """:func:`choose_thresholds` on the validation cases (on the training grid), and with
+    ``segment.centre_logits`` the bundle's ``logit_median`` (:func:`centring_level`; else None),
+    the thresholds then being chosen on the centred probabilities."""
     def probs():
         for image, labels, roi in val_set:
             yield sliding_window_probs(net, image, patch_size=patch, overlap=cfg.segment.overlap,
                                        mirror_tta=cfg.segment.mirror_tta, transpose_tta=cfg.segment.transpose_tta,
-                                       device=device)[1], labels, roi
+                                       device=device), labels, roi
 
-    return choose_thresholds(cfg, n_classes, probs, f"the {len(val_set)} validation cases")
+    level, centred = centring_level(cfg, probs)
+    return (*choose_thresholds(cfg, n_classes, centred, f"the {len(val_set)} validation cases"), level)
+
+
+def centring_level(cfg: RunConfig, probs) -> tuple[float | None, Any]:
+    """``(level, centred)`` for the threshold: ``probs()`` yields ``(probabilities, labels, roi)`` per case.
+
+    With ``segment.centre_logits``, ``level`` is the mean over the cases of their median foreground
+    logit, and ``centred()`` yields ``(foreground probability, labels, roi)`` with each case centred
+    at it (the probabilities are kept in memory, as float16, for the second pass). Otherwise
+    ``level`` is None and ``centred()`` yields the foreground probabilities as they come.
+    """
+    if not cfg.segment.centre_logits:
+        return None, lambda: ((p[1], labels, roi) for p, labels, roi in probs())
+    kept = [(p[1].astype(np.float16), labels, roi) for p, labels, roi in probs()]
+    level = float(np.mean([median_logit(foreground) for foreground, _, _ in kept]))
+    return level, lambda: ((centre_foreground(foreground, level), labels, roi) for foreground, labels, roi in kept)
 
 
 def _bundle(cfg, dataset, plan, patch, kwargs, n_classes, thresholds, note, state, best_state, cases,
-            train_idx, val_idx, channels) -> Bundle:
+            train_idx, val_idx, channels, level: float | None) -> Bundle:
     names = {k: dataset.label_names.get(k, f"label_{k}") for k in range(n_classes)}
     return Bundle(
         task="segmentation",
@@ -512,5 +535,6 @@ def _bundle(cfg, dataset, plan, patch, kwargs, n_classes, thresholds, note, stat
             "largest_component": cfg.segment.largest_component,
             "target_spacing": plan["target_spacing"] if cfg.segment.resample else None,
             "thresholds": {str(k): float(v) for k, v in thresholds.items()},
+            "logit_median": level,
         },
     )

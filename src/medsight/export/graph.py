@@ -141,6 +141,12 @@ def describe_preprocessing(bundle: Bundle) -> dict[str, Any]:
             "averaging 'probabilities'"
         )
         in_graph = ["network", "softmax over the class axis"]
+        level = settings.get("logit_median")
+        if level is not None:
+            outside.append(
+                f"centre the foreground logits of the whole image: p1 = sigmoid(logit(p1) - median(logit(p1)) + "
+                f"{level:.6g}), p0 = 1 - p1 (probabilities clipped to [1e-7, 1 - 1e-7] first)"
+            )
         after = [
             f"argmax over classes {bundle.label_names}",
             f"per-class thresholds {settings.get('thresholds') or {}} (below: background)",

@@ -52,6 +52,43 @@ def probs_to_labels(probs: np.ndarray, *, thresholds: dict[int, float] | None = 
     return labels
 
 
+_EDGE = 1e-7  # probabilities are clipped to [_EDGE, 1 - _EDGE] before their logit
+
+
+def median_logit(foreground: np.ndarray) -> float:
+    """The logit of the median foreground probability over every voxel of one image."""
+    median = float(np.clip(np.median(foreground), _EDGE, 1.0 - _EDGE))
+    return float(np.log(median) - np.log1p(-median))
+
+
+def centre_foreground(foreground: np.ndarray, level: float) -> np.ndarray:
+    """One image's foreground probabilities with their logits shifted so that their median is ``level``."""
+    foreground = np.clip(foreground.astype(np.float32), _EDGE, 1.0 - _EDGE)
+    logits = np.log(foreground) - np.log1p(-foreground) + np.float32(level - median_logit(foreground))
+    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+
+
+def centre_logits(probs: np.ndarray, level: float) -> np.ndarray:
+    """Shift a binary ``(2, *spatial)`` probability map's foreground logits so that their median is ``level``.
+
+    One image-wide shift: the voxels keep their order within the image (its AUC is unchanged), but
+    an image whose probabilities all run high or low (a dim or blurred photograph) comes into line
+    with the others, so that one threshold, and a ranking pooled over images, mean the same on
+    every image. The median voxel must be background (foreground under half of the image).
+
+    Raises:
+        ConfigError: ``probs`` does not have exactly 2 classes.
+    """
+    if probs.shape[0] != 2:
+        raise ConfigError(
+            "segment.centre_logits",
+            f"centres a binary task's foreground logits, but the output has {probs.shape[0]} classes",
+            "set segment.centre_logits=false for a task with more than one foreground class",
+        )
+    foreground = centre_foreground(probs[1], level)
+    return np.stack([1.0 - foreground, foreground])
+
+
 def keep_largest_component(labels: np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:
     """Keep only the largest connected region of each class (full connectivity); the rest becomes 0.
 

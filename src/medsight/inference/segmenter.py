@@ -25,6 +25,7 @@ from medsight.data.sample import Sample
 from medsight.errors import BundleError, MedsightError
 from medsight.inference.postprocess import (
     beside_mask,
+    centre_logits,
     keep_largest_component,
     probs_to_labels,
     write_mask,
@@ -84,6 +85,9 @@ class Segmenter:
             )
         self.settings = self.bundle.segmentation
         self.thresholds = {int(k): float(v) for k, v in (self.settings.get("thresholds") or {}).items()}
+        level = self.settings.get("logit_median")
+        #: binary bundles trained with ``segment.centre_logits``: each image's median foreground logit
+        self.logit_median = None if level is None else float(level)
         self.device = torch.device(device)
         self.mixed_precision = mixed_precision
         self.model = self.bundle.build_model().to(self.device)
@@ -115,7 +119,8 @@ class Segmenter:
         """``(K, *spatial)`` softmax probabilities on the sample's grid.
 
         With a target spacing in the bundle, the image is resampled to it, predicted there,
-        and the probabilities are interpolated back onto the sample's own grid.
+        and the probabilities are interpolated back onto the sample's own grid. A bundle with a
+        ``logit_median`` then centres them (:meth:`centred`).
         """
         from medsight.inference.segment import sliding_window_probs
         from medsight.transforms.preprocess import resize, spacing_shape
@@ -132,7 +137,12 @@ class Segmenter:
             device=self.device,
             mixed_precision=self.mixed_precision,
         )
-        return resize(probs, sample.spatial_shape)
+        return self.centred(resize(probs, sample.spatial_shape))
+
+    def centred(self, probs: np.ndarray) -> np.ndarray:
+        """``probs`` with the foreground logits shifted so that their median is the bundle's ``logit_median``
+        (:func:`~medsight.inference.postprocess.centre_logits`); unchanged when the bundle has none."""
+        return probs if self.logit_median is None else centre_logits(probs, self.logit_median)
 
     def labels_from(self, probs: np.ndarray) -> np.ndarray:
         """Thresholds, then largest-component cleaning, as the bundle says."""
