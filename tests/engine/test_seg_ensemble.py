@@ -129,8 +129,23 @@ def test_a_centred_ensemble_centres_the_out_of_fold_predictions_at_their_mean_me
     assert scores.roc_auc() > raw.roc_auc() + 1e-4  # 0.99884 against 0.99862: centring changes the pooled ranking
     assert bundle.segmentation["thresholds"]["1"] == pytest.approx(scores.best_threshold()[0], abs=2e-3)
     assert metrics["auc"] == pytest.approx(scores.roc_auc(), abs=1e-5)
+    # on a case: each member centred at the level (as the out-of-fold predictions were), then averaged
     sample = cases["case00"][1]
-    assert median_logit(Segmenter(copy / "model").probabilities(sample)[1]) == pytest.approx(level, abs=1e-3)
+    members = [Segmenter(copy / f"fold{k}" / "model") for k in range(3)]
+    for member in members:
+        member.logit_median = level
+    centred = [member.probabilities(sample) for member in members]
+    assert all(median_logit(p[1]) == pytest.approx(level, abs=1e-3) for p in centred)
+    np.testing.assert_allclose(Segmenter(copy / "model").probabilities(sample), np.mean(centred, axis=0), atol=1e-5)
+    uncentred = Segmenter(copy / "model")
+    uncentred.logit_median = None  # the members' mean, centred or not, is not that
+    assert np.abs(uncentred.probabilities(sample) - np.mean(centred, axis=0)).max() > 1e-3
+    from medsight.export.graph import describe_preprocessing
+
+    step = next(s for s in describe_preprocessing(bundle)["outside_graph"] if s.startswith("centre"))
+    assert f"+ {level:.6g})" in step and "each of the 3 members' probabilities and then averages them" in step
+    mean_then_centred = centre_foreground(uncentred.probabilities(sample)[1], level)
+    assert np.abs(mean_then_centred - np.mean(centred, axis=0)[1]).max() > 1e-4  # 4.7e-4: these members agree
 
 
 def test_the_ensemble_is_rebuilt_on_resume_with_lost_probabilities_predicted_again(cv_run, tmp_path) -> None:

@@ -143,9 +143,13 @@ def describe_preprocessing(bundle: Bundle) -> dict[str, Any]:
         in_graph = ["network", "softmax over the class axis"]
         level = settings.get("logit_median")
         if level is not None:
+            members = bundle.model.kwargs.get("members") if bundle.model.name == "fold_ensemble" else None
             outside.append(
                 f"centre the foreground logits of the whole image: p1 = sigmoid(logit(p1) - median(logit(p1)) + "
                 f"{level:.6g}), p0 = 1 - p1 (probabilities clipped to [1e-7, 1 - 1e-7] first)"
+                + (f"; medsight does this to each of the {members} members' probabilities and then averages them, "
+                   "while this graph outputs their average, so centring its output is an approximation"
+                   if members else "")
             )
         after = [
             f"argmax over classes {bundle.label_names}",

@@ -120,24 +120,34 @@ class Segmenter:
 
         With a target spacing in the bundle, the image is resampled to it, predicted there,
         and the probabilities are interpolated back onto the sample's own grid. A bundle with a
-        ``logit_median`` then centres them (:meth:`centred`).
+        ``logit_median`` then centres them (:meth:`centred`); a fold ensemble's members are each
+        centred before their probabilities are averaged, as the out-of-fold predictions its
+        level and threshold come from were (each by one member).
         """
         from medsight.inference.segment import sliding_window_probs
         from medsight.transforms.preprocess import resize, spacing_shape
 
-        image = self.prepare(sample)
-        working = spacing_shape(sample.spatial_shape, sample.spacing, self.settings.get("target_spacing"))
-        probs = sliding_window_probs(
-            self.model,
-            resize(image, working),
-            patch_size=self.bundle.preprocess.size,
-            overlap=float(self.settings.get("overlap", 0.5)),
-            mirror_tta=bool(self.settings.get("mirror_tta", False)),
-            transpose_tta=bool(self.settings.get("transpose_tta", False)),
-            device=self.device,
-            mixed_precision=self.mixed_precision,
-        )
-        return self.centred(resize(probs, sample.spatial_shape))
+        image = self.prepare(sample)  # first: it says what is wrong with an image of the wrong kind
+        grid = spacing_shape(sample.spatial_shape, sample.spacing, self.settings.get("target_spacing"))
+        working = resize(image, grid)
+
+        def predict(net) -> np.ndarray:
+            probs = sliding_window_probs(
+                net,
+                working,
+                patch_size=self.bundle.preprocess.size,
+                overlap=float(self.settings.get("overlap", 0.5)),
+                mirror_tta=bool(self.settings.get("mirror_tta", False)),
+                transpose_tta=bool(self.settings.get("transpose_tta", False)),
+                device=self.device,
+                mixed_precision=self.mixed_precision,
+            )
+            return self.centred(resize(probs, sample.spatial_shape))
+
+        members = getattr(self.model, "members", None)
+        if self.logit_median is None or members is None:
+            return predict(self.model)
+        return np.mean([predict(member) for member in members], axis=0, dtype=np.float32)
 
     def centred(self, probs: np.ndarray) -> np.ndarray:
         """``probs`` with the foreground logits shifted so that their median is the bundle's ``logit_median``
