@@ -147,7 +147,7 @@ class Segmenter:
         members = getattr(self.model, "members", None)
         if self.logit_median is None or members is None:
             return predict(self.model)
-        return np.mean([predict(member) for member in members], axis=0, dtype=np.float32)
+        return sum(predict(member) for member in members) / np.float32(len(members))  # two maps in memory at a time
 
     def centred(self, probs: np.ndarray) -> np.ndarray:
         """``probs`` with the foreground logits shifted so that their median is the bundle's ``logit_median``
