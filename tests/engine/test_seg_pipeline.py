@@ -129,7 +129,7 @@ def test_centre_logits_keeps_the_val_median_in_the_bundle_and_centres_every_pred
     assert segmenter.logit_median == level and -12 < level < 0  # the median voxel is background
     dataset = open_seg_dataset(disc_folder)
     val = set(segmenter.bundle.provenance["split"]["val"])
-    scores, medians = PixelScores(), []
+    scores, raw_scores, medians = PixelScores(), PixelScores(), []
     for item in (item for item in dataset.items if item.case_id in val):
         sample, truth, roi = dataset.read(item)
         raw, probs = uncentred.probabilities(sample), segmenter.probabilities(sample)
@@ -137,11 +137,15 @@ def test_centre_logits_keeps_the_val_median_in_the_bundle_and_centres_every_pred
         assert median_logit(probs[1]) == pytest.approx(level, abs=1e-3)
         np.testing.assert_allclose(probs, centre_logits(raw, level), atol=1e-6)
         scores.add(probs[1], truth, roi=roi)
+        raw_scores.add(raw[1], truth, roi=roi)
     assert len(medians) == 2 and abs(medians[0] - medians[1]) > 0.01  # two cases, shifted by different amounts
     assert level == pytest.approx(np.mean(medians), abs=1e-2)  # the val cases' mean (kept as float16 meanwhile)
-    # the threshold and the scores are those of the centred probabilities
-    assert segmenter.thresholds[1] == pytest.approx(scores.best_threshold()[0], abs=2e-3)
-    assert json.loads((out / "metrics.json").read_text())["auc"] == pytest.approx(scores.roc_auc(), abs=1e-4)
+    # the threshold and the scores are those of the centred probabilities (here 0.7418 and AUC 0.997093),
+    # not of the raw ones (0.7402 and 0.997116)
+    assert segmenter.thresholds[1] == pytest.approx(scores.best_threshold()[0], abs=2e-4)
+    assert abs(raw_scores.best_threshold()[0] - scores.best_threshold()[0]) > 5e-4
+    assert json.loads((out / "metrics.json").read_text())["auc"] == pytest.approx(scores.roc_auc(), abs=1e-6)
+    assert abs(raw_scores.roc_auc() - scores.roc_auc()) > 5e-6
 
 
 def test_centre_logits_for_more_than_one_foreground_class_is_a_config_error_and_writes_no_model(
