@@ -155,7 +155,8 @@ def test_centre_logits_for_more_than_one_foreground_class_is_a_config_error_and_
         labels[:4, :4] = 2
         Image.fromarray(labels).save(mask)
     with pytest.raises(ConfigError, match=r"segment.centre_logits: centres a binary task's foreground logits, but "
-                                          r"these masks have 2 foreground classes.*set segment.centre_logits=false"):
+                                          r"these masks have 3 classes \(background included\).*"
+                                          r"set segment.centre_logits=false"):
         train_segmenter(_cfg(disc_folder, **{"segment.centre_logits": True}), out=tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / "metrics.csv").exists()
 

@@ -71,6 +71,7 @@ def test_saturated_probabilities_stay_finite() -> None:
 def test_centring_a_three_class_output_is_a_config_error_naming_the_setting() -> None:
     probs = np.full((3, 4, 4), 1 / 3, np.float32)
     with pytest.raises(ConfigError, match=r"segment.centre_logits: centres a binary task's foreground logits, but "
-                                          r"the output has 3 classes.*set segment.centre_logits=false"):
+                                          r"the output has 3 classes \(background included\).*"
+                                          r"set segment.centre_logits=false"):
         centre_logits(probs, 0.0)
     assert (probs == np.float32(1 / 3)).all()  # the input is left as it was

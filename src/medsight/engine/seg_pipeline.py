@@ -58,7 +58,7 @@ from medsight.engine.seg_losses import make_seg_loss
 from medsight.engine.seg_metrics import segmentation_case_metrics
 from medsight.engine.weight_average import WeightAverage
 from medsight.errors import ConfigError, DatasetError, MedsightError
-from medsight.inference.postprocess import centre_foreground, median_logit, probs_to_labels
+from medsight.inference.postprocess import centre_foreground, median_logit, probs_to_labels, require_binary
 from medsight.inference.segment import sliding_window_probs
 from medsight.models import create_model, list_models
 from medsight.transforms.preprocess import intensity_steps, plan_normalize
@@ -117,11 +117,8 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
     del stepped
     train_idx, val_idx = _split(len(cases), cfg)
     n_classes = max(max(dataset.label_names), int(max(lab.max() for lab in labels))) + 1
-    if cfg.segment.centre_logits and n_classes != 2:
-        raise ConfigError(
-            "segment.centre_logits", f"centres a binary task's foreground logits, but these masks have "
-            f"{n_classes - 1} foreground classes", "set segment.centre_logits=false",
-        )
+    if cfg.segment.centre_logits:
+        require_binary(n_classes, "these masks have")  # before training, not after it
     kwargs = _model_kwargs(cfg, plan, patch)
     net = create_model(
         cfg.model.name, in_channels=images[0].shape[0], num_outputs=n_classes, spatial_dims=len(patch), **kwargs

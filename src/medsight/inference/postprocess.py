@@ -68,6 +68,17 @@ def centre_foreground(foreground: np.ndarray, level: float) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
 
+def require_binary(classes: int, where: str) -> None:
+    """``segment.centre_logits`` needs exactly 2 classes (background and one foreground): a ConfigError
+    saying ``where`` how many there are otherwise."""
+    if classes != 2:
+        raise ConfigError(
+            "segment.centre_logits",
+            f"centres a binary task's foreground logits, but {where} {classes} classes (background included)",
+            "set segment.centre_logits=false for a task with more than one foreground class",
+        )
+
+
 def centre_logits(probs: np.ndarray, level: float) -> np.ndarray:
     """Shift a binary ``(2, *spatial)`` probability map's foreground logits so that their median is ``level``.
 
@@ -79,12 +90,7 @@ def centre_logits(probs: np.ndarray, level: float) -> np.ndarray:
     Raises:
         ConfigError: ``probs`` does not have exactly 2 classes.
     """
-    if probs.shape[0] != 2:
-        raise ConfigError(
-            "segment.centre_logits",
-            f"centres a binary task's foreground logits, but the output has {probs.shape[0]} classes",
-            "set segment.centre_logits=false for a task with more than one foreground class",
-        )
+    require_binary(probs.shape[0], "the output has")
     foreground = centre_foreground(probs[1], level)
     return np.stack([1.0 - foreground, foreground])
 
