@@ -140,10 +140,10 @@ def test_centre_logits_keeps_the_val_median_in_the_bundle_and_centres_every_pred
         raw_scores.add(raw[1], truth, roi=roi)
     assert len(medians) == 2 and abs(medians[0] - medians[1]) > 0.01  # two cases, shifted by different amounts
     assert level == pytest.approx(np.mean(medians), abs=1e-2)  # the val cases' mean (kept as float16 meanwhile)
-    # the threshold and the scores are those of the centred probabilities (here 0.7418 and AUC 0.997093),
-    # not of the raw ones (0.7402 and 0.997116)
+    # the threshold and the scores are those of the centred probabilities, not of the raw ones (how far
+    # apart the two best thresholds lie depends on the CPU's rounding: 0.0016 on one machine, 0.0004 on
+    # another, so the AUC below is what tells them apart)
     assert segmenter.thresholds[1] == pytest.approx(scores.best_threshold()[0], abs=2e-4)
-    assert abs(raw_scores.best_threshold()[0] - scores.best_threshold()[0]) > 5e-4
     assert json.loads((out / "metrics.json").read_text())["auc"] == pytest.approx(scores.roc_auc(), abs=1e-6)
     assert abs(raw_scores.roc_auc() - scores.roc_auc()) > 5e-6
 
@@ -331,3 +331,38 @@ def test_a_run_its_time_limit_stops_ends_with_an_annealed_learning_rate(disc_fol
     assert last_lr_share[0] <= rates[-1] <= last_lr_share[1]
     assert all(a >= b for a, b in itertools.pairwise(rates))
     assert (tmp_path / "run" / "model" / "weights.safetensors").is_file()
+
+
+def test_a_channels_last_training_step_matches_a_plain_contiguous_one(tmp_path) -> None:
+    """2D training runs channels-last for speed; its step must give the loss and weights of a plain one."""
+    import torch
+
+    from medsight.engine.seg_losses import make_seg_loss
+    from medsight.models import create_model
+
+    x, y = torch.randn(4, 3, 48, 48), torch.randint(0, 2, (4, 1, 48, 48))
+    loss_fn = make_seg_loss("dice_ce", num_classes=2)
+
+    def fresh():
+        torch.manual_seed(0)
+        net = create_model("unet", in_channels=3, num_outputs=2, spatial_dims=2, base_features=8, norm="batch")
+        return net, torch.optim.SGD(net.parameters(), lr=0.1)  # linear in the gradients (Adam would blow up
+        # the rounding noise of the ~0 gradients of conv biases that batch norm cancels)
+
+    plain, plain_optimizer = fresh()
+    plain_loss = loss_fn(plain(x), y)
+    plain_loss.backward()
+    plain_optimizer.step()
+
+    net, optimizer = fresh()
+    net.to(memory_format=torch.channels_last)  # as train_segmenter does for 2D patches
+    step = seg_pipeline.PatchStep(net, optimizer, loss_fn, _cfg(tmp_path), torch.device("cpu"),
+                                  SimpleNamespace(note=lambda text: None))
+    loss = float(step(x, y))
+
+    first_conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert loss == pytest.approx(float(plain_loss), rel=1e-5)
+    assert net.state_dict().keys() == plain.state_dict().keys()
+    for name, value in net.state_dict().items():
+        torch.testing.assert_close(value, plain.state_dict()[name], rtol=1e-4, atol=1e-5)
