@@ -362,7 +362,7 @@ def test_a_channels_last_training_step_matches_a_plain_contiguous_one(tmp_path) 
 
     first_conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
     assert first_conv.weight.is_contiguous(memory_format=torch.channels_last)
-    assert loss == pytest.approx(float(plain_loss), rel=1e-5)
+    assert loss == pytest.approx(plain_loss.item(), rel=1e-5)
     assert net.state_dict().keys() == plain.state_dict().keys()
     for name, value in net.state_dict().items():
         torch.testing.assert_close(value, plain.state_dict()[name], rtol=1e-4, atol=1e-5)
