@@ -360,9 +360,26 @@ def test_a_channels_last_training_step_matches_a_plain_contiguous_one(tmp_path) 
                                   SimpleNamespace(note=lambda text: None))
     loss = float(step(x, y))
 
-    first_conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
-    assert first_conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert loss == pytest.approx(plain_loss.item(), rel=1e-5)
     assert net.state_dict().keys() == plain.state_dict().keys()
     for name, value in net.state_dict().items():
         torch.testing.assert_close(value, plain.state_dict()[name], rtol=1e-4, atol=1e-5)
+
+
+def test_2d_training_runs_the_network_and_its_batches_channels_last(disc_folder, tmp_path, monkeypatch) -> None:
+    import torch
+
+    seen = []
+
+    class Recording(seg_pipeline.PatchStep):
+        def _loss(self, forward, x, y):
+            convs = [m.weight for m in self.net.modules() if isinstance(m, torch.nn.Conv2d)]
+            seen.append((x.is_contiguous(memory_format=torch.channels_last),
+                         all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)))
+            return super()._loss(forward, x, y)
+
+    monkeypatch.setattr(seg_pipeline, "PatchStep", Recording)
+    train_segmenter(_cfg(disc_folder, **{"train.epochs": 1, "segment.steps_per_epoch": 2}), out=tmp_path / "run",
+                    progress=False)
+    assert seen == [(True, True), (True, True)]
+    assert (tmp_path / "run" / "model" / "weights.safetensors").is_file()  # the bundle saves (contiguously)

@@ -90,6 +90,13 @@ def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=active)
 
 
+def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on ``device``; 2D image batches ``(N, C, H, W)`` channels-last, the layout the
+    trainers keep their 2D models in (convolutions run faster in it on CPU)."""
+    images = images.to(device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if images.ndim == 4 else images
+
+
 def set_threads(num_threads: int) -> None:
     """Set torch's intra-op threads; ``0`` uses every core this process may run on."""
     if num_threads == 0:

@@ -49,7 +49,7 @@ from medsight.data.seg_layouts import SegSet, open_seg_dataset
 from medsight.engine import distributed
 from medsight.engine.callbacks import ProgressDisplay, RunLog
 from medsight.engine.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from medsight.engine.device import autocast, cpu_bf16_active, grad_scaler, pick_device, set_threads
+from medsight.engine.device import autocast, cpu_bf16_active, grad_scaler, pick_device, set_threads, to_device
 from medsight.engine.optim import TimeBudget, build_optimizer, build_scheduler, current_lr
 from medsight.engine.patches import sample_patches
 from medsight.engine.pixel_scores import PixelScores
@@ -403,9 +403,7 @@ class PatchStep:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Train on this rank's share of the global batch ``(x, y)``; returns the (shard's) loss."""
         x, y = distributed.shard(x, y)
-        x, y = x.to(self.device), y.to(self.device)
-        if x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = to_device(x, self.device), y.to(self.device)
         self.optimizer.zero_grad()
         try:
             value = self._loss(self.forward, x, y)

@@ -31,7 +31,7 @@ from medsight.engine import distributed
 from medsight.engine.callbacks import Callback, EarlyStopping, ProgressDisplay, RunLog
 from medsight.engine.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from medsight.engine.data import TensorSet, class_counts, inverse_frequency_weights, iterate_batches
-from medsight.engine.device import autocast, grad_scaler, pick_device, set_threads
+from medsight.engine.device import autocast, grad_scaler, pick_device, set_threads, to_device
 from medsight.engine.finetune import parameter_groups
 from medsight.engine.optim import TimeBudget, build_optimizer, build_scheduler, current_lr, step_scheduler
 from medsight.errors import ConfigError, DatasetError
@@ -305,7 +305,7 @@ def _train_epoch(
         if augment is not None:
             images, _ = augment(images, None, generator=generator)
         images, labels = distributed.shard(images, labels)
-        images, labels = _to_device(images, device), labels.to(device, non_blocking=True)
+        images, labels = to_device(images, device), labels.to(device, non_blocking=True)
         with autocast(device, cfg.amp, cpu_bf16=cfg.cpu_amp):
             logits = model(images)
         loss = loss_fn(logits.float(), labels)
@@ -327,13 +327,8 @@ def _logits(model: nn.Module, images: torch.Tensor, *, batch_size: int, device: 
     outputs = []
     for start in range(0, len(images), batch_size):
         with autocast(device, amp):
-            outputs.append(model(_to_device(images[start : start + batch_size], device)).float().cpu())
+            outputs.append(model(to_device(images[start : start + batch_size], device)).float().cpu())
     return torch.cat(outputs)
-
-
-def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    images = images.to(device, non_blocking=True)
-    return images.contiguous(memory_format=torch.channels_last) if images.ndim == 4 else images
 
 
 def _seed_epoch(seed: int, epoch: int) -> torch.Generator:
