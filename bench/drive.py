@@ -108,7 +108,7 @@ def split_folder(data: Path, held_out: list[str], out: Path) -> tuple[Path, Path
 
 
 def row(name: str, m: dict, epochs: str = "", seconds: str = "") -> str:
-    return (f"| {name} | {m['n']} | {m['auc']:.4f} | {m['f1']:.4f} | {m['accuracy']:.4f} | {m['dice']:.4f} | "
+    return (f"| {name} | {m['n']} | {m['auc']:.4f} | {m['f1']:.4f} | {m['accuracy']:.4f} | {m['dice_mean_case']:.4f} | "
             f"{m['hd95']:.2f} | {epochs} | {seconds} |")
 
 

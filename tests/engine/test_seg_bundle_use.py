@@ -69,6 +69,27 @@ def test_training_writes_the_contract_metrics_and_a_tuned_threshold(trained):
     assert "Pixel level, all cases pooled" in report and "ROC-AUC" in report
 
 
+def test_with_a_roi_on_every_case_dice_is_the_pooled_pixel_f1_inside_it(trained, tmp_path):
+    """DRIVE's contract: ``dice`` is the pixel F1 at the model's threshold, pooled inside the ROIs."""
+    data, run = trained
+    result = CliRunner().invoke(app, ["predict", str(run / "model"), str(data / "images"),
+                                      "--out", str(tmp_path / "pred"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["evaluate", str(run / "model"), "--data", str(data),
+                                      "--out", str(tmp_path / "ev"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    tp = fp = fn = 0
+    for k in range(10):
+        roi = np.asarray(Image.open(data / "roi" / f"c{k}.png")) > 0
+        truth = (np.asarray(Image.open(data / "masks" / f"c{k}.png")) > 0)[roi]
+        pred = (np.asarray(Image.open(tmp_path / "pred" / f"c{k}_mask.png")) > 0)[roi]
+        tp, fp, fn = tp + (pred & truth).sum(), fp + (pred & ~truth).sum(), fn + (~pred & truth).sum()
+    assert metrics["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn)) == pytest.approx(metrics["f1"])
+    assert metrics["dice_mean_case"] == pytest.approx(np.mean([row["dice"] for row in metrics["per_case"]]))
+    assert metrics["dice_mean_case"] != pytest.approx(metrics["dice"], abs=1e-9)
+
+
 def test_evaluate_on_the_val_cases_reproduces_the_training_metrics(trained, tmp_path):
     data, run = trained
     result = CliRunner().invoke(app, ["evaluate", str(run / "model"), "--data", str(data), "--split", "val",

@@ -90,6 +90,9 @@ def test_train_segmenter_learns_discs_and_writes_the_run(disc_folder, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     fg = next(name for name in metrics["summary"])
     assert metrics["summary"][fg]["metrics"]["dice"]["mean"] > 0.7
+    # no region of interest: dice is the mean over cases (nnU-Net's), not the pooled pixel F1
+    assert metrics["dice"] == pytest.approx(np.mean([row["dice"] for row in metrics["per_case"]]))
+    assert metrics["dice"] != pytest.approx(metrics["f1"], abs=1e-9) and "dice_mean_case" not in metrics
     assert metrics["summary"][fg]["metrics"]["hd95"]["mean"] is not None
     assert len((out / "metrics.csv").read_text().splitlines()) == 6
     resumed = train_segmenter(_cfg(disc_folder, **{"train.epochs": 6, "segment.steps_per_epoch": 2}), out=out,

@@ -10,6 +10,11 @@ classes of ``dice``, ``iou``, ``sensitivity``, ``precision``, ``hd95`` and ``ass
 and the ``threshold`` used. ``summary`` has each class with bootstrap CIs, ``per_case`` each case.
 Everything is computed inside the region of interest when the data set has one.
 
+A binary task whose every case has a region of interest is a pixel benchmark (DRIVE and the other
+retinal vessel sets score the pixels inside the field of view, pooled over the images): there
+``dice`` is the pooled pixel F1 (``f1``, at the bundle's threshold) and the mean over cases moves
+to ``dice_mean_case``.
+
 Example:
     >>> metrics = evaluate_segmentation(Segmenter("runs/drive/model"), cases, out=Path("eval"), title="DRIVE")
     >>> metrics["dice"], metrics["auc"]
@@ -109,7 +114,9 @@ def evaluate_segmentation(
     pixels = PixelScores()
     confusion = np.zeros(4, dtype=np.int64)  # tp, fp, fn, tn of the pooled binary masks
     per_case, rows, shown, uncertainty = [], [], [], []
+    every_case_has_roi = True
     for case_id, sample, truth, roi in track(cases, description="evaluating", enabled=progress):
+        every_case_has_roi &= roi is not None
         if truth is None:
             raise DatasetError(case_id, "has no reference mask", "evaluate on cases that have masks")
         if truth.shape != sample.spatial_shape:
@@ -142,6 +149,8 @@ def evaluate_segmentation(
         metrics[key] = float(np.nanmean([entry["metrics"][key]["mean"] for entry in summary.values()]))
     if binary:
         metrics.update(_pooled(pixels, confusion, segmenter.thresholds.get(1)))
+        if every_case_has_roi:
+            metrics["dice_mean_case"], metrics["dice"] = metrics["dice"], metrics["f1"]
     metrics["uncertainty"] = _uncertainty_vs_dice(uncertainty, [row["dice"] for row in rows])
     metrics.update(summary=summary, per_case=rows, **(extra or {}))
     out = Path(out)
