@@ -225,7 +225,8 @@ def segmentation(args, out: Path) -> dict:
 
     from medsight.data.cache import clear_memory_cache
     from medsight.data.seg_layouts import open_seg_dataset
-    from medsight.engine.seg_pipeline import _read_cases, train_segmenter
+    from medsight.engine.seg_cases import read_cases
+    from medsight.engine.seg_pipeline import train_segmenter
     from medsight.models import create_model
 
     data = DATA / "drive" / "training"
@@ -243,7 +244,7 @@ def segmentation(args, out: Path) -> dict:
             run_cfg = cfg.model_copy(deep=True)
             run_cfg.data.cache, run_cfg.data.cache_dir = mode, folder
             start = time.perf_counter()
-            _read_cases(dataset, run_cfg, False)
+            read_cases(dataset, run_cfg, False)
             cache_s[label] = round(time.perf_counter() - start, 3)
     clear_memory_cache()
 

@@ -161,7 +161,7 @@ def test_cache_from_config_follows_data_cache(tmp_path):
 @pytest.mark.parametrize("mode", ["memory", "disk"])
 def test_segmentation_cases_come_from_the_cache_unchanged(tmp_path, mode):
     from medsight.data.seg_layouts import open_seg_dataset
-    from medsight.engine.seg_pipeline import _read_cases
+    from medsight.engine.seg_cases import read_cases
 
     root = tmp_path / "seg"
     (root / "images").mkdir(parents=True)
@@ -175,11 +175,11 @@ def test_segmentation_cases_come_from_the_cache_unchanged(tmp_path, mode):
     overrides = {"task": "segmentation", "data.path": str(root), "segment.patch_size": [16, 16],
                  "preprocess.clahe": True, "data.cache": mode, "data.cache_dir": str(tmp_path / "cache")}
     dataset = open_seg_dataset(root)
-    plain_cases, plain_stepped = _read_cases(dataset, load_config(overrides={**overrides, "data.cache": "none"}),
+    plain_cases, plain_stepped = read_cases(dataset, load_config(overrides={**overrides, "data.cache": "none"}),
                                              False)
     cfg = load_config(overrides=overrides)
-    _read_cases(dataset, cfg, False)
-    cases, stepped = _read_cases(dataset, cfg, False)  # the second read comes from the cache
+    read_cases(dataset, cfg, False)
+    cases, stepped = read_cases(dataset, cfg, False)  # the second read comes from the cache
     for (cid, sample, labels, roi), (pid, psample, plabels, proi) in zip(cases, plain_cases, strict=True):
         assert cid == pid and roi is None and proi is None
         assert np.array_equal(sample.array, psample.array) and np.array_equal(labels, plabels)
@@ -190,7 +190,7 @@ def test_segmentation_cases_come_from_the_cache_unchanged(tmp_path, mode):
     if mode == "disk":
         assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 3
         without_clahe = load_config(overrides={**overrides, "preprocess.clahe": False})
-        _read_cases(dataset, without_clahe, False)
+        read_cases(dataset, without_clahe, False)
         assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 6  # other steps, other entries
     else:
         assert clear_memory_cache() == 3

@@ -11,6 +11,7 @@ from disc_images import write_disc_folder
 from PIL import Image
 
 from medsight.engine import seg_pipeline
+from medsight.engine.patch_step import PatchStep
 from medsight.engine.patches import sample_patches
 from medsight.engine.seg_pipeline import train_segmenter
 from medsight.errors import ConfigError, InvalidImageError
@@ -359,7 +360,7 @@ def test_a_channels_last_training_step_matches_a_plain_contiguous_one(tmp_path) 
 
     net, optimizer = fresh()
     net.to(memory_format=torch.channels_last)  # as train_segmenter does for 2D patches
-    step = seg_pipeline.PatchStep(net, optimizer, loss_fn, _cfg(tmp_path), torch.device("cpu"),
+    step = PatchStep(net, optimizer, loss_fn, _cfg(tmp_path), torch.device("cpu"),
                                   SimpleNamespace(note=lambda text: None))
     loss = float(step(x, y))
 
@@ -374,7 +375,7 @@ def test_2d_training_runs_the_network_and_its_batches_channels_last(disc_folder,
 
     seen = []
 
-    class Recording(seg_pipeline.PatchStep):
+    class Recording(PatchStep):
         def _loss(self, forward, x, y):
             convs = [m.weight for m in self.net.modules() if isinstance(m, torch.nn.Conv2d)]
             seen.append((x.is_contiguous(memory_format=torch.channels_last),

@@ -29,7 +29,8 @@ from medsight.bundle import Bundle, load_bundle, provenance
 from medsight.config import ModelConfig, RunConfig
 from medsight.data.sample import Sample
 from medsight.engine.seg_evaluate import DatasetCases, evaluate_segmentation, probabilities_file
-from medsight.engine.seg_pipeline import VAL_PROBABILITIES, centring_level, choose_thresholds
+from medsight.engine.seg_pipeline import VAL_PROBABILITIES
+from medsight.engine.seg_thresholds import centring_level, choose_thresholds
 from medsight.errors import MedsightError
 from medsight.inference.segmenter import Segmenter
 

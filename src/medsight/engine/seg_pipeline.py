@@ -20,7 +20,7 @@ Binary tasks pick the foreground threshold that maximises the pooled validation 
 Under ``torchrun`` (``medsight train --nproc N``) every process draws the same seeded global
 batch of patches and trains on its share (:mod:`medsight.engine.distributed`); rank 0 alone
 validates, checkpoints and writes the files above. ``train.compile`` and ``train.cpu_amp``
-speed up the training step (:class:`PatchStep`). With ``train.ema`` the moving average of the
+speed up the training step (:class:`~medsight.engine.patch_step.PatchStep`). With ``train.ema`` the moving average of the
 weights (:mod:`medsight.engine.weight_average`) is what is validated, kept as best and shipped.
 
 Example:
@@ -31,9 +31,7 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -44,26 +42,23 @@ import torch
 from medsight.bundle import Bundle, provenance
 from medsight.config import ModelConfig, RunConfig
 from medsight.data.fingerprint import fingerprint
-from medsight.data.sample import Sample
-from medsight.data.seg_layouts import SegSet, open_seg_dataset
 from medsight.engine import distributed
 from medsight.engine.callbacks import ProgressDisplay, RunLog
 from medsight.engine.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from medsight.engine.device import autocast, cpu_bf16_active, grad_scaler, pick_device, set_threads, to_device
+from medsight.engine.device import pick_device, set_threads
 from medsight.engine.optim import TimeBudget, build_optimizer, build_scheduler, current_lr
+from medsight.engine.patch_step import PatchStep
 from medsight.engine.patches import sample_patches
-from medsight.engine.pixel_scores import PixelScores
 from medsight.engine.plan import make_plan
+from medsight.engine.seg_cases import at_target_spacing, open_training_set, read_cases
 from medsight.engine.seg_losses import make_seg_loss
 from medsight.engine.seg_metrics import segmentation_case_metrics
+from medsight.engine.seg_thresholds import centring_level, choose_thresholds
 from medsight.engine.weight_average import WeightAverage
-from medsight.errors import ConfigError, DatasetError, MedsightError
-from medsight.inference.postprocess import centre_foreground, median_logit, probs_to_labels, require_binary
+from medsight.errors import ConfigError, MedsightError
+from medsight.inference.postprocess import probs_to_labels, require_binary
 from medsight.inference.segment import sliding_window_probs
 from medsight.models import create_model, list_models
-from medsight.transforms.preprocess import intensity_steps, plan_normalize
-
-log = logging.getLogger(__name__)
 
 #: a cross-validation fold keeps its validation cases' probabilities here, for the fold ensemble's threshold
 VAL_PROBABILITIES = "val_probabilities"
@@ -96,8 +91,8 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
             f"model.name={cfg.model.name}", "is not a segmentation model",
             f"choose one of: {', '.join(list_models('segmentation'))}",
         )
-    dataset = _open(cfg)
-    cases, stepped = _read_cases(dataset, cfg, progress)
+    dataset = open_training_set(cfg)
+    cases, stepped = read_cases(dataset, cfg, progress)
     plan = make_plan(
         fingerprint(((s, case[2]) for s, case in zip(stepped, cases, strict=True)), modality=dataset.modality),
         memory_budget_mb=cfg.segment.memory_budget_mb, overrides=cfg.segment.plan or None,
@@ -113,7 +108,7 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
     batch = int(cfg.segment.batch_size or plan["batch_size"])
     distributed.check_batch(batch, distributed.world_size(), "segment.batch_size")
     target = plan["target_spacing"] if cfg.segment.resample else None
-    images, labels, rois = _at_target_spacing(stepped, cases, target, plan["normalization"])
+    images, labels, rois = at_target_spacing(stepped, cases, target, plan["normalization"])
     del stepped
     train_idx, val_idx = _split(len(cases), cfg)
     n_classes = max(max(dataset.label_names), int(max(lab.max() for lab in labels))) + 1
@@ -230,88 +225,6 @@ def _resume_average(average: WeightAverage | None, saved: dict[str, torch.Tensor
     average.load_state_dict(saved)
 
 
-def _open(cfg: RunConfig) -> SegSet:
-    names = dict(enumerate(cfg.data.class_names)) if cfg.data.class_names else None
-    return open_seg_dataset(cfg.data.path, label_names=names)
-
-
-def _read_cases(dataset: SegSet, cfg: RunConfig, progress: bool) -> tuple[list[tuple], list[Sample]]:
-    """Decode every case once: ``(cases, stepped)``.
-
-    ``cases`` hold the decoded samples as read (the final evaluation replays the bundle's
-    preprocessing on them, as ``medsight evaluate`` does); ``stepped`` the same samples after
-    the bundle's intensity steps (channels, denoise, CLAHE), which training normalises and uses.
-    """
-    from medsight.progress import track
-
-    if len(dataset.items) < 2:
-        raise DatasetError(dataset.root, f"has {len(dataset.items)} case(s)", "add cases: training and validation "
-                           "need 2+")
-    from medsight.data.cache import cache_from_config
-
-    cache = cache_from_config(cfg.data)
-    cases, stepped = [], []
-    for item in track(dataset.items, description="reading cases", enabled=progress):
-        if cache is None:
-            sample, labels, roi, steps_array = _read_case(dataset, item, cfg)
-        else:
-            sample, labels, roi, steps_array = _cached_case(cache, dataset, item, cfg)
-        stepped.append(dataclasses.replace(sample, array=steps_array))
-        cases.append((item.case_id, sample, labels, roi))
-    if not any(labels.any() for _, _, labels, _ in cases):
-        raise DatasetError(dataset.root, f"every one of the {len(cases)} masks is empty (no foreground voxel)",
-                           "check that the masks hold the labels (PNG masks: 0 and 255 or label values)")
-    return cases, stepped
-
-
-def _read_case(dataset: SegSet, item, cfg: RunConfig) -> tuple[Sample, np.ndarray, np.ndarray | None, np.ndarray]:
-    """One case decoded: ``(sample, labels, roi, the sample's array after the intensity steps)``."""
-    sample, labels, roi = dataset.read(item)
-    if labels is None:
-        raise DatasetError(item.case_id, "has no mask", "add its mask or remove the image")
-    return sample, labels, roi, intensity_steps(sample, _steps_config(cfg, sample.spatial_dims))
-
-
-def _cached_case(cache, dataset: SegSet, item, cfg: RunConfig):
-    """:func:`_read_case` through a :class:`~medsight.data.cache.SampleCache` (``data.cache``)."""
-    sources = [path for path in (item.image, item.mask, item.roi) if path is not None]
-    part = f"{dataset.kind}:{item.case_id}:mask={item.mask is not None}:roi={item.roi is not None}"
-    config = {"preprocess": cfg.preprocess.model_dump(mode="json"), "patch": cfg.segment.patch_size,
-              "labels": dataset.label_names}
-
-    def build():
-        sample, labels, roi, steps_array = _read_case(dataset, item, cfg)
-        arrays = {"image": sample.array, "labels": labels, "stepped": steps_array}
-        if roi is not None:
-            arrays["roi"] = roi
-        meta = {"spacing": list(sample.spacing), "affine": np.asarray(sample.affine).tolist(), "meta": sample.meta}
-        return arrays, meta
-
-    entry = cache.get_or_build(cache.key(sources, config, kind="seg-case", part=part), build)
-    sample = Sample(entry.arrays["image"], tuple(entry.meta["spacing"]), np.asarray(entry.meta["affine"]),
-                    dict(entry.meta["meta"]))
-    return sample, entry.arrays["labels"], entry.arrays.get("roi"), entry.arrays["stepped"]
-
-
-def _at_target_spacing(stepped: list[Sample], cases: list[tuple], target, normalization: dict):
-    """Normalised images, label maps and ROIs on the training grid (the target spacing, if any)."""
-    from medsight.transforms.preprocess import resize, spacing_shape
-
-    images, labels, rois = [], [], []
-    for sample, (_, _, label, roi) in zip(stepped, cases, strict=True):
-        shape = spacing_shape(sample.spatial_shape, sample.spacing, target)
-        images.append(plan_normalize(resize(sample.array, shape), normalization))
-        labels.append(resize(label[None], shape, nearest=True)[0])
-        rois.append(None if roi is None else resize(roi[None].astype(np.uint8), shape, nearest=True)[0] > 0)
-    return images, labels, rois
-
-
-def _steps_config(cfg: RunConfig, spatial_dims: int):
-    """``cfg.preprocess`` with a size of the data's dimensionality (only the intensity steps are used)."""
-    size = cfg.segment.patch_size or [64] * spatial_dims
-    return cfg.preprocess.model_copy(update={"size": list(size)})
-
-
 def _split(n_cases: int, cfg: RunConfig) -> tuple[list[int], list[int]]:
     """Seeded shuffle of the cases: ``round(val_fraction * n)`` for validation (at least 1), the rest train.
 
@@ -373,62 +286,6 @@ def _augmenter(cfg: RunConfig, spatial_dims: int):
     return augment if augment.enabled else None
 
 
-class PatchStep:
-    """One optimiser step on a batch of patches: the DDP wrapper (under torchrun), ``train.compile``,
-    mixed precision (``train.amp`` on CUDA, with a loss scaler for float16; ``train.cpu_amp``
-    on CPU) and the weight average (``train.ema``) in one place.
-
-    The network's own parameters are trained; validation calls the plain ``net`` in eval mode.
-    A compiled forward/backward that fails (no C compiler, an unsupported operator) falls back
-    to eager mode for the rest of the run, with a note in the log.
-    """
-
-    def __init__(self, net, optimizer, loss_fn, cfg: RunConfig, device, run_log, average=None) -> None:
-        self.net, self.optimizer, self.loss_fn, self.device, self.run_log = net, optimizer, loss_fn, device, run_log
-        self.average = average
-        self.eager = distributed.wrap(net, device)
-        self.forward = torch.compile(self.eager) if cfg.train.compile else self.eager
-        self.amp, self.cpu_amp = cfg.train.amp, cfg.train.cpu_amp
-        self.scaler = grad_scaler(device, cfg.train.amp)  # a pass-through unless float16 on CUDA
-        active, note = cpu_bf16_active(device, cfg.train.cpu_amp)
-        if note:
-            self._note(note, warn=not active)
-
-    def _note(self, text: str, *, warn: bool) -> None:
-        """``text`` in the run's log, and on the console when it is a warning."""
-        self.run_log.note(text)
-        if warn and distributed.is_main():
-            log.warning(text)
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Train on this rank's share of the global batch ``(x, y)``; returns the (shard's) loss."""
-        x, y = distributed.shard(x, y)
-        x, y = to_device(x, self.device), y.to(self.device)
-        self.optimizer.zero_grad()
-        try:
-            value = self._loss(self.forward, x, y)
-        except Exception as exc:  # noqa: BLE001 - torch.compile raises many kinds; eager mode is always safe
-            if self.forward is self.eager:
-                raise
-            self._note(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); training in eager mode",
-                       warn=True)
-            self.forward = self.eager
-            self.optimizer.zero_grad()
-            value = self._loss(self.eager, x, y)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.average is not None:
-            self.average.update(self.net)
-        return value.detach()
-
-    def _loss(self, forward, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device, self.amp, cpu_bf16=self.cpu_amp):
-            logits = forward(x)
-        value = self.loss_fn(logits.float(), y)
-        self.scaler.scale(value).backward()
-        return value
-
-
 def _train_epoch(cfg: RunConfig, step: PatchStep, augment, rng, train_set, patch, batch,
                  display) -> tuple[float, float]:
     """One epoch of ``segment.steps_per_epoch`` patch batches: ``(mean loss, seconds)``.
@@ -461,23 +318,6 @@ def _val_dice(net, image: np.ndarray, labels, roi, spacing, patch, overlap: floa
     return float(np.nanmean([scores[k]["dice"] for k in foreground]))
 
 
-def choose_thresholds(cfg: RunConfig, n_classes: int, foreground_probs, cases: str) -> tuple[dict[int, float], str]:
-    """The per-class thresholds a bundle keeps, and how they were chosen: ``segment.thresholds`` when
-    given; for binary tasks (``segment.tune_threshold``) the one maximising the pooled Dice of
-    ``foreground_probs()``, an iterable of ``(foreground probability, labels, roi)`` over ``cases``
-    (their description); otherwise none (argmax)."""
-    if cfg.segment.thresholds:
-        return dict(cfg.segment.thresholds), "given in segment.thresholds"
-    if n_classes != 2 or not cfg.segment.tune_threshold:
-        return {}, "the most probable class of each voxel"
-    scores = PixelScores()
-    for prob, labels, roi in foreground_probs():
-        scores.add(prob, labels, roi=roi)
-    threshold, dice = scores.best_threshold()
-    return {1: threshold}, (f"foreground probability >= {threshold:.4f}, which maximises the pooled Dice "
-                            f"({dice:.4f}) of {cases}")
-
-
 def _thresholds(cfg: RunConfig, net, val_set, patch, device, n_classes: int):
     """:func:`choose_thresholds` on the validation cases (on the training grid), and with
     ``segment.centre_logits`` the bundle's ``logit_median`` (:func:`centring_level`; else None),
@@ -490,21 +330,6 @@ def _thresholds(cfg: RunConfig, net, val_set, patch, device, n_classes: int):
 
     level, centred = centring_level(cfg, probs)
     return (*choose_thresholds(cfg, n_classes, centred, f"the {len(val_set)} validation cases"), level)
-
-
-def centring_level(cfg: RunConfig, probs) -> tuple[float | None, Any]:
-    """``(level, centred)`` for the threshold: ``probs()`` yields ``(probabilities, labels, roi)`` per case.
-
-    With ``segment.centre_logits``, ``level`` is the mean over the cases of their median foreground
-    logit, and ``centred()`` yields ``(foreground probability, labels, roi)`` with each case centred
-    at it (the probabilities are kept in memory, as float16, for the second pass). Otherwise
-    ``level`` is None and ``centred()`` yields the foreground probabilities as they come.
-    """
-    if not cfg.segment.centre_logits:
-        return None, lambda: ((p[1], labels, roi) for p, labels, roi in probs())
-    kept = [(p[1].astype(np.float16), labels, roi) for p, labels, roi in probs()]
-    level = float(np.mean([median_logit(foreground) for foreground, _, _ in kept]))
-    return level, lambda: ((centre_foreground(foreground, level), labels, roi) for foreground, labels, roi in kept)
 
 
 def _bundle(cfg, dataset, plan, patch, kwargs, n_classes, thresholds, note, state, best_state, cases,
