@@ -20,8 +20,9 @@ Binary tasks pick the foreground threshold that maximises the pooled validation 
 Under ``torchrun`` (``medsight train --nproc N``) every process draws the same seeded global
 batch of patches and trains on its share (:mod:`medsight.engine.distributed`); rank 0 alone
 validates, checkpoints and writes the files above. ``train.compile`` and ``train.cpu_amp``
-speed up the training step (:class:`~medsight.engine.patch_step.PatchStep`). With ``train.ema`` the moving average of the
-weights (:mod:`medsight.engine.weight_average`) is what is validated, kept as best and shipped.
+speed up the training step (:class:`~medsight.engine.patch_step.PatchStep`). With ``train.ema``
+the moving average of the weights (:mod:`medsight.engine.weight_average`) is what is validated,
+kept as best and shipped.
 
 Example:
     >>> cfg = load_config(recipe="drive", overrides={"data.path": "data/drive/training"})

@@ -33,6 +33,10 @@ class PayloadTooLargeError(ServeError):
     status = 413
 
 
+class NotFoundError(ServeError):
+    status = 404
+
+
 class NotAcceptableError(ServeError):
     status = 406
 
