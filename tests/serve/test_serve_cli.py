@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -87,20 +87,20 @@ def test_two_workers_each_load_the_model_once(tiny_bundle: Path, png: bytes, tmp
         deadline = time.monotonic() + 90
         while True:
             try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                if httpx2.get(f"{base}/readyz", timeout=2).status_code == 200:
                     break
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 pass
             assert server.poll() is None, server.stdout.read()
             assert time.monotonic() < deadline, "the server did not become ready in 90 s"
             time.sleep(0.3)
-        with httpx.Client(base_url=base, headers={"X-API-Key": KEY}, timeout=30) as client:
+        with httpx2.Client(base_url=base, headers={"X-API-Key": KEY}, timeout=30) as client:
             answers = [client.post("/v1/predict", files={"file": ("a.png", png)}) for _ in range(6)]
             assert all(a.status_code == 200 for a in answers)
             assert len({a.json()["label"] for a in answers}) == 1
             for _ in range(6):  # whichever worker answers has loaded the model exactly once
                 assert "medsight_model_loads_total 1\n" in client.get("/metrics").text
-            assert httpx.get(f"{base}/metrics").status_code == 401
+            assert httpx2.get(f"{base}/metrics").status_code == 401
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         output = server.communicate(timeout=30)[0]
