@@ -22,7 +22,7 @@ def evaluate(
 
     metrics = run_evaluation(bundle=bundle, data=data, split=split, out=out, progress=progress)
     if metrics.get("task") == "segmentation":
-        from medsight.engine.pipeline import seg_summary
+        from medsight.engine.seg_runs import seg_summary
 
         typer.echo(f"{seg_summary(metrics['split'], metrics)}\nwrote {out / 'metrics.json'} and {out / 'report.html'}")
         return

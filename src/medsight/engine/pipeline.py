@@ -1,5 +1,7 @@
 """The classification workflow: data set -> splits -> tensors -> fit -> bundle -> report.
 
+Segmentation runs the same entry points and continues in :mod:`medsight.engine.seg_runs`.
+
 ``run_training`` and ``run_evaluation`` are what ``medsight train`` and ``medsight evaluate``
 call; tests call them directly.
 """
@@ -29,7 +31,9 @@ def run_training(cfg: RunConfig, *, out: Path, resume: bool = False, progress: b
     if not cfg.data.path:
         raise ConfigError("data.path", "no data set given", "pass --data PATH or set data.path in the config")
     if cfg.task == "segmentation":
-        return _train_segmentation(cfg, out=Path(out), resume=resume, progress=progress)
+        from medsight.engine.seg_runs import train_segmentation
+
+        return train_segmentation(cfg, out=Path(out), resume=resume, progress=progress)
     set_threads(cfg.train.num_threads)
     out = Path(out)
     ds = open_dataset(cfg.data.path, series_uid=cfg.data.series_uid, class_names=cfg.data.class_names)
@@ -72,8 +76,10 @@ def run_evaluation(*, bundle: Path, data: str, split: str | None = None, out: Pa
 
     model_bundle = load_bundle(bundle)
     if model_bundle.task == "segmentation":
-        return _evaluate_segmentation(model_bundle, bundle=bundle, data=data, split=split or "all", out=Path(out),
-                                      progress=progress)
+        from medsight.engine.seg_runs import evaluate_segmenter
+
+        return evaluate_segmenter(model_bundle, bundle=bundle, data=data, split=split or "all", out=Path(out),
+                                  progress=progress)
     split = split or "test"
     ds, data_cfg, indices = bundle_split(model_bundle, data, split)
     tensors, bad = load_tensors(
@@ -120,20 +126,6 @@ def bundle_split(model_bundle, data: str | Path, split: str):
         )
     indices = np.arange(len(ds.items)) if split == "all" else _split_indices(ds, data_cfg, split)
     return ds, data_cfg, indices
-
-
-def _evaluate_segmentation(model_bundle, *, bundle: Path, data: str, split: str, out: Path, progress: bool) -> dict:
-    """Score a segmentation bundle on the cases of ``data`` (``split`` all, or the run's train/val cases)."""
-    from medsight.engine.seg_evaluate import DatasetCases, evaluate_segmentation, open_split
-    from medsight.inference.segmenter import Segmenter
-
-    dataset, items = open_split(model_bundle, data, split)
-    return evaluate_segmentation(
-        Segmenter(model_bundle), DatasetCases(dataset, items), out=out, progress=progress,
-        title=f"{Path(bundle).resolve().parent.name}: {split} cases of {Path(data).name}",
-        extra={"split": split, "bundle": str(bundle), "data": str(data),
-               "threshold_note": model_bundle.provenance.get("threshold_note", "")},
-    )
 
 
 def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -> dict:
@@ -221,7 +213,7 @@ def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -
         provenance=provenance(
             run=cfg.name,
             data=str(cfg.data.path),
-            data_hash=_data_hash(tensors["train"].ids, tensors["train"].labels.tolist()),
+            data_hash=data_hash(tensors["train"].ids, tensors["train"].labels.tolist()),
             data_config=cfg.data.model_dump(mode="json", exclude={"path", "class_names"}),
             eval_config=cfg.eval.model_dump(mode="json"),
             threshold_note=note,
@@ -259,71 +251,6 @@ def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -
             "skipped files": len(bad),
         },
     )
-
-
-def _train_segmentation(cfg: RunConfig, *, out: Path, resume: bool, progress: bool) -> str:
-    """Segmentation: patches from the plan, sliding-window validation, Dice early stopping."""
-    from medsight.config import ModelConfig
-    from medsight.engine.seg_pipeline import train_segmenter
-    from medsight.models import list_models
-
-    if cfg.model.name not in list_models("segmentation") and cfg.model.name == ModelConfig().name:
-        cfg = cfg.model_copy(update={"model": ModelConfig(name="unet", kwargs=cfg.model.kwargs)}, deep=True)
-    from medsight.engine.distributed import is_main
-
-    out.mkdir(parents=True, exist_ok=True)
-    if is_main():
-        save_config(cfg, out / "config.yaml")
-    if cfg.data.folds > 1 and cfg.data.fold is None:
-        return _cross_validate_segmentation(cfg, out=out, resume=resume, progress=progress)
-    result = train_segmenter(cfg, out=out, resume=resume, progress=progress)
-    if not is_main():  # under DDP only rank 0 reports
-        return ""
-    return seg_summary("val", result["metrics"]) + (
-        f"\nbest epoch {result['best_epoch']} of {result['epochs_run']}\n"
-        f"bundle:  {out / 'model'}\nreport:  {out / 'report.html'}\nmetrics: {out / 'metrics.json'}"
-    )
-
-
-def _cross_validate_segmentation(cfg: RunConfig, *, out: Path, resume: bool, progress: bool) -> str:
-    """k-fold segmentation: fold k trains in ``out/fold{k}`` and validates on its own part of the cases;
-    ``out/cv_metrics.json`` and ``out/cv_report.html`` give each metric's mean, sd and per-fold values.
-    With ``segment.ensemble`` ``out/model`` is the ensemble of the fold models and ``out/metrics.json``
-    scores the out-of-fold predictions (:mod:`medsight.engine.seg_ensemble`).
-    ``--resume`` goes on with the folds that have a checkpoint and starts the ones that have none."""
-    from medsight.engine.distributed import is_main
-    from medsight.engine.evaluate import aggregate_folds
-    from medsight.engine.seg_metrics import SEG_METRIC_KEYS
-    from medsight.engine.seg_pipeline import train_segmenter
-
-    fold_metrics, fold_outs = [], []
-    for fold_cfg, fold_out, fold_resume in fold_runs(cfg, out, resume):
-        fold_metrics.append(train_segmenter(fold_cfg, out=fold_out, resume=fold_resume, progress=progress)["metrics"])
-        fold_outs.append(fold_out)
-    if not is_main():
-        return ""
-    keys = (*SEG_METRIC_KEYS, "auc", "pr_auc", "f1", "accuracy")
-    summary = aggregate_folds(fold_metrics, out, title=f"{cfg.name}: {cfg.data.folds}-fold cross-validation",
-                              keys=keys)
-    means = " ".join(f"{k}={summary[k]:.4f}" for k in ("dice", "auc", "f1") if summary[k] == summary[k])
-    text = (f"cross-validation of {cfg.data.folds} folds (mean over folds): {means}\n"
-            f"folds:   {out}/fold0 .. fold{cfg.data.folds - 1}\nreport:  {out}/cv_report.html")
-    if not cfg.segment.ensemble:
-        return text
-    from medsight.engine.seg_ensemble import ensemble_folds
-
-    metrics = ensemble_folds(cfg, out, fold_outs, progress=progress)
-    return (f"{text}\n{seg_summary('out of fold', metrics)}\n"
-            f"ensemble of the {cfg.data.folds} folds (threshold chosen out of fold): {out / 'model'}\n"
-            f"out-of-fold report: {out / 'report.html'}")
-
-
-def seg_summary(split: str, metrics: dict) -> str:
-    line = (f"{split}: n={metrics['n']} dice={metrics['dice']:.4f} iou={metrics['iou']:.4f} "
-            f"hd95={metrics['hd95']:.2f} mm")
-    if "auc" in metrics:
-        line += f" pixel auc={metrics['auc']:.4f} f1={metrics['f1']:.4f} accuracy={metrics['accuracy']:.4f}"
-    return line
 
 
 def _resolve(ds, data_cfg: DataConfig) -> dict[str, np.ndarray]:
@@ -387,7 +314,7 @@ def _operating_threshold(y_val: np.ndarray, val_probs: np.ndarray, cfg: EvalConf
     return float(threshold), f"{how}, chosen on the validation split (n={len(y_val)})"
 
 
-def _data_hash(ids: list[str], labels: list[int]) -> str:
+def data_hash(ids: list[str], labels: list[int]) -> str:
     digest = hashlib.sha256()
     for case, label in sorted(zip(ids, labels, strict=True)):
         digest.update(f"{case}\t{label}\n".encode())

@@ -57,7 +57,7 @@ def retrain(
     from medsight.data.layouts import open_dataset
     from medsight.engine.data import TensorSet
     from medsight.engine.metrics import classification_metrics
-    from medsight.engine.pipeline import _data_hash, bundle_split
+    from medsight.engine.pipeline import bundle_split, data_hash
     from medsight.engine.prepare import load_tensors
     from medsight.engine.trainer import fit, predict_logits, probs_from_logits
     from medsight.feedback import export_dataset
@@ -91,7 +91,7 @@ def retrain(
     model.load_state_dict(result.best_state)
     val_probs = probs_from_logits(predict_logits(model, val), prod.model.head, prod.temperature)
     val_metrics = classification_metrics(val.labels.numpy(), val_probs, prod.threshold)
-    data_hash = _data_hash(train.ids, train.labels.tolist())
+    data_hash = data_hash(train.ids, train.labels.tolist())
     candidate = Bundle(
         task=prod.task, model=prod.model, preprocess=prod.preprocess, label_names=prod.label_names,
         threshold=prod.threshold, temperature=prod.temperature,

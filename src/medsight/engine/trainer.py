@@ -30,11 +30,11 @@ from medsight.config import TrainConfig
 from medsight.engine import distributed
 from medsight.engine.callbacks import Callback, EarlyStopping, ProgressDisplay, RunLog
 from medsight.engine.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from medsight.engine.data import TensorSet, class_counts, inverse_frequency_weights, iterate_batches
+from medsight.engine.data import TensorSet, inverse_frequency_weights, iterate_batches
 from medsight.engine.device import autocast, grad_scaler, pick_device, set_threads, to_device
 from medsight.engine.finetune import parameter_groups
+from medsight.engine.fit_checks import check_inputs, check_outputs
 from medsight.engine.optim import TimeBudget, build_optimizer, build_scheduler, current_lr, step_scheduler
-from medsight.errors import ConfigError, DatasetError
 from medsight.models.heads import logits_to_probs
 
 LOSS_EVERY = 10  # batches between reads of the running loss (a device sync) for the live bar
@@ -113,7 +113,7 @@ def fit(
     from medsight.engine.metrics import classification_metrics
 
     run_dir = Path(run_dir)
-    _check_inputs(train, val, cfg=cfg, head=head, num_classes=num_classes)
+    check_inputs(train, val, cfg=cfg, head=head, num_classes=num_classes)
     distributed.check_config(cfg, distributed.world_size())
     main = distributed.is_main()  # only rank 0 writes the checkpoint, metrics.csv, TensorBoard, progress
     set_threads(distributed.threads_per_process(cfg.num_threads))
@@ -121,7 +121,7 @@ def fit(
     model.to(device)
     if train.images.ndim == 4:  # channels-last convolutions are ~1.5-2x faster on CPU
         model.to(memory_format=torch.channels_last)
-    _check_outputs(model, train.images[:2], head=head, num_classes=num_classes, device=device)
+    check_outputs(model, train.images[:2], head=head, num_classes=num_classes, device=device)
     optimizer = build_optimizer(parameter_groups(model, cfg), cfg)
     budget = TimeBudget(cfg)
     scheduler = build_scheduler(optimizer, cfg, budget)
@@ -365,49 +365,3 @@ def _clear_run(run_dir: Path) -> None:
     events = (run_dir / "tensorboard").glob("events.out.tfevents.*")
     for path in (run_dir / CHECKPOINT, run_dir / "metrics.csv", *events):
         path.unlink(missing_ok=True)
-
-
-def _check_inputs(train: TensorSet, val: TensorSet, *, cfg: TrainConfig, head: str, num_classes: int) -> None:
-    from medsight.engine.metrics import METRIC_KEYS
-
-    if head not in ("softmax", "sigmoid"):
-        raise ConfigError(f"model.head={head}", "unknown head", "use softmax or sigmoid")
-    if head == "sigmoid" and num_classes != 2:
-        raise ConfigError("model.head=sigmoid", f"needs 2 classes, got {num_classes}", "use head: softmax")
-    metrics = ("val_loss", "train_loss", *METRIC_KEYS)
-    if cfg.early_stopping_metric not in metrics:
-        raise ConfigError(
-            f"train.early_stopping_metric={cfg.early_stopping_metric}", "not a validation metric",
-            f"choose one of: {', '.join(metrics)}",
-        )
-    for name, data in (("training", train), ("validation", val)):
-        if len(data) < 2:
-            problem = f"the {name} split has {len(data)} case(s)"
-            raise DatasetError(None, problem, "give each split at least 2 cases")
-        bad = ((data.labels < 0) | (data.labels >= num_classes)).nonzero()
-        if len(bad):
-            row = int(bad[0])
-            raise DatasetError(
-                data.ids[row], f"label {int(data.labels[row])} is outside 0..{num_classes - 1}",
-                "check the labels and the class list",
-            )
-    if train.images.shape[1:] != val.images.shape[1:]:
-        raise DatasetError(
-            None, f"training images are {tuple(train.images.shape[1:])} but validation images are "
-            f"{tuple(val.images.shape[1:])}", "preprocess both splits with the same settings",
-        )
-    missing = (class_counts(train.labels, num_classes) == 0).nonzero().flatten().tolist()
-    if missing:
-        raise DatasetError(
-            None, f"class index(es) {missing} have no training case", "add cases or split stratified by class"
-        )
-
-
-def _check_outputs(model: nn.Module, images: torch.Tensor, *, head: str, num_classes: int, device) -> None:
-    want = 1 if head == "sigmoid" else num_classes
-    shape = tuple(_logits(model, images, batch_size=len(images), device=device, amp=False).shape)
-    if shape != (len(images), want):
-        raise ConfigError(
-            "model", f"outputs shape {shape} per batch of {len(images)}, the {head} head needs (N, {want})",
-            f"build the model with num_outputs={want}",
-        )
