@@ -67,6 +67,27 @@ def test_drive_training_set(shared_data: Path) -> None:
     assert labels[~roi].mean() < 0.01  # the manual tracing barely leaves the FOV
 
 
+def test_drive_test_folder_uses_the_first_observer(shared_data: Path, tmp_path: Path) -> None:
+    """DRIVE's test/ folder names its files ``NN_test.tif`` / ``NN_test_mask.gif`` and adds a second
+    observer's tracing (``2nd_manual/``): the cases pair with ``1st_manual``, the reference standard."""
+    drive, test = shared_data / "drive" / "training", tmp_path / "test"
+    for folder in ("images", "1st_manual", "2nd_manual", "mask"):
+        (test / folder).mkdir(parents=True)
+    for n in (21, 22):
+        shutil.copy(drive / "images" / f"{n}_training.tif", test / "images" / f"{n}_test.tif")
+        shutil.copy(drive / "1st_manual" / f"{n}_manual1.gif", test / "1st_manual" / f"{n}_manual1.gif")
+        shutil.copy(drive / "mask" / f"{n}_training_mask.gif", test / "mask" / f"{n}_test_mask.gif")
+        Image.new("L", (565, 584), 255).save(test / "2nd_manual" / f"{n}_manual2.gif")  # all vessel: must be unused
+    ds = open_seg_dataset(test)
+    assert ds.kind == "drive"
+    assert [it.case_id for it in ds.items] == ["21", "22"]
+    _, labels, roi = ds.read(ds.items[0])
+    training = open_seg_dataset(drive)
+    _, first, first_roi = training.read(training.items[0])
+    assert np.array_equal(labels, first) and np.array_equal(roi, first_roi)
+    assert 0.05 < labels[roi].mean() < 0.2
+
+
 def test_pairs_binary_png_becomes_0_1(tmp_path: Path) -> None:
     ds = open_seg_dataset(_pairs(tmp_path, {"a": _square(255), "b": _square(255)}))
     assert ds.kind == "pairs"
