@@ -25,7 +25,10 @@ TORCHRUN_LOGS = "torchrun"
 def train(
     config: Path = typer.Argument(None, help="YAML config; flags override its keys."),
     config_opt: Path = typer.Option(None, "--config", help="YAML config (same as the argument)."),
-    recipe: str = typer.Option(None, help="A packaged recipe: demo, medmnist, photos, drive, demo_seg."),
+    recipe: str = typer.Option(
+        None, help="A packaged recipe: demo, medmnist, photos, drive, demo_seg; none for the defaults. "
+        "Without a recipe or config, segmentation of a DRIVE folder trains the drive recipe."
+    ),
     task: str = typer.Option(None, help="classification or segmentation."),
     data: str = typer.Option(
         None, help="Classification: a .npz, class folders, a CSV manifest or DICOM folders. Segmentation: "
@@ -72,7 +75,8 @@ def train(
         "train.synthetic_ratio": synthetic_ratio,
         **parse_overrides(set_),
     }
-    cfg = load_config(config or config_opt, recipe=recipe, overrides=overrides)
+    chosen = _recipe_for(recipe, config or config_opt, data, overrides)
+    cfg = load_config(config or config_opt, recipe=chosen, overrides=overrides)
     run_dir = out or Path("runs") / cfg.name
     if (nproc > 1 or nnodes > 1) and not distributed.under_torchrun():
         _check_launch(cfg, nproc=nproc, nnodes=nnodes, node_rank=node_rank)
@@ -94,6 +98,24 @@ def train(
         typer.echo(summary)
     if distributed.under_torchrun() and distributed.world_size() > 1:
         _exit_without_teardown()
+
+
+def _recipe_for(recipe: str | None, config: Path | None, data: str | None, overrides: dict) -> str | None:
+    """The recipe to load: the one asked for (``none``: the defaults); with neither a recipe nor a
+    config file, the recipe made for a recognised public layout (``drive`` for segmentation of a
+    DRIVE folder), said on stderr."""
+    from medsight.data.seg_layouts import is_drive
+    from medsight.engine import distributed
+
+    if recipe == "none":
+        return None
+    if recipe is not None or config is not None or overrides.get("task") != "segmentation" or not data:
+        return recipe
+    if not is_drive(data):
+        return None
+    if not distributed.under_torchrun():  # the launcher says it once, not every rank
+        typer.echo(f"{data} is a DRIVE folder: training the drive recipe (--recipe none for the defaults)", err=True)
+    return "drive"
 
 
 def _exit_without_teardown() -> None:

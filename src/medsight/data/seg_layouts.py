@@ -119,6 +119,12 @@ def case_id(path: str | Path) -> str:
     return stem
 
 
+def is_drive(path: str | Path) -> bool:
+    """``path`` is a folder in the DRIVE layout (``images/`` beside ``1st_manual/``)."""
+    path = Path(path)
+    return (path / "images").is_dir() and (path / "1st_manual").is_dir()
+
+
 def open_seg_dataset(
     path: str | Path, *, label_names: dict[int, str] | None = None, require_masks: bool = True
 ) -> SegSet:
@@ -143,7 +149,7 @@ def open_seg_dataset(
         raise DatasetError(path, "is a single file, not a segmentation data set", SEG_LAYOUTS_HELP)
     elif (path / "dataset.json").is_file():
         found = _open_msd(path / "dataset.json")
-    elif (path / "images").is_dir() and (path / "1st_manual").is_dir():
+    elif is_drive(path):
         found = _open_pairs(path, "drive", path / "1st_manual", path / "mask", require_masks)
         found.label_names = dict(DRIVE_LABELS)
     elif (path / "images").is_dir():
