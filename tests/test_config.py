@@ -26,6 +26,10 @@ def test_layers_file_over_recipe_and_flags_over_file(tmp_path: Path) -> None:
     assert cfg.preprocess.size == [28, 28]
 
 
+def test_recipe_none_is_the_defaults() -> None:
+    assert load_config(recipe="none") == load_config()
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [("train: {epoch: 3}\n", "train.epoch"), ("preprocess: {size: [64]}\n", "preprocess.size"),

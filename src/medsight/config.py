@@ -246,17 +246,17 @@ def load_config(
 ) -> RunConfig:
     """Build a validated :class:`RunConfig`.
 
-    Layers, later wins: defaults, the recipe, the YAML file, then ``overrides``
+    Layers, later wins: defaults, the recipe (``none``: no recipe), the YAML file, then ``overrides``
     (dotted keys such as ``"train.lr"``).
 
     Raises:
         ConfigError: an unknown recipe, unreadable YAML, or a value that fails validation.
     """
     raw: dict[str, Any] = {}
-    if recipe is not None:
+    if recipe is not None and recipe != "none":
         if recipe not in list_recipes():
             raise ConfigError(
-                f"--recipe {recipe}", "no such recipe", f"choose one of: {', '.join(list_recipes())}"
+                f"--recipe {recipe}", "no such recipe", f"choose one of: {', '.join(list_recipes())} (or none)"
             )
         text = resources.files("medsight.recipes").joinpath(f"{recipe}.yaml").read_text()
         _merge(raw, yaml.safe_load(text) or {})

@@ -71,7 +71,7 @@ def test_unknown_recipe_names_the_choices(tmp_path: Path) -> None:
     result = run_cli("train", "--recipe", "nope", "--data", str(tmp_path), "--out", str(tmp_path / "run"))
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    assert "medmnist" in result.stderr and "nope" in result.stderr
+    assert "medmnist" in result.stderr and "nope" in result.stderr and "(or none)" in result.stderr
     assert not (tmp_path / "run").exists()
 
 

@@ -82,5 +82,6 @@ def test_a_config_file_or_another_layout_gets_no_recipe(drive_folder: Path, tmp_
     assert _recipe_for(None, None, str(drive_folder), segmentation) == "drive"
     assert _recipe_for(None, config, str(drive_folder), segmentation) is None  # the user's config says it all
     assert _recipe_for("demo_seg", None, str(drive_folder), segmentation) == "demo_seg"
+    assert _recipe_for("none", None, str(drive_folder), segmentation) == "none"  # load_config: no recipe
     assert _recipe_for(None, None, str(drive_folder), {"task": "classification"}) is None
     assert _recipe_for(None, None, str(tmp_path), segmentation) is None  # not a DRIVE folder

@@ -107,8 +107,6 @@ def _recipe_for(recipe: str | None, config: Path | None, data: str | None, overr
     from medsight.data.seg_layouts import is_drive
     from medsight.engine import distributed
 
-    if recipe == "none":
-        return None
     if recipe is not None or config is not None or overrides.get("task") != "segmentation" or not data:
         return recipe
     if not is_drive(data):
