@@ -361,7 +361,7 @@ def test_a_channels_last_training_step_matches_a_plain_contiguous_one(tmp_path) 
     net, optimizer = fresh()
     net.to(memory_format=torch.channels_last)  # as train_segmenter does for 2D patches
     step = PatchStep(net, optimizer, loss_fn, _cfg(tmp_path), torch.device("cpu"),
-                                  SimpleNamespace(note=lambda text: None))
+                     SimpleNamespace(note=lambda text: None))
     loss = float(step(x, y))
 
     assert loss == pytest.approx(plain_loss.item(), rel=1e-5)

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medsight.config import RunConfig, save_config
+from medsight.config import ModelConfig, RunConfig, save_config
 
 
 def train_segmentation(cfg: RunConfig, *, out: Path, resume: bool, progress: bool) -> str:
-    """Segmentation: patches from the plan, sliding-window validation, Dice early stopping."""
-    from medsight.config import ModelConfig
+    """Segmentation: patches from the plan, sliding-window validation, Dice early stopping. The default
+    (classification) model name becomes ``unet``; a config that names a classifier is refused later."""
     from medsight.engine.distributed import is_main
     from medsight.engine.seg_pipeline import train_segmenter
     from medsight.models import list_models
 
     if cfg.model.name not in list_models("segmentation") and cfg.model.name == ModelConfig().name:
         cfg = cfg.model_copy(update={"model": ModelConfig(name="unet", kwargs=cfg.model.kwargs)}, deep=True)
-
     out.mkdir(parents=True, exist_ok=True)
     if is_main():
         save_config(cfg, out / "config.yaml")
