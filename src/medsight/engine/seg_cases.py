@@ -1,28 +1,113 @@
-"""A segmentation data set read for training: every case decoded once, then put on the training grid.
+"""A segmentation data set read for training: every case decoded once, planned, put on the training
+grid and split.
 
-:func:`read_cases` decodes each case (through the sample cache with ``data.cache``) and applies the
-bundle's intensity steps (channels, denoise, CLAHE); :func:`at_target_spacing` resamples the
-images, label maps and regions of interest to the plan's spacing and normalises the images.
-Bad data stops here with an error that names the case: a data set of one case, a case without a
-mask, every mask empty.
+:func:`training_set` does it all and returns a :class:`TrainingSet`: :func:`read_cases` decodes
+each case (through the sample cache with ``data.cache``) and applies the bundle's intensity steps
+(channels, denoise, CLAHE); the data set is fingerprinted and planned (``medsight plan``;
+``segment.*`` overrides); :func:`at_target_spacing` resamples the images, label maps and regions
+of interest to the plan's spacing and normalises the images; :func:`split_cases` splits the cases
+(a validation fraction, or ``data.folds`` folds). Bad data stops here, before any training, with an
+error that names the case or the setting: a data set of one case, a case without a mask, every
+mask empty, a patch of the wrong dimensionality, more folds than cases.
 
 Example:
-    >>> dataset = open_training_set(cfg)
-    >>> cases, stepped = read_cases(dataset, cfg, progress=False)
-    >>> images, labels, rois = at_target_spacing(stepped, cases, plan["target_spacing"], plan["normalization"])
+    >>> data = training_set(cfg, plan_dir=Path("runs/drive"), progress=False)
+    >>> data.plan["patch_size"], len(data.train_idx), len(data.val_idx)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 
 from medsight.config import RunConfig
+from medsight.data.fingerprint import fingerprint
 from medsight.data.sample import Sample
 from medsight.data.seg_layouts import SegSet, open_seg_dataset
-from medsight.errors import DatasetError
+from medsight.engine import distributed
+from medsight.engine.plan import make_plan
+from medsight.errors import ConfigError, DatasetError
+from medsight.inference.postprocess import require_binary
 from medsight.transforms.preprocess import intensity_steps, plan_normalize
+
+
+@dataclasses.dataclass
+class TrainingSet:
+    """The cases on the training grid, their split, and what the plan decided for them."""
+
+    dataset: SegSet
+    cases: list[tuple]
+    plan: dict
+    patch: list[int]
+    batch: int
+    target: list[float] | None  # the training grid's spacing; None keeps each case's own
+    images: list[np.ndarray]
+    labels: list[np.ndarray]
+    rois: list[np.ndarray | None]
+    train_idx: list[int]
+    val_idx: list[int]
+    n_classes: int
+
+    def validation(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """``(image, labels, roi)`` of each validation case, on the training grid."""
+        return [(self.images[i], self.labels[i], self.rois[i]) for i in self.val_idx]
+
+
+def training_set(cfg: RunConfig, *, plan_dir: Path | None, progress: bool) -> TrainingSet:
+    """Open and read the data set, plan it (written to ``plan_dir/plan.json`` unless None), put it on
+    the training grid and split it; patch, batch and label settings that cannot work are errors here,
+    before any training."""
+    dataset = open_training_set(cfg)
+    cases, stepped = read_cases(dataset, cfg, progress)
+    plan = make_plan(
+        fingerprint(((s, case[2]) for s, case in zip(stepped, cases, strict=True)), modality=dataset.modality),
+        memory_budget_mb=cfg.segment.memory_budget_mb, overrides=cfg.segment.plan or None,
+    )
+    if plan_dir is not None:
+        (plan_dir / "plan.json").write_text(json.dumps(plan, indent=2))
+    patch = [int(p) for p in (cfg.segment.patch_size or plan["patch_size"])]
+    if len(patch) != cases[0][1].spatial_dims:
+        raise ConfigError(
+            f"segment.patch_size={patch}", f"the images are {cases[0][1].spatial_dims}D",
+            f"give {cases[0][1].spatial_dims} sizes",
+        )
+    batch = int(cfg.segment.batch_size or plan["batch_size"])
+    distributed.check_batch(batch, distributed.world_size(), "segment.batch_size")
+    target = plan["target_spacing"] if cfg.segment.resample else None
+    images, labels, rois = at_target_spacing(stepped, cases, target, plan["normalization"])
+    train_idx, val_idx = split_cases(len(cases), cfg)
+    n_classes = max(max(dataset.label_names), int(max(lab.max() for lab in labels))) + 1
+    if cfg.segment.centre_logits:
+        require_binary(n_classes, "these masks have")  # before training, not after it
+    return TrainingSet(dataset, cases, plan, patch, batch, target, images, labels, rois, train_idx, val_idx,
+                        n_classes)
+
+
+def split_cases(n_cases: int, cfg: RunConfig) -> tuple[list[int], list[int]]:
+    """Seeded shuffle of the cases: ``round(val_fraction * n)`` for validation (at least 1), the rest train.
+
+    With ``data.folds`` k > 1 the shuffled cases are cut into k near-equal parts and fold
+    ``data.fold`` validates on its part (k-fold cross-validation: every case is validated once).
+
+    Raises:
+        ConfigError: more folds than cases, or a fold number outside ``0 .. folds - 1``.
+    """
+    folds, fold = cfg.data.folds, cfg.data.fold or 0
+    if folds > 1 and folds > n_cases:
+        raise ConfigError(f"data.folds={folds}", f"there are only {n_cases} cases",
+                          f"use at most {n_cases} folds")
+    if fold >= folds:
+        raise ConfigError(f"data.fold={fold}", f"there are {folds} folds (numbered 0 to {folds - 1})",
+                          f"choose a fold below {folds}")
+    order = np.random.default_rng(cfg.train.seed).permutation(n_cases)
+    if folds > 1:
+        val = np.array_split(order, folds)[fold]
+    else:
+        val = order[: min(max(1, round(cfg.data.val_fraction * n_cases)), n_cases - 1)]
+    return sorted(set(range(n_cases)) - {int(i) for i in val}), sorted(int(i) for i in val)
 
 
 def open_training_set(cfg: RunConfig) -> SegSet:

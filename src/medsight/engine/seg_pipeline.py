@@ -32,7 +32,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,6 @@ import torch
 
 from medsight.bundle import Bundle, provenance
 from medsight.config import ModelConfig, RunConfig
-from medsight.data.fingerprint import fingerprint
 from medsight.engine import distributed
 from medsight.engine.callbacks import ProgressDisplay, RunLog
 from medsight.engine.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
@@ -50,14 +48,13 @@ from medsight.engine.device import pick_device, set_threads
 from medsight.engine.optim import TimeBudget, build_optimizer, build_scheduler, current_lr
 from medsight.engine.patch_step import PatchStep
 from medsight.engine.patches import sample_patches
-from medsight.engine.plan import make_plan
-from medsight.engine.seg_cases import at_target_spacing, open_training_set, read_cases
+from medsight.engine.seg_cases import TrainingSet, training_set
 from medsight.engine.seg_losses import make_seg_loss
 from medsight.engine.seg_metrics import segmentation_case_metrics
 from medsight.engine.seg_thresholds import centring_level, choose_thresholds
 from medsight.engine.weight_average import WeightAverage
 from medsight.errors import ConfigError, MedsightError
-from medsight.inference.postprocess import probs_to_labels, require_binary
+from medsight.inference.postprocess import probs_to_labels
 from medsight.inference.segment import sliding_window_probs
 from medsight.models import create_model, list_models
 
@@ -92,42 +89,36 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
             f"model.name={cfg.model.name}", "is not a segmentation model",
             f"choose one of: {', '.join(list_models('segmentation'))}",
         )
-    dataset = open_training_set(cfg)
-    cases, stepped = read_cases(dataset, cfg, progress)
-    plan = make_plan(
-        fingerprint(((s, case[2]) for s, case in zip(stepped, cases, strict=True)), modality=dataset.modality),
-        memory_budget_mb=cfg.segment.memory_budget_mb, overrides=cfg.segment.plan or None,
-    )
-    if main:
-        (out / "plan.json").write_text(json.dumps(plan, indent=2))
-    patch = [int(p) for p in (cfg.segment.patch_size or plan["patch_size"])]
-    if len(patch) != cases[0][1].spatial_dims:
-        raise ConfigError(
-            f"segment.patch_size={patch}", f"the images are {cases[0][1].spatial_dims}D",
-            f"give {cases[0][1].spatial_dims} sizes",
-        )
-    batch = int(cfg.segment.batch_size or plan["batch_size"])
-    distributed.check_batch(batch, distributed.world_size(), "segment.batch_size")
-    target = plan["target_spacing"] if cfg.segment.resample else None
-    images, labels, rois = at_target_spacing(stepped, cases, target, plan["normalization"])
-    del stepped
-    train_idx, val_idx = _split(len(cases), cfg)
-    n_classes = max(max(dataset.label_names), int(max(lab.max() for lab in labels))) + 1
-    if cfg.segment.centre_logits:
-        require_binary(n_classes, "these masks have")  # before training, not after it
-    kwargs = _model_kwargs(cfg, plan, patch)
+    data = training_set(cfg, plan_dir=out if main else None, progress=progress)
+    kwargs = _model_kwargs(cfg, data.plan, data.patch)
     net = create_model(
-        cfg.model.name, in_channels=images[0].shape[0], num_outputs=n_classes, spatial_dims=len(patch), **kwargs
+        cfg.model.name, in_channels=data.images[0].shape[0], num_outputs=data.n_classes,
+        spatial_dims=len(data.patch), **kwargs,
     )
     device = pick_device(cfg.train.device)
     net.to(device)
-    if len(patch) == 2:  # channels-last 2D convolutions: a training step 4% faster on a 2-core CPU
+    if len(data.patch) == 2:  # channels-last 2D convolutions: a training step 4% faster on a 2-core CPU
         net.to(memory_format=torch.channels_last)
+    state, best_state = _fit(cfg, data, net, device, out=out, resume=resume, progress=progress and main,
+                             started=started)
+    net.load_state_dict(best_state)
+    result = {"best_epoch": state["best_epoch"], "best_val_dice": state["best_dice"], "epochs_run": state["epoch"]}
+    if not main:
+        return {**result, "bundle": "", "metrics": {}}
+    return {**result, **_ship(cfg, data, net, kwargs, state, best_state, device, out)}
+
+
+def _fit(cfg: RunConfig, data: TrainingSet, net: torch.nn.Module, device: torch.device, *, out: Path,
+         resume: bool, progress: bool, started: float) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The epochs: train on patches, validate, keep the best weights, checkpoint, log, stop on patience
+    or the time limit. Returns the run's state (best epoch and Dice, epochs, seconds, history) and the
+    best weights."""
+    main = distributed.is_main()
     optimizer = build_optimizer(net.parameters(), cfg.train)
     budget = TimeBudget(cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, budget)
-    loss_fn = _loss(cfg, n_classes)
-    augment = _augmenter(cfg, len(patch))
+    loss_fn = _loss(cfg, data.n_classes)
+    augment = _augmenter(cfg, len(data.patch))
     rng = np.random.default_rng(cfg.train.seed)  # the same on every rank: all draw the same global batch
     state: dict[str, Any] = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
     best_state: dict[str, torch.Tensor] = {}
@@ -138,34 +129,28 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
         rng.bit_generator.state = state.pop("numpy_rng")
         _resume_average(average, state.pop("averaged"), out / CHECKPOINT)
     validated = average.network if average else net  # what is validated, kept as best and shipped
-    train_images = [images[i] for i in train_idx]
-    train_labels = [labels[i] for i in train_idx]
-    foreground = list(range(1, n_classes))
+    train_set = ([data.images[i] for i in data.train_idx], [data.labels[i] for i in data.train_idx])
     epochs, patience, limit = cfg.train.epochs, cfg.train.patience, cfg.train.time_limit_min
     resumed_seconds = state["seconds"]  # the time limit counts the time trained before a resume too
     if limit and resumed_seconds > limit * 60:
         epochs = state["epoch"]  # resumed past the time limit given now: nothing more to train
     run_log = RunLog(out) if main else distributed.NullLog()
     step = PatchStep(net, optimizer, loss_fn, cfg, device, run_log, average)
-    with ProgressDisplay(progress and main, epochs, "val_dice") as display:
+    with ProgressDisplay(progress, epochs, "val_dice") as display:
         for epoch in range(state["epoch"] + 1, epochs + 1):
             display.start_epoch(epoch, cfg.segment.steps_per_epoch)
             lr = current_lr(optimizer)  # the rate this epoch trains at
-            loss, seconds = _train_epoch(cfg, step, augment, rng, (train_images, train_labels), patch, batch, display)
+            loss, seconds = _train_epoch(cfg, step, augment, rng, train_set, data.patch, data.batch, display)
             # rank 0's clock decides the time limit and the time-following learning rate on every rank
             seconds_so_far = distributed.broadcast(resumed_seconds + time.perf_counter() - started)
             budget.update(seconds_so_far)
             scheduler.step()
             time_up = bool(limit and seconds_so_far > limit * 60)
             validate = main and (epoch % cfg.segment.val_every == 0 or epoch == epochs or time_up)
-            dice = float(np.nanmean([
-                _val_dice(validated, images[i], labels[i], rois[i], target or cases[i][1].spacing, patch,
-                          cfg.segment.overlap, device, foreground)
-                for i in val_idx
-            ])) if validate else float("nan")
             row = distributed.broadcast({
-                "epoch": epoch, "train_loss": loss, "val_dice": dice, "lr": lr,
-                "patches_per_s": round(cfg.segment.steps_per_epoch * batch / seconds, 1),
+                "epoch": epoch, "train_loss": loss, "lr": lr,
+                "val_dice": _val_dice(cfg, validated, data, device) if validate else float("nan"),
+                "patches_per_s": round(cfg.segment.steps_per_epoch * data.batch / seconds, 1),
             })
             if row["val_dice"] > state["best_dice"]:
                 state.update(best_dice=row["val_dice"], best_epoch=epoch)
@@ -189,29 +174,30 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
                 run_log.note(f"stopped after epoch {epoch}: {stop}")
                 break
     run_log.close()
-    net.load_state_dict(best_state)
-    if not main:
-        return {"best_epoch": state["best_epoch"], "best_val_dice": state["best_dice"],
-                "epochs_run": state["epoch"], "bundle": "", "metrics": {}}
-    val_cases = [cases[i] for i in val_idx]
-    thresholds, note, level = _thresholds(cfg, net, [(images[i], labels[i], rois[i]) for i in val_idx], patch,
-                                          device, n_classes)
-    bundle = _bundle(cfg, dataset, plan, patch, kwargs, n_classes, thresholds, note, state, best_state, cases,
-                     train_idx, val_idx, images[0].shape[0], level)
-    bundle_path = bundle.save(out / "model")
+    return state, best_state
+
+
+def _ship(cfg: RunConfig, data: TrainingSet, net: torch.nn.Module, kwargs: dict[str, Any], state: dict[str, Any],
+          best_state: dict[str, torch.Tensor], device: torch.device, out: Path) -> dict[str, Any]:
+    """Choose the thresholds on the validation cases, save the bundle in ``out/model`` and score the
+    validation cases with it (``out/metrics.json``, the report; a fold's probabilities).
+    Returns ``{"bundle", "metrics"}``."""
     from medsight.engine.seg_evaluate import evaluate_segmentation
     from medsight.inference.segmenter import Segmenter
 
+    thresholds, note, level = _thresholds(cfg, net, data.validation(), data.patch, device, data.n_classes)
+    bundle = _bundle(cfg, data, kwargs, thresholds, note, state, best_state, level)
+    bundle_path = bundle.save(out / "model")
     metrics = evaluate_segmentation(
-        Segmenter(bundle, device=str(device)), val_cases, out=out,
+        Segmenter(bundle, device=str(device)), [data.cases[i] for i in data.val_idx], out=out,
         title=f"{cfg.name}: segmentation, validation cases",
         extra={"split": "val", "data": str(cfg.data.path), "model": cfg.model.name, "best_epoch": state["best_epoch"],
                "epochs_run": state["epoch"], "training_seconds": round(state["seconds"], 1),
-               "threshold_note": note, "cases_per_split": {"train": len(train_idx), "val": len(val_idx)}},
+               "threshold_note": note,
+               "cases_per_split": {"train": len(data.train_idx), "val": len(data.val_idx)}},
         save_probabilities=out / VAL_PROBABILITIES if cfg.data.folds > 1 else None,
     )
-    return {"best_epoch": state["best_epoch"], "best_val_dice": state["best_dice"],
-            "epochs_run": state["epoch"], "bundle": str(bundle_path), "metrics": metrics}
+    return {"bundle": str(bundle_path), "metrics": metrics}
 
 
 def _resume_average(average: WeightAverage | None, saved: dict[str, torch.Tensor], checkpoint: Path) -> None:
@@ -224,30 +210,6 @@ def _resume_average(average: WeightAverage | None, saved: dict[str, torch.Tensor
                    else f"has no weight average but train.ema is {average.decay}")
         raise MedsightError(checkpoint, problem, "resume with the train.ema the run started with")
     average.load_state_dict(saved)
-
-
-def _split(n_cases: int, cfg: RunConfig) -> tuple[list[int], list[int]]:
-    """Seeded shuffle of the cases: ``round(val_fraction * n)`` for validation (at least 1), the rest train.
-
-    With ``data.folds`` k > 1 the shuffled cases are cut into k near-equal parts and fold
-    ``data.fold`` validates on its part (k-fold cross-validation: every case is validated once).
-
-    Raises:
-        ConfigError: more folds than cases, or a fold number outside ``0 .. folds - 1``.
-    """
-    folds, fold = cfg.data.folds, cfg.data.fold or 0
-    if folds > 1 and folds > n_cases:
-        raise ConfigError(f"data.folds={folds}", f"there are only {n_cases} cases",
-                          f"use at most {n_cases} folds")
-    if fold >= folds:
-        raise ConfigError(f"data.fold={fold}", f"there are {folds} folds (numbered 0 to {folds - 1})",
-                          f"choose a fold below {folds}")
-    order = np.random.default_rng(cfg.train.seed).permutation(n_cases)
-    if folds > 1:
-        val = np.array_split(order, folds)[fold]
-    else:
-        val = order[: min(max(1, round(cfg.data.val_fraction * n_cases)), n_cases - 1)]
-    return sorted(set(range(n_cases)) - {int(i) for i in val}), sorted(int(i) for i in val)
 
 
 def _loss(cfg: RunConfig, n_classes: int):
@@ -309,14 +271,19 @@ def _train_epoch(cfg: RunConfig, step: PatchStep, augment, rng, train_set, patch
     return distributed.mean_over_ranks(total, steps), time.perf_counter() - start
 
 
-def _val_dice(net, image: np.ndarray, labels, roi, spacing, patch, overlap: float, device,
-              foreground: list[int]) -> float:
-    """Mean foreground Dice of one validation case at argmax, inside its ROI, on the training grid
-    (early stopping's score)."""
-    probs = sliding_window_probs(net, image, patch_size=patch, overlap=overlap, device=device)
-    scores = segmentation_case_metrics(probs_to_labels(probs), labels, spacing=spacing,
-                                       labels=foreground, roi=roi)
-    return float(np.nanmean([scores[k]["dice"] for k in foreground]))
+def _val_dice(cfg: RunConfig, net: torch.nn.Module, data: TrainingSet, device: torch.device) -> float:
+    """Mean over the validation cases of their mean foreground Dice at argmax, inside the ROI, on the
+    training grid (early stopping's score)."""
+    foreground = list(range(1, data.n_classes))
+    per_case = []
+    for i in data.val_idx:
+        probs = sliding_window_probs(net, data.images[i], patch_size=data.patch, overlap=cfg.segment.overlap,
+                                     device=device)
+        scores = segmentation_case_metrics(probs_to_labels(probs), data.labels[i],
+                                           spacing=data.target or data.cases[i][1].spacing,
+                                           labels=foreground, roi=data.rois[i])
+        per_case.append(np.nanmean([scores[k]["dice"] for k in foreground]))
+    return float(np.nanmean(per_case))
 
 
 def _thresholds(cfg: RunConfig, net, val_set, patch, device, n_classes: int):
@@ -333,32 +300,33 @@ def _thresholds(cfg: RunConfig, net, val_set, patch, device, n_classes: int):
     return (*choose_thresholds(cfg, n_classes, centred, f"the {len(val_set)} validation cases"), level)
 
 
-def _bundle(cfg, dataset, plan, patch, kwargs, n_classes, thresholds, note, state, best_state, cases,
-            train_idx, val_idx, channels, level: float | None) -> Bundle:
-    names = {k: dataset.label_names.get(k, f"label_{k}") for k in range(n_classes)}
+def _bundle(cfg: RunConfig, data: TrainingSet, kwargs: dict[str, Any], thresholds: dict[int, float], note: str,
+            state: dict[str, Any], best_state: dict[str, torch.Tensor], level: float | None) -> Bundle:
+    names = {k: data.dataset.label_names.get(k, f"label_{k}") for k in range(data.n_classes)}
     return Bundle(
         task="segmentation",
         model=ModelConfig(name=cfg.model.name, kwargs=kwargs),
         preprocess=cfg.preprocess.model_copy(update={
-            "size": patch, "channels": channels,
+            "size": data.patch, "channels": data.images[0].shape[0],
             "normalize": "ct_window" if cfg.preprocess.normalize == "ct_window" else "none",
         }),
-        label_names=[names[k] for k in range(n_classes)],
+        label_names=[names[k] for k in range(data.n_classes)],
         metrics={"val_dice": state["best_dice"]},
         provenance=provenance(
-            run=cfg.name, data=str(cfg.data.path), plan=plan, best_epoch=state["best_epoch"],
+            run=cfg.name, data=str(cfg.data.path), plan=data.plan, best_epoch=state["best_epoch"],
             epochs_run=state["epoch"], train_seconds=round(state["seconds"], 1), seed=cfg.train.seed,
             threshold_note=note, data_config=cfg.data.model_dump(mode="json", exclude={"path", "class_names"}),
-            split={"train": [cases[i][0] for i in train_idx], "val": [cases[i][0] for i in val_idx]},
+            split={split: [data.cases[i][0] for i in idx]
+                   for split, idx in (("train", data.train_idx), ("val", data.val_idx))},
         ),
         state_dict=best_state,
         segmentation={
-            "normalization": plan["normalization"],
+            "normalization": data.plan["normalization"],
             "overlap": cfg.segment.overlap,
             "mirror_tta": cfg.segment.mirror_tta,
             "transpose_tta": cfg.segment.transpose_tta,
             "largest_component": cfg.segment.largest_component,
-            "target_spacing": plan["target_spacing"] if cfg.segment.resample else None,
+            "target_spacing": data.target,
             "thresholds": {str(k): float(v) for k, v in thresholds.items()},
             "logit_median": level,
         },
