@@ -131,36 +131,17 @@ def bundle_split(model_bundle, data: str | Path, split: str):
 def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -> dict:
     import torch
 
-    from medsight.bundle import Bundle, provenance
-    from medsight.data.cache import cache_from_config
     from medsight.engine.distributed import is_main
     from medsight.engine.evaluate import evaluate_predictions
     from medsight.engine.finetune import prepare_model
-    from medsight.engine.metrics import classification_metrics, expected_calibration_error
-    from medsight.engine.prepare import load_tensors
-    from medsight.engine.trainer import fit, predict_logits, probs_from_logits
+    from medsight.engine.trainer import fit
     from medsight.engine.uncertainty import check_dropout
     from medsight.models import create_model
     from medsight.transforms import BatchAugment
 
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    splits = {name: idx for name, idx in _resolve(ds, cfg.data).items() if len(idx)}
-    if "val" not in splits:
-        raise ConfigError("data.val_fraction", "there is no validation split", "set data.val_fraction above 0")
-    tensors, bad = {}, []
-    cache = cache_from_config(cfg.data)
-    for name, idx in splits.items():
-        tensors[name], skipped = load_tensors(
-            ds, idx, cfg.preprocess, on_bad_file=cfg.data.on_bad_file, progress=progress, desc=name, cache=cache
-        )
-        bad += skipped
-    _write_bad_files(out, bad)
-    synthetic = None
-    if cfg.train.synthetic:  # generated samples join the training split only; val and test stay real
-        from medsight.engine.synthetic import mix_synthetic
-
-        tensors["train"], synthetic = mix_synthetic(tensors["train"], cfg, class_names=ds.class_names)
+    tensors, bad, synthetic = _load_splits(cfg, ds, out=out, progress=progress)
     num_classes = len(ds.class_names)
     if cfg.model.head == "sigmoid" and num_classes != 2:
         raise ConfigError("model.head=sigmoid", f"needs 2 classes, the data has {num_classes}", "use head: softmax")
@@ -193,6 +174,71 @@ def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -
     if not is_main():  # under DDP rank 0 alone writes the bundle and report
         return {}
     model.load_state_dict(result.best_state)
+    bundle = _calibrated_bundle(cfg, ds, model, tensors, result, synthetic)
+    bundle.save(out / "model")
+    report_split = "test" if "test" in tensors else "val"
+    scored = _score(model, tensors[report_split], head=cfg.model.head, temperature=bundle.temperature, cfg=cfg.eval)
+    return evaluate_predictions(
+        tensors[report_split].labels.numpy(),
+        scored["probs"],
+        label_names=ds.class_names,
+        case_ids=tensors[report_split].ids,
+        threshold=bundle.threshold,
+        threshold_note=bundle.provenance["threshold_note"],
+        cfg=cfg.eval,
+        **_calibration_kwargs(scored, bundle.temperature),
+        out=out,
+        title=f"{cfg.name}: {report_split} split",
+        split=report_split,
+        history_csv=out / "metrics.csv",
+        extra={
+            "data": str(cfg.data.path),
+            "model": cfg.model.name,
+            "best epoch": result.best_epoch,
+            "epochs run": result.epochs_run,
+            "training time (s)": round(result.seconds, 1),
+            "cases per split": {k: len(v.ids) for k, v in tensors.items()},
+            "skipped files": len(bad),
+        },
+    )
+
+
+def _load_splits(cfg: RunConfig, ds, *, out: Path, progress: bool) -> tuple[dict, list, dict | None]:
+    """The non-empty splits as tensors, the files skipped (listed in ``out``), and what
+    ``train.synthetic`` mixed into the training split (None without it).
+
+    Raises:
+        ConfigError: no validation split.
+    """
+    from medsight.data.cache import cache_from_config
+    from medsight.engine.prepare import load_tensors
+
+    splits = {name: idx for name, idx in _resolve(ds, cfg.data).items() if len(idx)}
+    if "val" not in splits:
+        raise ConfigError("data.val_fraction", "there is no validation split", "set data.val_fraction above 0")
+    tensors, bad = {}, []
+    cache = cache_from_config(cfg.data)
+    for name, idx in splits.items():
+        tensors[name], skipped = load_tensors(
+            ds, idx, cfg.preprocess, on_bad_file=cfg.data.on_bad_file, progress=progress, desc=name, cache=cache
+        )
+        bad += skipped
+    _write_bad_files(out, bad)
+    synthetic = None
+    if cfg.train.synthetic:  # generated samples join the training split only; val and test stay real
+        from medsight.engine.synthetic import mix_synthetic
+
+        tensors["train"], synthetic = mix_synthetic(tensors["train"], cfg, class_names=ds.class_names)
+    return tensors, bad, synthetic
+
+
+def _calibrated_bundle(cfg: RunConfig, ds, model, tensors: dict, result, synthetic: dict | None):
+    """The trained model as a Bundle, with the temperature (``eval.calibration``) and the operating
+    threshold (``eval.threshold``) chosen on the validation split, and its validation metrics."""
+    from medsight.bundle import Bundle, provenance
+    from medsight.engine.metrics import classification_metrics, expected_calibration_error
+    from medsight.engine.trainer import predict_logits, probs_from_logits
+
     y_val = tensors["val"].labels.numpy()
     val_logits = predict_logits(model, tensors["val"])
     temperature = _fit_temperature(val_logits, y_val, head=cfg.model.head, cfg=cfg.eval)
@@ -202,7 +248,7 @@ def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -
         note += f", on probabilities calibrated by temperature scaling (T = {temperature:.3f})"
     val_metrics = classification_metrics(y_val, val_probs, threshold)
     val_metrics["ece"] = expected_calibration_error(y_val, val_probs)
-    bundle = Bundle(
+    return Bundle(
         task=cfg.task,
         model=cfg.model,
         preprocess=cfg.preprocess,
@@ -224,32 +270,6 @@ def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -
             synthetic=synthetic,
         ),
         state_dict=result.best_state,
-    )
-    bundle.save(out / "model")
-    report_split = "test" if "test" in tensors else "val"
-    scored = _score(model, tensors[report_split], head=cfg.model.head, temperature=temperature, cfg=cfg.eval)
-    return evaluate_predictions(
-        tensors[report_split].labels.numpy(),
-        scored["probs"],
-        label_names=ds.class_names,
-        case_ids=tensors[report_split].ids,
-        threshold=threshold,
-        threshold_note=note,
-        cfg=cfg.eval,
-        **_calibration_kwargs(scored, temperature),
-        out=out,
-        title=f"{cfg.name}: {report_split} split",
-        split=report_split,
-        history_csv=out / "metrics.csv",
-        extra={
-            "data": str(cfg.data.path),
-            "model": cfg.model.name,
-            "best epoch": result.best_epoch,
-            "epochs run": result.epochs_run,
-            "training time (s)": round(result.seconds, 1),
-            "cases per split": {k: len(v.ids) for k, v in tensors.items()},
-            "skipped files": len(bad),
-        },
     )
 
 
