@@ -110,8 +110,6 @@ def fit(
         DatasetError: empty splits, labels outside ``0..num_classes-1``, a class with no training case.
         MedsightError: ``resume=True`` without a usable checkpoint.
     """
-    from medsight.engine.metrics import classification_metrics
-
     run_dir = Path(run_dir)
     check_inputs(train, val, cfg=cfg, head=head, num_classes=num_classes)
     distributed.check_config(cfg, distributed.world_size())
@@ -131,7 +129,6 @@ def fit(
     train_loss = make_loss(head, cfg.label_smoothing, class_weights)
     val_loss = make_loss(head, 0.0, None)
     sample_weights = weights[train.labels] if cfg.balanced_sampling else None
-    eval_batch = max(cfg.batch_size, 256)
     metric = cfg.early_stopping_metric
     stopper = EarlyStopping(metric, cfg.patience)
     history: list[dict[str, float]] = []
@@ -140,14 +137,9 @@ def fit(
     resumed_seconds = 0.0  # the time limit counts the time trained before a resume too
     checkpoint = run_dir / CHECKPOINT
     if resume:
-        saved = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
-        history, best_state = saved["history"], saved["best_state"]
-        stopper.load_state_dict(saved["early_stopping"])
-        if saved["scaler"]:
-            scaler.load_state_dict(saved["scaler"])
-        resumed_seconds = saved.get("seconds", sum(row["seconds"] for row in history))  # older checkpoints: epochs
-        # finished by early stopping, or already past the time limit given now: nothing more to train
-        stop_reason = saved["stop_reason"] if stopper.should_stop else _time_up(cfg, resumed_seconds)
+        history, best_state, resumed_seconds, stop_reason = _resume(
+            checkpoint, cfg, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, stopper=stopper
+        )
     elif main:
         _clear_run(run_dir)
     net = distributed.wrap(model, device)  # DDP over the processes of a torchrun launch, else model
@@ -170,10 +162,7 @@ def fit(
                     display=display,
                 )
                 if main:  # rank 0 validates; every rank takes its row, so all stop together
-                    logits = _logits(model, val.images, batch_size=eval_batch, device=device, amp=cfg.amp)
-                    row["val_loss"] = float(val_loss(logits, val.labels))
-                    scores = classification_metrics(val.labels.numpy(), logits_to_probs(logits, head).numpy())
-                    row.update({k: float(v) for k, v in scores.items() if isinstance(v, numbers.Real)})
+                    row.update(_validate(model, val, cfg, head=head, loss_fn=val_loss, device=device))
                 row = distributed.broadcast(row)
                 if stopper.update(epoch, row[metric]):
                     best_state = _cpu_state(model)
@@ -318,6 +307,31 @@ def _train_epoch(
         live_loss = float(total) / seen if display.live and step % LOSS_EVERY == 0 else None
         display.advance(1, live_loss)
     return distributed.mean_over_ranks(total, seen)
+
+
+def _resume(checkpoint: Path, cfg: TrainConfig, *, model: nn.Module, optimizer, scheduler, scaler,
+            stopper: EarlyStopping) -> tuple[list[dict[str, float]], dict[str, torch.Tensor], float, str]:
+    """Load the checkpoint into the model, optimizer, scheduler, scaler and early stopping;
+    returns ``(history, best_state, seconds trained, stop reason)``, the reason non-empty when the
+    run had already finished by early stopping or is past the time limit given now."""
+    saved = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
+    history, best_state = saved["history"], saved["best_state"]
+    stopper.load_state_dict(saved["early_stopping"])
+    if saved["scaler"]:
+        scaler.load_state_dict(saved["scaler"])
+    seconds = saved.get("seconds", sum(row["seconds"] for row in history))  # older checkpoints: summed epochs
+    return history, best_state, seconds, saved["stop_reason"] if stopper.should_stop else _time_up(cfg, seconds)
+
+
+def _validate(model: nn.Module, val: TensorSet, cfg: TrainConfig, *, head: str, loss_fn: Loss,
+              device: torch.device) -> dict[str, float]:
+    """The validation loss and every scalar classification metric, for the epoch's row."""
+    from medsight.engine.metrics import classification_metrics
+
+    logits = _logits(model, val.images, batch_size=max(cfg.batch_size, 256), device=device, amp=cfg.amp)
+    scores = classification_metrics(val.labels.numpy(), logits_to_probs(logits, head).numpy())
+    return {"val_loss": float(loss_fn(logits, val.labels)),
+            **{k: float(v) for k, v in scores.items() if isinstance(v, numbers.Real)}}
 
 
 @torch.inference_mode()
