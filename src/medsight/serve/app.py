@@ -30,13 +30,9 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -54,6 +50,7 @@ from medsight.serve.answers import classify_body, finish, mask_file, mask_json, 
 from medsight.serve.auth import check_auth_settings, key_from_headers, key_is_valid, load_api_keys
 from medsight.serve.errors import NotFoundError, NotReadyError, UnauthorizedError, error_body, status_for
 from medsight.serve.feedback_desk import FeedbackDesk, prediction_record
+from medsight.serve.lifecycle import ModelSlot, on_model
 from medsight.serve.metrics import Metrics
 from medsight.serve.model import ModelService
 from medsight.serve.negotiate import mask_format
@@ -116,66 +113,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
     metrics = Metrics()
     desk = FeedbackDesk(settings.feedback, max_body_bytes=settings.max_body_bytes, no_auth=settings.no_auth)
 
-    def model_path() -> Path:
-        if settings.registry is None:
-            return Path(settings.bundle)
-        from medsight.registry import ModelRegistry
+    slot = ModelSlot(settings, metrics)
 
-        return ModelRegistry(settings.registry).production_bundle()
-
-    def load_service(path: Path) -> ModelService:
-        """The bundle at ``path`` loaded with the service's device and precision."""
-        return ModelService(path, device=settings.device, mixed_precision=settings.mixed_precision)
-
-    async def reload(app: FastAPI) -> bool:
-        """Load the registry's production bundle off the request path and swap it in; True when it changed."""
-        async with app.state.swap_lock:
-            path = await run_in_threadpool(model_path)
-            current = app.state.service
-            if current is not None and current.path == path:
-                return False
-            start = perf_counter()
-            service = await run_in_threadpool(load_service, path)
-            app.state.service = service  # one reference assignment: requests in flight keep the old one
-            metrics.model_loaded(perf_counter() - start)
-            log.info("model swapped in: %s %s", service.version["name"], service.version["hash"])
-            return True
-
-    async def watch(app: FastAPI) -> None:
-        index = Path(settings.registry) / "registry.json"
-        seen = index.stat().st_mtime_ns if index.exists() else None
-        while True:
-            await asyncio.sleep(settings.registry_poll_s)
-            stamp = index.stat().st_mtime_ns if index.exists() else None
-            if stamp != seen:
-                seen = stamp
-                try:
-                    await reload(app)
-                except MedsightError as exc:  # e.g. nothing in production any more: keep serving the old model
-                    log.warning("registry change not applied: %s", type(exc).__name__)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        # One inference thread per worker: torch's OpenMP team lives on the thread that calls it, and
-        # hopping between pool threads leaves idle teams spinning (10-100x slower on a small CPU).
-        app.state.swap_lock = asyncio.Lock()
-        app.state.inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medsight-inference")
-        start = perf_counter()
-        app.state.service = await _on_model(app, partial(load_service, model_path()))
-        metrics.model_loaded(perf_counter() - start)
-        version = app.state.service.version
-        log.info("model loaded: %s %s (%s) in %.2f s", app.state.service.task, version["name"], version["hash"],
-                 perf_counter() - start)
-        watcher = asyncio.create_task(watch(app)) if settings.registry is not None else None
-        try:
-            yield
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-            app.state.service = None
-            app.state.inference.shutdown(wait=False)
-
-    app = FastAPI(title="medsight", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+    app = FastAPI(title="medsight", version=__version__, lifespan=slot.lifespan, docs_url=None, redoc_url=None,
                   description="Medical image classification and segmentation from a medsight bundle.")
     app.state.service = None
     app.state.metrics = metrics
@@ -215,13 +155,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
         sample = await run_in_threadpool(sample_from_upload, upload)
         decode_ms = ms(perf_counter() - began)
         if service.task == "classification":
-            body, seconds = await _on_model(request.app, partial(classify_body, service, sample, preview))
+            body, seconds = await on_model(request.app, partial(classify_body, service, sample, preview))
             metrics.observe_inference(service.task, seconds)
             body["timing_ms"] = {"decode": decode_ms, "inference": ms(seconds)}
             body["input_sha256"] = desk.remember(upload, prediction_record(body, service))
             return JSONResponse(finish(body, service, upload, sample, start))
         fmt = mask_format(request.headers.get("accept"), spatial_dims=sample.spatial_dims)
-        result, preview_png, seconds = await _on_model(
+        result, preview_png, seconds = await on_model(
             request.app, partial(segment_result, service, sample, preview and fmt == "json"))
         metrics.observe_inference(service.task, seconds)
         timing = {"decode": decode_ms, "inference": ms(seconds)}
@@ -240,13 +180,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
         service.require_explainer()  # a 501 before reading the body
         upload = await read_upload(request, limit_bytes=settings.max_body_bytes)
         sample = await run_in_threadpool(sample_from_upload, upload)
-        png = await _on_model(request.app, partial(service.explain, sample, target=target))
+        png = await on_model(request.app, partial(service.explain, sample, target=target))
         return Response(png, media_type="image/png", headers={"X-Medsight-Model": service.version["hash"]})
 
     @app.post("/v1/feedback", dependencies=keyed, tags=["feedback"],
               summary="A clinician's verdict on a prediction: agree, the correct label, or a corrected mask")
     async def feedback(request: Request) -> JSONResponse:
-        return await desk.submit(request, service_of(request), partial(_on_model, request.app))
+        return await desk.submit(request, service_of(request), partial(on_model, request.app))
 
     @app.post("/v1/admin/reload", dependencies=keyed, tags=["operations"],
               summary="Re-read the registry and swap in its production model now")
@@ -254,7 +194,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         if settings.registry is None:
             raise NotFoundError("/v1/admin/reload", "this service serves one bundle, not a registry",
                                 "restart it with --registry DIR to hot-swap models")
-        swapped = await reload(request.app)
+        swapped = await slot.reload(request.app)
         return {"swapped": swapped, "model": service_of(request).version}
 
     @app.get("/v1/model", dependencies=keyed, tags=["model"], summary="The model card")
@@ -283,11 +223,6 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
-
-
-async def _on_model(app: FastAPI, work: Callable[[], Any]) -> Any:
-    """Run ``work`` on the worker's single inference thread."""
-    return await asyncio.get_running_loop().run_in_executor(app.state.inference, work)
 
 
 def settings_from_env(env: dict[str, str] | None = None) -> ServeSettings:
