@@ -96,6 +96,8 @@ def test_train_segmenter_learns_discs_and_writes_the_run(disc_folder, tmp_path):
     assert metrics["dice"] != pytest.approx(metrics["f1"], abs=1e-9) and "dice_mean_case" not in metrics
     assert metrics["summary"][fg]["metrics"]["hd95"]["mean"] is not None
     assert len((out / "metrics.csv").read_text().splitlines()) == 6
+    header = (out / "metrics.csv").read_text().splitlines()[0]  # the columns users' scripts read, in order
+    assert header == "epoch,train_loss,val_dice,lr,patches_per_s,seconds"
     resumed = train_segmenter(_cfg(disc_folder, **{"train.epochs": 6, "segment.steps_per_epoch": 2}), out=out,
                               resume=True, progress=False)
     assert resumed["epochs_run"] == 6

@@ -148,8 +148,8 @@ def _fit(cfg: RunConfig, data: TrainingSet, net: torch.nn.Module, device: torch.
             time_up = bool(limit and seconds_so_far > limit * 60)
             validate = main and (epoch % cfg.segment.val_every == 0 or epoch == epochs or time_up)
             row = distributed.broadcast({
-                "epoch": epoch, "train_loss": loss, "lr": lr,
-                "val_dice": _val_dice(cfg, validated, data, device) if validate else float("nan"),
+                "epoch": epoch, "train_loss": loss,
+                "val_dice": _val_dice(cfg, validated, data, device) if validate else float("nan"), "lr": lr,
                 "patches_per_s": round(cfg.segment.steps_per_epoch * data.batch / seconds, 1),
             })
             if row["val_dice"] > state["best_dice"]:
