@@ -91,14 +91,14 @@ def retrain(
     model.load_state_dict(result.best_state)
     val_probs = probs_from_logits(predict_logits(model, val), prod.model.head, prod.temperature)
     val_metrics = classification_metrics(val.labels.numpy(), val_probs, prod.threshold)
-    data_hash = data_hash(train.ids, train.labels.tolist())
+    train_hash = data_hash(train.ids, train.labels.tolist())
     candidate = Bundle(
         task=prod.task, model=prod.model, preprocess=prod.preprocess, label_names=prod.label_names,
         threshold=prod.threshold, temperature=prod.temperature,
         metrics={f"val_{k}": float(v) for k, v in val_metrics.items() if np.isscalar(v)},
         provenance=provenance(
             **{k: prod.provenance[k] for k in ("data", "data_config", "eval_config") if k in prod.provenance},
-            data_hash=data_hash, run=f"retrain of registry version {parent['version']}",
+            data_hash=train_hash, run=f"retrain of registry version {parent['version']}",
             parent_version=parent["version"], parent_hash=parent["hash"],
             threshold_note=f"kept from the parent model ({prod.provenance.get('threshold_note', 'stored')})",
             feedback_cases=manifest["n_cases"], n_train=len(train.ids), best_epoch=result.best_epoch,
@@ -106,7 +106,7 @@ def retrain(
         ),
         state_dict=result.best_state,
     ).save(out / "model")
-    version = reg.register(candidate, data_hash=data_hash, parent=parent["version"])
+    version = reg.register(candidate, data_hash=train_hash, parent=parent["version"])
     gate = compare_bundles(candidate, parent_path, data=data, split="val", n_boot=n_boot, margin=margin, seed=seed)
     reg.annotate(version, gate=gate.as_dict(), retrain={"feedback_cases": manifest["n_cases"], "epochs": epochs,
                                                        "lr": lr, "run": str(out)})
