@@ -30,6 +30,10 @@ class UnreadableFileError(MedsightError):
     """A file exists but cannot be decoded (truncated, empty, not what its name says)."""
 
 
+class ImageTooLargeError(UnreadableFileError):
+    """The header declares more voxels (or pixels) than the reader's limit; refused before decoding."""
+
+
 class UnsupportedFileError(MedsightError):
     """A file type or encoding medsight does not read."""
 
