@@ -56,3 +56,7 @@ class ConfigError(MedsightError):
 
 class BundleError(MedsightError):
     """A model bundle that is missing, incomplete or from an incompatible version."""
+
+
+class OutputWriteError(MedsightError):
+    """A file medsight writes could not be written: the disk is full, or the folder is read-only."""
