@@ -167,7 +167,8 @@ def test_bad_requests_are_clear_and_unreadable_files_get_error_rows(square_task,
     Image.open(next((data / "square").iterdir())).save(tmp_path / "in" / "ok.png")
     result = CliRunner().invoke(app, ["explain", str(run / "model"), str(tmp_path / "in"), "--out",
                                       str(tmp_path / "out"), "--no-progress"])
-    assert result.exit_code == 0 and "1 unreadable" in result.output
+    assert result.exit_code == 3 and "1 failed" in result.output, result.output
+    assert result.output.splitlines()[-1] == "1 of 2 files failed (see the error column)"
     rows = {r["path"].split("/")[-1]: r for r in csv.DictReader((tmp_path / "out" / "explanations.csv").open())}
     assert rows["broken.png"]["error"] and rows["ok.png"]["overlay"].endswith("ok_gradcam.png")
     for args, words in ([["--method", "lime"], "unknown explanation method"],

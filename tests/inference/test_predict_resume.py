@@ -33,8 +33,9 @@ def test_resume_after_a_crash_keeps_done_rows_and_drops_a_half_written_one(train
     out.write_text("\n".join(complete[:4]) + "\n" + complete[4][:12])
     result = CliRunner().invoke(app, ["predict", str(trained_run / "model"), str(inputs), "--out", str(out),
                                       "--resume", "--no-progress"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # zz_broken.png failed again: exit 3, every row still written
     assert "4 predicted" not in result.output and "3 already done" in result.output
+    assert result.output.splitlines()[-1] == "1 of 7 files failed (see the error column)"
     rows = list(csv.DictReader(out.open()))
     assert [r["path"] for r in rows] == [line.split(",")[0] for line in complete[1:]]  # same files, same order
     assert out.read_text().splitlines() == complete  # identical to the uninterrupted run

@@ -22,12 +22,17 @@ def evaluate(
 
     metrics = run_evaluation(bundle=bundle, data=data, split=split, out=out, progress=progress)
     if metrics.get("task") == "segmentation":
-        from medsight.engine.seg_runs import seg_summary
+        from medsight.engine.seg_evaluate import seg_summary
 
         typer.echo(f"{seg_summary(metrics['split'], metrics)}\nwrote {out / 'metrics.json'} and {out / 'report.html'}")
         return
     typer.echo(
         f"{metrics['split']}: n={metrics['n']} accuracy={metrics['accuracy']:.4f} auc={metrics['auc']:.4f} "
         f"sensitivity={metrics['sensitivity']:.4f} specificity={metrics['specificity']:.4f} "
-        f"(threshold {metrics['threshold']})\nwrote {out / 'metrics.json'} and {out / 'report.html'}"
+        f"(threshold {_threshold(metrics['threshold'])})\nwrote {out / 'metrics.json'} and {out / 'report.html'}"
     )
+
+
+def _threshold(value: float | None) -> str:
+    """The decision threshold rounded to 4 digits; a multi-class model has none (argmax)."""
+    return "argmax" if value is None else f"{value:.4f}"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from medsight.cli.errors import reports_errors
+from medsight.cli.errors import finish_batch, reports_errors
 
 
 @reports_errors
@@ -23,13 +23,17 @@ def explain(
     split: str = typer.Option("val", help="The split --faithfulness uses."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Heatmap overlays (PNG) and raw maps (.npy, NIfTI for 3D) showing what drove each prediction."""
+    """Heatmap overlays (PNG) and raw maps (.npy, NIfTI for 3D) showing what drove each prediction.
+
+    A file that fails gets a row with the reason in explanations.csv and the others go on; the
+    command then exits 3 and says how many failed.
+    """
     from medsight.explain import explain_files, faithfulness_report
 
     if images:
         counts = explain_files(bundle=bundle, images=images, method=method, out=out, layer=layer, target=target,
                                progress=progress)
-        typer.echo(f"wrote {counts['ok']} explanation(s) to {out}/ ({counts['errors']} unreadable); "
+        typer.echo(f"wrote {counts['ok']} explanation(s) to {out}/ ({counts['errors']} failed); "
                    f"{out / 'explanations.csv'}")
     if faithfulness:
         report = faithfulness_report(bundle=bundle, data=faithfulness, split=split, out=out, progress=progress)
@@ -41,3 +45,5 @@ def explain(
         from medsight.errors import ConfigError
 
         raise ConfigError("medsight explain", "nothing to explain", "give image files, or --faithfulness DATA")
+    if images:
+        finish_batch(counts)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from medsight.cli.errors import reports_errors
+from medsight.cli.errors import finish_batch, reports_errors
 
 
 @reports_errors
@@ -32,11 +32,16 @@ def predict(
         "(AVX512-BF16/AMX; about 2x faster, probabilities within ~0.02), autocast on CUDA; float32 elsewhere."
     ),
 ) -> None:
-    """Predict labels for images (classifiers) or write masks (segmenters); unreadable files get an error row."""
+    """Predict labels for images (classifiers) or write masks (segmenters).
+
+    A file that fails gets a row with the reason in its error column and the others go on; the
+    command then exits 3 and says how many failed (0 when every file succeeded).
+    """
     from medsight.bundle import load_bundle
     from medsight.errors import ConfigError
 
-    if load_bundle(bundle, weights=False).task == "segmentation":
+    header = load_bundle(bundle, weights=False)
+    if header.task == "segmentation":
         from medsight.inference.segmenter import segment_to_folder
 
         out = out or Path("masks")
@@ -53,12 +58,13 @@ def predict(
                                        probabilities=probabilities, mixed_precision=mixed_precision)
         typer.echo(f"wrote {counts['ok']} mask(s) to {out}/ and {out / 'predictions.csv'}; "
                    f"{counts['errors']} failed (see the error column); {counts['skipped']} already done")
+        finish_batch(counts)
         return
     if probabilities or mixed_precision:
         flag = "--probabilities" if probabilities else "--mixed-precision"
         raise ConfigError(flag, "is for segmentation models", "drop it: a classifier's class probabilities are "
                           "already columns of its output, and it runs in float32 (or ONNX: --backend onnx)")
-    from medsight.inference.predictor import predict_to_file
+    from medsight.inference.predictor import decision_rule, predict_to_file
 
     out = out or Path("predictions.csv")
     if workers > 1:
@@ -69,5 +75,6 @@ def predict(
     else:
         counts = predict_to_file(bundle=bundle, inputs=inputs, out=out, progress=progress, resume=resume,
                                  backend=backend)
-    typer.echo(f"wrote {out}: {counts['ok']} predicted, {counts['errors']} unreadable, "
-               f"{counts['skipped']} already done")
+    typer.echo(f"wrote {out}: {counts['ok']} predicted, {counts['errors']} failed, {counts['skipped']} already done; "
+               f"{decision_rule(header.label_names, header.threshold)}")
+    finish_batch(counts)

@@ -1,7 +1,8 @@
 """Know your data before training on it: ``medsight data inspect``.
 
 :func:`inspect_dataset` reads every image of a data set once and reports, as JSON:
-counts per class and split; sizes, modes and spacings; every unreadable file and why;
+counts per class and split; sizes, modes and spacings; every manifest row it cannot use (a
+missing file, an empty cell, an unknown split) and every unreadable file, each with its reason;
 exact duplicates (same bytes, or same pixels for npz rows) and near duplicates (64-bit
 perceptual hash within ``near_threshold`` bits); duplicates that cross splits (leakage) or carry
 different labels; images whose mean or standard deviation is an outlier by both a robust z-score and the
@@ -27,8 +28,11 @@ from typing import Any
 import numpy as np
 
 from medsight.data import duplicates
+from medsight.data.file_errors import file_error, one_line
 from medsight.data.layouts import LabelledSet, item_id, open_dataset
-from medsight.errors import MedsightError
+
+#: The most examples of one kind of problem the table shows (the JSON report lists them all).
+SHOWN = 10
 
 
 @dataclass
@@ -68,7 +72,7 @@ def inspect_dataset(
         DatasetError: the layout itself is unusable (see ``open_dataset``); single bad files
             are reported, not raised.
     """
-    ds = open_dataset(path)
+    ds = open_dataset(path, strict=False)
     feats = _npz_features(ds) if ds.kind == "npz" else _file_features(ds, progress)
     ids = [item_id(ds.items[i]) for i in feats.index]
     summary: dict[str, int] = {}
@@ -81,6 +85,7 @@ def inspect_dataset(
         "class_counts": _class_counts(ds, range(len(ds.items))),
         "splits": _split_counts(ds),
         "skipped_files": ds.skipped_files,
+        "manifest_problems": ds.problems,
         "sizes": dict(feats.sizes.most_common()),
         "modes": dict(feats.modes.most_common()),
         "spacings": dict(feats.spacings.most_common()),
@@ -110,6 +115,7 @@ def inspect_dataset(
         intensity_outliers=len({o["path"] for o in report["intensity_outliers"]}),
         phi_files=len(feats.phi),
         skipped_files=len(ds.skipped_files),
+        manifest_problems=len(ds.problems),
     )
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +139,8 @@ def render_inspection(report: dict, console) -> None:
     s = report["summary"]
     root = str(report["path"]).rstrip("/") + "/"
     problems = [
-        ("unreadable files", s["unreadable"], report["unreadable"][:3]),
+        ("manifest rows left out", s["manifest_problems"], report["manifest_problems"]),
+        ("unreadable files", s["unreadable"], report["unreadable"]),
         ("non-image files skipped", s["skipped_files"], report["skipped_files"][:3]),
         (f"exact duplicates ({s['exact_duplicate_files']} files, {s['redundant_copies']} redundant)",
          s["exact_duplicate_groups"], report["exact_duplicates"][:3]),
@@ -145,51 +152,58 @@ def render_inspection(report: dict, console) -> None:
     ]
     for name, count, examples in problems:
         style = "green" if count == 0 else "yellow"
-        detail = "" if count == 0 else "\n".join(_short(e, root) for e in examples)
+        detail = "" if count == 0 else "\n".join(_short(e, root) for e in examples[:SHOWN])
+        if len(examples) > SHOWN:
+            detail += f"\n  ... and {len(examples) - SHOWN} more (all in the JSON report)"
         table.add_row(f"[{style}]{name}[/{style}]", f"[{style}]{count}[/{style}]" + (f"\n{detail}" if detail else ""))
     console.print(table)
 
 
 def _file_features(ds: LabelledSet, progress: bool) -> _Features:
-    from medsight.io import is_dicom_file, phi_fields_present
     from medsight.progress import track
 
     feats = _Features()
     checked: set[Path] = set()
     for i in track(range(len(ds.items)), description="inspecting", enabled=progress):
-        item = ds.items[i]
         try:
-            sample = ds.read(item)
-        except MedsightError as err:
-            feats.unreadable.append({"path": item_id(item), "reason": str(err)})
-            continue
-        source = Path(item.source)
-        if source.is_file():
-            digest = hashlib.sha256(source.read_bytes()).hexdigest()
-        else:
-            digest = hashlib.sha256(np.ascontiguousarray(sample.array).tobytes()).hexdigest()
-        plane = duplicates.grey_plane(sample.array)
-        _add(feats, i, digest, plane, sample.array)
-        feats.sizes["x".join(str(n) for n in sample.spatial_shape)] += 1
-        feats.modes[str(sample.meta.get("mode") or sample.meta.get("photometric") or sample.meta.get("format"))] += 1
-        feats.spacings["x".join(f"{s:g}" for s in sample.spacing)] += 1
-        if sample.meta.get("format") == "dicom":
-            files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if is_dicom_file(p))
-            for dicom_file in files:
-                if dicom_file not in checked:
-                    checked.add(dicom_file)
-                    fields = phi_fields_present(dicom_file)
-                    if fields:
-                        feats.phi.append({"path": str(dicom_file), "fields": fields})
+            _inspect_item(ds, i, feats, checked)
+        except Exception as exc:  # one file's failure, whatever raised it, is listed; the inspection goes on
+            feats.unreadable.append({"path": item_id(ds.items[i]), "reason": one_line(file_error(ds.items[i].source,
+                                                                                                exc))})
     return feats
 
 
-def _add(feats: _Features, index: int, digest: str, plane: np.ndarray, array: np.ndarray) -> None:
-    feats.index.append(index)
+def _inspect_item(ds: LabelledSet, i: int, feats: _Features, checked: set[Path]) -> None:
+    """Read item ``i`` and add what the checks need to ``feats``; DICOM files not yet ``checked`` for PHI.
+
+    Everything that can fail comes first, so an item that fails half-way adds nothing but its reason.
+    """
+    from medsight.io import is_dicom_file, phi_fields_present
+
+    item = ds.items[i]
+    sample = ds.read(item)
+    source = Path(item.source)
+    if source.is_file():
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    else:
+        digest = hashlib.sha256(np.ascontiguousarray(sample.array).tobytes()).hexdigest()
+    features = duplicates.low_frequencies(duplicates.grey_plane(sample.array))
+    mean, std = float(sample.array.mean()), float(sample.array.std())
+    dicom_files = []
+    if sample.meta.get("format") == "dicom":
+        found = [source] if source.is_file() else sorted(p for p in source.rglob("*") if is_dicom_file(p))
+        dicom_files = [f for f in found if f not in checked]
+    phi = [{"path": str(f), "fields": fields} for f in dicom_files if (fields := phi_fields_present(f))]
+    feats.index.append(i)
     feats.digests.append(digest)
-    feats.features.append(duplicates.low_frequencies(plane))
-    feats.means.append(float(array.mean()))
-    feats.stds.append(float(array.std()))
+    feats.features.append(features)
+    feats.means.append(mean)
+    feats.stds.append(std)
+    feats.sizes["x".join(str(n) for n in sample.spatial_shape)] += 1
+    feats.modes[str(sample.meta.get("mode") or sample.meta.get("photometric") or sample.meta.get("format"))] += 1
+    feats.spacings["x".join(f"{s:g}" for s in sample.spacing)] += 1
+    checked.update(dicom_files)
+    feats.phi += phi
 
 
 def _npz_features(ds: LabelledSet) -> _Features:

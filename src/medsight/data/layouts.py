@@ -72,6 +72,8 @@ class LabelledSet:
     class_names: list[str]
     items: list[Item]
     skipped_files: list[str] = field(default_factory=list)
+    #: ``{"path", "reason"}`` of each manifest row left out when opened with ``strict=False``
+    problems: list[dict[str, str]] = field(default_factory=list)
     _arrays: dict[str, tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False, compare=False)
 
     def read(self, item: Item) -> Sample:
@@ -123,7 +125,7 @@ def item_id(item: Item) -> str:
 
 
 def open_dataset(
-    path: str | Path, *, series_uid: str | None = None, class_names: list[str] | None = None
+    path: str | Path, *, series_uid: str | None = None, class_names: list[str] | None = None, strict: bool = True
 ) -> LabelledSet:
     """Recognise the layout at ``path`` and list its labelled items.
 
@@ -133,10 +135,13 @@ def open_dataset(
             manifest's series folders).
         class_names: the classes, in label order, when the caller knows them (e.g. a model's
             labels); a label or class folder outside them is an error.
+        strict: refuse a manifest at its first bad row (training). ``False`` (inspection)
+            leaves every bad row out and lists it, with its reason, in ``problems``.
 
     Raises:
-        DatasetError: a missing path, an unrecognised layout, an empty class folder, a
-            manifest row naming a missing file or an unknown label.
+        DatasetError: a missing path, an unrecognised layout, an empty class folder; with
+            ``strict``, a manifest row naming a missing file, an unknown label or split, or
+            an empty cell.
     """
     path = Path(path)
     if not path.exists():
@@ -144,20 +149,20 @@ def open_dataset(
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".csv":
-            return _open_manifest(path, series_uid, class_names)
+            return _open_manifest(path, series_uid, class_names, None if strict else [])
         if suffix == ".npz":
             return _open_npz(path, class_names)
         raise DatasetError(path, "is a single file, not a data set", LAYOUTS_HELP)
     if series_uid is not None:
         return _open_dicom_folder(path, series_uid)
-    return _open_folder(path, class_names)
+    return _open_folder(path, class_names, strict)
 
 
 def _visible(path: Path, root: Path) -> bool:
     return not any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def _open_folder(root: Path, class_names: list[str] | None) -> LabelledSet:
+def _open_folder(root: Path, class_names: list[str] | None, strict: bool = True) -> LabelledSet:
     from medsight.io import is_dicom_file, is_image_file
 
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -167,7 +172,7 @@ def _open_folder(root: Path, class_names: list[str] | None) -> LabelledSet:
         if not images:
             raise DatasetError(root, "holds no class sub-folders and no images", LAYOUTS_HELP)
         if all(is_dicom_file(p) for p in images):
-            return _open_dicom_folder(root, None)
+            return _open_dicom_folder(root, None, strict)
         extra = sorted(set(skipped) - {str(p) for p in images})
         return LabelledSet("folder", root, [], [Item(str(p), None) for p in images], extra)
     if {p.name for p in folders} <= set(SPLIT_NAMES):
@@ -221,11 +226,20 @@ def _check_names(where: Path, found: list[str], known: list[str] | None, what: s
     return list(known)
 
 
-def _open_dicom_folder(root: Path, series_uid: str | None) -> LabelledSet:
-    """An unlabelled DICOM folder: one item per series (or per file when each file is its own series)."""
+def _open_dicom_folder(root: Path, series_uid: str | None, strict: bool = True) -> LabelledSet:
+    """An unlabelled DICOM folder: one item per series (or per file when each file is its own series).
+
+    A file whose header cannot be scanned stops a ``strict`` opening; otherwise (inspection)
+    the folder is opened file by file, so that each file's own problem is reported.
+    """
     from medsight.io import is_dicom_file, list_series
 
-    series = list_series(root)
+    try:
+        series = list_series(root)
+    except Exception:
+        if strict or series_uid is not None:
+            raise
+        series = []
     if series_uid is not None:
         if series_uid not in {s.series_uid for s in series}:
             listing = ", ".join(f"{s.series_uid} ({s.modality} {s.description!r}, {s.n_files} files)" for s in series)
@@ -240,48 +254,63 @@ def _open_dicom_folder(root: Path, series_uid: str | None) -> LabelledSet:
     return LabelledSet("dicom", root, [], items, skipped)
 
 
-def _open_manifest(path: Path, series_uid: str | None, class_names: list[str] | None) -> LabelledSet:
-    rows = _manifest_rows(path)
-    labels = [row["label"] for _, row in rows]
+def _open_manifest(
+    path: Path, series_uid: str | None, class_names: list[str] | None, problems: list[dict[str, str]] | None
+) -> LabelledSet:
+    """The manifest's items; a bad row raises, or (given a ``problems`` list) is listed there and left out."""
+    rows = _manifest_rows(path, problems)
     if class_names is not None:
         names = list(class_names)
-        for line, row in rows:
-            if row["label"] not in names:
-                raise DatasetError(
-                    f"{path}:{line}", f"label {row['label']!r} is not one of the known labels {names}",
-                    "fix the label or pass the matching class names",
-                )
-    elif all(re.fullmatch(r"-?\d+", label) for label in labels):
-        names = [str(v) for v in sorted({int(label) for label in labels})]
+        rows = [(line, row) for line, row in rows if _row_ok(
+            problems, row["label"] in names, f"{path}:{line}",
+            f"label {row['label']!r} is not one of the known labels {names}",
+            "fix the label or pass the matching class names",
+        )]
+    elif rows and all(re.fullmatch(r"-?\d+", row["label"]) for _, row in rows):
+        names = [str(v) for v in sorted({int(row["label"]) for _, row in rows})]
         rows = [(line, {**row, "label": str(int(row["label"]))}) for line, row in rows]
     else:
-        names = sorted(set(labels))
-    splits = [row.get("split") or None for _, row in rows]
-    if any(splits) and not all(splits):
-        line = next(line for (line, _), split in zip(rows, splits, strict=True) if not split)
-        raise DatasetError(
-            f"{path}:{line}", "has no split while other rows have one",
-            "give every row a split (train, val or test) or leave the whole column empty",
-        )
+        names = sorted({row["label"] for _, row in rows})
+    with_split = any(row["split"] for _, row in rows)
     items = []
-    for (line, row), split in zip(rows, splits, strict=True):
+    for line, row in rows:
         source = Path(row["path"]) if Path(row["path"]).is_absolute() else path.parent / row["path"]
-        if not source.exists():
-            raise DatasetError(
-                f"{path}:{line}", f"names {row['path']}, which does not exist ({source})",
-                "fix the path (relative to the CSV's folder) or remove the row",
-            )
-        if split is not None and split not in SPLIT_NAMES:
-            raise DatasetError(f"{path}:{line}", f"unknown split {split!r}", f"use one of {', '.join(SPLIT_NAMES)}")
+        split = row["split"] or None
+        if not (
+            _row_ok(problems, source.exists(), f"{path}:{line}",
+                    f"names {row['path']}, which does not exist ({source})",
+                    "fix the path (relative to the CSV's folder) or remove the row")
+            and _row_ok(problems, split is not None or not with_split, f"{path}:{line}",
+                        "has no split while other rows have one",
+                        "give every row a split (train, val or test) or leave the whole column empty")
+            and _row_ok(problems, split is None or split in SPLIT_NAMES, f"{path}:{line}",
+                        f"unknown split {split!r}", f"use one of {', '.join(SPLIT_NAMES)}")
+        ):
+            continue
         items.append(Item(
             str(source), names.index(row["label"]), patient_id=row.get("patient_id") or None, split=split,
             series_uid=series_uid if source.is_dir() else None,
         ))
-    return LabelledSet("csv", path, names, items)
+    listed = sorted(problems or [], key=lambda problem: int(problem["path"].rpartition(":")[2]))  # in line order
+    return LabelledSet("csv", path, names, items, problems=listed)
 
 
-def _manifest_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
-    """``(line number, row)`` for each non-empty row, with stripped values and lower-case keys."""
+def _row_ok(problems: list[dict[str, str]] | None, ok: bool, where: str, problem: str, fix: str) -> bool:
+    """``ok``, or a bad manifest row: raised as a :class:`DatasetError`, or listed in ``problems`` (False)."""
+    if ok:
+        return True
+    error = DatasetError(where, problem, fix)
+    if problems is None:
+        raise error
+    problems.append({"path": where, "reason": str(error)})
+    return False
+
+
+def _manifest_rows(path: Path, problems: list[dict[str, str]] | None = None) -> list[tuple[int, dict[str, str]]]:
+    """``(line number, row)`` for each non-empty row, with stripped values and lower-case keys.
+
+    A row with an empty path or label raises, or (given ``problems``) is listed there and left out.
+    """
     fix = f"the first line must be the header {','.join(MANIFEST_COLUMNS[:2])}[,patient_id][,split]"
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -296,14 +325,14 @@ def _manifest_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
                 values = {k: (v or "").strip() for k, v in row.items() if k in MANIFEST_COLUMNS}
                 if not any(values.values()):
                     continue
-                for col in MANIFEST_COLUMNS[:2]:
-                    if not values.get(col):
-                        raise DatasetError(f"{path}:{reader.line_num}", f"the {col} is empty", f"fill in the {col}")
-                values["split"] = values.get("split", "").lower()
-                rows.append((reader.line_num, values))
+                empty = next((col for col in MANIFEST_COLUMNS[:2] if not values.get(col)), None)
+                if _row_ok(problems, empty is None, f"{path}:{reader.line_num}", f"the {empty} is empty",
+                           f"fill in the {empty}"):
+                    values["split"] = values.get("split", "").lower()
+                    rows.append((reader.line_num, values))
     except (UnicodeDecodeError, csv.Error) as err:
         raise DatasetError(path, f"is not a readable CSV text file ({err})", "save it as UTF-8 CSV") from err
-    if not rows:
+    if not rows and not problems:
         raise DatasetError(path, "lists no images", "add one row per image under the header")
     return rows
 

@@ -12,8 +12,9 @@ import numpy as np
 
 from medsight.config import PreprocessConfig
 from medsight.data.cache import SampleCache, config_hash
+from medsight.data.file_errors import file_error, one_line
 from medsight.data.layouts import LabelledSet, item_id
-from medsight.errors import DatasetError, MedsightError
+from medsight.errors import DatasetError
 
 
 def load_tensors(
@@ -31,12 +32,16 @@ def load_tensors(
     With a ``cache`` (:func:`medsight.data.cache.cache_from_config` of ``data.cache``), each
     preprocessed image is looked up by its file and ``prep`` first, and stored after a miss.
 
+    A file that fails in any way, a reader's :class:`~medsight.errors.MedsightError` or (the
+    last safety net) a decoding library's own exception, is one bad file
+    (:func:`~medsight.data.file_errors.file_error`).
+
     Returns:
-        ``(tensor_set, bad_files)`` where ``bad_files`` lists ``{"path", "reason"}`` for every
-        file skipped under ``on_bad_file="skip"``.
+        ``(tensor_set, bad_files)`` where ``bad_files`` lists ``{"path", "reason"}`` (one line)
+        for every file skipped under ``on_bad_file="skip"``.
 
     Raises:
-        MedsightError: the first unreadable file when ``on_bad_file="error"``.
+        MedsightError: the first bad file when ``on_bad_file="error"``.
         DatasetError: no readable file at all.
     """
     import torch
@@ -59,10 +64,13 @@ def load_tensors(
                 key = cache.key([item.source], prep_hash, kind="classify", part=item_id(item))
                 entry = cache.get_or_build(key, lambda item=item: ({"image": preprocess(ds.read(item), prep)}, {}))
                 arrays.append(entry.arrays["image"])
-        except MedsightError as exc:
-            if on_bad_file == "error":
+        except Exception as exc:  # one file's failure, whatever raised it: stop in one line, or skip it
+            error = file_error(item.source, exc)
+            if on_bad_file == "error" and error is exc:
                 raise
-            bad.append({"path": item.source, "reason": str(exc)})
+            if on_bad_file == "error":
+                raise error from exc
+            bad.append({"path": item.source, "reason": one_line(error)})
             continue
         labels.append(int(item.label) if item.label is not None else -1)
         ids.append(item_id(item))

@@ -19,21 +19,28 @@ from typing import Any
 
 import numpy as np
 
+from medsight.data.file_errors import file_error, one_line
 from medsight.data.sample import Sample
-from medsight.errors import ConfigError, MedsightError
+from medsight.errors import ConfigError
 from medsight.explain.cam import METHODS, _scaled, capture, saliency, target_layer
 
 
 def explain_sample(bundle, model, sample: Sample, *, method: str, layer: str | None = None,
                    target: str | None = None) -> dict[str, Any]:
-    """Saliency of one decoded image on its own grid: ``{"heat", "label", "target", "probabilities"}``."""
+    """Saliency of one decoded image on its own grid: ``{"heat", "label", "target", "probabilities"}``.
+
+    Raises:
+        InvalidImageError: a 3D volume for a 2D model, or the reverse.
+    """
     import torch
 
+    from medsight.inference.predictor import check_spatial_dims
     from medsight.models.heads import logits_to_probs
     from medsight.transforms import preprocess
     from medsight.transforms.preprocess import resize
 
     _check_request(bundle, target)
+    check_spatial_dims(sample, len(bundle.preprocess.size))
     x = torch.from_numpy(preprocess(sample, bundle.preprocess)[None])
     with torch.no_grad():
         probs = logits_to_probs(model(x), bundle.model.head)[0].numpy()
@@ -96,7 +103,8 @@ def explain_files(*, bundle: str | Path, images: list[Path], method: str, out: P
                   target: str | None = None, progress: bool = True) -> dict[str, int]:
     """Write ``out/<stem>_<method>.png`` and the raw map per image, plus ``out/explanations.csv``.
 
-    An unreadable image gets an error row; the others go on.
+    An image that fails in any way gets an error row with its one-line reason
+    (:func:`~medsight.data.file_errors.file_error`); the others go on.
     """
     from medsight.bundle import load_bundle
     from medsight.inference.predictor import expand_inputs
@@ -136,8 +144,8 @@ def explain_files(*, bundle: str | Path, images: list[Path], method: str, out: P
                     np.save(raw, result["heat"])
                 row.update(label=result["label"], target=result["target"], overlay=str(overlay), map=str(raw))
                 counts["ok"] += 1
-            except MedsightError as exc:
-                row["error"] = str(exc)
+            except Exception as exc:  # one file's failure, whatever raised it, is its row; the batch goes on
+                row["error"] = one_line(file_error(path, exc))
                 counts["errors"] += 1
             writer.writerow(row)
             handle.flush()

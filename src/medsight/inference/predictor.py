@@ -43,8 +43,9 @@ import numpy as np
 
 from medsight.bundle import WEIGHTS, Bundle, load_bundle
 from medsight.config import PreprocessConfig
+from medsight.data.file_errors import file_error, one_line
 from medsight.data.sample import Sample
-from medsight.errors import BundleError, ConfigError, MedsightError, UnsupportedFileError
+from medsight.errors import BundleError, ConfigError, InvalidImageError, UnsupportedFileError
 
 #: The export record that ``medsight export`` writes beside ``bundle.json``.
 EXPORT_MANIFEST = "export.json"
@@ -124,9 +125,14 @@ class Predictor:
             return logits_to_probs(logits.float() / self.temperature, self.bundle.model.head).cpu().numpy()
 
     def predict_sample(self, sample: Sample) -> dict[str, Any]:
-        """One decoded image -> label, probabilities and the threshold used."""
+        """One decoded image -> label, probabilities and the threshold used.
+
+        Raises:
+            InvalidImageError: a 3D volume for a 2D model, or the reverse.
+        """
         from medsight.transforms import preprocess
 
+        check_spatial_dims(sample, len(self._input_preprocess.size))
         probs = self.predict_arrays(preprocess(sample, self._input_preprocess)[None])[0]
         return self._decide(probs)
 
@@ -233,15 +239,68 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return files
 
 
+def check_spatial_dims(sample: Sample, model_dims: int, *, volumes: str = "a NIfTI or NRRD file, or a multi-frame "
+                       "DICOM") -> None:
+    """Refuse, at prediction time, an image whose number of spatial axes is not the model's.
+
+    Args:
+        sample: the decoded image (its ``meta["path"]`` names it in the error).
+        model_dims: 2 for a model of 2D images, 3 for one of volumes.
+        volumes: what a volume may be given as, for the message to a 3D model's user.
+
+    Raises:
+        InvalidImageError: a 3D volume for a 2D model, or a 2D image for a 3D model.
+    """
+    if sample.spatial_dims == model_dims:
+        return
+    where = sample.meta.get("path", "image")
+    shape = "x".join(str(n) for n in sample.spatial_shape)
+    if model_dims == 2:
+        raise InvalidImageError(
+            where, f"this model takes 2D images, and this is a {sample.spatial_dims}D volume ({shape})",
+            "pass 2D slices instead: medsight predicts no slice or projection of a volume, so export the slices "
+            "you want as PNG or single-frame DICOM files and predict those",
+        )
+    raise InvalidImageError(
+        where, f"this model takes 3D volumes, and this is a {sample.spatial_dims}D image ({shape})",
+        f"pass whole volumes ({volumes}), not single slices",
+    )
+
+
+def decision_rule(label_names: list[str], threshold: float | None) -> str:
+    """How a row's label follows from its probabilities, with the threshold rounded to 4 digits.
+
+    Example:
+        >>> decision_rule(["no", "yes"], 0.31996)
+        'label yes when prob_yes >= 0.3200 (the threshold column), else no'
+    """
+    if threshold is None or len(label_names) != 2:
+        return "label: the most probable class (the threshold column is empty)"
+    negative, positive = label_names
+    return f"label {positive} when prob_{positive} >= {threshold:.4f} (the threshold column), else {negative}"
+
+
+def error_row(path: Path, exc: Exception) -> dict[str, Any]:
+    """The row of a file that failed: no label or probabilities, the one-line reason in ``error``."""
+    return {"path": str(path), "label": "", "probabilities": {}, "threshold": None,
+            "error": one_line(file_error(path, exc))}
+
+
 def iter_predictions(predictor: Predictor, files: list[Path], *, progress: bool) -> Iterator[dict[str, Any]]:
-    """One row per file; an unreadable file yields an error row and the rest go on."""
+    """One row per file; a file that fails in any way yields an error row and the rest go on.
+
+    Any exception from one file (a reader's :class:`~medsight.errors.MedsightError`, or, as a
+    last safety net, a decoding library's own) becomes that file's error row
+    (:func:`~medsight.data.file_errors.file_error`); ``KeyboardInterrupt`` still stops the run.
+    """
     from medsight.progress import track
 
     for path in track(files, description="predicting", enabled=progress):
         try:
-            yield {"path": str(path), **predictor.predict_file(path), "error": ""}
-        except MedsightError as exc:
-            yield {"path": str(path), "label": "", "probabilities": {}, "threshold": None, "error": str(exc)}
+            row = {"path": str(path), **predictor.predict_file(path), "error": ""}
+        except Exception as exc:  # one file's failure, whatever raised it, is its row; the batch goes on
+            row = error_row(path, exc)
+        yield row
 
 
 def predict_to_file(

@@ -1,9 +1,11 @@
 """A results CSV written row by row, that a crashed or stopped batch can resume.
 
 Each row is flushed as soon as it is written, so a crash loses at most the row being
-written. With ``resume=True`` the rows already there are kept (a half-written last row is
-dropped), their paths are reported in :attr:`ResultsCsv.done` so the caller skips them, and
-new rows are appended.
+written. With ``resume=True`` the rows of files that succeeded are kept (a half-written last
+row is dropped), their paths are reported in :attr:`ResultsCsv.done` so the caller skips them,
+and new rows are appended. Rows with an ``error`` are dropped, so the files that failed
+before are tried again: a file that was still being copied, or that a newer reader reads,
+gets its row; one that is still broken gets a fresh error row.
 
 Example:
     >>> with ResultsCsv(Path("preds.csv"), ["path", "label", "error"], resume=True) as results:
@@ -51,6 +53,7 @@ class ResultsCsv:
         self._handle.close()
 
     def _kept_rows(self) -> list[dict[str, str]]:
+        """The complete rows of files that succeeded (no ``error``)."""
         with self.path.open(newline="") as handle:
             reader = csv.DictReader(handle)
             if reader.fieldnames != self.fields:
@@ -59,4 +62,4 @@ class ResultsCsv:
                     f"has the columns {reader.fieldnames}, not {self.fields} (another model or other options wrote it)",
                     "resume with the model and options that started it, or choose a new --out",
                 )
-            return [row for row in reader if None not in row.values() and None not in row]
+            return [row for row in reader if None not in row.values() and None not in row and not row.get("error")]

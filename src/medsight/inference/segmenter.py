@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from medsight.bundle import Bundle, load_bundle
+from medsight.data.file_errors import file_error, one_line
 from medsight.data.sample import Sample
-from medsight.errors import BundleError, MedsightError
+from medsight.errors import BundleError
 from medsight.inference.postprocess import (
     beside_mask,
     centre_logits,
@@ -124,9 +125,12 @@ class Segmenter:
         centred before their probabilities are averaged, as the out-of-fold predictions its
         level and threshold come from were (each by one member).
         """
+        from medsight.inference.predictor import check_spatial_dims
         from medsight.inference.segment import sliding_window_probs
         from medsight.transforms.preprocess import resize, spacing_shape
 
+        check_spatial_dims(sample, self.bundle.spatial_dims, volumes="a NIfTI or NRRD file, a multi-frame DICOM, "
+                           "or a folder of DICOM slices")
         image = self.prepare(sample)  # first: it says what is wrong with an image of the wrong kind
         grid = spacing_shape(sample.spatial_shape, sample.spacing, self.settings.get("target_spacing"))
         working = resize(image, grid)
@@ -218,8 +222,8 @@ def segmentation_inputs(inputs: list[Path], *, volumes: bool) -> list[Path]:
             try:
                 if number_of_frames(open_dataset(path, stop_before_pixels=True)) == 1:
                     path = path.parent
-            except MedsightError:
-                pass  # unreadable: it stays a file of its own and gets an error row
+            except Exception:  # unreadable, whatever raised: it stays a file of its own and gets an error row
+                pass
         chosen.setdefault(path)
     return list(chosen)
 
@@ -236,8 +240,9 @@ def segment_row(segmenter: Segmenter, path: Path, out: Path, *, probabilities: b
 
     A DICOM series (a folder) also gets ``<stem>_seg.dcm``, a DICOM SEG that references it. With
     ``probabilities`` each foreground class's probability map is written next to the mask
-    (:func:`~medsight.inference.postprocess.write_probability_maps`). An unreadable file gives a
-    row with ``error`` set instead of raising.
+    (:func:`~medsight.inference.postprocess.write_probability_maps`). A file that fails in any
+    way (:func:`~medsight.data.file_errors.file_error`) gives a row with its one-line reason in
+    ``error`` instead of raising.
     """
     row: dict[str, Any] = {"path": str(path), "mask": "", "error": ""}
     try:
@@ -252,8 +257,8 @@ def segment_row(segmenter: Segmenter, path: Path, out: Path, *, probabilities: b
         if probabilities:
             maps = write_probability_maps(result.probs, sample, mask, segmenter.label_names)
             row.update({f"prob_map_{n}": str(p) for n, p in maps.items()})
-    except MedsightError as exc:
-        row["error"] = str(exc)
+    except Exception as exc:  # one file's failure, whatever raised it, is its row; the batch goes on
+        row["error"] = one_line(file_error(path, exc))
     return row
 
 
