@@ -20,6 +20,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/install_browser.sh || echo "chromium could not be installed: the browser test will skip, saying why"
 	bash scripts/orthanc.sh || echo "orthanc could not be installed: the PACS tests will skip, saying why"
+	bash scripts/dicom3tools.sh || echo "dicom3tools could not be installed: the DICOM conformance test will skip, saying why"
 	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup --timeout 600
 
 lint: $(STAMP)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from medsight.cli.main import app
 from medsight.errors import ConfigError, UnreadableFileError
-from medsight.io.anonymize import anonymize_tree
+from medsight.io.anonymize import DUMMY_SERIAL, anonymize_tree
 from medsight.io.phi import phi_fields_present
 
 
@@ -24,6 +24,7 @@ def study(shared_data, tmp_path):
     for path in (root / "ct").iterdir():
         ds = pydicom.dcmread(path)
         ds.PatientName, ds.PatientBirthDate, ds.InstitutionName = "Doe^Jane", "19700101", "St Elsewhere"
+        ds.DeviceSerialNumber = "SN-4711"
         ds.add_new(0x00091001, "LO", "private note")
         ds.save_as(path)
     (root / "notes.txt").write_text("Jane Doe, MRN 12345")
@@ -40,7 +41,8 @@ def test_nothing_identifying_is_left_and_uids_are_remapped(study, tmp_path, capl
     originals = {p.name: pydicom.dcmread(p) for p in (study / "ct").iterdir()}
     for path in sorted(out.rglob("*.dcm")):
         ds = pydicom.dcmread(path)
-        assert phi_fields_present(ds) == ["PatientID"] and ds.PatientID.startswith("ANON-")
+        assert phi_fields_present(ds) == ["PatientID", "DeviceSerialNumber"] and ds.PatientID.startswith("ANON-")
+        assert ds.DeviceSerialNumber == DUMMY_SERIAL  # every file here had one (the SEG's is Type 1)
         assert ds.PatientName == "" and ds.PatientBirthDate == "" and "InstitutionName" not in ds
         assert ds.PatientIdentityRemoved == "YES" and not any(e.tag.is_private for e in ds)
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
@@ -53,6 +55,21 @@ def test_nothing_identifying_is_left_and_uids_are_remapped(study, tmp_path, capl
     new_study = pydicom.dcmread(out / "ct" / "01.dcm").StudyInstanceUID
     assert saved["uids"][str(originals["01.dcm"].StudyInstanceUID)] == new_study
     assert "Doe^Jane" not in caplog.text and "Doe" not in result.output
+    assert not [p for p in out.rglob("*") if p.is_file() and b"SN-4711" in p.read_bytes()]
+
+
+@pytest.mark.parametrize(("serial", "kept"), [("SN-4711", DUMMY_SERIAL), ("", ""), (None, None)],
+                         ids=["value", "empty", "absent"])
+def test_a_device_serial_number_becomes_a_dummy_only_where_there_was_one(shared_data, tmp_path, serial, kept):
+    """PS3.15 X/Z/D: Type 1 in the SEG's Enhanced General Equipment module, so a value gives way to a dummy."""
+    ds = pydicom.dcmread(shared_data / "dicom" / "dcmqi" / "segmentations" / "liver.dcm")
+    del ds.DeviceSerialNumber
+    if serial is not None:
+        ds.DeviceSerialNumber = serial
+    ds.save_as(tmp_path / "seg.dcm")
+    anonymize_tree(tmp_path / "seg.dcm", tmp_path / "anon", key=b"k")
+    after = pydicom.dcmread(tmp_path / "anon" / "seg.dcm")
+    assert after.get("DeviceSerialNumber") == kept and after.Manufacturer == ds.Manufacturer
 
 
 def test_the_seg_still_references_its_series_after_anonymization(study, tmp_path):

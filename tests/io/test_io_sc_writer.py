@@ -15,6 +15,7 @@ from medsight.io.sc_writer import (
     middle_slice,
     patient_orientation,
     read_secondary_capture,
+    source_laterality,
     write_secondary_capture,
 )
 
@@ -107,3 +108,51 @@ def test_non_dicom_image_bad_method_and_non_sc_file_are_clear(shared_data, tmp_p
     with pytest.raises(MedsightError, match="not an RGB secondary capture"):
         read_secondary_capture(shared_data / CT_2D)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("laterality", "image_laterality", "written"), [
+    ("R", None, ("R", None)),  # the series' side travels
+    (None, "B", (None, "B")),  # Image Laterality travels; Laterality (Type 2C) then stays out
+    ("L", "L", (None, "L")),
+    (None, None, ("", None)),  # nothing stated: Laterality present and empty, meaning unknown
+    ("", None, ("", None)),
+    ("RIGHT", None, ("", None)),  # not an enumerated value: unknown too
+], ids=["laterality", "image-laterality", "both", "none", "empty", "invalid"])
+def test_laterality_follows_the_source(shared_data, tmp_path, laterality, image_laterality, written):
+    source = pydicom.dcmread(shared_data / CT_2D)
+    del source.Laterality
+    if laterality is not None:
+        source.Laterality = laterality
+    if image_laterality is not None:
+        source.ImageLaterality = image_laterality
+    source.save_as(tmp_path / "source.dcm")
+    path = write_secondary_capture(np.zeros((8, 8, 3), np.uint8), read_image(tmp_path / "source.dcm"),
+                                   tmp_path / "sc.dcm", description="d", model="m", version="1")
+    sc = pydicom.dcmread(path)
+    assert (sc.get("Laterality"), sc.get("ImageLaterality")) == written
+
+
+def test_a_frame_laterality_shared_by_all_frames_becomes_the_image_laterality():
+    ds = pydicom.Dataset()
+    anatomy = pydicom.Dataset()
+    anatomy.FrameLaterality = "U"
+    group = pydicom.Dataset()
+    group.FrameAnatomySequence = [anatomy]
+    ds.SharedFunctionalGroupsSequence = [group]
+    assert source_laterality(ds) == (None, "U")
+    other = pydicom.Dataset()
+    other.FrameLaterality = "R"
+    per_frame = pydicom.Dataset()
+    per_frame.FrameAnatomySequence = [other]
+    ds.PerFrameFunctionalGroupsSequence = [per_frame]
+    assert source_laterality(ds) == (None, None)  # frames disagree: no one image laterality
+
+
+def test_an_oblique_series_gets_a_capture_with_its_refined_orientation(shared_data, tmp_path):
+    """highdicom accepts only single letters; an oblique MR's orientation ("LPH") used to raise ValueError."""
+    image = read_image(shared_data / "dicom/dcmqi/paramaps/pm-example-dcm/701-ADCb500")
+    rgb = np.random.default_rng(1).integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    path = write_secondary_capture(rgb, image, tmp_path / "sc.dcm", description="d", model="m", version="1")
+    np.testing.assert_array_equal(read_secondary_capture(path), rgb)
+    middle = pydicom.dcmread(image.meta["slice_files"][len(image.meta["slice_files"]) // 2], stop_before_pixels=True)
+    assert list(pydicom.dcmread(path).PatientOrientation) == list(patient_orientation(middle)) == ["LPH", "PHR"]

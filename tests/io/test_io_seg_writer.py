@@ -54,3 +54,53 @@ def test_bad_inputs_are_clear_and_write_nothing(ct, tmp_path):
         write_dicom_seg(np.zeros((4, 4), np.uint8), Sample(np.zeros((1, 4, 4), np.float32), (1.0, 1.0)),
                         tmp_path / "b.dcm", label_names=["b", "x"], model="m", version="1")
     assert not list(tmp_path.iterdir())
+
+
+def _tilted_copy(ct, tmp_path, delta: float):
+    """ct-3slice with the middle slice's column direction tilted by ``delta`` (written as the DS text)."""
+    import shutil
+
+    folder = tmp_path / "ct"
+    shutil.copytree(ct, folder)
+    path = sorted(folder.iterdir())[1]
+    ds = pydicom.dcmread(path)
+    iop = [float(v) for v in ds.ImageOrientationPatient]
+    ds.ImageOrientationPatient = [*iop[:5], iop[5] + delta]
+    ds.save_as(path)
+    return folder
+
+
+def test_orientations_that_differ_only_by_rounding_make_one_seg(ct, tmp_path):
+    """Real series write IOP with varying decimals (0.0038759 / 0.00387589); highdicom compares them exactly."""
+    folder = _tilted_copy(ct, tmp_path, 1e-7)
+    image = read_dicom_series(folder)
+    labels = np.zeros(image.spatial_shape, np.uint8)
+    labels[:, 200:260, 100:180] = 1
+    path = write_dicom_seg(labels, image, tmp_path / "seg.dcm", label_names=["background", "liver"], model="unet",
+                           version="1")
+    _, read_back, _ = read_dicom_seg(path, folder)
+    np.testing.assert_array_equal(read_back, labels)
+    orientation = pydicom.dcmread(path).SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+    first = pydicom.dcmread(sorted(folder.iterdir())[0])
+    assert [float(v) for v in orientation.ImageOrientationPatient] == [float(v) for v in first.ImageOrientationPatient]
+
+
+def test_a_real_oblique_mr_series_gets_a_seg(shared_data, tmp_path):
+    folder = shared_data / "dicom" / "dcmqi" / "paramaps" / "pm-example-dcm" / "701-ADCb500"
+    image = read_dicom_series(folder)
+    labels = np.zeros(image.spatial_shape, np.uint8)
+    labels[8:12, 100:140, 120:150] = 1
+    path = write_dicom_seg(labels, image, tmp_path / "seg.dcm", label_names=["background", "prostate"],
+                           model="unet", version="1")
+    _, read_back, names = read_dicom_seg(path, folder)
+    np.testing.assert_array_equal(read_back, labels)
+    assert names == {1: "prostate"}
+
+
+def test_slices_of_really_different_orientations_are_still_refused(ct, tmp_path):
+    folder = _tilted_copy(ct, tmp_path, 0.01)  # about half a degree: not a rounding difference
+    image = read_dicom_series(folder)
+    with pytest.raises(InvalidImageError, match="could not build a DICOM SEG"):
+        write_dicom_seg(np.ones(image.spatial_shape, np.uint8), image, tmp_path / "seg.dcm",
+                        label_names=["background", "liver"], model="unet", version="1")
+    assert not (tmp_path / "seg.dcm").exists()

@@ -7,6 +7,9 @@ For every file (sequences included):
   ``PatientBirthDate``, ``ReferringPhysicianName``, ``AccessionNumber``, ``StudyID``), and
   ``PatientID``, which becomes a pseudonym (``ANON-`` + 12 hex digits, the same for the same
   patient);
+* ``DeviceSerialNumber``, which PS3.15 removes unless the IOD needs it (Type 1 in the Enhanced General
+  Equipment module of SEG, enhanced CT/MR and other multi-frame objects), keeps its place with the
+  dummy value :data:`DUMMY_SERIAL` (the same for every device), so no file loses its conformance;
 * every UID of the study (study, series, instance, frame of reference and the references to
   them) is replaced by a ``2.25.`` UID derived from it with a keyed hash, so the same input UID
   always gets the same output UID within a key, and references between files still match;
@@ -39,6 +42,8 @@ from medsight.io.phi import PHI_KEYWORDS
 #: Type-2 attributes that must stay present: emptied instead of removed.
 EMPTIED = ("PatientName", "PatientBirthDate", "ReferringPhysicianName", "AccessionNumber", "StudyID")
 METHOD = "medsight PS3.15 basic profile subset, UIDs remapped"  # LO: at most 64 characters
+#: PS3.15 action X/Z/D: a dummy where a value was (Type 1 in some IODs), the same for every device.
+DUMMY_SERIAL = "ANONYMIZED"
 
 
 class Anonymizer:
@@ -81,6 +86,8 @@ class Anonymizer:
                 element.value = self.patient(str(element.value or ""))
             elif keyword in EMPTIED:
                 element.value = ""
+            elif keyword == "DeviceSerialNumber":
+                element.value = DUMMY_SERIAL if str(element.value or "").strip() else element.value
             elif keyword in PHI_KEYWORDS:
                 del ds[element.tag]
             elif element.VR == "UI" and element.value and keyword not in _KEPT_UIDS:

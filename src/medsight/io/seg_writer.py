@@ -39,6 +39,9 @@ SCT_CODES = {
     "nodule": ("MorphologicallyAbnormalStructure", "Nodule"), "mass": ("MorphologicallyAbnormalStructure", "Mass"),
 }
 FALLBACK = ("Tissue", "Tissue")
+#: Direction cosines of slices that agree to within this are one orientation written with different decimal
+#: rounding (e.g. 0.0038759 and 0.00387589); highdicom compares them exactly
+ORIENTATION_TOLERANCE = 1e-4
 
 
 def segment_codes(name: str):
@@ -47,6 +50,21 @@ def segment_codes(name: str):
 
     category, kind = SCT_CODES.get(re.sub(r"[^a-z]", "", name.lower()), FALLBACK)
     return getattr(codes.SCT, category), getattr(codes.SCT, kind)
+
+
+def share_rounded_orientation(sources: list) -> None:
+    """Give every slice the first one's ImageOrientationPatient when they differ only by decimal rounding.
+
+    Slices whose orientations differ by more than :data:`ORIENTATION_TOLERANCE` are left as they are (highdicom
+    then refuses them, and :func:`write_dicom_seg` says so).
+    """
+    orientations = [source.get("ImageOrientationPatient") for source in sources]
+    if any(value is None or len(value) != 6 for value in orientations):
+        return
+    first = np.asarray(orientations[0], float)
+    if all(np.abs(np.asarray(value, float) - first).max() <= ORIENTATION_TOLERANCE for value in orientations):
+        for source in sources[1:]:
+            source.ImageOrientationPatient = orientations[0]
 
 
 def write_dicom_seg(labels: np.ndarray, image: Sample, path: Path, *, label_names: list[str], model: str,
@@ -77,6 +95,7 @@ def write_dicom_seg(labels: np.ndarray, image: Sample, path: Path, *, label_name
     for source in sources:  # real files carry an empty SpecificCharacterSet, which highdicom refuses
         if "SpecificCharacterSet" in source and not source.SpecificCharacterSet:
             del source.SpecificCharacterSet
+    share_rounded_orientation(sources)
     algorithm = hd.AlgorithmIdentificationSequence(
         name=f"medsight {model}", version=f"{version} (medsight {__version__})",
         family=codes.cid7162.ArtificialIntelligence,
