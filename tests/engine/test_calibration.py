@@ -11,7 +11,13 @@ import pytest
 
 from medsight.bundle import load_bundle
 from medsight.config import EvalConfig
-from medsight.engine.calibration import T_MAX, calibrated_probs, fit_temperature
+from medsight.engine.calibration import (
+    MIN_CALIBRATION_CASES,
+    T_MAX,
+    calibrated_probs,
+    choose_temperature,
+    fit_temperature,
+)
 from medsight.engine.evaluate import evaluate_predictions
 from medsight.engine.metrics import expected_calibration_error
 from medsight.errors import BundleError, ConfigError, DatasetError
@@ -73,17 +79,77 @@ def test_bad_inputs_to_the_fit(logits, labels, head, error, words) -> None:
     assert info.value.fix
 
 
-def test_training_stores_the_temperature_and_the_report_shows_before_and_after(trained_run: Path) -> None:
+def test_training_on_a_small_validation_split_fits_no_temperature_and_says_why(trained_run: Path) -> None:
+    """The phantom run validates on 12 images: too few to fit a temperature (it used to fit one anyway)."""
     bundle = load_bundle(trained_run / "model")
-    assert bundle.temperature is not None and 0.05 <= bundle.temperature <= 20
-    assert json.loads((trained_run / "model" / "bundle.json").read_text())["temperature"] == bundle.temperature
-    assert "temperature scaling" in bundle.provenance["threshold_note"]
+    n_val = int(bundle.metrics["val_n"])
+    assert n_val < MIN_CALIBRATION_CASES
+    reason = f"not fitted: {n_val} validation cases, fewer than the {MIN_CALIBRATION_CASES} needed"
+    assert bundle.temperature is None
+    manifest = json.loads((trained_run / "model" / "bundle.json").read_text())
+    assert "temperature" in manifest and manifest["temperature"] is None  # the key stays, so old readers work
+    assert bundle.provenance["calibration"]["status"] == "not_fitted"
+    assert bundle.provenance["calibration"]["reason"] == reason
+    assert "temperature scaling" not in bundle.provenance["threshold_note"]
     written = json.loads((trained_run / "metrics.json").read_text())
-    assert written["temperature"] == pytest.approx(bundle.temperature)
-    assert written["ece_uncalibrated"] is not None and written["ece"] is not None
-    assert written["calibration"]["uncalibrated"]["ece"] == written["ece_uncalibrated"]
+    assert written["temperature"] is None and written["ece_uncalibrated"] is None
+    assert written["calibration"]["temperature_choice"]["reason"] == reason
     report = (trained_run / "report.html").read_text()
-    assert "before and after temperature scaling" in report and "Before scaling the ECE was" in report
+    assert f"Temperature scaling on the validation split (n = {n_val}): {reason}." in report
+    assert "before and after temperature scaling" not in report  # no before/after plot of identical numbers
+
+
+def test_too_few_validation_cases_or_errors_fit_no_temperature() -> None:
+    logits, y = calibrated_logits(38, 2)
+    few = choose_temperature(logits * 3, y, head="softmax")
+    assert (few.status, few.temperature, few.fitted) == ("not_fitted", None, None)
+    assert few.reason == "not fitted: 38 validation cases, fewer than the 100 needed"
+    separable = np.where(np.arange(200)[:, None] % 2 == 0, [[4.0, -4.0]], [[-4.0, 4.0]])  # every case right
+    right = choose_temperature(separable, np.arange(200) % 2, head="softmax")
+    assert right.status == "not_fitted" and right.temperature is None and right.errors == 0
+    assert right.reason == ("not fitted: 0 of the 200 validation cases are misclassified, "
+                            "fewer than the 10 errors needed")
+
+
+def test_a_temperature_that_lowers_the_held_out_nll_is_kept() -> None:
+    logits, y = calibrated_logits(400, 2, seed=0)
+    choice = choose_temperature(logits * 3.0, y, head="softmax")  # over-confident by a factor 3
+    assert choice.status == "applied" and choice.temperature == choice.fitted
+    assert 2.0 < choice.temperature < 4.5
+    assert choice.nll_after < choice.nll_before and choice.ece_after < choice.ece_before
+    assert choice.reason.startswith(f"fitted T = {choice.temperature:.3f} lowered the validation NLL ")
+    assert json.loads(json.dumps(choice.as_dict()))["temperature"] == choice.temperature  # stored as JSON
+
+
+def test_a_temperature_that_does_not_lower_the_held_out_nll_is_not_kept() -> None:
+    logits, y = calibrated_logits(400, 2, seed=0)  # calibrated already: a fitted T only follows the noise
+    choice = choose_temperature(logits, y, head="softmax")
+    assert choice.status == "not_kept" and choice.temperature is None and choice.fitted is not None
+    assert choice.nll_after > choice.nll_before
+    assert "but not kept: it did not lower the NLL of validation cases it was not fitted on" in choice.reason
+    tie = choose_temperature(np.zeros((120, 2)), np.arange(120) % 2, head="softmax")  # T changes nothing
+    assert tie.nll_after == tie.nll_before and (tie.status, tie.temperature) == ("not_kept", None)
+
+
+def test_the_report_says_when_scaling_made_the_figures_worse(tmp_path: Path) -> None:
+    logits, y = calibrated_logits(400, 2, seed=4)
+    raw = calibrated_probs(logits, None, head="softmax")  # calibrated already
+    softened = calibrated_probs(logits, 3.0, head="softmax")  # so T = 3 makes the ECE worse
+    choice = {"status": "applied", "reason": "fitted T = 3.000 lowered the validation NLL 0.5200 -> 0.4100",
+              "temperature": 3.0, "fitted": 3.0, "n": 150, "errors": 30, "nll_before": 0.52, "nll_after": 0.41,
+              "ece_before": 0.05, "ece_after": 0.09}
+    metrics = evaluate_predictions(
+        y, softened, label_names=["normal", "nodule"], case_ids=[f"c{i}" for i in range(400)], threshold=0.5,
+        threshold_note="fixed", cfg=EvalConfig(bootstrap=0), out=tmp_path, title="t", split="test",
+        uncalibrated=raw, temperature=3.0, temperature_choice=choice,
+    )
+    assert metrics["ece"] > metrics["ece_uncalibrated"]
+    report = (tmp_path / "report.html").read_text()
+    assert (f"On these 400 cases temperature scaling made the calibration error worse "
+            f"({metrics['ece_uncalibrated']:.3f} before, {metrics['ece']:.3f} after).") in report
+    assert "the validation ECE from 0.050 to 0.090: it made the validation ECE worse." in report
+    assert "went from 0.5200 to 0.4100" in report
+    assert json.loads((tmp_path / "metrics.json").read_text())["calibration"]["temperature_choice"] == choice
 
 
 def test_predictor_applies_the_temperature(trained_run: Path, small_phantoms: Path, tmp_path: Path) -> None:

@@ -6,13 +6,16 @@
                         top-level keys (accuracy, auc, sensitivity, specificity, f1, precision, npv,
                         balanced_accuracy, pr_auc, threshold, n, ece), the confusion matrix,
                         calibration bins, label names, split and how the threshold was chosen;
-                        ece_uncalibrated and temperature (temperature scaling), ``selective``
-                        (accuracy against coverage when keeping the most certain cases)
+                        ece_uncalibrated and temperature (temperature scaling), under "calibration"
+                        the bins and ``temperature_choice`` (whether a temperature was fitted and
+                        kept, and why), ``selective`` (accuracy against coverage when keeping the
+                        most certain cases)
     per_case.csv        case_id, true_label, predicted_label, prob_<class>..., correct[, entropy]
     roc.png pr.png confusion.png calibration.png [selective.png] [training_curves.png]
     report.html         self-contained, opens offline
 
-``aggregate_folds`` writes ``cv_metrics.json`` and ``cv_report.html`` for k-fold runs.
+``aggregate_folds`` writes ``cv_metrics.json`` and ``cv_report.html`` for k-fold runs (with the folds'
+``distance_unit`` when they are segmentations).
 
 Undefined values are ``null`` in the JSON files and NaN in the returned dicts.
 
@@ -46,6 +49,8 @@ from medsight.engine.metrics import (
 from medsight.errors import DatasetError
 
 CV_KEYS = (*METRIC_KEYS, "ece", "ece_uncalibrated")
+#: Segmentation metrics measured in the data's distance unit (``distance_unit``: ``px`` or ``mm``).
+DISTANCE_KEYS = ("hd95", "assd")
 _CALIBRATION_BINS = 15
 
 
@@ -65,6 +70,7 @@ def evaluate_predictions(
     extra: dict | None = None,
     uncalibrated: np.ndarray | None = None,
     temperature: float | None = None,
+    temperature_choice: dict | None = None,
     entropy: np.ndarray | None = None,
     uncertainty: dict | None = None,
 ) -> dict:
@@ -86,6 +92,8 @@ def evaluate_predictions(
         uncalibrated: ``(N, K)`` probabilities before temperature scaling (``probs`` are after);
             adds ``ece_uncalibrated`` and a before/after reliability diagram.
         temperature: the temperature that turned ``uncalibrated`` into ``probs`` (stored and shown).
+        temperature_choice: :meth:`medsight.engine.calibration.TemperatureChoice.as_dict` of the
+            training run: whether a temperature was fitted and kept on the validation split, and why.
         entropy: ``(N,)`` per-case predictive entropy (:mod:`medsight.engine.uncertainty`); adds an
             ``entropy`` column to per_case.csv, ``selective`` to metrics.json and the
             selective-prediction plot.
@@ -137,7 +145,7 @@ def evaluate_predictions(
             "columns": "predicted class",
             "matrix": confusion(y, pred, p.shape[1]).tolist(),
         },
-        "calibration": {"ece": ece, **bins, "uncalibrated": before},
+        "calibration": {"ece": ece, **bins, "uncalibrated": before, "temperature_choice": temperature_choice},
         "selective": selective,
         "extra": extra or {},
         "notes": [],
@@ -181,9 +189,13 @@ def aggregate_folds(fold_metrics: list[dict], out: Path, title: str, keys: tuple
         "n_per_fold": [fold.get("n") for fold in fold_metrics],
         "metrics": {},
     }
+    units = {fold["distance_unit"] for fold in fold_metrics if fold.get("distance_unit")}
+    if units:
+        summary["distance_unit"] = units.pop() if len(units) == 1 else "mixed"
     for key in keys:
         values = [_as_float(fold.get(key)) for fold in fold_metrics]
-        defined = np.array([v for v in values if not math.isnan(v)])
+        pooled = not (key in DISTANCE_KEYS and summary.get("distance_unit") == "mixed")  # no mean of px and mm
+        defined = np.array([v for v in values if not math.isnan(v)] if pooled else [])
         mean = float(defined.mean()) if defined.size else math.nan
         sd = float(defined.std(ddof=1)) if defined.size > 1 else math.nan
         summary["metrics"][key] = {"mean": mean, "sd": sd, "per_fold": values}

@@ -97,7 +97,7 @@ def run_evaluation(*, bundle: Path, data: str, split: str | None = None, out: Pa
         threshold=model_bundle.threshold,
         threshold_note=model_bundle.provenance.get("threshold_note", "stored in the bundle"),
         cfg=eval_cfg,
-        **_calibration_kwargs(scored, model_bundle.temperature),
+        **_calibration_kwargs(scored, model_bundle.temperature, model_bundle.provenance.get("calibration")),
         out=Path(out),
         title=f"{Path(bundle).resolve().parent.name}: {split} split of {Path(data).name}",
         split=split,
@@ -186,7 +186,7 @@ def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -
         threshold=bundle.threshold,
         threshold_note=bundle.provenance["threshold_note"],
         cfg=cfg.eval,
-        **_calibration_kwargs(scored, bundle.temperature),
+        **_calibration_kwargs(scored, bundle.temperature, bundle.provenance.get("calibration")),
         out=out,
         title=f"{cfg.name}: {report_split} split",
         split=report_split,
@@ -241,7 +241,8 @@ def _calibrated_bundle(cfg: RunConfig, ds, model, tensors: dict, result, synthet
 
     y_val = tensors["val"].labels.numpy()
     val_logits = predict_logits(model, tensors["val"])
-    temperature = _fit_temperature(val_logits, y_val, head=cfg.model.head, cfg=cfg.eval)
+    calibration = _choose_temperature(val_logits, y_val, head=cfg.model.head, cfg=cfg.eval)
+    temperature = calibration.temperature
     val_probs = probs_from_logits(val_logits, cfg.model.head, temperature)
     threshold, note = _operating_threshold(y_val, val_probs, cfg.eval)
     if temperature is not None:
@@ -263,6 +264,7 @@ def _calibrated_bundle(cfg: RunConfig, ds, model, tensors: dict, result, synthet
             data_config=cfg.data.model_dump(mode="json", exclude={"path", "class_names"}),
             eval_config=cfg.eval.model_dump(mode="json"),
             threshold_note=note,
+            calibration=calibration.as_dict(),
             best_epoch=result.best_epoch,
             epochs_run=result.epochs_run,
             train_seconds=round(result.seconds, 1),
@@ -287,13 +289,13 @@ def _split_indices(ds, data_cfg: DataConfig, split: str) -> np.ndarray:
     return splits[split]
 
 
-def _fit_temperature(val_logits, y_val: np.ndarray, *, head: str, cfg: EvalConfig) -> float | None:
-    """Temperature scaling on the validation logits (``eval.calibration``); None when switched off."""
-    from medsight.engine.calibration import fit_temperature
+def _choose_temperature(val_logits, y_val: np.ndarray, *, head: str, cfg: EvalConfig):
+    """Temperature scaling on the validation logits (``eval.calibration``), where the split supports it."""
+    from medsight.engine.calibration import TemperatureChoice, choose_temperature
 
     if cfg.calibration == "none":
-        return None
-    return fit_temperature(val_logits.numpy(), y_val, head=head)
+        return TemperatureChoice("off", "switched off (eval.calibration: none)")
+    return choose_temperature(val_logits.numpy(), y_val, head=head)
 
 
 def _score(model, tensors, *, head: str, temperature: float | None, cfg: EvalConfig) -> dict:
@@ -312,8 +314,11 @@ def _score(model, tensors, *, head: str, temperature: float | None, cfg: EvalCon
     }
 
 
-def _calibration_kwargs(scored: dict, temperature: float | None) -> dict:
-    return {"uncalibrated": scored["uncalibrated"], "temperature": temperature, "entropy": scored["entropy"],
+def _calibration_kwargs(scored: dict, temperature: float | None, choice: dict | None) -> dict:
+    """What :func:`evaluate_predictions` needs on calibration; the probabilities before scaling only when
+    a temperature was applied (else they are the same probabilities, and a before/after plot would mislead)."""
+    return {"uncalibrated": scored["uncalibrated"] if temperature is not None else None,
+            "temperature": temperature, "temperature_choice": choice, "entropy": scored["entropy"],
             "uncertainty": scored["uncertainty"]}
 
 
@@ -354,8 +359,11 @@ def _write_bad_files(out: Path, bad: list[dict[str, str]]) -> None:
 
 
 def _summary(out: Path, metrics: dict) -> str:
+    threshold = "argmax" if metrics["threshold"] is None else f"{metrics['threshold']:.4f}"
+    choice = metrics["calibration"].get("temperature_choice")
     return (
         f"{metrics['split']}: n={metrics['n']} accuracy={metrics['accuracy']:.4f} auc={metrics['auc']:.4f} "
-        f"sensitivity={metrics['sensitivity']:.4f} specificity={metrics['specificity']:.4f}\n"
-        f"bundle:  {out / 'model'}\nreport:  {out / 'report.html'}\nmetrics: {out / 'metrics.json'}"
+        f"sensitivity={metrics['sensitivity']:.4f} specificity={metrics['specificity']:.4f} threshold={threshold}\n"
+        + (f"temperature scaling: {choice['reason']}\n" if choice else "")
+        + f"bundle:  {out / 'model'}\nreport:  {out / 'report.html'}\nmetrics: {out / 'metrics.json'}"
     )

@@ -5,8 +5,9 @@ Pure NumPy/SciPy (plus scikit-learn for the pixel AUCs), no torch.
 Conventions:
 
 * ``pred`` and ``truth`` are integer label maps (2D or 3D) on the same grid; each label in
-  ``labels`` is scored one-vs-rest. Distances are in physical units (mm) using ``spacing``
-  per array axis.
+  ``labels`` is scored one-vs-rest. Distances are in the unit of ``spacing`` per array axis:
+  millimetres for images with physical spacing, pixels for pictures (whose reader spacing of 1
+  is one pixel; :func:`medsight.engine.seg_evaluate.distance_unit` says which).
 * When an ``roi`` (boolean field-of-view mask) is given, voxels outside it are ignored:
   overlap counts only use voxels inside it and surfaces are those of the masks restricted
   to it.
@@ -54,7 +55,8 @@ def segmentation_case_metrics(
     Args:
         pred: Predicted integer label map, 2D or 3D.
         truth: Reference integer label map with the same shape.
-        spacing: Voxel size in mm along each array axis (same order as the array axes).
+        spacing: Voxel size along each array axis (same order as the array axes), in mm; 1 per
+            pixel for pictures, which makes the distances pixels.
         labels: Label values to score (normally the foreground labels, not 0).
         roi: Optional boolean field-of-view mask with the same shape; voxels outside it
             are ignored.
@@ -69,7 +71,7 @@ def segmentation_case_metrics(
 
     Example:
         >>> m = segmentation_case_metrics(pred, truth, spacing=(2.0, 1.0, 1.0), labels=[1, 2])
-        >>> m[2]["hd95"]  # mm
+        >>> m[2]["hd95"]  # mm, since the spacing is in mm
     """
     pred_arr = _label_map(pred, "pred")
     truth_arr = _label_map(truth, "truth")
@@ -222,7 +224,7 @@ def _label_metrics(
 
 
 def _surface_distances(a: np.ndarray, b: np.ndarray, sampling: tuple[float, ...]) -> tuple[float, float]:
-    """HD95 and ASSD in mm between the surfaces of two non-empty masks."""
+    """HD95 and ASSD, in the unit of ``sampling``, between the surfaces of two non-empty masks."""
     surf_a, surf_b = _surface(a), _surface(b)
     a_to_b = ndimage.distance_transform_edt(~surf_b, sampling=sampling)[surf_a]
     b_to_a = ndimage.distance_transform_edt(~surf_a, sampling=sampling)[surf_b]

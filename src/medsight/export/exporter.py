@@ -6,9 +6,12 @@ staging folder first, so a failed export leaves the bundle as it was):
     model.onnx            fp32 ONNX, opset 20, dynamic batch (and spatial axes for segmentation)
     model.int8.onnx       with --int8: ONNX Runtime dynamic int8 quantisation of model.onnx
     model.torchscript.pt  TorchScript archive (torch.jit.load; not a pickle)
-    export.json           per format: file, SHA-256 of it and of the weights it came from, opset,
+    export.json           the label names, the threshold and the calibration temperature; per
+                          format: file, SHA-256 of it and of the weights it came from, opset,
                           input/output names and shapes, the preprocessing (outside the graph /
-                          in it / after it), parity numbers and the int8 metric loss
+                          in it / after it), ``calibration`` (the temperature the graph divides the
+                          logits by before the head, and why the bundle has it or not), parity
+                          numbers and the int8 metric loss
 
 Checks: the fp32 probabilities must match PyTorch's within :data:`PARITY_TOLERANCE` on every
 sample; int8 may lose at most :data:`MAX_INT8_LOSS` (one point) of the validation metric.
@@ -107,6 +110,7 @@ def export_bundle(
             "weights_sha256": file_sha256(folder / WEIGHTS),
             **info,
             "preprocessing": describe_preprocessing(model_bundle),
+            "calibration": _calibration(model_bundle),
             "input_preprocess": input_preprocess.model_dump(mode="json"),
             "parity": check,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -215,11 +219,27 @@ def _install(installs: dict[Path, Path], folder: Path, record: dict, fmt: str, b
         "task": bundle.task,
         "label_names": bundle.label_names,
         "threshold": bundle.threshold,
+        "temperature": bundle.temperature,
         "formats": formats,
     }
     tmp = folder / f".{EXPORT_MANIFEST}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, folder / EXPORT_MANIFEST)
+
+
+def _calibration(bundle) -> dict[str, Any]:
+    """How the exported graph applies the bundle's temperature, and why the bundle has one or not."""
+    if bundle.task == "segmentation":
+        return {"temperature": None, "in_graph": False,
+                "how": "segmentation: no temperature scaling; 'probabilities' is the softmax of 'logits'"}
+    if bundle.temperature is None:
+        how = "no temperature scaling: 'probabilities' is the head (softmax or sigmoid) of 'logits' as they are"
+    else:
+        how = (f"the graph divides the logits by T = {bundle.temperature!r} before the "
+               f"{bundle.model.head}, so 'probabilities' are calibrated and the threshold applies to them; "
+               "'logits' is the network's output before the division")
+    why = (bundle.provenance.get("calibration") or {}).get("reason", "not recorded (an older bundle)")
+    return {"temperature": bundle.temperature, "in_graph": bundle.temperature is not None, "how": how, "why": why}
 
 
 def _versions(fmt: str) -> dict[str, str]:

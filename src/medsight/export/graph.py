@@ -3,11 +3,14 @@
 The exported graph maps an image batch to ``probabilities`` (and the raw ``logits``):
 
 * classification: ``image (N, C, *size)`` -> final intensity normalisation -> network ->
-  probability head. The normalisation is in the graph when it is a pure function of the
-  resized image (``minmax``: per image to ``[0, 1]``; ``zscore``: per image and channel, std
-  floored at :data:`~medsight.transforms.intensity.STD_FLOOR`). ``ct_window`` and ``none``
-  leave nothing to do in the graph (the window is applied before denoise, CLAHE and the
-  resize, and clipping does not commute with them).
+  division of the logits by the bundle's calibration temperature ``T`` (when it has one) ->
+  probability head, so ``probabilities`` are the calibrated ones the bundle's threshold was
+  chosen on; ``logits`` are the network's own, before the division. The normalisation is in
+  the graph when it is a pure function of the resized image (``minmax``: per image to
+  ``[0, 1]``; ``zscore``: per image and channel, std floored at
+  :data:`~medsight.transforms.intensity.STD_FLOOR`). ``ct_window`` and ``none`` leave nothing to
+  do in the graph (the window is applied before denoise, CLAHE and the resize, and clipping does
+  not commute with them).
 * segmentation: ``image (N, C, *patch)`` (any patch size the network accepts) -> network ->
   softmax over classes. The plan's normalisation is per whole image, not per patch, so it
   stays outside with the sliding window, which remains in Python.
@@ -51,20 +54,25 @@ class InferenceGraph(nn.Module):
         task: ``"classification"`` or ``"segmentation"``.
         head: the classifier head (``"softmax"`` or ``"sigmoid"``); segmentation uses softmax.
         normalize: ``"minmax"``, ``"zscore"`` or ``"none"``: done on the input first.
+        temperature: the classifier's calibration temperature; the logits are divided by it before the
+            head (the ``logits`` output stays undivided).
     """
 
-    def __init__(self, network: nn.Module, *, task: str, head: str = "softmax", normalize: str = "none") -> None:
+    def __init__(self, network: nn.Module, *, task: str, head: str = "softmax", normalize: str = "none",
+                 temperature: float = 1.0) -> None:
         super().__init__()
         self.network = network.eval()
         self.task = task
         self.head = head
         self.normalize = normalize
+        self.temperature = float(temperature)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.network(normalize_batch(image, self.normalize))
         if self.task == "segmentation":
             return torch.softmax(logits.float(), dim=1), logits
-        return logits_to_probs(logits, self.head), logits
+        scaled = logits if self.temperature == 1.0 else logits / self.temperature
+        return logits_to_probs(scaled, self.head), logits
 
 
 def normalize_batch(image: torch.Tensor, mode: str) -> torch.Tensor:
@@ -104,7 +112,8 @@ def build_graph(bundle: Bundle) -> tuple[InferenceGraph, PreprocessConfig]:
     if bundle.task == "segmentation":
         return InferenceGraph(network, task="segmentation"), bundle.preprocess
     outside, in_graph = split_preprocess(bundle.preprocess)
-    return InferenceGraph(network, task=bundle.task, head=bundle.model.head, normalize=in_graph), outside
+    return InferenceGraph(network, task=bundle.task, head=bundle.model.head, normalize=in_graph,
+                          temperature=bundle.temperature or 1.0), outside
 
 
 def describe_preprocessing(bundle: Bundle) -> dict[str, Any]:
@@ -163,6 +172,8 @@ def describe_preprocessing(bundle: Bundle) -> dict[str, Any]:
             "anti-aliased bilinear and 3D a Gaussian pre-filter with sigma (factor - 1) / 2 per shrunk axis"
         )
         in_graph = [_normalize_text(split_preprocess(cfg)[1], cfg.normalize), "network"]
+        if bundle.temperature is not None:
+            in_graph.append(calibration_text(bundle.temperature))
         in_graph.append(
             "sigmoid head: probabilities = [1 - sigmoid(logit), sigmoid(logit)]"
             if bundle.model.head == "sigmoid"
@@ -170,6 +181,7 @@ def describe_preprocessing(bundle: Bundle) -> dict[str, Any]:
         )
         after = [
             f"binary: '{bundle.label_names[1]}' when probabilities[1] >= {bundle.threshold}"
+            + (" (the calibrated probability)" if bundle.temperature is not None else "")
             if bundle.threshold is not None and len(bundle.label_names) == 2
             else "the most probable class",
             f"labels in order: {bundle.label_names}",
@@ -179,6 +191,12 @@ def describe_preprocessing(bundle: Bundle) -> dict[str, Any]:
         "in_graph": in_graph,
         "after_graph": after,
     }
+
+
+def calibration_text(temperature: float) -> str:
+    """How the graph applies a calibration temperature, in words (export.json)."""
+    return (f"temperature scaling: logits / {temperature!r} before the head (the 'logits' output is the "
+            "network's, before this division)")
 
 
 def _plan_text(scheme: dict[str, Any]) -> str:

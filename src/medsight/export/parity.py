@@ -107,21 +107,7 @@ def metric_value(bundle: Bundle, parity: ParityData, probs: np.ndarray, metric: 
         return _pooled_dice(probs.argmax(axis=1), parity.labels, probs.shape[1])
     from medsight.engine.metrics import classification_metrics
 
-    return float(classification_metrics(parity.labels, _calibrated(probs, bundle.temperature),
-                                        bundle.threshold)[metric])
-
-
-def _calibrated(probs: np.ndarray, temperature: float | None) -> np.ndarray:
-    """The graph's (uncalibrated) probabilities after the bundle's temperature, as the Predictor gives them:
-    softmax(log p / T) equals softmax(logits / T); one sigmoid column goes through its log-odds."""
-    if not temperature or temperature == 1.0:
-        return probs
-    p = np.clip(np.asarray(probs, np.float64), 1e-12, 1 - 1e-12)
-    if p.shape[1] == 1:
-        return (1 / (1 + np.exp(-np.log(p / (1 - p)) / temperature))).astype(np.float32)
-    scaled = np.log(p) / temperature
-    scaled = np.exp(scaled - scaled.max(axis=1, keepdims=True))
-    return (scaled / scaled.sum(axis=1, keepdims=True)).astype(np.float32)
+    return float(classification_metrics(parity.labels, probs, bundle.threshold)[metric])
 
 
 def _data_path(bundle: Bundle, folder: Path, data: str | None) -> Path:
@@ -153,7 +139,8 @@ def _classification_split(bundle: Bundle, path: Path, prep: PreprocessConfig, pr
     inputs = tensors.images.numpy()
     # the bundle's own normalisation, applied exactly as medsight.transforms.preprocess applies it
     normalised = np.stack([normalize(x, bundle.preprocess.normalize) for x in inputs]).astype(np.float32)
-    reference = predict_probs(bundle.build_model(), torch.from_numpy(normalised), head=bundle.model.head)
+    reference = predict_probs(bundle.build_model(), torch.from_numpy(normalised), head=bundle.model.head,
+                              temperature=bundle.temperature)
     skipped = f", {len(bad)} unreadable skipped" if bad else ""
     return ParityData(inputs, reference, tensors.labels.numpy(), f"val split of {path}: {len(inputs)} images{skipped}")
 

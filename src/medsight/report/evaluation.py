@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+from medsight.engine.evaluate import DISTANCE_KEYS
 from medsight.report.html import Figure, figures, fmt, key_values, page, paragraph, section, table
 
 HEADLINE_ORDER = (
@@ -83,20 +84,42 @@ def render_evaluation(metrics: dict, figs: list[Figure]) -> str:
 
 
 def _calibration_text(metrics: dict) -> str:
+    """The ECE, whether temperature scaling was applied and why, and whether it made the figures worse."""
     text = (
         f"Expected calibration error ({metrics['calibration']['mode']}): {fmt(metrics['ece'])}. "
         "0 means the predicted probabilities match the observed frequencies; 0.1 means they are "
         "off by 10 percentage points on average."
     )
+    choice = metrics["calibration"].get("temperature_choice")
+    if choice:
+        text += f" Temperature scaling on the validation split (n = {choice['n']}): {choice['reason']}."
+        text += _validation_figures(choice)
     temperature, before = metrics.get("temperature"), metrics.get("ece_uncalibrated")
     if temperature is None:
-        return text + (" The probabilities are the network's own (no temperature scaling)." if before is not None
-                       else "")
-    side = "softened (the network was over-confident)" if temperature > 1 else "sharpened (it was under-confident)"
-    return text + (
+        return text + " The probabilities are the network's own (no temperature scaling)."
+    side = "softens them" if temperature > 1 else "sharpens them"
+    text += (
         f" The probabilities are calibrated by temperature scaling: every logit is divided by T = "
         f"{fmt(temperature, 3)}, fitted on the validation split, which {side} without changing which class "
         f"is most probable. Before scaling the ECE was {fmt(before)}."
+    )
+    if before is not None and metrics["ece"] > before:
+        text += (f" On these {metrics['n']} cases temperature scaling made the calibration error worse "
+                 f"({fmt(before)} before, {fmt(metrics['ece'])} after).")
+    return text
+
+
+def _validation_figures(choice: dict) -> str:
+    """The validation NLL and ECE with and without the fitted temperature, and which of them it made worse."""
+    if choice.get("fitted") is None:
+        return ""
+    nll, ece = (choice["nll_before"], choice["nll_after"]), (choice["ece_before"], choice["ece_after"])
+    worse = [name for name, (old, new) in (("NLL", nll), ("ECE", ece)) if new > old]
+    return (
+        f" With the fitted T = {fmt(choice['fitted'], 3)} the validation NLL (each case scored by a T fitted on "
+        f"the other validation cases) went from {fmt(nll[0], 4)} to {fmt(nll[1], 4)}, and the validation ECE from "
+        f"{fmt(ece[0])} to {fmt(ece[1])}"
+        + (f": it made the validation {' and '.join(worse)} worse." if worse else ".")
     )
 
 
@@ -121,7 +144,8 @@ def _selective_section(metrics: dict) -> list[str]:
 def render_cv(summary: dict) -> str:
     """The cross-validation report: one row per fold, then mean and standard deviation."""
     keys = list(summary["metrics"])
-    header = ["fold", "cases"] + [DISPLAY_NAMES.get(k, k) for k in keys]
+    unit = summary.get("distance_unit")
+    header = ["fold", "cases"] + [_cv_label(k, unit) for k in keys]
     rows: list[list[object]] = []
     for i, n in enumerate(summary["n_per_fold"]):
         rows.append([f"fold {i}", n] + [summary["metrics"][k]["per_fold"][i] for k in keys])
@@ -134,8 +158,17 @@ def render_cv(summary: dict) -> str:
         "deviation (n - 1 denominator) shows how much the result depends on the split; n/a values are "
         "left out of the mean."
     )
+    if unit == "mixed":
+        note += (" HD95 and ASSD have no mean: some folds measured them in pixels (pictures without physical "
+                 "spacing) and some in millimetres.")
     body = section("Metrics per fold", table(header, rows), paragraph(note, note=True))
     return page(summary["title"], body)
+
+
+def _cv_label(key: str, distance_unit: str | None) -> str:
+    """A column name; HD95 and ASSD carry their unit (``px`` or ``mm``) when the folds agree on one."""
+    name = DISPLAY_NAMES.get(key, key)
+    return f"{name} ({distance_unit})" if key in DISTANCE_KEYS and distance_unit in ("px", "mm") else name
 
 
 def _interval(entry: dict) -> str:

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from medsight.engine.evaluate import DISTANCE_KEYS  # noqa: E402
 from medsight.report.html import Figure, figures, page, paragraph, section, table  # noqa: E402
 
 
@@ -25,15 +26,25 @@ class SegCase:
     dice: float
 
 
+#: How each ``distance_unit`` of :mod:`medsight.engine.seg_evaluate` is said in the report.
+DISTANCE_UNITS = {
+    "mm": "Distances (HD95, ASSD) are in millimetres",
+    "px": "Distances (HD95, ASSD) are in pixels: these images carry no physical spacing",
+    "mixed": "Distances (HD95, ASSD) are not pooled: some cases are pictures without physical spacing "
+             "(pixels) and some carry it (millimetres); each case's distances and unit are in per_case.csv",
+}
+
+
 def write_segmentation_report(
     out: Path, *, title: str, summary: dict, cases: list[SegCase], pixel: dict | None = None,
-    uncertainty: dict | None = None,
+    uncertainty: dict | None = None, distance_unit: str = "mm",
 ) -> Path:
     """Write ``out/report.html`` (self-contained) with overlays of the best, median and worst cases.
 
     Overlays: ground truth outlined in green, the prediction filled in red; for a volume, the
     slice with the most ground-truth foreground. ``pixel`` (binary tasks): the pooled pixel-level
-    ``auc``, ``pr_auc``, ``f1``, ``accuracy`` and the ``threshold`` they used.
+    ``auc``, ``pr_auc``, ``f1``, ``accuracy`` and the ``threshold`` they used. ``distance_unit``:
+    ``mm``, ``px`` or ``mixed`` (see :data:`DISTANCE_UNITS`); HD95 and ASSD are labelled with it.
     """
     out = Path(out)
     ranked = sorted(cases, key=lambda c: (np.nan_to_num(c.dice, nan=-1.0), c.case_id))
@@ -46,9 +57,10 @@ def write_segmentation_report(
     metric_rows = []
     for name, entry in summary.items():
         for metric, value in entry["metrics"].items():
-            metric_rows.append([name, metric, value["mean"], f"{_num(value['ci_low'])} – {_num(value['ci_high'])}"])
+            metric_rows.append([name, _metric_label(metric, distance_unit), value["mean"],
+                                f"{_num(value['ci_low'])} – {_num(value['ci_high'])}"])
     body = "\n".join([
-        paragraph(f"{len(cases)} cases. Distances (HD95, ASSD) are in millimetres; overlap metrics are computed "
+        paragraph(f"{len(cases)} cases. {DISTANCE_UNITS[distance_unit]}; overlap metrics are computed "
                   "inside the region of interest when the data set has one."),
         section("Metrics per class (mean over cases, 95% bootstrap CI)",
                 table(["class", "metric", "mean", "95% CI"], metric_rows)),
@@ -62,14 +74,17 @@ def write_segmentation_report(
     return path
 
 
+def _metric_label(metric: str, distance_unit: str) -> str:
+    return f"{metric} ({distance_unit})" if metric in DISTANCE_KEYS and distance_unit != "mixed" else metric
+
+
 def _uncertainty_section(uncertainty: dict) -> str:
-    rho = uncertainty["spearman_vs_dice"]
-    reading = ("the more uncertain cases are the lower-Dice ones" if np.isfinite(rho) and rho < 0 else
-               "uncertainty does not flag the low-Dice cases here" if np.isfinite(rho) else
-               "too few cases to tell (3 needed)")
+    """The correlation of case uncertainty with Dice and its ``reading``, which draws a conclusion only where
+    its n and p-value allow (:func:`medsight.report.evidence.correlation_reading`)."""
     return section("Uncertainty", paragraph(
         f"Case uncertainty: {uncertainty['measure']}. Spearman rank correlation with the case Dice: "
-        f"{_num(rho)} (p = {_num(uncertainty['p_value'])}, n = {uncertainty['n']}): {reading}."))
+        f"{_num(uncertainty['spearman_vs_dice'])} (p = {_num(uncertainty['p_value'])}, n = {uncertainty['n']}): "
+        f"{uncertainty['reading']}."))
 
 
 def _pixel_section(pixel: dict) -> str:
