@@ -27,6 +27,7 @@ from medsight.io.sr_writer import write_classification_sr
 REPO = Path(__file__).resolve().parents[2]
 CT_FILE = "dicom/pydicom/CT_small.dcm"
 CT_SERIES = "dicom/dcmqi/segmentations/ct-3slice"
+ENHANCED_CT = "dicom/pydicom/eCT_Supplemental.dcm"  # geometry in functional groups, FrameLaterality U
 MR_SERIES = "dicom/dcmqi/paramaps/pm-example-dcm/701-ADCb500"  # oblique, orientations rounded differently
 
 #: Warnings that the source file itself gives: the output copies the source's patient and study modules
@@ -88,6 +89,10 @@ def _series(root: Path, folder: str) -> Sample:
     return read_dicom_series(root / folder)
 
 
+def _file(root: Path, name: str) -> Sample:
+    return read_image(root / name)
+
+
 def _seg(image: Sample, path: Path) -> Path:
     """A SEG as `medsight pacs run` and `segment --dicom-seg` write it: the label volume on the series' grid."""
     labels = np.zeros(image.spatial_shape, np.uint8)
@@ -114,9 +119,11 @@ def _sc(image: Sample, path: Path) -> Path:
 OUTPUTS: list[tuple[str, str, Callable, Callable, str, dict[str, str]]] = [
     ("seg-ct-series", CT_SERIES, _series, _seg, "Segmentation", {}),
     ("seg-mr-oblique-series", MR_SERIES, _series, _seg, "Segmentation", {}),
-    ("sr-ct-file", CT_FILE, lambda root, rel: read_image(root / rel), _sr, "Comprehensive3DSR", {}),
+    ("sr-ct-file", CT_FILE, _file, _sr, "Comprehensive3DSR", {}),
     ("sr-ct-series", CT_SERIES, _series, _sr, "Comprehensive3DSR", {}),
-    ("sc-ct-file", CT_FILE, lambda root, rel: read_image(root / rel), _sc, "SCImage", UNKNOWN_LATERALITY),
+    ("sr-mr-oblique-series", MR_SERIES, _series, _sr, "Comprehensive3DSR", {}),
+    ("sr-enhanced-ct-file", ENHANCED_CT, _file, _sr, "Comprehensive3DSR", {}),
+    ("sc-ct-file", CT_FILE, _file, _sc, "SCImage", UNKNOWN_LATERALITY),
     ("sc-ct-series", CT_SERIES, _series, _sc, "SCImage", UNKNOWN_LATERALITY),
     ("sc-mr-oblique-series", MR_SERIES, _series, _sc, "SCImage", UNKNOWN_LATERALITY),
 ]
@@ -156,7 +163,7 @@ def test_a_capture_of_a_sided_source_states_its_side_and_passes(dciodvfy, shared
 
 
 def test_a_capture_of_an_enhanced_ct_carries_its_frame_laterality(dciodvfy, shared_data, tmp_path):
-    path = _sc(read_image(shared_data / "dicom/pydicom/eCT_Supplemental.dcm"), tmp_path / "sc.dcm")
+    path = _sc(read_image(shared_data / ENHANCED_CT), tmp_path / "sc.dcm")
     errors, warnings, _ = verify(dciodvfy, path)
     assert errors == [] and unexplained(warnings, INHERITED) == []
     sc = pydicom.dcmread(path)
@@ -164,7 +171,7 @@ def test_a_capture_of_an_enhanced_ct_carries_its_frame_laterality(dciodvfy, shar
 
 
 @pytest.mark.parametrize("source", [
-    CT_FILE, "dicom/pydicom/MR_small.dcm", "dicom/pydicom/emri_small.dcm", "dicom/pydicom/eCT_Supplemental.dcm",
+    CT_FILE, "dicom/pydicom/MR_small.dcm", "dicom/pydicom/emri_small.dcm", ENHANCED_CT,
     "dicom/pydicom/MR-SIEMENS-DICOM-WithOverlays.dcm", f"{CT_SERIES}/01.dcm", "dicom/dcmqi/segmentations/liver.dcm",
     "dicom/dcmqi/sr-example/sr.dcm",
 ])

@@ -101,3 +101,46 @@ def test_no_patient_fields_in_warnings_or_errors(shared_data, tmp_path, recwarn)
         write_classification_sr({"label": "x", "probabilities": {}}, image, tmp_path / "b.dcm", label_names=NAMES,
                                 model="m", version="1")
     assert all(name not in str(w.message) for w in recwarn) and name not in str(error.value)
+
+
+def _library_images(path) -> list:
+    """The IMAGE items of the report's Image Library (DCM 111028), with their descriptors."""
+    def images(items):
+        for item in items:
+            if item.ValueType == "IMAGE":
+                yield item
+            yield from images(item.get("ContentSequence", []))
+
+    library = [item for item in pydicom.dcmread(path).ContentSequence
+               if item.ConceptNameCodeSequence[0].CodeValue == "111028"]
+    return list(images(library))
+
+
+def _descriptor(image_item, code: str) -> float:
+    return next(float(item.MeasuredValueSequence[0].NumericValue) for item in image_item.ContentSequence
+                if item.ConceptNameCodeSequence[0].CodeValue == code)
+
+
+def test_an_enhanced_ct_is_described_from_its_functional_groups(shared_data, tmp_path):
+    """highdicom reads PixelSpacing at the top level; an enhanced CT keeps it in the functional groups."""
+    source = shared_data / "dicom/pydicom/eCT_Supplemental.dcm"
+    path = write_classification_sr(PREDICTION, read_image(source), tmp_path / "sr.dcm", label_names=NAMES,
+                                   model="m", version="1")
+    assert read_classification_sr(path)["probability"] == 0.8765432108766
+    (image,) = _library_images(path)
+    header = pydicom.dcmread(source, stop_before_pixels=True)
+    measures = header.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == header.SOPInstanceUID
+    assert _descriptor(image, "111026") == float(measures.PixelSpacing[1])  # Horizontal Pixel Spacing
+    assert _descriptor(image, "112225") == float(measures.SliceThickness)  # Slice Thickness
+    assert not hasattr(header, "PixelSpacing")  # the writer described a copy, not the source header
+
+
+def test_an_image_without_geometry_stays_in_the_evidence_but_not_the_library(shared_data, tmp_path):
+    """emri_small is an enhanced MR stripped of its functional groups: TID 1604 cannot describe it."""
+    source = shared_data / "dicom/pydicom/emri_small.dcm"
+    path = write_classification_sr(PREDICTION, read_image(source), tmp_path / "sr.dcm", label_names=NAMES,
+                                   model="m", version="1")
+    assert _library_images(path) == []
+    evidence = hd.sr.srread(path).get_evidence(current_procedure_only=True)
+    assert [str(sop) for _, _, sop, _ in evidence] == [pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID]

@@ -2,7 +2,10 @@
 
 The report is a highdicom Comprehensive 3D SR holding one TID 1500 *Imaging Measurement Report*:
 
-* an Image Library listing every source instance (the single file, or all slices of the series);
+* an Image Library listing every source instance (the single file, or all slices of the series); an enhanced
+  multi-frame CT/MR/PET file is described from its functional groups (spacing, orientation, the first frame's
+  position), and one that records no spacing, orientation, position or thickness anywhere is left out of the
+  library (it stays in the evidence), since TID 1604 cannot describe it;
 * an observer context naming the device: name ``medsight``, manufacturer ``medsight``, model name = the model;
 * one TID 1501 measurement group (algorithm *medsight <model>*, version = the model version) with
   the finding (*Finding*, DCM 121071 = the positive class: ``label_names[1]`` for a binary model, the decided label
@@ -123,7 +126,7 @@ def write_classification_sr(prediction: dict, image: Sample, path: Path, *, labe
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=_procedure(str(sources[0].get("Modality", ""))),
-        imaging_measurements=[group], referenced_images=sources,
+        imaging_measurements=[group], referenced_images=library_entries(sources) or None,
     )
     with no_patient_warnings():
         sr = hd.sr.Comprehensive3DSR(
@@ -133,6 +136,36 @@ def write_classification_sr(prediction: dict, image: Sample, path: Path, *, labe
             device_serial_number="none", series_description=f"medsight {model} classification", is_complete=True,
         )
     return save_dataset(sr, path)
+
+
+def library_entries(sources: list) -> list:
+    """Headers highdicom can describe in the Image Library (TID 1604 for CT, MR and PET: spacing, thickness,
+    orientation, position), taken from the functional groups of an enhanced file; headers without them are left out.
+    """
+    import copy
+
+    from medsight.io import dicom_geometry as geo
+
+    entries = []
+    for source in sources:
+        if source.get("Modality") not in _CROSS_SECTIONAL:
+            entries.append(source)
+            continue
+        entry = copy.deepcopy(source)
+        for keyword, sequence in _DESCRIPTORS.items():
+            value = geo.attribute(source, sequence, keyword)
+            if value not in (None, ""):
+                setattr(entry, keyword, value)
+        if all(entry.get(keyword) not in (None, "") for keyword in _DESCRIPTORS):
+            entries.append(entry)
+    return entries
+
+
+#: Modalities whose Image Library entries highdicom describes with TID 1604, and where each descriptor lives
+_CROSS_SECTIONAL = ("CT", "MR", "PT")
+_DESCRIPTORS = {"PixelSpacing": "PixelMeasuresSequence", "SliceThickness": "PixelMeasuresSequence",
+                "ImageOrientationPatient": "PlaneOrientationSequence",
+                "ImagePositionPatient": "PlanePositionSequence"}
 
 
 def read_classification_sr(path: Path) -> dict[str, Any]:
