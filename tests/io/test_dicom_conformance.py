@@ -144,6 +144,15 @@ def test_what_medsight_writes_passes_dciodvfy(dciodvfy, shared_data, tmp_path, s
     assert [w for w in inherited if w not in source_warnings] == []  # "inherited" must really come from the source
 
 
+@pytest.mark.parametrize("writer", [_seg, _sr, _sc], ids=["seg", "sr", "sc"])
+def test_outputs_of_a_de_identified_series_pass(dciodvfy, shared_data, tmp_path, writer):
+    """The feedback and research path: the series is de-identified first, then segmented or classified."""
+    anonymize_tree(shared_data / CT_SERIES, tmp_path / "anon", key=b"conformance")
+    errors, warnings, _ = verify(dciodvfy, writer(read_dicom_series(tmp_path / "anon"), tmp_path / "out.dcm"))
+    assert errors == []
+    assert unexplained(warnings, {**INHERITED, **DEIDENTIFIED, **UNKNOWN_LATERALITY}) == []
+
+
 @pytest.mark.parametrize(("laterality", "image_laterality"), [("R", None), (None, "L"), ("L", "L")])
 def test_a_capture_of_a_sided_source_states_its_side_and_passes(dciodvfy, shared_data, tmp_path, laterality,
                                                                 image_laterality):
