@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from medsight import __version__
+from medsight.atomic_write import atomic_write_bytes, write_error
 from medsight.config import ModelConfig, PreprocessConfig
-from medsight.errors import BundleError
+from medsight.errors import BundleError, OutputWriteError
 
 FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
@@ -86,17 +87,35 @@ class Bundle:
         return net.eval()
 
     def save(self, folder: str | Path) -> Path:
-        """Write the bundle atomically: a crash never leaves half a bundle behind."""
-        from safetensors.torch import save_file
+        """Write the bundle atomically: a crash or a full disk never leaves half a bundle behind.
+
+        The files are written into a staging folder next to ``folder``, which then replaces it;
+        if a write fails the staging folder is removed and an earlier bundle stays as it was.
+
+        Raises:
+            BundleError: there are no weights to save.
+            OutputWriteError: the disk is full or the folder is not writable.
+        """
+        from safetensors.torch import save
 
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         if self.state_dict is None:
             raise BundleError(folder, "no weights to save", "train the model first")
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict.items()}
-        save_file(tensors, str(staging / WEIGHTS))
-        (staging / MANIFEST).write_text(json.dumps(self.manifest(), indent=2))
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        except OSError as exc:
+            raise write_error(folder, exc) from exc
+        try:
+            for name, data in ((WEIGHTS, save(tensors)), (MANIFEST, json.dumps(self.manifest(), indent=2).encode())):
+                try:
+                    atomic_write_bytes(staging / name, data)
+                except OutputWriteError as exc:  # name the file the user asked for, not the staging copy
+                    raise OutputWriteError(folder / name, exc.problem, exc.fix) from exc
+        except BaseException:
+            _remove_tree(staging)
+            raise
         if folder.exists():
             old = folder.with_name(f".{folder.name}-old-{os.getpid()}")
             folder.rename(old)

@@ -11,7 +11,9 @@ Layout of ``checkpoints/last.safetensors``:
   caller's ``state`` (epoch, early stopping, history, ...).
 
 A crash while writing leaves the previous checkpoint intact: the bytes go to a temporary
-file in the same folder, are flushed to disk, then renamed over the old file.
+file in the same folder, are flushed to disk, then renamed over the old file
+(:mod:`medsight.atomic_write`); a full disk removes the temporary file and raises
+:class:`~medsight.errors.OutputWriteError`.
 
 Example:
     >>> save_checkpoint(path, model=model, optimizer=opt, scheduler=sched, state={"epoch": 3})
@@ -23,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medsight.atomic_write import atomic_write_bytes
 from medsight.errors import MedsightError
 
 FORMAT = "medsight-checkpoint/1"
@@ -48,6 +50,7 @@ def save_checkpoint(
     state: dict[str, Any],
     best_state: dict[str, torch.Tensor] | None = None,
     averaged: dict[str, torch.Tensor] | None = None,
+    prior_best: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write model, optimizer, scheduler, RNG states and ``state`` atomically to ``path``.
 
@@ -59,12 +62,19 @@ def save_checkpoint(
         state: JSON-able training state (epoch, early stopping, history...).
         best_state: the best weights so far, saved under the ``best.`` prefix.
         averaged: the moving average of the weights (``train.ema``), under the ``ema.`` prefix.
+        prior_best: a run its time limit cut inside an epoch whose validation became the best: the
+            best weights before that epoch, which a resumed run that completes the epoch goes back
+            to (``prior_best.`` prefix).
+
+    Raises:
+        OutputWriteError: the disk is full or the folder not writable (the previous checkpoint is kept).
     """
     from safetensors.torch import save
 
     tensors = _prefixed("model.", model.state_dict())
     tensors.update(_prefixed("best.", best_state or {}))
     tensors.update(_prefixed("ema.", averaged or {}))
+    tensors.update(_prefixed("prior_best.", prior_best or {}))
     optim = optimizer.state_dict()
     plain_state: dict[str, dict[str, Any]] = {}
     for index, slots in optim["state"].items():
@@ -101,8 +111,8 @@ def load_checkpoint(
 
     Returns:
         The ``state`` given to :func:`save_checkpoint`, plus ``"best_state"``: the best
-        weights (CPU tensors; empty when none were saved), and ``"averaged"``: the weight
-        average (empty when none was saved).
+        weights (CPU tensors; empty when none were saved), ``"averaged"``: the weight
+        average, and ``"prior_best"`` (both empty when none was saved).
 
     Raises:
         MedsightError: the file is missing, corrupt, not a medsight checkpoint, or does not
@@ -131,7 +141,8 @@ def load_checkpoint(
             path, f"the checkpoint does not fit this model or optimizer ({_first_line(exc)})",
             f"resume with the config that wrote it, or {_FIX}",
         ) from exc
-    return {**meta["state"], "best_state": _unprefixed("best.", tensors), "averaged": _unprefixed("ema.", tensors)}
+    return {**meta["state"], "best_state": _unprefixed("best.", tensors), "averaged": _unprefixed("ema.", tensors),
+            "prior_best": _unprefixed("prior_best.", tensors)}
 
 
 def _follow_schedule(optimizer: torch.optim.Optimizer, scheduler, configured: list[float]) -> None:
@@ -140,26 +151,6 @@ def _follow_schedule(optimizer: torch.optim.Optimizer, scheduler, configured: li
     for group, base, factor in zip(optimizer.param_groups, configured, scheduler.lr_lambdas, strict=True):
         group["initial_lr"] = base
         group["lr"] = base * factor(scheduler.last_epoch)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never half.
-
-    The bytes go to ``<path>.tmp`` in the same folder, are fsynced, then renamed over ``path``.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    if hasattr(os, "O_DIRECTORY"):
-        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medsight.atomic_write import atomic_write_bytes, atomic_write_text
 from medsight.config import PreprocessConfig
 from medsight.errors import ConfigError, DatasetError, MedsightError
 
@@ -99,7 +99,7 @@ def run_pretrain(
     info = {"mode": mode, "model": model, "model_kwargs": kwargs, "preprocess": preprocess.model_dump(),
             "data": [str(d) for d in data], "epochs": epochs, "seed": seed,
             "weights": str(out / "weights.safetensors"), **info}
-    (out / "pretrain.json").write_text(json.dumps(info, indent=2))
+    atomic_write_text(out / "pretrain.json", json.dumps(info, indent=2))
     return info
 
 
@@ -117,7 +117,7 @@ def _supervised(data, out: Path, *, model, kwargs, preprocess, epochs, batch_siz
         "eval.bootstrap": 0,
     })
     summary = run_training(cfg, out=out / "run", progress=progress)
-    shutil.copyfile(out / "run" / "model" / "weights.safetensors", out / "weights.safetensors")
+    atomic_write_bytes(out / "weights.safetensors", (out / "run" / "model" / "weights.safetensors").read_bytes())
     metrics = json.loads((out / "run" / "metrics.json").read_text())
     return {"source_run": str(out / "run"), "summary": summary,
             "source_metrics": {k: metrics[k] for k in ("split", "n", "auc", "accuracy") if k in metrics}}
@@ -251,7 +251,7 @@ def encoder_and_projection(model_name: str, kwargs: dict, channels: int) -> tupl
 
 
 def _simclr(sources, out: Path, *, model, kwargs, preprocess, epochs, batch_size, lr, temperature, seed, progress):
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from medsight.engine.device import pick_device
 
@@ -285,6 +285,6 @@ def _simclr(sources, out: Path, *, model, kwargs, preprocess, epochs, batch_size
         if progress:
             print(f"simclr epoch {epoch}/{epochs}  nt-xent {total / steps:.4f}", flush=True)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    save_file(state, str(out / "weights.safetensors"))
+    atomic_write_bytes(out / "weights.safetensors", save(state))
     return {"n_images": len(images), "temperature": temperature, "batch_size": batch, "lr": lr,
             "seconds": round(time.perf_counter() - started, 1), "history": history, **info}
