@@ -42,7 +42,7 @@ import torch
 from medsight.bundle import Bundle, provenance
 from medsight.config import ModelConfig, RunConfig
 from medsight.engine import distributed
-from medsight.engine.callbacks import ProgressDisplay, RunLog
+from medsight.engine.callbacks import ProgressDisplay, TimeLimit, open_run_log, time_limit_reason
 from medsight.engine.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from medsight.engine.device import pick_device, set_threads
 from medsight.engine.optim import TimeBudget, build_optimizer, build_scheduler, current_lr
@@ -71,7 +71,8 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
     (on val Dice), seed and time limit; ``segment.*`` the patches, loss and inference.
 
     Returns:
-        ``{"best_epoch", "best_val_dice", "epochs_run", "bundle", "metrics"}``.
+        ``{"best_epoch", "best_val_dice", "epochs_run", "stop_reason", "bundle", "metrics"}``; the stop
+        reason is empty when the run trained all its epochs.
 
     Raises:
         DatasetError: fewer than 2 cases, or a case without a mask.
@@ -102,7 +103,8 @@ def train_segmenter(cfg: RunConfig, *, out: Path, resume: bool = False, progress
     state, best_state = _fit(cfg, data, net, device, out=out, resume=resume, progress=progress and main,
                              started=started)
     net.load_state_dict(best_state)
-    result = {"best_epoch": state["best_epoch"], "best_val_dice": state["best_dice"], "epochs_run": state["epoch"]}
+    result = {"best_epoch": state["best_epoch"], "best_val_dice": state["best_dice"], "epochs_run": state["epoch"],
+              "stop_reason": state.get("stop_reason", "")}
     if not main:
         return {**result, "bundle": "", "metrics": {}}
     return {**result, **_ship(cfg, data, net, kwargs, state, best_state, device, out)}
@@ -123,57 +125,74 @@ def _fit(cfg: RunConfig, data: TrainingSet, net: torch.nn.Module, device: torch.
     state: dict[str, Any] = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
     best_state: dict[str, torch.Tensor] = {}
     average = WeightAverage(net, cfg.train.ema) if cfg.train.ema else None
+    epochs, patience, limit_min = cfg.train.epochs, cfg.train.patience, cfg.train.time_limit_min
+    cut = None  # the epoch the time limit cut, continued where it stopped: {"steps", "train_loss", ...}
     if resume:  # a missing checkpoint is a clear error from load_checkpoint
         state = load_checkpoint(out / CHECKPOINT, model=net, optimizer=optimizer, scheduler=scheduler)
-        best_state = state.pop("best_state")
+        best_state, prior_best = state.pop("best_state"), state.pop("prior_best")
         rng.bit_generator.state = state.pop("numpy_rng")
         _resume_average(average, state.pop("averaged"), out / CHECKPOINT)
+        cut = state.pop("cut", None)
+        if limit_min and state["seconds"] > limit_min * 60:
+            epochs, cut = state["epoch"], None  # resumed past the time limit given now: nothing more to train
+        elif cut is not None:  # back to before the cut epoch, which is trained to its end
+            best_state = prior_best or best_state
+            state.update(epoch=state["epoch"] - 1, history=state["history"][:-1], best_dice=cut["best_dice"],
+                         best_epoch=cut["best_epoch"])
     validated = average.network if average else net  # what is validated, kept as best and shipped
     train_set = ([data.images[i] for i in data.train_idx], [data.labels[i] for i in data.train_idx])
-    epochs, patience, limit = cfg.train.epochs, cfg.train.patience, cfg.train.time_limit_min
-    resumed_seconds = state["seconds"]  # the time limit counts the time trained before a resume too
-    if limit and resumed_seconds > limit * 60:
-        epochs = state["epoch"]  # resumed past the time limit given now: nothing more to train
-    run_log = RunLog(out) if main else distributed.NullLog()
-    step = PatchStep(net, optimizer, loss_fn, cfg, device, run_log, average)
-    with ProgressDisplay(progress, epochs, "val_dice") as display:
+    steps = cfg.segment.steps_per_epoch
+    limit = TimeLimit(limit_min, state["seconds"], clock=time.perf_counter, started=started)
+    with open_run_log(out, write=main) as run_log, \
+            ProgressDisplay(progress, epochs, "val_dice", unit="patches") as display:
+        step = PatchStep(net, optimizer, loss_fn, cfg, device, run_log, average)
         for epoch in range(state["epoch"] + 1, epochs + 1):
-            display.start_epoch(epoch, cfg.segment.steps_per_epoch)
+            display.start_epoch(epoch, steps, data.batch, cut["steps"] if cut else 0)
             lr = current_lr(optimizer)  # the rate this epoch trains at
-            loss, seconds = _train_epoch(cfg, step, augment, rng, train_set, data.patch, data.batch, display)
+            loss, done, seconds = _train_epoch(cfg, step, augment, rng, train_set, data.patch, data.batch, display,
+                                               limit, cut)
+            trained_now = done - (cut["steps"] if cut else 0)
+            cut = None
             # rank 0's clock decides the time limit and the time-following learning rate on every rank
-            seconds_so_far = distributed.broadcast(resumed_seconds + time.perf_counter() - started)
+            seconds_so_far = distributed.broadcast(limit.elapsed())
             budget.update(seconds_so_far)
-            scheduler.step()
-            time_up = bool(limit and seconds_so_far > limit * 60)
+            if done == steps:  # a cut epoch keeps its rate: a resumed run finishes it at that rate
+                scheduler.step()
+            time_up = done < steps or limit.passed(seconds_so_far)
             validate = main and (epoch % cfg.segment.val_every == 0 or epoch == epochs or time_up)
             row = distributed.broadcast({
                 "epoch": epoch, "train_loss": loss,
                 "val_dice": _val_dice(cfg, validated, data, device) if validate else float("nan"), "lr": lr,
-                "patches_per_s": round(cfg.segment.steps_per_epoch * data.batch / seconds, 1),
+                "patches_per_s": round(trained_now * data.batch / seconds, 1),
             })
+            before = {"best_dice": state["best_dice"], "best_epoch": state["best_epoch"]}
+            prior_best = best_state
             if row["val_dice"] > state["best_dice"]:
                 state.update(best_dice=row["val_dice"], best_epoch=epoch)
                 best_state = {k: v.detach().cpu().clone() for k, v in validated.state_dict().items()}
             state["epoch"] = epoch
-            state["seconds"] = resumed_seconds + time.perf_counter() - started
+            state["seconds"] = limit.elapsed()
             state["history"].append({**row, "seconds": round(state["seconds"], 1)})
-            if main:
-                save_checkpoint(out / CHECKPOINT, model=net, optimizer=optimizer, scheduler=scheduler,
-                                state={**state, "numpy_rng": rng.bit_generator.state}, best_state=best_state,
-                                averaged=average.state_dict() if average else None)
-            run_log.write(state["history"])
             stop = ""
             if patience and epoch - state["best_epoch"] >= patience:
                 stop = f"no better val Dice for {patience} epochs"
             elif time_up:  # both tests read broadcast values, so every rank stops together
-                stop = f"the time limit of {limit} min is reached"
+                stop = time_limit_reason(limit_min, (done, steps, epoch) if done < steps else None)
+            state["stop_reason"] = stop
+            saved = {**state, "numpy_rng": rng.bit_generator.state}
+            if done < steps:
+                saved["cut"] = {"steps": done, "train_loss": loss, **before}
+            if main:
+                save_checkpoint(out / CHECKPOINT, model=net, optimizer=optimizer, scheduler=scheduler,
+                                state=saved, best_state=best_state,
+                                averaged=average.state_dict() if average else None,
+                                prior_best=prior_best if done < steps and best_state is not prior_best else None)
+            run_log.write(state["history"])
             best = "  (best)" if state["best_epoch"] == epoch else ""
             display.end_epoch(state["history"][-1], best + (f"; stopping: {stop}" if stop else ""))
             if stop:
                 run_log.note(f"stopped after epoch {epoch}: {stop}")
                 break
-    run_log.close()
     return state, best_state
 
 
@@ -249,26 +268,32 @@ def _augmenter(cfg: RunConfig, spatial_dims: int):
     return augment if augment.enabled else None
 
 
-def _train_epoch(cfg: RunConfig, step: PatchStep, augment, rng, train_set, patch, batch,
-                 display) -> tuple[float, float]:
-    """One epoch of ``segment.steps_per_epoch`` patch batches: ``(mean loss, seconds)``.
+def _train_epoch(cfg: RunConfig, step: PatchStep, augment, rng, train_set, patch, batch, display,
+                 limit: TimeLimit, cut: dict[str, Any] | None) -> tuple[float, int, float]:
+    """One epoch of ``segment.steps_per_epoch`` patch batches, or fewer when the time limit is reached
+    between two steps: ``(mean loss, steps done, seconds)``. ``cut`` (a resumed run's
+    ``{"steps", "train_loss"}`` of the epoch its time limit cut) goes on after the steps already done.
 
     Every rank draws and augments the same global batch from the shared generator and trains
     on its share of it; the mean loss is over all ranks.
     """
     step.eager.train()
+    steps, done = cfg.segment.steps_per_epoch, cut["steps"] if cut else 0
     total, start = torch.zeros(()), time.perf_counter()
-    for _ in range(cfg.segment.steps_per_epoch):
+    if cut is not None and distributed.is_main():  # the ranks' sums are added up: rank 0 carries the steps done
+        total += cut["train_loss"] * done * distributed.world_size()
+    while done < steps:
         x, y = sample_patches(*train_set, patch_size=patch, batch_size=batch,
                               foreground_fraction=cfg.segment.foreground_fraction, generator=rng)
         x, y = torch.from_numpy(x), torch.from_numpy(y)
         if augment is not None:
             x, y = augment(x, y, generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
-        value = step(x, y).cpu()
-        total += value
-        display.advance(1, float(value))
-    steps = cfg.segment.steps_per_epoch
-    return distributed.mean_over_ranks(total, steps), time.perf_counter() - start
+        total += step(x, y).cpu()
+        done += 1
+        display.advance(1, lambda total=total, done=done: float(total) / done)
+        if done < steps and limit.reached():
+            break
+    return distributed.mean_over_ranks(total, done), done, time.perf_counter() - start
 
 
 def _val_dice(cfg: RunConfig, net: torch.nn.Module, data: TrainingSet, device: torch.device) -> float:
@@ -315,6 +340,7 @@ def _bundle(cfg: RunConfig, data: TrainingSet, kwargs: dict[str, Any], threshold
         provenance=provenance(
             run=cfg.name, data=str(cfg.data.path), plan=data.plan, best_epoch=state["best_epoch"],
             epochs_run=state["epoch"], train_seconds=round(state["seconds"], 1), seed=cfg.train.seed,
+            stop_reason=state.get("stop_reason", ""),
             threshold_note=note, data_config=cfg.data.model_dump(mode="json", exclude={"path", "class_names"}),
             split={split: [data.cases[i][0] for i in idx]
                    for split, idx in (("train", data.train_idx), ("val", data.val_idx))},

@@ -28,7 +28,8 @@ def train_segmentation(cfg: RunConfig, *, out: Path, resume: bool, progress: boo
     result = train_segmenter(cfg, out=out, resume=resume, progress=progress)
     if not is_main():  # under DDP only rank 0 reports
         return ""
-    return seg_summary("val", result["metrics"]) + (
+    stopped = f"\nstopped early: {result['stop_reason']}" if result["stop_reason"] else ""
+    return seg_summary("val", result["metrics"]) + stopped + (
         f"\nbest epoch {result['best_epoch']} of {result['epochs_run']}\n"
         f"bundle:  {out / 'model'}\nreport:  {out / 'report.html'}\nmetrics: {out / 'metrics.json'}"
     )

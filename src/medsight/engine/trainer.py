@@ -18,8 +18,9 @@ from __future__ import annotations
 import numbers
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,14 @@ from torch import nn
 
 from medsight.config import TrainConfig
 from medsight.engine import distributed
-from medsight.engine.callbacks import Callback, EarlyStopping, ProgressDisplay, RunLog
+from medsight.engine.callbacks import (
+    Callback,
+    EarlyStopping,
+    ProgressDisplay,
+    TimeLimit,
+    open_run_log,
+    time_limit_reason,
+)
 from medsight.engine.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from medsight.engine.data import TensorSet, inverse_frequency_weights, iterate_batches
 from medsight.engine.device import autocast, grad_scaler, pick_device, set_threads, to_device
@@ -37,7 +45,6 @@ from medsight.engine.fit_checks import check_inputs, check_outputs
 from medsight.engine.optim import TimeBudget, build_optimizer, build_scheduler, current_lr, step_scheduler
 from medsight.models.heads import logits_to_probs
 
-LOSS_EVERY = 10  # batches between reads of the running loss (a device sync) for the live bar
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -131,65 +138,70 @@ def fit(
     sample_weights = weights[train.labels] if cfg.balanced_sampling else None
     metric = cfg.early_stopping_metric
     stopper = EarlyStopping(metric, cfg.patience)
-    history: list[dict[str, float]] = []
-    best_state: dict[str, torch.Tensor] = {}
-    stop_reason = ""
-    resumed_seconds = 0.0  # the time limit counts the time trained before a resume too
+    run = _Run()
     checkpoint = run_dir / CHECKPOINT
     if resume:
-        history, best_state, resumed_seconds, stop_reason = _resume(
-            checkpoint, cfg, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, stopper=stopper
-        )
+        run = _resume(checkpoint, cfg, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                      stopper=stopper)
     elif main:
         _clear_run(run_dir)
+    history, best_state, stop_reason = run.history, run.best_state, run.stop_reason
     net = distributed.wrap(model, device)  # DDP over the processes of a torchrun launch, else model
-    started = time.perf_counter()
-    log = RunLog(run_dir) if main else distributed.NullLog()
-    try:
+    limit = TimeLimit(cfg.time_limit_min, run.seconds, clock=time.perf_counter)
+    steps = _num_batches(len(train), cfg.batch_size)
+    with open_run_log(run_dir, write=main) as log, ProgressDisplay(progress and main, cfg.epochs, metric) as display:
         log.write_csv(history)
-        with ProgressDisplay(progress and main, cfg.epochs, metric) as display:
-            for epoch in range(len(history) + 1, cfg.epochs + 1):
-                if stop_reason:
-                    break
-                epoch_start = time.perf_counter()
-                generator = _seed_epoch(cfg.seed, epoch)
-                display.start_epoch(epoch, _num_batches(len(train), cfg.batch_size))
-                net.train()
-                row = {"epoch": epoch, "lr": current_lr(optimizer)}
-                row["train_loss"] = _train_epoch(
-                    net, train, cfg=cfg, loss_fn=train_loss, optimizer=optimizer, scaler=scaler,
-                    generator=generator, sample_weights=sample_weights, augment=augment, device=device,
-                    display=display,
-                )
-                if main:  # rank 0 validates; every rank takes its row, so all stop together
-                    row.update(_validate(model, val, cfg, head=head, loss_fn=val_loss, device=device))
-                row = distributed.broadcast(row)
-                if stopper.update(epoch, row[metric]):
-                    best_state = _cpu_state(model)
-                # rank 0's clock decides the time limit and the time-following rate, for every rank
-                elapsed = distributed.broadcast(resumed_seconds + time.perf_counter() - started)
-                budget.update(elapsed)
+        for epoch in range(len(history) + 1, cfg.epochs + 1):
+            if stop_reason:
+                break
+            epoch_start = time.perf_counter()
+            cut, run.cut = run.cut, None  # a cut epoch is continued where it stopped, with its random streams
+            generator = _seed_epoch(cfg.seed, epoch, seed_global=cut is None)
+            display.start_epoch(epoch, steps, cfg.batch_size, cut["steps"] if cut else 0)
+            net.train()
+            row = {"epoch": epoch, "lr": current_lr(optimizer)}
+            row["train_loss"], done = _train_epoch(
+                net, train, cfg=cfg, loss_fn=train_loss, optimizer=optimizer, scaler=scaler,
+                generator=generator, sample_weights=sample_weights, augment=augment, device=device,
+                display=display, limit=limit, cut=cut,
+            )
+            if main:  # rank 0 validates; every rank takes its row, so all stop together
+                row.update(_validate(model, val, cfg, head=head, loss_fn=val_loss, device=device))
+            row = distributed.broadcast(row)
+            before = {"early_stopping": stopper.state_dict(), "best_state": best_state}
+            if stopper.update(epoch, row[metric]):
+                best_state = _cpu_state(model)
+            # rank 0's clock decides the time limit and the time-following rate, for every rank
+            elapsed = distributed.broadcast(limit.elapsed())
+            budget.update(elapsed)
+            if done == steps:  # a cut epoch keeps its rate: a resumed run finishes it at that rate
                 step_scheduler(scheduler, row[metric])
-                row["seconds"] = time.perf_counter() - epoch_start
-                history.append(row)
+            row["seconds"] = time.perf_counter() - epoch_start
+            history.append(row)
+            state = {
+                "epoch": epoch, "history": history, "early_stopping": stopper.state_dict(),
+                "scaler": scaler.state_dict(), "seconds": elapsed,
+            }
+            prior_best = None
+            if done < steps:
+                stop_reason = time_limit_reason(cfg.time_limit_min, (done, steps, epoch))
+                state["cut"] = {"steps": done, "train_loss": row["train_loss"],
+                                "early_stopping": before["early_stopping"]}
+                prior_best = before["best_state"] if best_state is not before["best_state"] else None
+            else:
                 stop_reason = _stop_reason(stopper, cfg, epoch, elapsed)  # broadcast inputs: the same on all ranks
-                state = {
-                    "epoch": epoch, "history": history, "early_stopping": stopper.state_dict(),
-                    "scaler": scaler.state_dict(), "stop_reason": stop_reason, "seconds": elapsed,
-                }
-                if main:
-                    save_checkpoint(
-                        checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
-                        best_state=best_state,
-                    )
-                log.write(history)
-                display.end_epoch(row, f"; stopping: {stop_reason}" if stop_reason else "")
-                if stop_reason:
-                    log.note(f"stopped after epoch {epoch}: {stop_reason}")
-                for callback in callbacks:
-                    callback.on_epoch_end(epoch, row)
-    finally:
-        log.close()
+            state["stop_reason"] = stop_reason
+            if main:
+                save_checkpoint(
+                    checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
+                    best_state=best_state, prior_best=prior_best,
+                )
+            log.write(history)
+            display.end_epoch(row, f"; stopping: {stop_reason}" if stop_reason else "")
+            if stop_reason:
+                log.note(f"stopped after epoch {epoch}: {stop_reason}")
+            for callback in callbacks:
+                callback.on_epoch_end(epoch, row)
     model.to(memory_format=torch.contiguous_format)  # hand back a plain model (export, bundles)
     return FitResult(
         best_state=best_state or _cpu_state(model),
@@ -279,13 +291,24 @@ def _train_epoch(
     augment: Callable | None,
     device: torch.device,
     display: ProgressDisplay,
-) -> float:
-    """One pass over ``data``; returns the mean training loss (one device sync per epoch).
+    limit: TimeLimit,
+    cut: dict[str, Any] | None = None,
+) -> tuple[float, int]:
+    """One pass over ``data``, or less when the time limit is reached between two steps.
 
+    Returns ``(mean training loss, steps done)`` with one device sync per epoch. ``cut`` (a resumed
+    run's ``{"steps", "train_loss"}`` of the epoch its time limit cut) skips the steps already
+    trained, drawing their augmentations again so that the epoch's generator goes on where it was.
     Under DDP every rank draws and augments the same global batch and trains on its shard of it.
     """
     total = torch.zeros((), device=device)
-    seen = 0
+    seen = skip = 0
+    if cut is not None:
+        skip = cut["steps"]
+        if distributed.is_main():  # the ranks' sums are added up: rank 0 carries the steps already done
+            seen = skip * cfg.batch_size
+            total += cut["train_loss"] * seen
+    steps = _num_batches(len(data), cfg.batch_size)
     batches = iterate_batches(
         data, cfg.batch_size, shuffle=True, generator=generator, sampler_weights=sample_weights,
         drop_last=len(data) > cfg.batch_size,
@@ -293,6 +316,8 @@ def _train_epoch(
     for step, (images, labels) in enumerate(batches, 1):
         if augment is not None:
             images, _ = augment(images, None, generator=generator)
+        if step <= skip:
+            continue
         images, labels = distributed.shard(images, labels)
         images, labels = to_device(images, device), labels.to(device, non_blocking=True)
         with autocast(device, cfg.amp, cpu_bf16=cfg.cpu_amp):
@@ -304,23 +329,44 @@ def _train_epoch(
         scaler.update()
         total += loss.detach() * len(labels)
         seen += len(labels)
-        live_loss = float(total) / seen if display.live and step % LOSS_EVERY == 0 else None
-        display.advance(1, live_loss)
-    return distributed.mean_over_ranks(total, seen)
+        display.advance(1, lambda total=total, seen=seen: float(total) / seen)
+        if step < steps and limit.reached():
+            return distributed.mean_over_ranks(total, seen), step
+    return distributed.mean_over_ranks(total, seen), steps
+
+
+@dataclass
+class _Run:
+    """Where a run stands: what a fresh run starts from, or what :func:`_resume` read."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    seconds: float = 0.0  # trained before (the time limit counts it)
+    stop_reason: str = ""  # non-empty: the run has nothing more to train
+    cut: dict[str, Any] | None = None  # the epoch the time limit cut, to continue: {"steps", "train_loss"}
 
 
 def _resume(checkpoint: Path, cfg: TrainConfig, *, model: nn.Module, optimizer, scheduler, scaler,
-            stopper: EarlyStopping) -> tuple[list[dict[str, float]], dict[str, torch.Tensor], float, str]:
-    """Load the checkpoint into the model, optimizer, scheduler, scaler and early stopping;
-    returns ``(history, best_state, seconds trained, stop reason)``, the reason non-empty when the
-    run had already finished by early stopping or is past the time limit given now."""
+            stopper: EarlyStopping) -> _Run:
+    """Load the checkpoint into the model, optimizer, scheduler, scaler and early stopping.
+
+    The stop reason is non-empty when the run had already finished by early stopping or is past the
+    time limit given now. A run its time limit cut inside an epoch, with time left now, goes back to
+    the history, early stopping and best weights from before that epoch, and continues it.
+    """
     saved = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
-    history, best_state = saved["history"], saved["best_state"]
+    history, best_state, cut = saved["history"], saved["best_state"], saved.get("cut")
     stopper.load_state_dict(saved["early_stopping"])
     if saved["scaler"]:
         scaler.load_state_dict(saved["scaler"])
     seconds = saved.get("seconds", sum(row["seconds"] for row in history))  # older checkpoints: summed epochs
-    return history, best_state, seconds, saved["stop_reason"] if stopper.should_stop else _time_up(cfg, seconds)
+    if stopper.should_stop:
+        return _Run(history, best_state, seconds, saved["stop_reason"])
+    reason = _time_up(cfg, seconds)
+    if reason or cut is None:
+        return _Run(history, best_state, seconds, reason)
+    stopper.load_state_dict(cut["early_stopping"])
+    return _Run(history[:-1], saved["prior_best"] or best_state, seconds, "", cut)
 
 
 def _validate(model: nn.Module, val: TensorSet, cfg: TrainConfig, *, head: str, loss_fn: Loss,
@@ -345,10 +391,14 @@ def _logits(model: nn.Module, images: torch.Tensor, *, batch_size: int, device: 
     return torch.cat(outputs)
 
 
-def _seed_epoch(seed: int, epoch: int) -> torch.Generator:
-    """Seed the global torch RNG (dropout) and return the epoch's generator, both from (seed, epoch)."""
+def _seed_epoch(seed: int, epoch: int, *, seed_global: bool = True) -> torch.Generator:
+    """Seed the global torch RNG (dropout) and return the epoch's generator, both from (seed, epoch).
+
+    ``seed_global=False`` (a cut epoch continued) leaves the global RNG as the checkpoint restored it.
+    """
     data_seed, global_seed = np.random.SeedSequence([seed % 2**64, epoch]).generate_state(2, dtype=np.uint64)
-    torch.manual_seed(int(global_seed))
+    if seed_global:
+        torch.manual_seed(int(global_seed))
     return torch.Generator().manual_seed(int(data_seed))
 
 
@@ -366,7 +416,7 @@ def _stop_reason(stopper: EarlyStopping, cfg: TrainConfig, epoch: int, elapsed: 
 
 def _time_up(cfg: TrainConfig, elapsed: float) -> str:
     if cfg.time_limit_min is not None and elapsed > cfg.time_limit_min * 60:
-        return f"time limit of {cfg.time_limit_min:g} min reached"
+        return time_limit_reason(cfg.time_limit_min)
     return ""
 
 
