@@ -164,3 +164,42 @@ def test_in_graph_normalisation_equals_the_numpy_preprocessing(mode: str) -> Non
     ours = normalize_batch(torch.from_numpy(batch), mode).numpy()
     expected = np.stack([normalize(x, mode) for x in batch])
     assert np.abs(ours - expected).max() <= 1e-5
+
+
+def test_export_json_describes_the_temperature_the_graph_divides_the_logits_by(
+    exported: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A calibrated bundle (T = 2.5): the graph's 'probabilities' are softmax(logits / T), which the predictor
+    and the threshold use, and export.json says so; without a temperature it says that and why."""
+    import onnxruntime as ort
+
+    from medsight.inference.predictor import Predictor
+
+    plain = json.loads((exported[0] / "export.json").read_text())
+    assert plain["temperature"] is None and plain["formats"]["onnx"]["calibration"]["in_graph"] is False
+    assert plain["formats"]["onnx"]["calibration"]["why"].startswith("not fitted: ")  # 48 images: too few
+    bundle = tmp_path / "model"
+    shutil.copytree(exported[0], bundle)
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    manifest["temperature"] = 2.5
+    manifest["provenance"]["calibration"] = {"reason": "fitted T = 2.500 lowered the validation NLL 0.5 -> 0.4"}
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(_cli(), ["export", str(bundle), "--format", "onnx", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    written = json.loads((bundle / "export.json").read_text())
+    assert written["temperature"] == 2.5 and written["threshold"] == manifest["threshold"]
+    calibration = written["formats"]["onnx"]["calibration"]
+    assert calibration["temperature"] == 2.5 and calibration["in_graph"] is True
+    assert calibration["how"].startswith("the graph divides the logits by T = 2.5 before the softmax, so "
+                                         "'probabilities' are calibrated and the threshold applies to them")
+    assert calibration["why"] == "fitted T = 2.500 lowered the validation NLL 0.5 -> 0.4"
+    steps = written["formats"]["onnx"]["preprocessing"]
+    assert "temperature scaling: logits / 2.5 before the head" in steps["in_graph"][2]
+    assert steps["after_graph"][0].endswith("(the calibrated probability)")
+    images, _ = _val_images(bundle)
+    session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    probs, logits = session.run(["probabilities", "logits"], {"image": images})
+    scaled = np.exp(logits / 2.5 - (logits / 2.5).max(axis=1, keepdims=True))
+    assert np.abs(probs - scaled / scaled.sum(axis=1, keepdims=True)).max() <= 1e-5
+    torch_probs = Predictor(bundle, backend="torch").predict_arrays(images)
+    assert np.abs(probs - torch_probs).max() <= 1e-4  # what medsight itself predicts with T = 2.5
