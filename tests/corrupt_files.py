@@ -219,3 +219,47 @@ def _corrupt_nifti_header(raw: bytes, kind: str, rng: random.Random) -> bytes:
         for _ in range(rng.randint(2, 8)):
             buffer[rng.randrange(0, 348)] = rng.randrange(256)
     return bytes(buffer)
+
+
+def nifti_bomb(path: str | Path, shape: tuple[int, ...] = (1024, 1024, 512), dtype: str = "uint8") -> Path:
+    """A ``.nii.gz`` of zeros that declares ``shape`` (about 0.5 MB for 1024x1024x512 uint8).
+
+    Written as concatenated gzip members (valid gzip: readers inflate them as one stream),
+    so the zeros are compressed once and the volume is never held in memory.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.dtype(dtype))
+    header.set_qform(np.eye(4), code=1)
+    header["vox_offset"] = 352
+    total = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    block = 1 << 24
+    zeros = gzip.compress(bytes(block), compresslevel=9, mtime=0)
+    with open(path, "wb") as f:
+        f.write(gzip.compress(header.binaryblock + b"\0" * 4, mtime=0))  # 4 bytes: no extension
+        for _ in range(total // block):
+            f.write(zeros)
+        f.write(gzip.compress(bytes(total % block), mtime=0))
+    return Path(path)
+
+
+def png_bomb(path: str | Path, width: int, height: int) -> Path:
+    """An 8-bit grey PNG of zeros, ``width`` x ``height`` (a few hundred KB), written row block by row block."""
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    compressor = zlib.compressobj(9)
+    block = b"\0" * ((width + 1) * 256)  # 256 rows, each a filter byte 0 and its pixels
+    parts = [compressor.compress(block) for _ in range(height // 256)]
+    parts.append(compressor.compress(b"\0" * ((width + 1) * (height % 256))))
+    parts.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    Path(path).write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+    )
+    return Path(path)

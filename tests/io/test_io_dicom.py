@@ -228,7 +228,7 @@ def _no_pixels(src: Path, dst: Path) -> Path:
     [
         (_empty, UnreadableFileError, ["empty (0 bytes)", "re-export"]),
         (_text, UnreadableFileError, ["not a DICOM file", "check what the file really is"]),
-        (_truncated_pixels, UnreadableFileError, ["truncated or corrupt", "re-export"]),
+        (_truncated_pixels, UnreadableFileError, ["pixel data is shorter than", "file is truncated", "copy it again"]),
         (_truncated_header, UnreadableFileError, ["truncated or corrupt", "re-export"]),
         (_no_pixels, UnsupportedFileError, ["no pixel data", "pass an image file"]),
     ],

@@ -17,7 +17,13 @@ Contract (every reader, see :class:`medsight.data.sample.Sample`):
   spacing where the file carries no orientation.
 * ``meta``: JSON-able source facts (``path``, ``format``, and for DICOM ``modality``,
   ``photometric``, ``transfer_syntax``, ``window``, the UIDs). Never patient identifiers.
-* Bad input raises a :class:`medsight.errors.MedsightError` naming the file and the fix.
+* Bad input raises a :class:`medsight.errors.MedsightError` naming the file and the fix,
+  whatever the decoding library raised (a last safety net in :func:`read_image` turns any
+  other exception into an :class:`~medsight.errors.UnreadableFileError`).
+* Size: every reader checks the size its header declares against a voxel limit before it
+  decodes a pixel (:mod:`medsight.io.limits`; ``max_voxels=``, ``$MEDSIGHT_MAX_VOXELS``).
+* ``self_contained=True`` (the service's uploads) refuses a file that refers to another
+  file: a NRRD ``data file``, a NIfTI ``.hdr``/``.img`` pair header, a DICOMDIR.
 
 ========================================  ======================================
 input                                     reader
@@ -37,13 +43,16 @@ Example:
 
 from __future__ import annotations
 
+import logging
+import traceback
 from pathlib import Path
 
 from medsight.data.sample import Sample
-from medsight.errors import ConfigError, UnreadableFileError, UnsupportedFileError
+from medsight.errors import ConfigError, MedsightError, UnreadableFileError, UnsupportedFileError
 from medsight.io.dicom import is_dicom_file, read_dicom_file
 from medsight.io.dicom_series import SeriesInfo, list_series, read_dicom_series
 from medsight.io.image import read_image_file, to_channels, write_png
+from medsight.io.limits import CLI_MAX_VOXELS, SERVICE_MAX_VOXELS, check_voxels, default_max_voxels
 from medsight.io.nifti import read_nifti, write_nifti
 from medsight.io.npz import medmnist_sample, read_medmnist
 from medsight.io.nrrd import read_nrrd
@@ -57,13 +66,19 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 #: Every suffix :func:`read_image` knows (DICOM files without a suffix are read too).
 SUPPORTED_SUFFIXES = NIFTI_SUFFIXES + NRRD_SUFFIXES + IMAGE_SUFFIXES + DICOM_SUFFIXES
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "CLI_MAX_VOXELS",
     "PHI_KEYWORDS",
+    "SERVICE_MAX_VOXELS",
     "SUPPORTED_SUFFIXES",
     "WINDOW_PRESETS",
     "SeriesInfo",
     "Window",
     "apply_window",
+    "check_voxels",
+    "default_max_voxels",
     "is_dicom_file",
     "image_stem",
     "is_image_file",
@@ -85,7 +100,14 @@ __all__ = [
 ]
 
 
-def read_image(path: str | Path, *, window: Window = None, series_uid: str | None = None) -> Sample:
+def read_image(
+    path: str | Path,
+    *,
+    window: Window = None,
+    series_uid: str | None = None,
+    max_voxels: int | None = None,
+    self_contained: bool = False,
+) -> Sample:
     """Read any supported image file or DICOM folder into a :class:`Sample`.
 
     Args:
@@ -94,24 +116,57 @@ def read_image(path: str | Path, *, window: Window = None, series_uid: str | Non
             ``bone``, ``brain``, ``abdomen``, ``liver``, ``soft_tissue``), ``"file"`` for a
             DICOM's own window, or ``(center, width)``; output is then in ``[0, 1]``.
         series_uid: for a folder with several DICOM series, the one to read.
+        max_voxels: the most values the header may declare (all axes, channels and frames);
+            None for :func:`~medsight.io.limits.default_max_voxels`. The service passes
+            :data:`~medsight.io.limits.SERVICE_MAX_VOXELS`.
+        self_contained: refuse a file that refers to another file (a NRRD detached
+            header, a NIfTI pair header, a DICOMDIR): an upload must be one file.
 
     Raises:
-        UnreadableFileError: missing, empty, truncated or corrupt file.
-        UnsupportedFileError: a file type medsight does not read.
+        UnreadableFileError: missing, empty, truncated or corrupt file, or one that no
+            reader could decode (whatever its library raised).
+        ImageTooLargeError: the header declares more voxels than ``max_voxels``.
+        UnsupportedFileError: a file type medsight does not read, or with
+            ``self_contained`` a file that refers to another file.
         DatasetError: a DICOM folder with several series and no (or an unknown) ``series_uid``.
-        ConfigError: an unknown window, or ``series_uid`` for a single file.
+        ConfigError: an unknown window, ``series_uid`` for a single file, or a bad limit.
     """
     path = Path(path)
+    try:
+        return _read(path, window, series_uid, max_voxels, self_contained)
+    except MedsightError:
+        raise
+    except Exception as exc:  # the last safety net: one bad file never stops a batch
+        log.debug(
+            "%s: %s while decoding (message left out: it may echo file content)\n%s",
+            path,
+            type(exc).__name__,
+            "".join(traceback.format_tb(exc.__traceback__)),
+        )
+        raise UnreadableFileError(
+            path,
+            f"could not be decoded ({type(exc).__name__})",
+            "check that it is a complete image file of the type its name says; export or copy it again",
+        ) from None
+
+
+def _read(
+    path: Path, window: Window, series_uid: str | None, max_voxels: int | None, self_contained: bool
+) -> Sample:
     if path.is_dir():
-        return read_dicom_series(path, series_uid=series_uid, window=window)
+        return read_dicom_series(path, series_uid=series_uid, window=window, max_voxels=max_voxels)
     if not path.is_file():
         raise UnreadableFileError(path, "no such file or folder", "check the path")
     if series_uid is not None:
         raise ConfigError(path, "series_uid applies to a DICOM folder, not a single file", "pass the folder")
     kind = _kind(path)
     if kind == "dicom":
-        return read_dicom_file(path, window=window)
-    sample = {"nifti": read_nifti, "nrrd": read_nrrd, "image": read_image_file}[kind](path)
+        return read_dicom_file(path, window=window, max_voxels=max_voxels, self_contained=self_contained)
+    if kind == "image":
+        sample = read_image_file(path, max_voxels=max_voxels)
+    else:
+        reader = read_nifti if kind == "nifti" else read_nrrd
+        sample = reader(path, max_voxels=max_voxels, self_contained=self_contained)
     center_width = resolve_window(window, None)
     if center_width is not None:
         sample.array = apply_window(sample.array, *center_width)

@@ -10,6 +10,12 @@ What comes out (see :mod:`medsight.io` for the whole contract):
 * with a window, the windowed values in ``[0, 1]`` (window first, then MONOCHROME1
   inversion, as DICOM's display pipeline does).
 
+Damaged files: NumberOfFrames x Rows x Columns x SamplesPerPixel is checked against the
+voxel limit (:mod:`medsight.io.limits`) before any pixel is decoded; a file that ends before
+its pixel data, or whose pixel data is shorter than its header declares, is reported as
+truncated; anything else pydicom or a decoder raises becomes an
+:class:`~medsight.errors.UnreadableFileError` naming the file.
+
 Example:
     >>> s = read_dicom_file("CT_small.dcm", window="abdomen")
     >>> s.array.shape, s.meta["modality"]
@@ -19,27 +25,40 @@ Example:
 from __future__ import annotations
 
 import logging
-import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pixel_array
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from medsight.data.sample import Sample
 from medsight.errors import ConfigError, MissingDecoderError, UnreadableFileError, UnsupportedFileError
 from medsight.io import dicom_geometry as geo
+from medsight.io.limits import DECODE_ERRORS, check_voxels
 from medsight.io.windowing import Window, apply_window, resolve_window
 
 log = logging.getLogger(__name__)
 
-#: What pydicom raises on a damaged header (it has no single base class for these).
-READ_ERRORS = (InvalidDicomError, BytesLengthException, OSError, EOFError, ValueError, struct.error)
+#: What pydicom raises on a damaged file (it has no single base class for these).
+READ_ERRORS = (InvalidDicomError, BytesLengthException, *DECODE_ERRORS)
+#: The SOP class of a DICOMDIR, an index that refers to other files.
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 
 _REEXPORT = "re-export the file from the PACS or scanner"
+_COPY_AGAIN = "export or copy it again"
+UNDEFINED_LENGTH = 0xFFFFFFFF
 _JPEG = "pip install pylibjpeg pylibjpeg-libjpeg"
 _J2K = "pip install pylibjpeg pylibjpeg-openjpeg"
 #: The package that decodes each compressed transfer syntax (by UID prefix match).
@@ -118,7 +137,14 @@ def open_dataset(path: str | Path, *, stop_before_pixels: bool = False) -> Datas
     return ds
 
 
-def read_dicom_file(path: str | Path, *, window: Window = None, frame: int | None = None) -> Sample:
+def read_dicom_file(
+    path: str | Path,
+    *,
+    window: Window = None,
+    frame: int | None = None,
+    max_voxels: int | None = None,
+    self_contained: bool = False,
+) -> Sample:
     """Read one DICOM file into a :class:`Sample`.
 
     Args:
@@ -126,27 +152,56 @@ def read_dicom_file(path: str | Path, *, window: Window = None, frame: int | Non
         window: None for rescaled values, or a window (preset name, ``"file"``,
             ``(center, width)``) for values in ``[0, 1]``; see :mod:`medsight.io.windowing`.
         frame: for a multi-frame file, read only this frame (0-based) as a 2D image.
+        max_voxels: the most values to decode (frames x rows x columns x samples); None
+            for the default limit.
+        self_contained: say that a DICOMDIR refers to other files, as the service does.
 
     Raises:
         UnreadableFileError: empty, not DICOM, truncated or corrupt.
-        UnsupportedFileError: no pixel data (e.g. a structured report) or a transfer
-            syntax pydicom cannot decode.
+        ImageTooLargeError: the header declares more values than ``max_voxels``.
+        UnsupportedFileError: no pixel data (e.g. a structured report, a DICOMDIR) or a
+            transfer syntax pydicom cannot decode.
         MissingDecoderError: a compressed file whose decoder package is not installed.
         ConfigError: an unknown window or a frame index out of range.
     """
     path = Path(path)
     ds = open_dataset(path)
-    n_frames = number_of_frames(ds)
-    if frame is not None and not 0 <= frame < n_frames:
-        raise ConfigError(
-            path, f"frame={frame} but the file has {n_frames} frame(s)", f"pick 0..{n_frames - 1}"
-        )
-    values = dicom_values(ds, path, frame=frame)
-    values, window_used = present(values, ds, window)
-    spacing, affine = _file_geometry(ds, values.ndim - 1, frame)
-    meta = dicom_meta(ds, path)
+    with corrupt_as_unreadable(path):
+        _refuse_directory(path, ds, self_contained)
+        n_frames = number_of_frames(ds)
+        if frame is not None and not 0 <= frame < n_frames:
+            raise ConfigError(
+                path, f"frame={frame} but the file has {n_frames} frame(s)", f"pick 0..{n_frames - 1}"
+            )
+        shape = declared_shape(ds)
+        check_voxels(path, shape if frame is None else shape[1:], max_voxels, source=_DECLARED)
+        values = dicom_values(ds, path, frame=frame)
+        values, window_used = present(values, ds, window)
+        spacing, affine = _file_geometry(ds, values.ndim - 1, frame)
+        meta = dicom_meta(ds, path)
     meta.update(n_frames=n_frames, frame=frame, window=window_used)
     return Sample(values, spacing=spacing, affine=affine, meta=meta)
+
+
+_DECLARED = "the header (frames x rows x columns x samples)"
+
+
+@contextmanager
+def corrupt_as_unreadable(path: str | Path) -> Iterator[None]:
+    """Turn what pydicom or a pixel decoder raises on a damaged file into an :class:`UnreadableFileError`."""
+    try:
+        yield
+    except READ_ERRORS as err:
+        raise UnreadableFileError(
+            path, f"the DICOM file is corrupt ({type(err).__name__}: {err})", _REEXPORT
+        ) from err
+
+
+def declared_shape(ds: Dataset) -> tuple[int, int, int, int]:
+    """``(frames, rows, columns, samples per pixel)`` as the header declares them, before decoding."""
+    return number_of_frames(ds), int(ds.get("Rows") or 0), int(ds.get("Columns") or 0), int(
+        ds.get("SamplesPerPixel") or 1
+    )
 
 
 def number_of_frames(ds: Dataset) -> int:
@@ -218,14 +273,25 @@ def _fill_transfer_syntax(ds: Dataset) -> None:
         ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
 
 
-def _decode(ds: Dataset, path: str | Path, frame: int | None) -> np.ndarray:
-    if "PixelData" not in ds:
-        kind = ds.SOPClassUID.name if "SOPClassUID" in ds else "this object"
+def _refuse_directory(path: Path, ds: Dataset, self_contained: bool) -> None:
+    """A DICOMDIR is an index of other files, never an image."""
+    sop_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
+    if sop_class != MEDIA_STORAGE_DIRECTORY and "DirectoryRecordSequence" not in ds:
+        return
+    if self_contained:
         raise UnsupportedFileError(
             path,
-            f"no pixel data ({kind}, modality {ds.get('Modality', '?')}); it is not an image",
-            "pass an image file (CT, MR, CR, US, ...) or leave this file out of the image folder",
+            "it is a DICOMDIR, an index that refers to other files; an upload must be one self-contained file",
+            "send one DICOM Part-10 image instance (a .dcm), a .nrrd with attached data or a .nii/.nii.gz",
         )
+    raise UnsupportedFileError(
+        path, "it is a DICOMDIR, an index of other files, not an image", "pass the folder that holds the image files"
+    )
+
+
+def _decode(ds: Dataset, path: str | Path, frame: int | None) -> np.ndarray:
+    if "PixelData" not in ds:
+        _no_pixel_data(ds, path)
     ts = UID(ds.file_meta.TransferSyntaxUID)
     try:
         decoder = get_decoder(ts)
@@ -242,12 +308,69 @@ def _decode(ds: Dataset, path: str | Path, frame: int | None) -> np.ndarray:
             f"pixel data is compressed as {ts.name} ({ts}) and no decoder for it is installed",
             f"install one: `{install}`",
         )
+    if not ts.is_encapsulated:
+        _check_native_length(ds, path)
     try:
         return pixel_array(ds, index=frame)
-    except (ValueError, RuntimeError) as err:
+    except READ_ERRORS as err:
         raise UnreadableFileError(
             path, f"the pixel data cannot be decoded, the file is truncated or corrupt ({err})", _REEXPORT
         ) from err
+
+
+def _no_pixel_data(ds: Dataset, path: str | Path) -> None:
+    """A file that ends inside an element is truncated; a complete file without pixels is no image."""
+    kind = str(UID(str(ds.get("SOPClassUID", ""))).name) if "SOPClassUID" in ds else "this object"
+    if _ends_early(Path(path), ds):
+        raise UnreadableFileError(
+            path,
+            f"the file ends inside its header, before any pixel data ({kind}): it is truncated",
+            _COPY_AGAIN,
+        )
+    raise UnsupportedFileError(
+        path,
+        f"no pixel data ({kind}, modality {ds.get('Modality', '?')}); it is not an image",
+        "pass an image file (CT, MR, CR, US, ...) or leave this file out of the image folder",
+    )
+
+
+def _ends_early(path: Path, ds: Dataset) -> bool:
+    """Whether the file stops inside its last element (pydicom keeps what it could read of it).
+
+    The elements as read, before pydicom converts them, know where their value starts and
+    how long it should be; a value that would end past the end of the file, or a tail too
+    short to hold the next element's tag, means the file was cut. (A deflated data set's
+    offsets are in the inflated stream; a cut one fails to inflate instead.)
+    """
+    if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        return False
+    as_read = pydicom.dcmread(path, force=True)
+    ends = [
+        element.value_tell + element.length
+        for element in (as_read.get_item(tag) for tag in as_read.keys())  # noqa: SIM118 (iter converts)
+        if isinstance(element, RawDataElement) and element.length != UNDEFINED_LENGTH
+    ]
+    if not ends:
+        return False
+    size = path.stat().st_size
+    return max(ends) > size or 0 < size - max(ends) < 8
+
+
+def _check_native_length(ds: Dataset, path: str | Path) -> None:
+    """Uncompressed pixel data must hold all that rows x columns x frames x samples x bits declare."""
+    bits = int(ds.get("BitsAllocated") or 0)
+    if not bits:
+        return  # pydicom says which element is missing
+    frames, rows, columns, samples = declared_shape(ds)
+    expected = (frames * rows * columns * samples * bits + 7) // 8
+    got = len(ds.PixelData)
+    if got < expected:
+        raise UnreadableFileError(
+            path,
+            f"the pixel data is shorter than its {rows} rows x {columns} columns x {frames} frame(s) x "
+            f"{samples} sample(s) x {bits} bits declare (got {got:,} of {expected:,} bytes): the file is truncated",
+            _COPY_AGAIN,
+        )
 
 
 def _rescale(plane: np.ndarray, ds: Dataset, frame: int) -> np.ndarray:

@@ -10,6 +10,9 @@ segmentations, presentation states, DICOMDIR) are left out of the listing; copie
 one instance (same SOPInstanceUID) count once. A file that looks like DICOM but cannot
 be parsed stops the scan with an error rather than leaving a hole in the volume.
 
+Before any pixel is decoded, the slices' headers are checked against the voxel limit
+(:mod:`medsight.io.limits`): slices x rows x columns x samples per pixel.
+
 Example:
     >>> [s.series_uid for s in list_series("study/")]
     ['1.2.826.0.1.3680043.2.1125...']
@@ -31,6 +34,8 @@ from medsight.data.sample import Sample
 from medsight.errors import DatasetError
 from medsight.io import dicom_geometry as geo
 from medsight.io.dicom import (
+    corrupt_as_unreadable,
+    declared_shape,
     dicom_meta,
     dicom_values,
     is_dicom_file,
@@ -39,6 +44,7 @@ from medsight.io.dicom import (
     present,
     read_dicom_file,
 )
+from medsight.io.limits import check_voxels
 from medsight.io.windowing import Window
 
 log = logging.getLogger(__name__)
@@ -67,7 +73,13 @@ def list_series(folder: str | Path) -> list[SeriesInfo]:
     return [_info(uid, headers) for uid, headers in _scan(Path(folder)).items()]
 
 
-def read_dicom_series(folder: str | Path, *, series_uid: str | None = None, window: Window = None) -> Sample:
+def read_dicom_series(
+    folder: str | Path,
+    *,
+    series_uid: str | None = None,
+    window: Window = None,
+    max_voxels: int | None = None,
+) -> Sample:
     """Read one series under ``folder`` as a volume ``(C, S, R, C)`` (slice, row, column).
 
     Args:
@@ -75,12 +87,14 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None, wind
         series_uid: which SeriesInstanceUID to read; needed when there are several.
         window: None for rescaled values (HU for CT), or a window for values in
             ``[0, 1]``; ``"file"`` uses the first slice's WindowCenter/WindowWidth.
+        max_voxels: the most values to decode, summed over the slices; None for the default limit.
 
     Raises:
         DatasetError: no image series, several series and no ``series_uid``, an unknown
             ``series_uid``, or slices that do not stack (different sizes, positions shared
             by several slices).
         UnreadableFileError: a DICOM file in it is truncated or corrupt.
+        ImageTooLargeError: the slices' headers declare more values than ``max_voxels``.
     """
     folder = Path(folder)
     series = _scan(folder)
@@ -97,8 +111,9 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None, wind
         )
     headers = series[series_uid] if series_uid is not None else next(iter(series.values()))
     if len(headers) == 1:
-        return read_dicom_file(headers[0][0], window=window)
-    return _read_volume(folder, headers, window)
+        return read_dicom_file(headers[0][0], window=window, max_voxels=max_voxels)
+    with corrupt_as_unreadable(folder):
+        return _read_volume(folder, headers, window, max_voxels)
 
 
 def _scan(folder: Path) -> dict[str, list[tuple[Path, Dataset]]]:
@@ -137,7 +152,9 @@ def _describe(series: dict[str, list[tuple[Path, Dataset]]]) -> str:
     return "; ".join(f"{i.series_uid} ({i.modality} '{i.description}', {i.n_files} files)" for i in infos)
 
 
-def _read_volume(folder: Path, headers: list[tuple[Path, Dataset]], window: Window) -> Sample:
+def _read_volume(
+    folder: Path, headers: list[tuple[Path, Dataset]], window: Window, max_voxels: int | None
+) -> Sample:
     multi = [path.name for path, header in headers if number_of_frames(header) > 1]
     if multi:
         raise DatasetError(
@@ -146,11 +163,16 @@ def _read_volume(folder: Path, headers: list[tuple[Path, Dataset]], window: Wind
             "read each multi-frame file on its own with read_dicom_file",
         )
     _check_sizes(folder, headers)
+    _, rows, columns, samples = declared_shape(headers[0][1])
+    check_voxels(
+        folder,
+        (len(headers), rows, columns, samples),
+        max_voxels,
+        source=f"the series ({len(headers)} slice headers, slices x rows x columns x samples)",
+    )
     ordered, positions, iop = _sort_slices(folder, headers)
     datasets = [open_dataset(path) for path, _ in ordered]
-    volume = np.stack(
-        [dicom_values(ds, path) for (path, _), ds in zip(ordered, datasets, strict=True)], axis=1
-    )
+    volume = np.stack([_slice_values(ds, path) for (path, _), ds in zip(ordered, datasets, strict=True)], axis=1)
     values, window_used = present(volume, datasets[0], window)
     in_plane = geo.pixel_spacing(datasets[0])
     if positions is None or iop is None:
@@ -167,6 +189,12 @@ def _read_volume(folder: Path, headers: list[tuple[Path, Dataset]], window: Wind
     meta = dicom_meta(datasets[0], folder)
     meta.update(n_slices=len(ordered), window=window_used, slice_files=[str(p) for p, _ in ordered])
     return Sample(values, spacing=spacing, affine=affine, meta=meta)
+
+
+def _slice_values(ds: Dataset, path: Path) -> np.ndarray:
+    """One slice's rescaled values; a damaged slice is named in the error."""
+    with corrupt_as_unreadable(path):
+        return dicom_values(ds, path)
 
 
 def _check_sizes(folder: Path, headers: list[tuple[Path, Dataset]]) -> None:

@@ -16,6 +16,13 @@ P (palette)                    ``(3, H, W)``, or ``(1, H, W)`` luminance if the 
 EXIF orientation is applied; a multi-page TIFF/GIF gives its first page (``meta["n_frames"]``
 says how many there are).
 
+Size: :func:`read_image_file` reads the size from the header (Pillow opens lazily) and
+checks width x height x bands against medsight's voxel limit (:mod:`medsight.io.limits`)
+before anything is decoded. That limit replaces Pillow's own ``MAX_IMAGE_PIXELS``, which
+this module switches off: Pillow would refuse, with a bare ``DecompressionBombError``, a
+14000x14000 radiograph that the command line's limit allows. Should Pillow's check be
+switched back on and fire, its error becomes the same :class:`ImageTooLargeError`.
+
 Example:
     >>> s = read_image_file("xray.png")
     >>> s.array.shape, s.meta["mode"]
@@ -30,7 +37,11 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from medsight.data.sample import Sample
-from medsight.errors import ConfigError, InvalidImageError, UnreadableFileError
+from medsight.errors import ConfigError, ImageTooLargeError, InvalidImageError, UnreadableFileError
+from medsight.io.limits import DECODE_ERRORS, check_voxels
+
+#: medsight's voxel limit, checked on the header before decoding, decides instead (see above).
+Image.MAX_IMAGE_PIXELS = None
 
 _GREY_MODES = ("L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
 #: A palette whose colours differ by at most this many levels between R, G and B is grey
@@ -39,13 +50,19 @@ GREY_PALETTE_TOLERANCE = 2.0
 #: ITU-R BT.601 luma weights for RGB -> grey.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 _RESAVE = "open and save it again in an image editor, or export it again from the source"
+_PILLOW_BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
-def read_image_file(path: str | Path) -> Sample:
+def read_image_file(path: str | Path, *, max_voxels: int | None = None) -> Sample:
     """Read a 2D image into a float32 ``(C, H, W)`` :class:`Sample` with spacing 1.0.
+
+    Args:
+        path: a PNG, JPEG, TIFF, GIF or BMP file.
+        max_voxels: the most values (width x height x bands) to decode; None for the default limit.
 
     Raises:
         UnreadableFileError: empty, truncated, corrupt or not an image Pillow knows.
+        ImageTooLargeError: the header declares more values than ``max_voxels``.
     """
     path = Path(path)
     if not path.is_file():
@@ -53,12 +70,19 @@ def read_image_file(path: str | Path) -> Sample:
     if path.stat().st_size == 0:
         raise UnreadableFileError(path, "the file is empty (0 bytes)", _RESAVE)
     try:
-        with Image.open(path) as opened:
-            n_frames = int(getattr(opened, "n_frames", 1))
+        with Image.open(path) as opened:  # reads the header only
             mode, fmt, size = opened.mode, opened.format, opened.size
+            check_voxels(path, (size[1], size[0], len(opened.getbands())), max_voxels)
+            n_frames = int(getattr(opened, "n_frames", 1))
             image = ImageOps.exif_transpose(opened)
             image.load()
-    except (OSError, SyntaxError, ValueError) as err:
+    except _PILLOW_BOMB as err:
+        raise ImageTooLargeError(
+            path,
+            f"Pillow's own limit refuses it as a decompression bomb ({err})",
+            "crop or downsample it; medsight's limit decides when Pillow's Image.MAX_IMAGE_PIXELS is None",
+        ) from err
+    except (SyntaxError, *DECODE_ERRORS) as err:
         raise UnreadableFileError(
             path, f"the image cannot be decoded, it is truncated or corrupt ({err})", _RESAVE
         ) from err

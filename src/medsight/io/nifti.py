@@ -13,40 +13,64 @@ Example:
 from __future__ import annotations
 
 import gzip
-import zlib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError, HeaderTypeError, ImageDataError
 
 from medsight.data.sample import Sample
-from medsight.errors import InvalidImageError, UnreadableFileError
+from medsight.errors import InvalidImageError, UnreadableFileError, UnsupportedFileError
+from medsight.io.limits import DECODE_ERRORS, check_voxels
 
-_READ_ERRORS = (ImageFileError, OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile)
+_READ_ERRORS = (ImageFileError, HeaderDataError, HeaderTypeError, ImageDataError, *DECODE_ERRORS)
+_REWRITE = "write the NIfTI file again"
+#: The magic of a header whose voxels live in a separate ``.img`` file (NIfTI-1, NIfTI-2).
+_PAIR_MAGICS = ((344, b"ni1\0"), (4, b"ni2\0"))
 
 
-def read_nifti(path: str | Path) -> Sample:
+def read_nifti(path: str | Path, *, max_voxels: int | None = None, self_contained: bool = False) -> Sample:
     """Read a NIfTI file into a :class:`Sample` (float32, channel-first, RAS affine).
+
+    The header is read first: its shape is checked against ``max_voxels`` before any voxel
+    is decoded (see :mod:`medsight.io.limits`).
+
+    Args:
+        path: a ``.nii`` or ``.nii.gz`` file.
+        max_voxels: the most voxels to decode; None for the default limit.
+        self_contained: refuse a header that says its voxels are in another file (an
+            ``.hdr``/``.img`` pair's magic ``ni1``), as the service does for uploads.
 
     Raises:
         UnreadableFileError: empty, truncated or not a NIfTI file.
+        ImageTooLargeError: the header declares more voxels than ``max_voxels``.
+        UnsupportedFileError: a pair header when ``self_contained``.
         InvalidImageError: NaN/infinite voxels, or not 2, 3 or 4 dimensions.
     """
     path = Path(path)
     if not path.is_file():
         raise UnreadableFileError(path, "no such file", "check the path")
     if path.stat().st_size == 0:
-        raise UnreadableFileError(path, "the file is empty (0 bytes)", "write the NIfTI file again")
+        raise UnreadableFileError(path, "the file is empty (0 bytes)", _REWRITE)
     try:
-        image = nib.load(path)
+        pair = _is_pair_header(path)
+        image = nib.load(path)  # the header only; voxels are read by get_fdata
+        shape = tuple(int(n) for n in image.shape)
+    except _READ_ERRORS as err:
+        raise _unreadable(path, err) from err
+    if pair and self_contained:
+        raise UnsupportedFileError(
+            path,
+            "the NIfTI header says its voxels are in another file (an .hdr/.img pair); "
+            "an upload must be one self-contained file",
+            "send a single .nii or .nii.gz (e.g. nibabel: nib.save(nib.load('x.hdr'), 'x.nii.gz'))",
+        )
+    check_voxels(path, shape, max_voxels)
+    try:
         data = np.asarray(image.get_fdata(dtype=np.float32))
     except _READ_ERRORS as err:
-        raise UnreadableFileError(
-            path,
-            f"cannot be read as NIfTI, the file is truncated or corrupt ({err})",
-            "write the NIfTI file again",
-        ) from err
+        raise _unreadable(path, err) from err
     if data.ndim not in (2, 3, 4):
         raise InvalidImageError(
             path,
@@ -71,6 +95,20 @@ def read_nifti(path: str | Path) -> Sample:
     }
     return Sample(
         np.ascontiguousarray(array, dtype=np.float32), spacing=zooms, affine=image.affine.copy(), meta=meta
+    )
+
+
+def _is_pair_header(path: Path) -> bool:
+    """Whether the raw header carries a pair magic (nibabel rewrites the magic of what it loads)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as f:
+        head = f.read(348)
+    return any(head[offset : offset + len(magic)] == magic for offset, magic in _PAIR_MAGICS)
+
+
+def _unreadable(path: Path, err: Exception) -> UnreadableFileError:
+    return UnreadableFileError(
+        path, f"cannot be read as NIfTI, the file is truncated or corrupt ({type(err).__name__}: {err})", _REWRITE
     )
 
 

@@ -1,5 +1,8 @@
 """MedMNIST ``.npz`` archives: the official ``{split}_images`` / ``{split}_labels`` keys.
 
+Each array's ``.npy`` header (its shape) is read from the zip archive and checked against
+the voxel limit (:mod:`medsight.io.limits`) before the array is inflated and loaded.
+
 Example:
     >>> splits = read_medmnist("breastmnist.npz")
     >>> {name: images.shape for name, (images, labels) in splits.items()}
@@ -17,13 +20,19 @@ import numpy as np
 
 from medsight.data.sample import Sample
 from medsight.errors import DatasetError, UnreadableFileError
+from medsight.io.limits import DECODE_ERRORS, check_voxels
 
 #: The split names MedMNIST uses, in order.
 SPLITS = ("train", "val", "test")
 
 
-def read_medmnist(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def read_medmnist(path: str | Path, *, max_voxels: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Read the splits present in a MedMNIST archive.
+
+    Args:
+        path: the ``.npz`` file.
+        max_voxels: the most values one array may hold; None for the default limit
+            (``$MEDSIGHT_MAX_VOXELS`` or 2^30; the 224-pixel MedMNIST+ sets need more).
 
     Returns:
         ``{split: (images, labels)}`` for each split whose keys are present; images as
@@ -33,6 +42,7 @@ def read_medmnist(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     Raises:
         UnreadableFileError: empty, truncated or not an ``.npz`` archive.
+        ImageTooLargeError: an array's header declares more values than ``max_voxels``.
         DatasetError: no MedMNIST keys, a split with images but no labels (or the other
             way round), or image and label counts that differ.
     """
@@ -45,8 +55,9 @@ def read_medmnist(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         with np.load(path, allow_pickle=False) as archive:
             keys = set(archive.files)
             wanted = [f"{s}_{part}" for s in SPLITS for part in ("images", "labels") if f"{s}_{part}" in keys]
+            _check_shapes(path, wanted, max_voxels)
             arrays = {key: archive[key] for key in wanted}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+    except (zipfile.BadZipFile, *DECODE_ERRORS) as err:
         raise UnreadableFileError(
             path, f"not a readable .npz archive ({err})", "download the .npz again"
         ) from err
@@ -62,6 +73,19 @@ def read_medmnist(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         for split in SPLITS
         if any(k.startswith(f"{split}_") for k in arrays)
     }
+
+
+def _check_shapes(path: Path, keys: list[str], max_voxels: int | None) -> None:
+    """Read each array's ``.npy`` header (a few bytes inflated) and check its shape against the limit."""
+    with zipfile.ZipFile(path) as archive:
+        for key in keys:
+            with archive.open(f"{key}.npy") as member:
+                version = np.lib.format.read_magic(member)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else (
+                    np.lib.format.read_array_header_2_0
+                )
+                shape = read_header(member)[0]
+            check_voxels(path, shape, max_voxels, source=key)
 
 
 def medmnist_sample(images: np.ndarray, index: int) -> Sample:

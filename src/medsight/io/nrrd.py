@@ -1,4 +1,4 @@
-"""NRRD volumes (``.nrrd``, ``.nhdr`` with attached data) via pynrrd, with a RAS affine.
+"""NRRD volumes (``.nrrd``, ``.nhdr``) via pynrrd, with a RAS affine.
 
 Layout: the spatial axes keep NRRD's own axis order (the fastest axis first, like
 NIfTI's ``i, j, k``), and one non-spatial axis (``kinds`` such as ``vector`` or
@@ -11,6 +11,12 @@ Geometry: the affine's columns are the ``space directions`` and its last column 
 ``left-posterior-superior`` negates the first two world rows). Files with only
 ``spacings`` get a diagonal affine.
 
+Safety: the header is read alone first. Its ``sizes`` are checked against the voxel limit
+(:mod:`medsight.io.limits`) and its ``data file`` field before pynrrd opens anything else:
+with ``self_contained`` (the service) any data file is refused; otherwise it must be one
+file inside the header's own folder (symlinks resolved). Errors about a data file never
+say whether the path it names exists.
+
 Example:
     >>> s = read_nrrd("liver_seg.nrrd")
     >>> s.array.shape, s.spacing
@@ -19,21 +25,21 @@ Example:
 
 from __future__ import annotations
 
-import gzip
 import logging
-import zlib
 from pathlib import Path
 
 import nrrd
 import numpy as np
 
 from medsight.data.sample import Sample, affine_from_spacing
-from medsight.errors import InvalidImageError, UnreadableFileError
+from medsight.errors import InvalidImageError, UnreadableFileError, UnsupportedFileError
+from medsight.io.limits import DECODE_ERRORS, check_voxels
 
 log = logging.getLogger(__name__)
 
-_READ_ERRORS = (nrrd.NRRDError, OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, UnicodeError)
+_READ_ERRORS = (nrrd.NRRDError, *DECODE_ERRORS)
 _REWRITE = "save the NRRD file again (e.g. from 3D Slicer) or check that the download finished"
+_ATTACH = "save it as one .nrrd with attached data (3D Slicer: Save as .nrrd; pynrrd: nrrd.write('x.nrrd', ...))"
 
 #: World-axis signs that turn a NRRD ``space`` into RAS+ (x, y, z).
 _TO_RAS = {
@@ -46,11 +52,19 @@ _TO_RAS = {
 }
 
 
-def read_nrrd(path: str | Path) -> Sample:
+def read_nrrd(path: str | Path, *, max_voxels: int | None = None, self_contained: bool = False) -> Sample:
     """Read a NRRD file into a :class:`Sample` (float32, channel-first, RAS affine).
 
+    Args:
+        path: a ``.nrrd`` file, or a ``.nhdr`` header with attached or detached data.
+        max_voxels: the most voxels to decode; None for the default limit.
+        self_contained: refuse a header whose data is in another file, as the service does.
+
     Raises:
-        UnreadableFileError: missing, empty, truncated or not a NRRD file.
+        UnreadableFileError: missing, empty, truncated or not a NRRD file, or a data file
+            that is outside the header's folder or cannot be read.
+        ImageTooLargeError: the header's ``sizes`` hold more voxels than ``max_voxels``.
+        UnsupportedFileError: a detached data file when ``self_contained``, or a list of data files.
         InvalidImageError: not 2 or 3 spatial axes, several non-spatial axes, or NaN voxels.
     """
     path = Path(path)
@@ -59,10 +73,14 @@ def read_nrrd(path: str | Path) -> Sample:
     if path.stat().st_size == 0:
         raise UnreadableFileError(path, "the file is empty (0 bytes)", _REWRITE)
     try:
-        data, header = nrrd.read(str(path), index_order="F")
+        with open(path, "rb") as fh:
+            header = nrrd.read_header(fh)
+            _check_data_file(path, header, self_contained)
+            check_voxels(path, header.get("sizes", ()), max_voxels)
+            data = nrrd.read_data(header, fh, str(path), index_order="F")
     except _READ_ERRORS as err:
         raise UnreadableFileError(
-            path, f"cannot be read as NRRD, the file is truncated or corrupt ({err})", _REWRITE
+            path, f"cannot be read as NRRD, the file is truncated or corrupt ({_describe(err)})", _REWRITE
         ) from err
     spatial, channel = _split_axes(path, header, data.ndim)
     array = data[np.newaxis] if channel is None else np.moveaxis(data, channel, 0)
@@ -82,6 +100,48 @@ def read_nrrd(path: str | Path) -> Sample:
         "space": str(header.get("space", "")) or None,
     }
     return Sample(np.ascontiguousarray(array, dtype=np.float32), spacing=spacing, affine=affine, meta=meta)
+
+
+def _check_data_file(path: Path, header: dict, self_contained: bool) -> None:
+    """Refuse a detached data file the reader must not open; point pynrrd at the checked path.
+
+    The message is the same whatever the named path is (missing, a folder, a file), so that
+    an error never tells whether some path exists.
+    """
+    key = "data file" if "data file" in header else "datafile"
+    name = header.get(key)
+    if name is None:
+        return
+    if self_contained:
+        raise UnsupportedFileError(
+            path,
+            "the NRRD header refers to another file for its data (a 'data file' field); "
+            "an upload must be one self-contained file",
+            f"send a single .nrrd with attached data, a .nii/.nii.gz or a DICOM file; {_ATTACH}",
+        )
+    name = str(name).strip()
+    if name.upper() == "LIST" or "%" in name:
+        raise UnsupportedFileError(
+            path, "the NRRD header lists several data files; medsight reads one data file", _ATTACH
+        )
+    try:
+        folder = path.parent.resolve()
+        target = (folder / name).resolve()
+        usable = target.is_relative_to(folder) and target.is_file()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte in the name
+        usable = False
+    if not usable:
+        raise UnreadableFileError(
+            path,
+            "the data file its header names is not a readable file inside the header's own folder",
+            f"keep the data file next to the header and name it without '..' or an absolute path, or {_ATTACH}",
+        )
+    header[key] = str(target)
+
+
+def _describe(err: Exception) -> str:
+    """The library's words, but never an operating-system message (it names paths and their state)."""
+    return "OSError" if isinstance(err, OSError) and err.errno is not None else f"{type(err).__name__}: {err}"
 
 
 def _split_axes(path: Path, header: dict, ndim: int) -> tuple[list[int], int | None]:
