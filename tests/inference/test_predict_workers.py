@@ -49,14 +49,18 @@ def test_two_workers_write_the_one_worker_csv(trained_run, inputs, one_worker_cs
 def test_resume_with_workers_after_an_interrupted_run(trained_run, inputs, one_worker_csv, tmp_path):
     out = tmp_path / "preds.csv"
     lines = one_worker_csv.splitlines()
+    broken = next(line for line in lines if line.startswith(str(inputs / "m_broken.png")))
+    assert lines.index(broken) == 1  # m_ sorts before nodule_ and normal_: the first row
     out.write_text("\n".join(lines[:5]) + "\n" + lines[5][:9])  # stopped while writing the 5th row
     counts = predict_parallel(bundle=trained_run / "model", inputs=[inputs], out=out, workers=2, resume=True,
                               progress=False)
-    assert counts["skipped"] == 4 and counts["ok"] + counts["errors"] == 7
-    assert out.read_text() == one_worker_csv
+    assert counts == {"ok": 7, "errors": 1, "skipped": 3}  # the failed file is tried again, and fails again
+    # the 3 complete rows of files that succeeded stay; the rest follow in input order, the retried file first
+    assert out.read_text().splitlines() == [lines[0], *lines[2:5], broken, *lines[5:]]
+    retried_last = [line for line in lines if line != broken] + [broken]
     again = predict_parallel(bundle=trained_run / "model", inputs=[inputs], out=out, workers=2, resume=True,
                              progress=False)
-    assert again == {"ok": 0, "errors": 0, "skipped": 11} and out.read_text() == one_worker_csv
+    assert again == {"ok": 0, "errors": 1, "skipped": 10} and out.read_text().splitlines() == retried_last
 
 
 def test_cli_workers_option(trained_run, inputs, one_worker_csv, tmp_path):
@@ -67,8 +71,9 @@ def test_cli_workers_option(trained_run, inputs, one_worker_csv, tmp_path):
     out = tmp_path / "cli.csv"
     result = CliRunner().invoke(app, [str(trained_run / "model"), str(inputs), "--out", str(out), "--workers", "2",
                                       "--no-progress"])
-    assert result.exit_code == 0, result.output
-    assert "10 predicted, 1 unreadable, 0 already done" in result.output
+    assert result.exit_code == 3, result.output  # a file failed: every row is written, and the exit code says so
+    assert "10 predicted, 1 failed, 0 already done" in result.output
+    assert result.output.splitlines()[-1] == "1 of 11 files failed (see the error column)"
     assert out.read_text() == one_worker_csv
     bad = CliRunner().invoke(app, [str(trained_run / "model"), str(inputs), "--workers", "0"])
     assert bad.exit_code != 0 and "--workers" in bad.output
