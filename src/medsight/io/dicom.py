@@ -129,7 +129,7 @@ def open_dataset(path: str | Path, *, stop_before_pixels: bool = False) -> Datas
         raise UnreadableFileError(
             path, f"the DICOM header cannot be parsed, the file is truncated or corrupt ({err})", _REEXPORT
         ) from err
-    if not any(key in ds for key in ("SOPClassUID", "SOPInstanceUID", "Modality")):
+    if not any(key in ds for key in ("SOPClassUID", "SOPInstanceUID", "Modality")) and not is_dicomdir(ds):
         raise UnreadableFileError(
             path, "not a DICOM file (no SOP Class, SOP Instance or Modality)", _REEXPORT
         )
@@ -273,10 +273,15 @@ def _fill_transfer_syntax(ds: Dataset) -> None:
         ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
 
 
+def is_dicomdir(ds: Dataset) -> bool:
+    """A DICOMDIR: the Media Storage Directory SOP class, or a directory record sequence."""
+    sop_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
+    return sop_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds
+
+
 def _refuse_directory(path: Path, ds: Dataset, self_contained: bool) -> None:
     """A DICOMDIR is an index of other files, never an image."""
-    sop_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
-    if sop_class != MEDIA_STORAGE_DIRECTORY and "DirectoryRecordSequence" not in ds:
+    if not is_dicomdir(ds):
         return
     if self_contained:
         raise UnsupportedFileError(
