@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -16,10 +17,10 @@ from medsight.feedback import FeedbackError, FeedbackStore, export_dataset
 
 def _add(store: FeedbackStore, data: bytes, kind: str, *, predicted: str = "normal", label: str | None = None,
          mask: bytes | None = None) -> str:
-    sha, path = store.save_input(data, "png")
-    mask_path = store.save_mask(sha, mask, ".png") if mask is not None else None
-    store.add(sha256=sha, input_path=path, user_id="key-1", model_name="m", model_version="sha256:1", kind=kind,
-              prediction={"label": predicted}, label=label, mask_path=mask_path)
+    sha = hashlib.sha256(data).hexdigest()
+    store.add(sha256=sha, user_id="key-1", model_name="m", model_version="sha256:1", kind=kind,
+              prediction={"label": predicted}, label=label, input_data=data, input_kind="png",
+              mask_data=mask, mask_kind="png")
     return sha
 
 
@@ -66,5 +67,4 @@ def test_export_errors(tmp_path: Path) -> None:
     with pytest.raises(FeedbackError, match="mixes mask feedback"):
         export_dataset(tmp_path / "fb", tmp_path / "out")
     with pytest.raises(FeedbackError, match="needs the correct label"):
-        store.add(sha256="a" * 64, input_path="x", user_id="u", model_name="m", model_version="v", kind="label",
-                  prediction={})
+        store.add(sha256="a" * 64, user_id="u", model_name="m", model_version="v", kind="label", prediction={})

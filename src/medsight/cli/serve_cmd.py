@@ -1,4 +1,5 @@
-"""``medsight serve [BUNDLE | --registry DIR] [--feedback DIR] [--host H] [--port P] [--workers N] [--api-keys F]``"""
+"""``medsight serve [BUNDLE | --registry DIR] [--feedback DIR] [--host H] [--port P] [--workers N] [--api-keys F]
+[--max-voxels N] [--auth-failures-per-minute N]``"""
 
 from __future__ import annotations
 
@@ -26,6 +27,14 @@ def serve(
     ),
     no_auth: bool = typer.Option(False, "--no-auth", help="No API key needed (loopback hosts only)."),
     max_body_mb: float = typer.Option(64.0, help="Largest upload accepted, in MB (larger: 413)."),
+    max_voxels: int | None = typer.Option(
+        None, "--max-voxels", help="Most values (voxels x channels) an upload may declare, read from its header "
+        "before decoding (more: 413). Default 2^26 = 67,108,864, stricter than the CLI's 2^30."
+    ),
+    auth_failures_per_minute: int | None = typer.Option(
+        None, "--auth-failures-per-minute", help="Failed authentications one client address may make per minute "
+        "before it is answered 429 with Retry-After (default 10); requests with a valid key are never limited."
+    ),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     mixed_precision: bool = typer.Option(
         False, "--mixed-precision", help="Segmenters: run the network in bfloat16 where the CPU has native bf16 "
@@ -36,5 +45,5 @@ def serve(
     from medsight.serve.server import run_server
 
     run_server(bundle=bundle, registry=registry, feedback=feedback, host=host, port=port, workers=workers,
-               api_keys_file=api_keys, no_auth=no_auth,
-               max_body_mb=max_body_mb, device=device, mixed_precision=mixed_precision)
+               api_keys_file=api_keys, no_auth=no_auth, max_body_mb=max_body_mb, max_voxels=max_voxels,
+               auth_failures_per_minute=auth_failures_per_minute, device=device, mixed_precision=mixed_precision)

@@ -5,24 +5,21 @@ of the uploaded bytes, the path of the stored copy (relative, named by that hash
 client's file name), the model's name and version, the verdict kind (``agree``, ``label`` or
 ``mask``), the corrected label or mask path, and the prediction as JSON.
 
-What is kept of the input, so that nothing patient-identifying is stored:
-
-* DICOM: de-identified with :class:`medsight.io.anonymize.Anonymizer` (PS3.15 basic profile
-  subset: names, dates and IDs emptied or pseudonymised, UIDs remapped, private tags removed);
-  the pixels and the geometry tags stay, so the copy reads exactly like the original.
-* PNG / JPEG: the decoded pixels re-encoded as PNG, dropping text chunks and EXIF.
-* NIfTI and the rest: the bytes as uploaded, with the header's free-text fields cleared for NIfTI.
+What is kept of an uploaded file (input or mask) is decided by
+:func:`medsight.feedback.deidentify.deidentified`: every DICOM de-identified, pictures re-encoded
+without text chunks, NIfTI headers cleared. A verdict is stored atomically: the copies are made in
+memory first, then written and the row inserted; when anything fails, the files written for it are
+removed and no row is left.
 
 Example:
     >>> store = FeedbackStore("feedback")
-    >>> store.add(data, filename=None, user_id="key-1a2b", model_name="compact_cnn",
-    ...           model_version="sha256:...", kind="label", label="nodule", prediction={...})
+    >>> store.add(sha256=sha, user_id="key-1a2b", model_name="compact_cnn", model_version="sha256:...",
+    ...           kind="label", label="nodule", prediction={...}, input_data=data, input_kind="png")
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shutil
 import sqlite3
@@ -33,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from medsight.errors import MedsightError
+from medsight.feedback.deidentify import deidentified
 
 DB_NAME = "feedback.db"
 INPUTS = "inputs"
@@ -81,48 +79,56 @@ class FeedbackStore:
 
     def has_input(self, sha256: str) -> str | None:
         """The stored copy's relative path for an input hash, or None."""
-        found = sorted((self.root / INPUTS).glob(f"{_check_hash(sha256)}.*"))
+        found = sorted((self.root / INPUTS).glob(f"{check_hash(sha256)}.*"))
         return str(found[0].relative_to(self.root)) if found else None
 
-    def save_input(self, data: bytes, kind: str) -> tuple[str, str]:
-        """Store a de-identified copy of uploaded bytes; ``(sha256, relative path)``. ``kind`` is the
-        sniffed upload type (``dicom``, ``png``, ``jpeg``, ``nifti``...)."""
-        sha = hashlib.sha256(data).hexdigest()
-        existing = self.has_input(sha)
-        if existing:
-            return sha, existing
-        suffix, clean = _deidentified(data, kind)
-        target = self.root / INPUTS / f"{sha}{suffix}"
-        partial = target.with_name(f".{target.name}.part")
-        partial.write_bytes(clean)
-        partial.replace(target)
-        return sha, str(target.relative_to(self.root))
+    def input_of(self, sha256: str, user_id: str) -> str | None:
+        """The stored copy of an input that ``user_id`` sent with an earlier verdict; None for any other
+        user's input and for an unknown hash alike."""
+        with self._connect() as con:
+            row = con.execute("SELECT input_path FROM feedback WHERE input_sha256 = ? AND user_id = ? LIMIT 1",
+                              (check_hash(sha256), user_id)).fetchone()
+        return row["input_path"] if row and (self.root / row["input_path"]).is_file() else None
 
-    def save_mask(self, sha256: str, data: bytes, suffix: str) -> str:
-        """Store a corrected mask next to its input; the relative path."""
-        target = self.root / INPUTS / f"{_check_hash(sha256)}_mask{suffix}"
-        target.write_bytes(data)
-        return str(target.relative_to(self.root))
+    def add(self, *, sha256: str, user_id: str, model_name: str, model_version: str, kind: str,
+            prediction: dict[str, Any], label: str | None = None, input_data: bytes | None = None,
+            input_kind: str = "", mask_data: bytes | None = None, mask_kind: str = "") -> dict[str, Any]:
+        """Store one verdict, with the input's (``input_data``) and mask's de-identified copies; the row.
 
-    def add(self, *, sha256: str, input_path: str, user_id: str, model_name: str, model_version: str, kind: str,
-            prediction: dict[str, Any], label: str | None = None, mask_path: str | None = None) -> dict[str, Any]:
-        """Insert one verdict; returns the stored row.
+        Without ``input_data`` the input must be one ``user_id`` stored before (:meth:`input_of`).
+        Everything is checked and de-identified before anything is written; the files and the row are
+        then kept together or not at all.
 
         Raises:
-            FeedbackError: an unknown kind, ``label`` without a label, ``mask`` without a mask.
+            FeedbackError: an unknown kind, ``label`` without a label, ``mask`` without a mask, a hash that is
+                not the input's, or no stored input of this user's for the hash.
+            DeidentificationError: an upload that cannot be de-identified.
         """
-        if kind not in KINDS:
-            raise FeedbackError(f"verdict {kind!r}", f"is not one of {', '.join(KINDS)}",
-                                "send verdict=agree, verdict=label with label=NAME, or verdict=mask with a mask file")
-        if kind == "label" and not label:
-            raise FeedbackError("verdict label", "needs the correct label", "send label=NAME (one of the model's)")
-        if kind == "mask" and not mask_path:
-            raise FeedbackError("verdict mask", "needs the corrected mask", "attach it as multipart field 'mask'")
+        check_verdict(kind, label, has_mask=mask_data is not None)
+        sha = check_hash(sha256)
+        files: list[tuple[Path, bytes]] = []
+        input_path = self.has_input(sha) if input_data is not None else self.input_of(sha, user_id)
+        if input_data is not None:
+            if hashlib.sha256(input_data).hexdigest() != sha:
+                raise FeedbackError(f"input {sha[:16]}", "is not the SHA-256 of the bytes sent",
+                                    "send the file and let the service hash it")
+            if input_path is None:
+                suffix, clean = deidentified(input_data, input_kind)
+                files.append((self.root / INPUTS / f"{sha}{suffix}", clean))
+                input_path = f"{INPUTS}/{sha}{suffix}"
+        elif input_path is None:
+            raise FeedbackError(f"input {sha[:16]}", "is not among this user's stored inputs",
+                                "send the image itself as multipart field 'file'")
+        mask_path = None
+        if mask_data is not None:
+            suffix, clean = deidentified(mask_data, mask_kind)
+            files.append((self.root / INPUTS / f"{sha}_mask{suffix}", clean))
+            mask_path = f"{INPUTS}/{sha}_mask{suffix}"
         row = {"created_utc": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "user_id": user_id,
-               "input_sha256": sha256, "input_path": input_path, "model_name": model_name,
+               "input_sha256": sha, "input_path": input_path, "model_name": model_name,
                "model_version": model_version, "kind": kind, "label": label, "mask_path": mask_path,
                "prediction": json.dumps(prediction, sort_keys=True)}
-        with self._connect() as con:
+        with _written(files), self._connect() as con:
             cursor = con.execute(f"INSERT INTO feedback ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                                  tuple(row.values()))
             row["id"] = cursor.lastrowid
@@ -178,45 +184,51 @@ def export_dataset(root: str | Path, out: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def _check_hash(sha256: str) -> str:
+def check_verdict(kind: str, label: str | None, *, has_mask: bool) -> None:
+    """Refuse a verdict that cannot be stored as it is.
+
+    Raises:
+        FeedbackError: an unknown kind, ``label`` without a label, ``mask`` without a mask.
+    """
+    if kind not in KINDS:
+        raise FeedbackError(f"verdict {kind!r}", f"is not one of {', '.join(KINDS)}",
+                            "send verdict=agree, verdict=label with label=NAME, or verdict=mask with a mask file")
+    if kind == "label" and not label:
+        raise FeedbackError("verdict label", "needs the correct label", "send label=NAME (one of the model's)")
+    if kind == "mask" and not has_mask:
+        raise FeedbackError("verdict mask", "needs the corrected mask", "attach it as multipart field 'mask'")
+
+
+@contextmanager
+def _written(files: list[tuple[Path, bytes]]) -> Iterator[None]:
+    """Write ``files`` (each through a ``.part`` file and a rename); when the block fails, remove the ones
+    this call created, so a failed verdict leaves no file behind."""
+    created: list[Path] = []
+    try:
+        for target, data in files:
+            fresh = not target.exists()
+            partial = target.with_name(f".{target.name}.part")
+            try:
+                partial.write_bytes(data)
+                partial.replace(target)
+            finally:
+                partial.unlink(missing_ok=True)
+            if fresh:
+                created.append(target)
+        yield
+    except BaseException:
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def check_hash(sha256: str) -> str:
+    """``sha256`` when it is 64 lower-case hex digits.
+
+    Raises:
+        FeedbackError: anything else (it could name a path).
+    """
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
         raise FeedbackError(f"input hash {sha256[:80]!r}", "is not a SHA-256 hex digest (64 lower-case hex digits)",
                             "send the input.sha256 the prediction answered with, or the file itself")
     return sha256
-
-
-def _deidentified(data: bytes, kind: str) -> tuple[str, bytes]:
-    """``(suffix, bytes)`` of the copy to keep (see the module docstring)."""
-    if kind == "dicom":
-        import pydicom
-
-        from medsight.io.anonymize import Anonymizer
-
-        ds = pydicom.dcmread(io.BytesIO(data))
-        Anonymizer().dataset(ds)
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        return ".dcm", buffer.getvalue()
-    if kind in ("png", "jpeg"):
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as image:
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-        return ".png", buffer.getvalue()
-    if kind == "nifti":
-        return _clean_nifti(data)
-    return f".{kind}", data
-
-
-def _clean_nifti(data: bytes) -> tuple[str, bytes]:
-    import gzip
-
-    import nibabel as nib
-
-    raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
-    image = nib.Nifti1Image.from_bytes(raw)
-    image.header["descrip"] = b""
-    image.header["aux_file"] = b""
-    image.header["db_name"] = b""
-    return ".nii", image.to_bytes()

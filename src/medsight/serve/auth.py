@@ -4,7 +4,10 @@ Keys are read from a file (one per line, ``#`` comments and blank lines ignored)
 environment variable ``MEDSIGHT_API_KEYS`` (comma-separated); both when both are given.
 A request carries its key in ``X-API-Key`` or ``Authorization: Bearer <key>``; the key is
 compared with every configured key by :func:`hmac.compare_digest`, so the time taken does
-not tell which characters were right.
+not tell which characters were right. Keys are printable ASCII (an HTTP header cannot carry
+anything else reliably), and :class:`FailedAuthLimit` bounds how often one client address may
+fail to authenticate: past the limit it is answered 429 with ``Retry-After``, while a request
+with a valid key is never limited.
 
 Example:
     >>> keys = load_api_keys(None, env={"MEDSIGHT_API_KEYS": "k1,k2"})
@@ -15,14 +18,22 @@ Example:
 from __future__ import annotations
 
 import hmac
+import math
 import os
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from medsight.errors import ConfigError
 
 ENV_KEYS = "MEDSIGHT_API_KEYS"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+#: Failed authentications one client address may make per minute before it is answered 429.
+DEFAULT_AUTH_FAILURES_PER_MINUTE = 10
+#: Client addresses the limiter tracks before it forgets the ones with no recent failure.
+_MAX_TRACKED_CLIENTS = 10_000
 
 
 def load_api_keys(path: str | Path | None, *, env: Mapping[str, str] | None = None) -> list[str]:
@@ -65,6 +76,14 @@ def check_auth_settings(*, keys: Sequence[str], no_auth: bool, host: str) -> Non
             f"pass --api-keys FILE (one key per line) or set {ENV_KEYS}=key1,key2; "
             "for a local try-out on 127.0.0.1 use --no-auth",
         )
+    unusable = [k for k in keys if not (k.isascii() and k.isprintable())]
+    if unusable:
+        raise ConfigError(
+            "API keys",
+            f"{len(unusable)} key(s) hold characters outside printable ASCII, which no HTTP header can carry "
+            "reliably, so they could never match",
+            'use long random ASCII keys, e.g. python -c "import secrets; print(secrets.token_urlsafe(32))"',
+        )
     short = [k for k in keys if len(k) < 16]
     if short:
         raise ConfigError(
@@ -94,3 +113,41 @@ def key_is_valid(given: str | None, keys: Sequence[str]) -> bool:
     for key in keys:
         matched |= hmac.compare_digest(candidate, key.encode())
     return matched
+
+
+class FailedAuthLimit:
+    """At most ``per_minute`` failed authentications per client address in any 60 s; thread-safe.
+
+    Example:
+        >>> limit = FailedAuthLimit(per_minute=10)
+        >>> limit.failed("10.0.0.7")  # None: answer 401; a number: answer 429, retry after that many seconds
+    """
+
+    def __init__(self, per_minute: int = DEFAULT_AUTH_FAILURES_PER_MINUTE, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if per_minute < 1:
+            raise ConfigError(f"--auth-failures-per-minute {per_minute}", "must be at least 1",
+                              f"use e.g. {DEFAULT_AUTH_FAILURES_PER_MINUTE}")
+        self.per_minute, self.clock, self.window_s = per_minute, clock, 60.0
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def failed(self, client: str) -> int | None:
+        """Record one failed authentication from ``client``; None while under the limit, else the seconds
+        until it may try again (that refused attempt is not counted, so the rate stays bounded)."""
+        now = self.clock()
+        with self._lock:
+            recent = self._failures.setdefault(client, deque(maxlen=self.per_minute))
+            while recent and recent[0] <= now - self.window_s:
+                recent.popleft()
+            if len(recent) >= self.per_minute:
+                return max(1, math.ceil(recent[0] + self.window_s - now))
+            recent.append(now)
+            if len(self._failures) > _MAX_TRACKED_CLIENTS:
+                self._forget_quiet(now)
+            return None
+
+    def _forget_quiet(self, now: float) -> None:
+        quiet = [c for c, times in self._failures.items() if not times or times[-1] <= now - self.window_s]
+        for client in quiet:
+            del self._failures[client]

@@ -1,21 +1,27 @@
-"""The service's request middleware: every request counted and timed, and no unexpected error unanswered.
+"""The service's request middleware and log hygiene: every request counted and timed, no unexpected
+error unanswered, security headers on every answer, and no query string in the access log.
 
 Example:
     >>> app.add_middleware(ObserveRequests, metrics=metrics)
+    >>> app.add_middleware(SecurityHeaders)
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import traceback
 from pathlib import Path
 from time import perf_counter
 
 from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
 
 from medsight.serve.metrics import Metrics
 
 log = logging.getLogger("medsight.serve")
+#: A query string inside a logged request line: from the ``?`` to the next space or quote.
+_QUERY = re.compile(r"\?[^\s\"]*")
 
 
 class ObserveRequests:
@@ -58,3 +64,44 @@ class ObserveRequests:
 
 
 _INTERNAL = "the service failed on this request (an internal error, logged without patient data)"
+
+
+class SecurityHeaders:
+    """ASGI middleware: ``X-Content-Type-Options: nosniff`` on every answer, and ``Cache-Control: no-store``
+    on every ``/v1/*`` answer (predictions, masks, heatmaps, feedback, the model card, their errors), which
+    must not be kept by a browser or proxy cache."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        private = scope["path"].startswith("/v1/")
+
+        async def secured_send(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                if private:
+                    headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        await self.app(scope, receive, secured_send)
+
+
+class RedactQuery(logging.Filter):
+    """A logging filter for uvicorn's access log: the query string of the logged path becomes ``?<redacted>``,
+    so a key or an identifier sent as ``?api_key=...`` never reaches a log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_without_query(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = _without_query(record.msg)
+        return True
+
+
+def _without_query(text: str) -> str:
+    return _QUERY.sub("?<redacted>", text)

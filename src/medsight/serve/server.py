@@ -26,6 +26,8 @@ def run_server(
     api_keys_file: Path | None = None,
     no_auth: bool = False,
     max_body_mb: float = 64.0,
+    max_voxels: int | None = None,
+    auth_failures_per_minute: int | None = None,
     device: str = "cpu",
     mixed_precision: bool = False,
     log_level: str = "info",
@@ -35,22 +37,36 @@ def run_server(
     Each of ``workers`` processes loads the model once; with ``registry`` each worker watches
     ``registry.json`` and hot-swaps on promote or rollback. ``feedback`` turns on ``POST /v1/feedback``.
     ``mixed_precision`` runs a segmenter's network in bfloat16 where the CPU has native bf16.
+    ``max_voxels`` (default :data:`~medsight.io.limits.SERVICE_MAX_VOXELS`) is the most values an upload may
+    declare; ``auth_failures_per_minute`` (default 10) the failed authentications one client address may make
+    in a minute before it is answered 429.
 
     Raises:
-        ConfigError: no API key (and no ``no_auth``), ``no_auth`` off loopback, bad numbers, neither or
-            both of ``bundle`` and ``registry``, ``mixed_precision`` for a classifier bundle.
+        ConfigError: no API key (and no ``no_auth``), ``no_auth`` off loopback, a key that is not printable
+            ASCII, bad numbers, neither or both of ``bundle`` and ``registry``, ``mixed_precision`` for a
+            classifier bundle.
         BundleError: ``bundle`` is not a readable model folder.
     """
     import uvicorn
 
     from medsight.bundle import load_bundle
+    from medsight.io.limits import SERVICE_MAX_VOXELS, resolve_max_voxels
     from medsight.serve.app import SETTINGS_ENV, ServeSettings, settings_to_env
-    from medsight.serve.auth import check_auth_settings, load_api_keys
+    from medsight.serve.auth import (
+        DEFAULT_AUTH_FAILURES_PER_MINUTE,
+        FailedAuthLimit,
+        check_auth_settings,
+        load_api_keys,
+    )
 
     if workers < 1:
         raise ConfigError(f"--workers {workers}", "needs at least one worker", "use --workers 1 or more")
     if max_body_mb <= 0:
         raise ConfigError(f"--max-body-mb {max_body_mb}", "must be positive", "use e.g. --max-body-mb 64")
+    max_voxels = resolve_max_voxels(SERVICE_MAX_VOXELS if max_voxels is None else max_voxels)
+    if auth_failures_per_minute is None:
+        auth_failures_per_minute = DEFAULT_AUTH_FAILURES_PER_MINUTE
+    FailedAuthLimit(auth_failures_per_minute)  # a bad number is refused now, not in every worker
     keys = load_api_keys(api_keys_file)
     check_auth_settings(keys=keys, no_auth=no_auth, host=host)
     if (bundle is None) == (registry is None):
@@ -71,7 +87,8 @@ def run_server(
                              feedback=Path(feedback).resolve() if feedback else None,
                              api_keys=tuple(keys), no_auth=no_auth, host=host,
                              max_body_bytes=int(max_body_mb * 2**20), device=device,
-                             mixed_precision=mixed_precision)
+                             mixed_precision=mixed_precision, max_voxels=max_voxels,
+                             auth_failures_per_minute=auth_failures_per_minute)
     os.environ[SETTINGS_ENV] = settings_to_env(settings, Path(api_keys_file).resolve() if api_keys_file else None)
     # Idle OpenMP threads sleep instead of spinning for a few hundred ms after each request, which on a
     # small or shared CPU starved the event loop (p50 7 ms instead of 400 ms on 2 busy cores). It takes
@@ -82,9 +99,12 @@ def run_server(
 
 
 def _log_config(level: str) -> dict:
-    """Uvicorn's logging set-up plus the ``medsight`` logger (sizes, types and timings only)."""
+    """Uvicorn's logging set-up plus the ``medsight`` logger (sizes, types and timings only); the access log
+    without query strings (a key or identifier sent as ``?api_key=...`` must not reach a log file)."""
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["medsight"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    config.setdefault("filters", {})["redact_query"] = {"()": "medsight.serve.observe.RedactQuery"}
+    config["handlers"]["access"]["filters"] = ["redact_query"]
     return config
