@@ -184,3 +184,69 @@ def test_a_truncated_bomb_is_still_refused_by_size_not_by_content(bombs: Path, t
         read_image(path, max_voxels=SERVICE_MAX_VOXELS)
     with pytest.raises(UnreadableFileError):
         read_image(path, max_voxels=2**30)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "bzip2"])
+def test_a_nrrd_payload_that_inflates_past_its_sizes_is_refused_before_pynrrd_inflates_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoding: str
+) -> None:
+    """pynrrd inflates the whole payload whatever ``sizes`` says: 2x2 declared, 64 MiB of zeros sent."""
+    import bz2
+    import gzip
+
+    payload = (gzip.compress if encoding == "gzip" else bz2.compress)(bytes(64 << 20))
+    assert len(payload) < 100_000
+    path = tmp_path / "small_header.nrrd"
+    path.write_bytes(f"NRRD0004\ntype: uint8\ndimension: 2\nsizes: 2 2\nencoding: {encoding}\n\n".encode() + payload)
+    monkeypatch.setattr(nrrd, "read_data", _never)
+    with pytest.raises(ImageTooLargeError) as err:
+        read_image(path)
+    assert str(err.value).startswith(
+        f"{path}: its {encoding} data inflates to more than 32 bytes, more than its header declares"
+    )
+
+
+def test_a_compressed_nrrd_that_holds_what_it_declares_still_reads(tmp_path: Path) -> None:
+    data = np.arange(6 * 7 * 8, dtype=np.float64).reshape(6, 7, 8)
+    for encoding in ("gzip", "bzip2"):
+        path = tmp_path / f"{encoding}.nrrd"
+        nrrd.write(str(path), data, {"encoding": encoding}, index_order="F")
+        np.testing.assert_array_equal(read_image(path).array[0], data)
+
+
+def test_a_deflated_dicom_that_inflates_past_the_limit_is_refused_before_pydicom_inflates_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pydicom inflates a deflated data set whole before parsing it: 16x16 declared, 128 MiB inflated."""
+    import io
+    import zlib
+
+    from corrupt_files import with_transfer_syntax
+
+    from medsight.io.dicom_checks import DEFLATED_HEADER_BYTES, _file_meta_end
+
+    plain = io.BytesIO()
+    _ct(16, 16).save_as(plain, enforce_file_format=True)
+    meta_end, _ = _file_meta_end(io.BytesIO(plain.getvalue()))
+    big_element = b"\x09\x00\x00\x10OB\x00\x00" + (128 << 20).to_bytes(4, "little")  # (0009,1000) OB
+    body = plain.getvalue()[meta_end:] + big_element
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    stream = deflater.compress(body) + b"".join(deflater.compress(bytes(1 << 24)) for _ in range(8))
+    path = tmp_path / "deflated.dcm"
+    meta = with_transfer_syntax(plain.getvalue()[:meta_end], "1.2.840.10008.1.2.1.99")
+    path.write_bytes(meta + stream + deflater.flush())
+    assert path.stat().st_size < 1_000_000
+    monkeypatch.setattr("pydicom.dcmread", _never)
+    with pytest.raises(ImageTooLargeError) as err:
+        read_image(path, max_voxels=256)
+    limit = 256 * 8 + DEFLATED_HEADER_BYTES
+    assert str(err.value).startswith(
+        f"{path}: its deflate data inflates to more than {limit:,} bytes, more than its header declares"
+    )
+
+
+def test_a_real_deflated_dicom_still_reads() -> None:
+    from pydicom.data import get_testdata_file
+
+    sample = read_image(get_testdata_file("image_dfl.dcm"), max_voxels=SERVICE_MAX_VOXELS)
+    assert sample.array.shape == (1, 512, 512) and sample.meta["transfer_syntax"] == "1.2.840.10008.1.2.1.99"

@@ -25,40 +25,35 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom import Dataset
-from pydicom.dataelem import RawDataElement
-from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pixel_array
-from pydicom.uid import (
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medsight.data.sample import Sample
 from medsight.errors import ConfigError, MissingDecoderError, UnreadableFileError, UnsupportedFileError
 from medsight.io import dicom_geometry as geo
-from medsight.io.limits import DECODE_ERRORS, check_voxels
+from medsight.io.dicom_checks import (
+    DECLARED,
+    READ_ERRORS,
+    REEXPORT,
+    check_deflated_size,
+    check_native_length,
+    corrupt_as_unreadable,
+    declared_shape,
+    is_dicomdir,
+    no_pixel_data,
+    number_of_frames,
+    refuse_directory,
+)
+from medsight.io.limits import check_voxels
 from medsight.io.windowing import Window, apply_window, resolve_window
 
 log = logging.getLogger(__name__)
 
-#: What pydicom raises on a damaged file (it has no single base class for these).
-READ_ERRORS = (InvalidDicomError, BytesLengthException, *DECODE_ERRORS)
-#: The SOP class of a DICOMDIR, an index that refers to other files.
-MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
-
-_REEXPORT = "re-export the file from the PACS or scanner"
-_COPY_AGAIN = "export or copy it again"
-UNDEFINED_LENGTH = 0xFFFFFFFF
 _JPEG = "pip install pylibjpeg pylibjpeg-libjpeg"
 _J2K = "pip install pylibjpeg pylibjpeg-openjpeg"
 #: The package that decodes each compressed transfer syntax (by UID prefix match).
@@ -101,21 +96,24 @@ def is_dicom_file(path: str | Path) -> bool:
     return head[128:132] == b"DICM" or (len(head) >= 8 and head[:2] in (b"\x02\x00", b"\x08\x00"))
 
 
-def open_dataset(path: str | Path, *, stop_before_pixels: bool = False) -> Dataset:
+def open_dataset(path: str | Path, *, stop_before_pixels: bool = False, max_voxels: int | None = None) -> Dataset:
     """Read a DICOM file's dataset, turning every failure into a :class:`MedsightError`.
 
     Args:
         path: the file.
         stop_before_pixels: skip the pixel data (fast header scan).
+        max_voxels: bounds what a deflated data set may inflate to (x 8 bytes, plus room
+            for the header); None for the default limit.
 
     Raises:
         UnreadableFileError: missing, empty, not DICOM, or a header that cannot be parsed.
+        ImageTooLargeError: a deflated data set that inflates past that bound.
     """
     path = Path(path)
     if not path.is_file():
         raise UnreadableFileError(path, "no such file", "check the path")
     if path.stat().st_size == 0:
-        raise UnreadableFileError(path, "the file is empty (0 bytes)", _REEXPORT)
+        raise UnreadableFileError(path, "the file is empty (0 bytes)", REEXPORT)
     if not is_dicom_file(path):
         raise UnreadableFileError(
             path,
@@ -123,15 +121,16 @@ def open_dataset(path: str | Path, *, stop_before_pixels: bool = False) -> Datas
             "check what the file really is; medsight reads DICOM, NIfTI and PNG/JPEG/TIFF/GIF/BMP",
         )
     try:
+        check_deflated_size(path, max_voxels)
         ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
         list(ds)  # pydicom converts elements lazily: touch each so a cut-off header fails here
     except READ_ERRORS as err:
         raise UnreadableFileError(
-            path, f"the DICOM header cannot be parsed, the file is truncated or corrupt ({err})", _REEXPORT
+            path, f"the DICOM header cannot be parsed, the file is truncated or corrupt ({err})", REEXPORT
         ) from err
     if not any(key in ds for key in ("SOPClassUID", "SOPInstanceUID", "Modality")) and not is_dicomdir(ds):
         raise UnreadableFileError(
-            path, "not a DICOM file (no SOP Class, SOP Instance or Modality)", _REEXPORT
+            path, "not a DICOM file (no SOP Class, SOP Instance or Modality)", REEXPORT
         )
     _fill_transfer_syntax(ds)
     return ds
@@ -165,48 +164,22 @@ def read_dicom_file(
         ConfigError: an unknown window or a frame index out of range.
     """
     path = Path(path)
-    ds = open_dataset(path)
+    ds = open_dataset(path, max_voxels=max_voxels)
     with corrupt_as_unreadable(path):
-        _refuse_directory(path, ds, self_contained)
+        refuse_directory(path, ds, self_contained)
         n_frames = number_of_frames(ds)
         if frame is not None and not 0 <= frame < n_frames:
             raise ConfigError(
                 path, f"frame={frame} but the file has {n_frames} frame(s)", f"pick 0..{n_frames - 1}"
             )
         shape = declared_shape(ds)
-        check_voxels(path, shape if frame is None else shape[1:], max_voxels, source=_DECLARED)
+        check_voxels(path, shape if frame is None else shape[1:], max_voxels, source=DECLARED)
         values = dicom_values(ds, path, frame=frame)
         values, window_used = present(values, ds, window)
         spacing, affine = _file_geometry(ds, values.ndim - 1, frame)
         meta = dicom_meta(ds, path)
     meta.update(n_frames=n_frames, frame=frame, window=window_used)
     return Sample(values, spacing=spacing, affine=affine, meta=meta)
-
-
-_DECLARED = "the header (frames x rows x columns x samples)"
-
-
-@contextmanager
-def corrupt_as_unreadable(path: str | Path) -> Iterator[None]:
-    """Turn what pydicom or a pixel decoder raises on a damaged file into an :class:`UnreadableFileError`."""
-    try:
-        yield
-    except READ_ERRORS as err:
-        raise UnreadableFileError(
-            path, f"the DICOM file is corrupt ({type(err).__name__}: {err})", _REEXPORT
-        ) from err
-
-
-def declared_shape(ds: Dataset) -> tuple[int, int, int, int]:
-    """``(frames, rows, columns, samples per pixel)`` as the header declares them, before decoding."""
-    return number_of_frames(ds), int(ds.get("Rows") or 0), int(ds.get("Columns") or 0), int(
-        ds.get("SamplesPerPixel") or 1
-    )
-
-
-def number_of_frames(ds: Dataset) -> int:
-    """NumberOfFrames, 1 when absent."""
-    return max(int(ds.get("NumberOfFrames") or 1), 1)
 
 
 def dicom_values(ds: Dataset, path: str | Path, *, frame: int | None = None) -> np.ndarray:
@@ -273,30 +246,9 @@ def _fill_transfer_syntax(ds: Dataset) -> None:
         ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
 
 
-def is_dicomdir(ds: Dataset) -> bool:
-    """A DICOMDIR: the Media Storage Directory SOP class, or a directory record sequence."""
-    sop_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
-    return sop_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds
-
-
-def _refuse_directory(path: Path, ds: Dataset, self_contained: bool) -> None:
-    """A DICOMDIR is an index of other files, never an image."""
-    if not is_dicomdir(ds):
-        return
-    if self_contained:
-        raise UnsupportedFileError(
-            path,
-            "it is a DICOMDIR, an index that refers to other files; an upload must be one self-contained file",
-            "send one DICOM Part-10 image instance (a .dcm), a .nrrd with attached data or a .nii/.nii.gz",
-        )
-    raise UnsupportedFileError(
-        path, "it is a DICOMDIR, an index of other files, not an image", "pass the folder that holds the image files"
-    )
-
-
 def _decode(ds: Dataset, path: str | Path, frame: int | None) -> np.ndarray:
     if "PixelData" not in ds:
-        _no_pixel_data(ds, path)
+        no_pixel_data(ds, path)
     ts = UID(ds.file_meta.TransferSyntaxUID)
     try:
         decoder = get_decoder(ts)
@@ -314,68 +266,13 @@ def _decode(ds: Dataset, path: str | Path, frame: int | None) -> np.ndarray:
             f"install one: `{install}`",
         )
     if not ts.is_encapsulated:
-        _check_native_length(ds, path)
+        check_native_length(ds, path)
     try:
         return pixel_array(ds, index=frame)
     except READ_ERRORS as err:
         raise UnreadableFileError(
-            path, f"the pixel data cannot be decoded, the file is truncated or corrupt ({err})", _REEXPORT
+            path, f"the pixel data cannot be decoded, the file is truncated or corrupt ({err})", REEXPORT
         ) from err
-
-
-def _no_pixel_data(ds: Dataset, path: str | Path) -> None:
-    """A file that ends inside an element is truncated; a complete file without pixels is no image."""
-    kind = str(UID(str(ds.get("SOPClassUID", ""))).name) if "SOPClassUID" in ds else "this object"
-    if _ends_early(Path(path), ds):
-        raise UnreadableFileError(
-            path,
-            f"the file ends inside its header, before any pixel data ({kind}): it is truncated",
-            _COPY_AGAIN,
-        )
-    raise UnsupportedFileError(
-        path,
-        f"no pixel data ({kind}, modality {ds.get('Modality', '?')}); it is not an image",
-        "pass an image file (CT, MR, CR, US, ...) or leave this file out of the image folder",
-    )
-
-
-def _ends_early(path: Path, ds: Dataset) -> bool:
-    """Whether the file stops inside its last element (pydicom keeps what it could read of it).
-
-    The elements as read, before pydicom converts them, know where their value starts and
-    how long it should be; a value that would end past the end of the file, or a tail too
-    short to hold the next element's tag, means the file was cut. (A deflated data set's
-    offsets are in the inflated stream; a cut one fails to inflate instead.)
-    """
-    if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-        return False
-    as_read = pydicom.dcmread(path, force=True)
-    ends = [
-        element.value_tell + element.length
-        for element in (as_read.get_item(tag) for tag in as_read.keys())  # noqa: SIM118 (iter converts)
-        if isinstance(element, RawDataElement) and element.length != UNDEFINED_LENGTH
-    ]
-    if not ends:
-        return False
-    size = path.stat().st_size
-    return max(ends) > size or 0 < size - max(ends) < 8
-
-
-def _check_native_length(ds: Dataset, path: str | Path) -> None:
-    """Uncompressed pixel data must hold all that rows x columns x frames x samples x bits declare."""
-    bits = int(ds.get("BitsAllocated") or 0)
-    if not bits:
-        return  # pydicom says which element is missing
-    frames, rows, columns, samples = declared_shape(ds)
-    expected = (frames * rows * columns * samples * bits + 7) // 8
-    got = len(ds.PixelData)
-    if got < expected:
-        raise UnreadableFileError(
-            path,
-            f"the pixel data is shorter than its {rows} rows x {columns} columns x {frames} frame(s) x "
-            f"{samples} sample(s) x {bits} bits declare (got {got:,} of {expected:,} bytes): the file is truncated",
-            _COPY_AGAIN,
-        )
 
 
 def _rescale(plane: np.ndarray, ds: Dataset, frame: int) -> np.ndarray:

@@ -33,17 +33,8 @@ from pydicom import Dataset
 from medsight.data.sample import Sample
 from medsight.errors import DatasetError
 from medsight.io import dicom_geometry as geo
-from medsight.io.dicom import (
-    corrupt_as_unreadable,
-    declared_shape,
-    dicom_meta,
-    dicom_values,
-    is_dicom_file,
-    number_of_frames,
-    open_dataset,
-    present,
-    read_dicom_file,
-)
+from medsight.io.dicom import dicom_meta, dicom_values, is_dicom_file, open_dataset, present, read_dicom_file
+from medsight.io.dicom_checks import corrupt_as_unreadable, declared_shape, number_of_frames
 from medsight.io.limits import check_voxels
 from medsight.io.windowing import Window
 
@@ -97,7 +88,7 @@ def read_dicom_series(
         ImageTooLargeError: the slices' headers declare more values than ``max_voxels``.
     """
     folder = Path(folder)
-    series = _scan(folder)
+    series = _scan(folder, max_voxels)
     if series_uid is None and len(series) > 1:
         raise DatasetError(
             folder, f"holds {len(series)} series: {_describe(series)}",
@@ -116,14 +107,14 @@ def read_dicom_series(
         return _read_volume(folder, headers, window, max_voxels)
 
 
-def _scan(folder: Path) -> dict[str, list[tuple[Path, Dataset]]]:
+def _scan(folder: Path, max_voxels: int | None = None) -> dict[str, list[tuple[Path, Dataset]]]:
     """SeriesInstanceUID -> [(file, header)] for every image file, largest series first."""
     if not folder.is_dir():
         raise DatasetError(folder, "is not a folder", "pass the folder that holds the DICOM files")
     groups: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
     seen: set[str] = set()
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and is_dicom_file(p)):
-        header = open_dataset(path, stop_before_pixels=True)
+        header = open_dataset(path, stop_before_pixels=True, max_voxels=max_voxels)
         if "Rows" not in header or str(header.get("Modality", "")).upper() in NON_IMAGE_MODALITIES:
             continue
         instance = str(header.get("SOPInstanceUID", path))
@@ -171,7 +162,7 @@ def _read_volume(
         source=f"the series ({len(headers)} slice headers, slices x rows x columns x samples)",
     )
     ordered, positions, iop = _sort_slices(folder, headers)
-    datasets = [open_dataset(path) for path, _ in ordered]
+    datasets = [open_dataset(path, max_voxels=max_voxels) for path, _ in ordered]
     volume = np.stack([_slice_values(ds, path) for (path, _), ds in zip(ordered, datasets, strict=True)], axis=1)
     values, window_used = present(volume, datasets[0], window)
     in_plane = geo.pixel_spacing(datasets[0])

@@ -10,6 +10,10 @@ samples per pixel). The command line allows :data:`CLI_MAX_VOXELS` (a 1024^3 vol
 the service passes the stricter :data:`SERVICE_MAX_VOXELS`. Either can be changed with the
 environment variable ``MEDSIGHT_MAX_VOXELS``, or per call with ``max_voxels=``.
 
+Some libraries inflate a whole compressed payload whatever the header declares (pynrrd's
+gzip/bzip2 data, pydicom's deflated data sets); :func:`check_inflated_size` inflates such a
+stream first in bounded steps, keeping nothing, and refuses one that holds more than declared.
+
 A decoding library given a damaged file raises whatever its code trips over (a
 ``KeyError``, an ``AttributeError``, ``zlib.error``, ...). :data:`DECODE_ERRORS` lists the
 built-in ones; each reader catches them, with its library's own, around the library call
@@ -23,12 +27,14 @@ Example:
 
 from __future__ import annotations
 
+import bz2
 import math
 import os
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from medsight.errors import ConfigError, ImageTooLargeError
 
@@ -55,6 +61,9 @@ DECODE_ERRORS: tuple[type[Exception], ...] = (
 )
 #: The environment variable that overrides the default limit.
 MAX_VOXELS_VARIABLE = "MEDSIGHT_MAX_VOXELS"
+#: The most bytes one decoded value can take (float64 / int64): bounds a payload from a voxel count.
+MAX_BYTES_PER_VALUE = 8
+_STEP = 1 << 20
 
 
 def default_max_voxels() -> int:
@@ -116,3 +125,46 @@ def check_voxels(
             f"more than the limit of {limit:,}",
             f"crop or downsample it, or raise the limit with {MAX_VOXELS_VARIABLE} / --max-voxels",
         )
+
+
+def check_inflated_size(where: str | Path, stream: BinaryIO, codec: str, limit_bytes: int) -> None:
+    """Inflate ``stream`` in steps of at most 1 MiB, keeping nothing; refuse it past ``limit_bytes``.
+
+    Args:
+        where: the file named in the error.
+        stream: positioned at the compressed data; read to its end (or the end of the
+            first gzip member / bzip2 stream, as the libraries do).
+        codec: ``"gzip"``, ``"deflate"`` (raw, as DICOM's deflated transfer syntax) or ``"bzip2"``.
+        limit_bytes: the most bytes the header allows, e.g. voxels x 8.
+
+    Raises:
+        ImageTooLargeError: the data inflates to more than ``limit_bytes``.
+        zlib.error, OSError, EOFError: the compressed data is corrupt (the reader reports it).
+    """
+    inflater = {
+        "gzip": lambda: zlib.decompressobj(zlib.MAX_WBITS | 16),
+        "deflate": lambda: zlib.decompressobj(-zlib.MAX_WBITS),
+        "bzip2": bz2.BZ2Decompressor,
+    }[codec]()
+    total = 0
+    while not inflater.eof and (chunk := stream.read(1 << 16)):
+        for produced in _inflate_steps(inflater, chunk):
+            total += produced
+            if total > limit_bytes:
+                raise ImageTooLargeError(
+                    where,
+                    f"its {codec} data inflates to more than {limit_bytes:,} bytes, more than its header declares",
+                    "the file is corrupt or built to exhaust memory; export it again from its source",
+                )
+
+
+def _inflate_steps(inflater: object, data: bytes) -> Iterator[int]:
+    """The sizes of the bounded pieces one compressed chunk inflates to."""
+    if isinstance(inflater, bz2.BZ2Decompressor):
+        yield len(inflater.decompress(data, _STEP))
+        while not inflater.eof and not inflater.needs_input:
+            yield len(inflater.decompress(b"", _STEP))
+        return
+    while data and not inflater.eof:  # type: ignore[attr-defined]
+        yield len(inflater.decompress(data, _STEP))  # type: ignore[attr-defined]
+        data = inflater.unconsumed_tail  # type: ignore[attr-defined]

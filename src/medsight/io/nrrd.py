@@ -26,14 +26,16 @@ Example:
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
+from typing import BinaryIO
 
 import nrrd
 import numpy as np
 
 from medsight.data.sample import Sample, affine_from_spacing
 from medsight.errors import InvalidImageError, UnreadableFileError, UnsupportedFileError
-from medsight.io.limits import DECODE_ERRORS, check_voxels
+from medsight.io.limits import DECODE_ERRORS, MAX_BYTES_PER_VALUE, check_inflated_size, check_voxels
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ def read_nrrd(path: str | Path, *, max_voxels: int | None = None, self_contained
             header = nrrd.read_header(fh)
             _check_data_file(path, header, self_contained)
             check_voxels(path, header.get("sizes", ()), max_voxels)
+            _check_compressed_size(path, header, fh)
             data = nrrd.read_data(header, fh, str(path), index_order="F")
     except _READ_ERRORS as err:
         raise UnreadableFileError(
@@ -137,6 +140,22 @@ def _check_data_file(path: Path, header: dict, self_contained: bool) -> None:
             f"keep the data file next to the header and name it without '..' or an absolute path, or {_ATTACH}",
         )
     header[key] = str(target)
+
+
+def _check_compressed_size(path: Path, header: dict, fh: BinaryIO) -> None:
+    """pynrrd inflates all of a gzip/bzip2 payload whatever ``sizes`` says: check it holds no more first."""
+    codec = {"gzip": "gzip", "gz": "gzip", "bzip2": "bzip2", "bz2": "bzip2"}.get(str(header.get("encoding")))
+    if codec is None or "sizes" not in header:
+        return
+    byte_skip = int(header.get("byte skip", header.get("byteskip", 0)))
+    limit = int(np.prod(header["sizes"], dtype=np.int64)) * MAX_BYTES_PER_VALUE + max(byte_skip, 0)
+    data_file = header.get("data file", header.get("datafile"))  # checked and resolved by _check_data_file
+    start = fh.tell()
+    with open(data_file, "rb") if data_file else nullcontext(fh) as source:
+        for _ in range(max(int(header.get("line skip", header.get("lineskip", 0))), 0)):
+            source.readline()
+        check_inflated_size(path, source, codec, limit)
+    fh.seek(start)
 
 
 def _describe(err: Exception) -> str:
