@@ -43,3 +43,9 @@ def test_unreadable_path(tmp_path: Path) -> None:
     path.write_text("hello")
     with pytest.raises(UnreadableFileError, match="not a DICOM file"):
         phi_fields_present(path)
+
+@pytest.mark.parametrize(("serial", "found"), [("SN-4711", ["DeviceSerialNumber"]), ("ANONYMIZED", [])])
+def test_the_anonymisers_serial_placeholder_is_not_a_finding(serial: str, found: list[str]) -> None:
+    ds = Dataset()
+    ds.DeviceSerialNumber = serial
+    assert phi_fields_present(ds) == found

@@ -37,13 +37,11 @@ import pydicom
 from pydicom import Dataset
 
 from medsight.errors import ConfigError, UnreadableFileError
-from medsight.io.phi import PHI_KEYWORDS
+from medsight.io.phi import DUMMY_SERIAL, PHI_KEYWORDS
 
 #: Type-2 attributes that must stay present: emptied instead of removed.
 EMPTIED = ("PatientName", "PatientBirthDate", "ReferringPhysicianName", "AccessionNumber", "StudyID")
 METHOD = "medsight PS3.15 basic profile subset, UIDs remapped"  # LO: at most 64 characters
-#: PS3.15 action X/Z/D: a dummy where a value was (Type 1 in some IODs), the same for every device.
-DUMMY_SERIAL = "ANONYMIZED"
 
 
 class Anonymizer:

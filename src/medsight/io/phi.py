@@ -24,6 +24,10 @@ from pydicom import Dataset
 
 from medsight.io.dicom import open_dataset
 
+#: The DeviceSerialNumber the anonymiser writes (PS3.15 action X/Z/D: a dummy where a value was,
+#: since it is Type 1 in some IODs), the same for every device; not an identifier.
+DUMMY_SERIAL = "ANONYMIZED"
+
 #: Patient-identifying keywords checked by :func:`phi_fields_present`.
 PHI_KEYWORDS: tuple[str, ...] = (
     # the patient
@@ -87,9 +91,14 @@ def phi_fields_present(dataset_or_path: Dataset | str | Path) -> list[str]:
     found = {
         element.keyword
         for element in ds.iterall()
-        if element.keyword in PHI_KEYWORDS and _filled(element.value)
+        if element.keyword in PHI_KEYWORDS and _filled(element.value) and not _placeholder(element)
     }
     return [keyword for keyword in PHI_KEYWORDS if keyword in found]
+
+
+def _placeholder(element: object) -> bool:
+    """True for the anonymiser's own DeviceSerialNumber placeholder, which identifies no device."""
+    return element.keyword == "DeviceSerialNumber" and str(element.value) == DUMMY_SERIAL
 
 
 def _filled(value: object) -> bool:
