@@ -239,3 +239,17 @@ def test_onnx_backend_applies_the_temperature_too(trained_run: Path, small_phant
     plain = Predictor(folder, backend="onnx").predict_file(files[1])["probabilities"]["nodule"]
     calibrated = onnx.predict_file(files[1])["probabilities"]["nodule"]
     assert abs(calibrated - 0.5) < abs(plain - 0.5)
+
+
+def test_training_prints_the_threshold_to_4_digits_and_the_calibration_decision(
+    small_phantoms: Path, tmp_path: Path
+) -> None:
+    from medsight.config import load_config
+    from medsight.engine.pipeline import run_training
+
+    cfg = load_config(recipe="demo", overrides={"data.path": str(small_phantoms), "preprocess.size": [32, 32],
+                                                "train.epochs": 1, "eval.bootstrap": 0, "eval.calibration": "none"})
+    text = run_training(cfg, out=tmp_path, progress=False)
+    threshold = load_bundle(tmp_path / "model").threshold
+    assert f" threshold={threshold:.4f}\ntemperature scaling: switched off (eval.calibration: none)\n" in text
+    assert load_bundle(tmp_path / "model").provenance["calibration"]["status"] == "off"

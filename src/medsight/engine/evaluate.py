@@ -171,8 +171,9 @@ def aggregate_folds(fold_metrics: list[dict], out: Path, title: str, keys: tuple
     classification metrics unless given, e.g. the segmentation ones).
 
     Folds where a metric is undefined (NaN/None) are left out of its mean and sd; a metric
-    defined in fewer than two folds has sd NaN. Writes ``out/cv_metrics.json`` and
-    ``out/cv_report.html``.
+    defined in fewer than two folds has sd NaN. Segmentation folds pass on their ``distance_unit``;
+    when they measured HD95/ASSD in different units (``mixed``) those two get no mean or sd.
+    Writes ``out/cv_metrics.json`` and ``out/cv_report.html``.
 
     Returns:
         ``{"title", "folds", "n_per_fold", "metrics": {key: {"mean", "sd", "per_fold"}}}`` plus a
