@@ -153,8 +153,14 @@ def test_medmnist_array_headers_are_checked_before_loading(tmp_path: Path, monke
     assert read_medmnist(path)["train"][0].shape == (10, 28, 28)
     monkeypatch.setattr(np.lib.format, "read_array", _never)
     with pytest.raises(ImageTooLargeError) as err:
-        read_medmnist(path, max_voxels=10 * 28 * 28 - 1)
-    assert "train_images declares 10x28x28 = 7,840 voxels, more than the limit of 7,839" in str(err.value)
+        read_medmnist(path, max_voxels=28 * 28 - 1)
+    assert "each image of train_images declares 28x28 = 784 voxels, more than the limit of 783" in str(err.value)
+
+
+def test_the_medmnist_limit_is_per_image_not_per_archive(tmp_path: Path) -> None:
+    path = tmp_path / "many.npz"
+    np.savez_compressed(path, train_images=np.zeros((10, 28, 28), np.uint8), train_labels=np.zeros((10, 1)))
+    assert read_medmnist(path, max_voxels=28 * 28)["train"][0].shape == (10, 28, 28)
 
 
 def test_a_refused_bomb_costs_no_memory(bombs: Path) -> None:

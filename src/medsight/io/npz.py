@@ -1,7 +1,10 @@
 """MedMNIST ``.npz`` archives: the official ``{split}_images`` / ``{split}_labels`` keys.
 
-Each array's ``.npy`` header (its shape) is read from the zip archive and checked against
-the voxel limit (:mod:`medsight.io.limits`) before the array is inflated and loaded.
+Each image array's ``.npy`` header (its shape) is read from the zip archive and one image
+(the shape after the count) is checked against the voxel limit (:mod:`medsight.io.limits`)
+before the array is inflated and loaded. The limit is per image, as for every other reader:
+an archive is a local data set of many images (the 224-pixel MedMNIST+ sets hold billions of
+values in all), never an upload.
 
 Example:
     >>> splits = read_medmnist("breastmnist.npz")
@@ -31,8 +34,8 @@ def read_medmnist(path: str | Path, *, max_voxels: int | None = None) -> dict[st
 
     Args:
         path: the ``.npz`` file.
-        max_voxels: the most values one array may hold; None for the default limit
-            (``$MEDSIGHT_MAX_VOXELS`` or 2^30; the 224-pixel MedMNIST+ sets need more).
+        max_voxels: the most values one image may hold; None for the default limit
+            (``$MEDSIGHT_MAX_VOXELS`` or 2^30).
 
     Returns:
         ``{split: (images, labels)}`` for each split whose keys are present; images as
@@ -42,7 +45,7 @@ def read_medmnist(path: str | Path, *, max_voxels: int | None = None) -> dict[st
 
     Raises:
         UnreadableFileError: empty, truncated or not an ``.npz`` archive.
-        ImageTooLargeError: an array's header declares more values than ``max_voxels``.
+        ImageTooLargeError: an image array's header declares images of more values than ``max_voxels``.
         DatasetError: no MedMNIST keys, a split with images but no labels (or the other
             way round), or image and label counts that differ.
     """
@@ -76,16 +79,16 @@ def read_medmnist(path: str | Path, *, max_voxels: int | None = None) -> dict[st
 
 
 def _check_shapes(path: Path, keys: list[str], max_voxels: int | None) -> None:
-    """Read each array's ``.npy`` header (a few bytes inflated) and check its shape against the limit."""
+    """Read each image array's ``.npy`` header (a few bytes inflated) and check one image against the limit."""
     with zipfile.ZipFile(path) as archive:
-        for key in keys:
+        for key in (k for k in keys if k.endswith("_images")):
             with archive.open(f"{key}.npy") as member:
                 version = np.lib.format.read_magic(member)
                 read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else (
                     np.lib.format.read_array_header_2_0
                 )
                 shape = read_header(member)[0]
-            check_voxels(path, shape, max_voxels, source=key)
+            check_voxels(path, shape[1:], max_voxels, source=f"each image of {key}")
 
 
 def medmnist_sample(images: np.ndarray, index: int) -> Sample:
