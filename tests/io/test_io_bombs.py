@@ -19,7 +19,7 @@ from medsight.errors import ImageTooLargeError, UnreadableFileError
 from medsight.io import SERVICE_MAX_VOXELS, read_image, read_image_file
 from medsight.io.npz import read_medmnist
 
-FIX = "crop or downsample it, or raise the limit with MEDSIGHT_MAX_VOXELS / --max-voxels"
+FIX = "crop or downsample it, or raise the limit with MEDSIGHT_MAX_VOXELS (medsight serve: --max-voxels)"
 
 
 class Decoded(Exception):

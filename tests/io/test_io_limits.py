@@ -49,7 +49,7 @@ def test_the_error_states_the_declared_size_the_limit_and_the_fix() -> None:
         check_voxels("big.nii.gz", (1024, 1024, 512), SERVICE_MAX_VOXELS)
     assert str(err.value) == (
         "big.nii.gz: the header declares 1024x1024x512 = 536,870,912 voxels, more than the limit of "
-        "67,108,864; crop or downsample it, or raise the limit with MEDSIGHT_MAX_VOXELS / --max-voxels"
+        "67,108,864; crop or downsample it, or raise the limit with MEDSIGHT_MAX_VOXELS (medsight serve: --max-voxels)"
     )
 
 

@@ -123,7 +123,7 @@ def check_voxels(
             where,
             f"{source} declares {'x'.join(str(n) for n in sizes)} = {count:,} voxels, "
             f"more than the limit of {limit:,}",
-            f"crop or downsample it, or raise the limit with {MAX_VOXELS_VARIABLE} / --max-voxels",
+            f"crop or downsample it, or raise the limit with {MAX_VOXELS_VARIABLE} (medsight serve: --max-voxels)",
         )
 
 
