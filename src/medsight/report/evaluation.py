@@ -110,15 +110,14 @@ def _calibration_text(metrics: dict) -> str:
 
 
 def _validation_figures(choice: dict) -> str:
-    """The validation NLL and ECE with and without the fitted temperature, and which of them it made worse."""
+    """The validation ECE with and without the fitted temperature, and which figures it made worse (the
+    held-out NLL is in the reason already)."""
     if choice.get("fitted") is None:
         return ""
     nll, ece = (choice["nll_before"], choice["nll_after"]), (choice["ece_before"], choice["ece_after"])
     worse = [name for name, (old, new) in (("NLL", nll), ("ECE", ece)) if new > old]
     return (
-        f" With the fitted T = {fmt(choice['fitted'], 3)} the validation NLL (each case scored by a T fitted on "
-        f"the other validation cases) went from {fmt(nll[0], 4)} to {fmt(nll[1], 4)}, and the validation ECE from "
-        f"{fmt(ece[0])} to {fmt(ece[1])}"
+        f" With T = {fmt(choice['fitted'], 3)} the validation ECE went from {fmt(ece[0])} to {fmt(ece[1])}"
         + (f": it made the validation {' and '.join(worse)} worse." if worse else ".")
     )
 
