@@ -57,6 +57,13 @@ def dicom_bytes(patient_name: str = "Doe^Jane", seed: int = 0, size: tuple[int, 
     return phi_dicom_bytes(_pixels(seed, size), patient_name)
 
 
+@pytest.fixture(scope="session")
+def api_key() -> str:
+    """The key :func:`client` sends (a fixture, because ``from conftest import`` finds another folder's
+    conftest when several test folders are collected together)."""
+    return KEY
+
+
 @pytest.fixture
 def png() -> bytes:
     return png_bytes()

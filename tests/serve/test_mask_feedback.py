@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from conftest import KEY
 from PIL import Image
 
 
 def test_a_corrected_mask_round_trips_into_a_training_pair(seg_bundle: Path, disc_images: Path,
-                                                           tmp_path: Path) -> None:
+                                                           tmp_path: Path, api_key: str) -> None:
     from fastapi.testclient import TestClient
 
     from medsight.data.seg_layouts import open_seg_dataset
@@ -23,8 +22,8 @@ def test_a_corrected_mask_round_trips_into_a_training_pair(seg_bundle: Path, dis
     corrected[10:30, 12:30] = 255
     mask_file = tmp_path / "fixed.png"
     Image.fromarray(corrected).save(mask_file)
-    app = create_app(ServeSettings(bundle=seg_bundle, api_keys=(KEY,), feedback=tmp_path / "feedback"))
-    with TestClient(app, headers={"X-API-Key": KEY}) as client:
+    app = create_app(ServeSettings(bundle=seg_bundle, api_keys=(api_key,), feedback=tmp_path / "feedback"))
+    with TestClient(app, headers={"X-API-Key": api_key}) as client:
         answer = client.post("/v1/feedback", data={"verdict": "mask"},
                              files={"file": ("patient_scan.png", image, "image/png"),
                                     "mask": ("fixed.png", mask_file.read_bytes(), "image/png")})

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from conftest import KEY
 from hypothesis import HealthCheck, given, settings
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import (
@@ -34,16 +33,18 @@ def api_schema(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 
     from medsight.serve.app import ServeSettings, create_app
 
+    key = request.getfixturevalue("api_key")
     bundle: Path = request.getfixturevalue("tiny_bundle" if request.param == "classifier" else "seg_bundle")
-    app = create_app(ServeSettings(bundle=bundle, api_keys=(KEY,), max_body_bytes=2**20,
+    app = create_app(ServeSettings(bundle=bundle, api_keys=(key,), max_body_bytes=2**20,
                                    feedback=tmp_path_factory.mktemp(f"{request.param}-feedback")))
-    yield schemathesis.openapi.from_asgi("/openapi.json", app)
+    yield schemathesis.openapi.from_asgi("/openapi.json", app), key
     shutdown_lifespans()  # the model and its inference thread go with the app
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_no_server_error_and_every_answer_conforms_to_the_schema(api_schema, mode: GenerationMode) -> None:
-    operations = [result.ok() for result in api_schema.get_all_operations()]
+    schema, key = api_schema
+    operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.label for op in operations} >= {"POST /v1/predict", "POST /v1/feedback", "GET /readyz"}
     if mode == GenerationMode.NEGATIVE:  # only operations with something to get wrong: a parameter or a body
         operations = [op for op in operations if len(op.query) or len(op.body)]
@@ -53,7 +54,7 @@ def test_no_server_error_and_every_answer_conforms_to_the_schema(api_schema, mod
         @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                   suppress_health_check=list(HealthCheck))
         def exercise(case) -> None:
-            response = case.call_and_validate(headers={"X-API-Key": KEY}, checks=CHECKS)
+            response = case.call_and_validate(headers={"X-API-Key": key}, checks=CHECKS)
             statuses.setdefault(case.operation.label, set()).add(response.status_code)
 
         exercise()

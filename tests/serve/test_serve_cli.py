@@ -35,6 +35,8 @@ def _cli() -> typer.Typer:
         (["--api-keys", "missing-keys.txt"], "cannot read the API key file"),
         (["--no-auth", "--workers", "0"], "needs at least one worker"),
         (["--no-auth", "--mixed-precision"], "--mixed-precision: is for segmentation models"),  # a classifier
+        (["--no-auth", "--max-voxels", "0"], "must be a positive whole number"),
+        (["--no-auth", "--auth-failures-per-minute", "0"], "must be at least 1"),
     ],
 )
 def test_refuses_to_start_with_a_one_line_error(tiny_bundle: Path, args: list[str], message: str,
@@ -44,6 +46,13 @@ def test_refuses_to_start_with_a_one_line_error(tiny_bundle: Path, args: list[st
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_non_ascii_key_is_refused_at_start(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDSIGHT_API_KEYS", "schl\u00fcssel-0123456789abcdef")
+    result = CliRunner().invoke(_cli(), [str(tiny_bundle)])
+    assert result.exit_code == 2 and "outside printable ASCII" in result.output
+    assert "schl" not in result.output and "Traceback" not in result.output
 
 
 def test_mixed_precision_is_refused_for_a_registry_whose_production_model_is_a_classifier(

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from conftest import KEY
 
 from medsight.errors import ConfigError
 from medsight.serve.auth import check_auth_settings
 
+KEY = "hardening-key-0123456789abcdef"
 OTHER = "other-key-0123456789abcdef"
 
 

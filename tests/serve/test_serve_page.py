@@ -133,7 +133,7 @@ def test_dicom_upload_shows_the_server_preview(page, make_dicom, tmp_path: Path)
 def test_bad_file_and_missing_heatmap_are_explained(page, png: bytes, tmp_path: Path) -> None:
     page.set_input_files("#file", str(_write(tmp_path, "letter.txt", b"Dear colleague, " * 10)))
     page.wait_for_selector("#error:not([hidden])")
-    assert "letter.txt: not a DICOM, NIfTI, PNG or JPEG file" in page.inner_text("#error")
+    assert "letter.txt: not a DICOM, NIfTI, NRRD, PNG, JPEG, TIFF or GIF file" in page.inner_text("#error")
     page.set_input_files("#file", str(_write(tmp_path, "case.png", png)))
     page.wait_for_selector("#label-name")
     assert page.is_hidden("#error")

@@ -136,13 +136,12 @@ def test_a_small_file_declaring_a_huge_image_is_413(client, png: bytes, bombs: d
     assert client.post("/v1/predict", files={"file": ("ok.png", png)}).status_code == 200
 
 
-def test_the_voxel_limit_is_configurable(tiny_bundle: Path, png: bytes) -> None:
-    from conftest import KEY
+def test_the_voxel_limit_is_configurable(tiny_bundle: Path, png: bytes, api_key: str) -> None:
     from fastapi.testclient import TestClient
 
     from medsight.serve.app import ServeSettings, create_app
 
-    app = create_app(ServeSettings(bundle=tiny_bundle, api_keys=(KEY,), max_voxels=48 * 40 - 1))
-    with TestClient(app, headers={"X-API-Key": KEY}) as strict:
+    app = create_app(ServeSettings(bundle=tiny_bundle, api_keys=(api_key,), max_voxels=48 * 40 - 1))
+    with TestClient(app, headers={"X-API-Key": api_key}) as strict:
         answer = strict.post("/v1/predict", files={"file": ("a.png", png)})  # 48x40 grey = 1,920 values
     assert answer.status_code == 413 and "more than the limit of 1,919" in answer.json()["error"]["problem"]
