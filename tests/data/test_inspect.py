@@ -154,3 +154,59 @@ def test_pneumoniamnist_inspects_in_seconds(shared_data):
     assert time.perf_counter() - start < 10
     assert r["n_items"] == 5232 and r["class_counts"] == {"normal": 1349, "pneumonia": 3883}
     assert r["summary"]["near_duplicate_groups"] < 20  # the centred hash does not lump chest X-rays together
+
+
+def test_a_manifest_with_many_problems_lists_every_one_and_inspects_the_rest(tmp_path):
+    from rich.console import Console
+
+    rng = np.random.default_rng(1)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(_texture(rng)).save(tmp_path / name)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\na.png,x\ngone1.png,x\nb.png,y\ngone2.png,y\nbroken.png,x\n,y\ngone3.png,x\n")
+    report = inspect_dataset(manifest, out=tmp_path / "r.json", progress=False)
+    assert [p["path"] for p in report["manifest_problems"]] == [f"{manifest}:{n}" for n in (3, 5, 7, 8)]
+    assert [p["reason"].split(": ", 1)[1][:20] for p in report["manifest_problems"]] == [
+        "names gone1.png, whi", "names gone2.png, whi", "the path is empty; f", "names gone3.png, whi"]
+    assert report["summary"]["manifest_problems"] == 4 and report["n_items"] == 3 and report["n_readable"] == 2
+    assert [Path(u["path"]).name for u in report["unreadable"]] == ["broken.png"]
+    assert json.loads((tmp_path / "r.json").read_text())["manifest_problems"] == report["manifest_problems"]
+    console = Console(record=True, width=300)
+    render_inspection(report, console)
+    text = console.export_text()
+    assert "manifest rows left out" in text
+    assert all(name in text for name in ("gone1.png", "gone2.png", "gone3.png", "m.csv:7", "broken.png"))
+
+
+def test_a_decoders_own_exception_is_listed_and_the_inspection_goes_on(tmp_path, monkeypatch):
+    import medsight.io
+
+    rng = np.random.default_rng(2)
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(_texture(rng)).save(tmp_path / name)
+    real = medsight.io.read_image
+
+    def choke(path, *args, **kwargs):
+        if Path(path).name == "b.png":
+            raise NotImplementedError("Unknown Value Representation 'CQ' in tag (0010,0040)")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(medsight.io, "read_image", choke)
+    report = inspect_dataset(tmp_path, progress=False)
+    assert report["n_items"] == 3 and report["n_readable"] == 2 and report["sizes"] == {"64x64": 2}
+    (unreadable,) = report["unreadable"]
+    assert unreadable["reason"] == (
+        f"{tmp_path / 'b.png'}: cannot be read (NotImplementedError: Unknown Value Representation 'CQ' in tag "
+        "(0010,0040)); check that the file is complete and is the type its name says; re-export it, or leave it out")
+
+
+def test_a_dicom_folder_with_a_corrupt_header_is_inspected_file_by_file(tmp_path):
+    for name in ("a.dcm", "b.dcm", "c.dcm"):
+        _dicom(tmp_path / name)
+    data = (tmp_path / "b.dcm").read_bytes()
+    (tmp_path / "b.dcm").write_bytes(data[:300])  # cut inside the header
+    report = inspect_dataset(tmp_path, progress=False)
+    assert report["layout"] == "dicom" and report["n_items"] == 3 and report["n_readable"] == 2
+    assert [Path(u["path"]).name for u in report["unreadable"]] == ["b.dcm"]
+    assert "b.dcm" in report["unreadable"][0]["reason"] and "\n" not in report["unreadable"][0]["reason"]

@@ -166,3 +166,41 @@ def test_dicom_folder_is_unlabelled_and_picks_a_series(tmp_path):
 
 def test_item_id_names_series():
     assert item_id(Item("study", None, series_uid="1.2.3")) == "study#1.2.3"
+
+
+BROKEN_MANIFEST = ("path,label,split\na.png,x,train\nmissing1.png,x,train\na.png,,train\nmissing2.png,y,val\n"
+                   "a.png,y,training\na.png,y,\nb.png,y,val\n")
+
+
+def test_a_broken_manifest_is_refused_at_its_first_bad_row_by_default(tmp_path):
+    _png(tmp_path / "a.png")
+    _png(tmp_path / "b.png")
+    with pytest.raises(DatasetError) as err:
+        open_dataset(_manifest(tmp_path / "m.csv", BROKEN_MANIFEST))  # training: as before
+    assert "m.csv:4: the label is empty" in str(err.value)
+
+
+def test_a_lenient_opening_lists_every_bad_manifest_row_in_line_order_and_keeps_the_good_ones(tmp_path):
+    _png(tmp_path / "a.png")
+    _png(tmp_path / "b.png")
+    csv = _manifest(tmp_path / "m.csv", BROKEN_MANIFEST)
+    ds = open_dataset(csv, strict=False)
+    assert [(Path(it.source).name, it.split) for it in ds.items] == [("a.png", "train"), ("b.png", "val")]
+    assert ds.class_names == ["x", "y"] and [it.label for it in ds.items] == [0, 1]
+    assert [p["path"] for p in ds.problems] == [f"{csv}:{line}" for line in (3, 4, 5, 6, 7)]
+    reasons = [p["reason"] for p in ds.problems]
+    assert reasons[0] == (f"{csv}:3: names missing1.png, which does not exist ({tmp_path / 'missing1.png'}); "
+                          "fix the path (relative to the CSV's folder) or remove the row")
+    assert reasons[1] == f"{csv}:4: the label is empty; fill in the label"
+    assert reasons[2].startswith(f"{csv}:5: names missing2.png, which does not exist")
+    assert reasons[3] == f"{csv}:6: unknown split 'training'; use one of train, val, test"
+    assert reasons[4].startswith(f"{csv}:7: has no split while other rows have one")
+
+
+def test_a_lenient_opening_lists_unknown_labels_too(tmp_path):
+    _png(tmp_path / "a.png")
+    csv = _manifest(tmp_path / "m.csv", "path,label\na.png,normal\na.png,tumour\na.png,cyst\n")
+    ds = open_dataset(csv, class_names=["normal", "pneumonia"], strict=False)
+    assert len(ds.items) == 1 and ds.items[0].label == 0
+    assert [p["path"] for p in ds.problems] == [f"{csv}:3", f"{csv}:4"]
+    assert "label 'tumour' is not one of the known labels ['normal', 'pneumonia']" in ds.problems[0]["reason"]
