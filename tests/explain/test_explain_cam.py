@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -179,3 +180,44 @@ def test_bad_requests_are_clear_and_unreadable_files_get_error_rows(square_task,
         assert bad.exit_code != 0 and words in bad.output, bad.output
     with pytest.raises(ConfigError, match="unknown explanation method"):
         saliency(torch.nn.Identity(), torch.zeros(1, 1, 4, 4), method="lime", target=0)
+
+
+def test_a_decoders_own_exception_or_a_volume_for_a_2d_model_is_the_files_error_row(tmp_path, monkeypatch):
+    import zlib
+
+    import medsight.io
+    from medsight.bundle import Bundle
+    from medsight.config import ModelConfig, PreprocessConfig
+    from medsight.explain.run import explain_files
+
+    torch.manual_seed(0)
+    net = create_model("compact_cnn", in_channels=1, num_outputs=2, spatial_dims=2)
+    bundle = Bundle(task="classification", model=ModelConfig(name="compact_cnn"),
+                    preprocess=PreprocessConfig(size=[16, 16], normalize="zscore"), label_names=["a", "b"],
+                    state_dict=net.state_dict()).save(tmp_path / "model")
+    (tmp_path / "in").mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        pixels = np.random.default_rng(0).integers(0, 255, (20, 24), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "in" / name)
+    nib.save(nib.Nifti1Image(np.zeros((20, 18, 12), np.float32), np.eye(4)), tmp_path / "in" / "vol.nii.gz")
+    real = medsight.io.read_image
+
+    def choke(path, *args, **kwargs):
+        if Path(path).name == "b.png":
+            raise zlib.error("Error -3 while decompressing data: invalid stored block lengths")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(medsight.io, "read_image", choke)
+    counts = explain_files(bundle=bundle, images=[tmp_path / "in"], method="gradcam", out=tmp_path / "out",
+                           progress=False)
+    assert counts == {"ok": 2, "errors": 2}
+    rows = {r["path"].split("/")[-1]: r for r in csv.DictReader((tmp_path / "out" / "explanations.csv").open())}
+    assert list(rows) == ["a.png", "b.png", "c.png", "vol.nii.gz"]
+    assert rows["b.png"]["error"] == (
+        f"{tmp_path / 'in' / 'b.png'}: cannot be read (error: Error -3 while decompressing data: invalid stored block "
+        "lengths); check that the file is complete and is the type its name says; re-export it, or leave it out")
+    assert rows["vol.nii.gz"]["error"].startswith(
+        f"{tmp_path / 'in' / 'vol.nii.gz'}: this model takes 2D images, and this is a 3D volume (20x18x12); pass 2D "
+        "slices instead")
+    for name in ("a.png", "c.png"):
+        assert not rows[name]["error"] and Path(rows[name]["overlay"]).is_file()
