@@ -94,7 +94,7 @@ def test_no_planted_patient_value_is_stored(feedback_client, tmp_path: Path, cas
 
 
 def test_random_bytes_starting_like_dicom_are_not_taken_for_dicom() -> None:
-    from medsight.feedback.deidentify import is_dicom_bytes
+    from medsight.io.dicom import is_dicom_bytes
 
     rng = np.random.default_rng(0)
     junk = [prefix + rng.bytes(300) for prefix in (b"\x08\x00", b"\x02\x00") for _ in range(50)]

@@ -14,46 +14,18 @@ de-identified whatever its role (input image, corrected mask) or name:
 
 Example:
     >>> suffix, clean = deidentified(data, "dicom")
-    >>> is_dicom_bytes(data[132:])  # a DICOM stripped of its preamble is still DICOM
-    True
 """
 
 from __future__ import annotations
 
 import io
-import warnings
 
 from medsight.errors import MedsightError
-
-#: Groups a DICOM stream without a preamble starts with: file meta, or the identifying module.
-_BARE_DICOM_GROUPS = (b"\x02\x00", b"\x08\x00")
-#: Elements one of which every DICOM image (and every SOP instance) carries.
-_DICOM_EVIDENCE = ("SOPClassUID", "Rows")
+from medsight.io.dicom import is_dicom_bytes
 
 
 class DeidentificationError(MedsightError):
     """An upload that cannot be de-identified, so the feedback store refuses to keep it."""
-
-
-def is_dicom_bytes(data: bytes) -> bool:
-    """True for a DICOM file's bytes: the ``DICM`` marker at byte 128, or a bare dataset.
-
-    A bare dataset must start with a group 0002 or 0008 tag and parse with pydicom into a
-    dataset that has a SOP Class UID or Rows, so random bytes are not taken for DICOM.
-    """
-    if data[128:132] == b"DICM":
-        return True
-    if len(data) < 8 or data[:2] not in _BARE_DICOM_GROUPS:
-        return False
-    import pydicom
-
-    try:
-        with warnings.catch_warnings():  # junk makes pydicom warn about every element it cannot make sense of
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
-            return any(keyword in ds for keyword in _DICOM_EVIDENCE)
-    except Exception:  # pydicom raises many types on bytes that are not DICOM; all mean "not DICOM"
-        return False
 
 
 def deidentified(data: bytes, kind: str) -> tuple[str, bytes]:

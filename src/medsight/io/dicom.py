@@ -24,7 +24,9 @@ Example:
 
 from __future__ import annotations
 
+import io
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +56,10 @@ from medsight.io.windowing import Window, apply_window, resolve_window
 
 log = logging.getLogger(__name__)
 
+#: Groups a DICOM stream without a preamble starts with: file meta, or the identifying module.
+_BARE_DICOM_GROUPS = (b"\x02\x00", b"\x08\x00")
+#: Elements one of which every DICOM image (and every SOP instance) carries.
+_DICOM_EVIDENCE = ("SOPClassUID", "Rows")
 _JPEG = "pip install pylibjpeg pylibjpeg-libjpeg"
 _J2K = "pip install pylibjpeg pylibjpeg-openjpeg"
 #: The package that decodes each compressed transfer syntax (by UID prefix match).
@@ -82,6 +88,25 @@ _META_KEYWORDS = (
 )
 
 
+def is_dicom_bytes(data: bytes) -> bool:
+    """True for a DICOM file's bytes: the ``DICM`` marker at byte 128, or a bare dataset.
+
+    A bare dataset must start with a group 0002 or 0008 tag and parse with pydicom into a
+    dataset that has a SOP Class UID or Rows, so random bytes are not taken for DICOM.
+    """
+    if data[128:132] == b"DICM":
+        return True
+    if len(data) < 8 or data[:2] not in _BARE_DICOM_GROUPS:
+        return False
+    try:
+        with warnings.catch_warnings():  # junk makes pydicom warn about every element it cannot make sense of
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+            return any(keyword in ds for keyword in _DICOM_EVIDENCE)
+    except Exception:  # pydicom raises many types on bytes that are not DICOM; all mean "not DICOM"
+        return False
+
+
 def is_dicom_file(path: str | Path) -> bool:
     """Cheap check: the 'DICM' marker at byte 128, or a header that starts like DICOM.
 
@@ -93,7 +118,7 @@ def is_dicom_file(path: str | Path) -> bool:
             head = f.read(132)
     except OSError:
         return False
-    return head[128:132] == b"DICM" or (len(head) >= 8 and head[:2] in (b"\x02\x00", b"\x08\x00"))
+    return head[128:132] == b"DICM" or (len(head) >= 8 and head[:2] in _BARE_DICOM_GROUPS)
 
 
 def open_dataset(path: str | Path, *, stop_before_pixels: bool = False, max_voxels: int | None = None) -> Dataset:

@@ -30,8 +30,8 @@ from starlette.requests import Request
 
 from medsight.data.sample import Sample
 from medsight.errors import MedsightError, UnreadableFileError, UnsupportedFileError
-from medsight.feedback.deidentify import is_dicom_bytes
 from medsight.io import read_image
+from medsight.io.dicom import is_dicom_bytes
 from medsight.serve.errors import MissingFieldError, too_large
 
 FIELD = "file"
