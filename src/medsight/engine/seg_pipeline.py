@@ -14,6 +14,10 @@ prediction (mean foreground Dice, inside the region of interest), checkpoints ea
     out/val_probabilities/<case>.npy     a cross-validation fold's: its validation probabilities
                                          (float16), which the fold ensemble is tuned on
 
+``train.time_limit_min`` is read between steps: a run it cuts inside an epoch validates, checkpoints and
+ships the bundle there, and says so (``stop_reason``); ``--resume`` finishes that epoch from the step
+where it stopped. A full disk is one :class:`~medsight.errors.OutputWriteError`; the last checkpoint stays.
+
 Binary tasks pick the foreground threshold that maximises the pooled validation Dice (unless
 ``segment.thresholds`` gives one); the bundle keeps it, and evaluation and prediction use it.
 
@@ -136,7 +140,7 @@ def _fit(cfg: RunConfig, data: TrainingSet, net: torch.nn.Module, device: torch.
         if limit_min and state["seconds"] > limit_min * 60:
             epochs, cut = state["epoch"], None  # resumed past the time limit given now: nothing more to train
         elif cut is not None:  # back to before the cut epoch, which is trained to its end
-            best_state = prior_best or best_state
+            best_state = prior_best if cut["best_changed"] else best_state
             state.update(epoch=state["epoch"] - 1, history=state["history"][:-1], best_dice=cut["best_dice"],
                          best_epoch=cut["best_epoch"])
     validated = average.network if average else net  # what is validated, kept as best and shipped
@@ -180,13 +184,14 @@ def _fit(cfg: RunConfig, data: TrainingSet, net: torch.nn.Module, device: torch.
                 stop = time_limit_reason(limit_min, (done, steps, epoch) if done < steps else None)
             state["stop_reason"] = stop
             saved = {**state, "numpy_rng": rng.bit_generator.state}
+            best_changed = best_state is not prior_best
             if done < steps:
-                saved["cut"] = {"steps": done, "train_loss": loss, **before}
+                saved["cut"] = {"steps": done, "train_loss": loss, "best_changed": best_changed, **before}
             if main:
                 save_checkpoint(out / CHECKPOINT, model=net, optimizer=optimizer, scheduler=scheduler,
                                 state=saved, best_state=best_state,
                                 averaged=average.state_dict() if average else None,
-                                prior_best=prior_best if done < steps and best_state is not prior_best else None)
+                                prior_best=prior_best if done < steps and best_changed else None)
             run_log.write(state["history"])
             best = "  (best)" if state["best_epoch"] == epoch else ""
             display.end_epoch(state["history"][-1], best + (f"; stopping: {stop}" if stop else ""))

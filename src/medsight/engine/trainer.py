@@ -4,7 +4,9 @@ One small loop whose behaviour changes through :class:`~medsight.config.TrainCon
 never through subclasses. Each epoch draws all its randomness (shuffling, balanced
 sampling, augmentation, dropout) from seeds derived from ``(cfg.seed, epoch)``, and a
 checkpoint is written after every epoch, so a run stopped after epoch k and resumed
-ends with exactly the weights of an uninterrupted run.
+ends with exactly the weights of an uninterrupted run. ``train.time_limit_min`` is read between
+steps: a run it cuts inside an epoch validates, checkpoints and ships what it has, and a resumed
+run finishes that epoch from the step where it stopped, with the same random streams.
 
 Example:
     >>> result = fit(model, train, val, cfg=TrainConfig(epochs=5), head="softmax", num_classes=2,
@@ -92,9 +94,10 @@ def fit(
     """Train ``model`` on ``train``, validate on ``val`` every epoch, keep the best weights.
 
     Writes ``run_dir/checkpoints/last.safetensors`` (every epoch), ``run_dir/metrics.csv``
-    and ``run_dir/tensorboard/``. Under ``torchrun`` (see :mod:`medsight.engine.distributed`)
-    the model trains as DDP, each rank on its share of every global batch; rank 0 validates
-    and alone writes those files; every rank resumes from the same checkpoint.
+    and ``run_dir/tensorboard/``, each whole or not at all (:mod:`medsight.atomic_write`). Under
+    ``torchrun`` (see :mod:`medsight.engine.distributed`) the model trains as DDP, each rank on its
+    share of every global batch; rank 0 validates and alone writes those files; every rank resumes
+    from the same checkpoint.
 
     Args:
         model: maps ``(N, C, *spatial)`` to logits ``(N, num_classes)`` (softmax head) or
@@ -110,12 +113,14 @@ def fit(
         resume: continue from the checkpoint in ``run_dir``; False starts over, removing an
             earlier run's checkpoint, ``metrics.csv`` and TensorBoard events there.
         callbacks: ``on_epoch_end(epoch, row)`` after each epoch's checkpoint; raising stops the run.
-        progress: live bar on a terminal, one line per epoch otherwise; False prints nothing.
+        progress: live bar on a terminal; otherwise one line per epoch and a progress line every
+            30 s during an epoch; False prints nothing.
 
     Raises:
         ConfigError: a head/metric/model output that does not fit the task, or settings DDP cannot honour.
         DatasetError: empty splits, labels outside ``0..num_classes-1``, a class with no training case.
         MedsightError: ``resume=True`` without a usable checkpoint.
+        OutputWriteError: the disk is full (or the folder not writable); the last checkpoint is kept.
     """
     run_dir = Path(run_dir)
     check_inputs(train, val, cfg=cfg, head=head, num_classes=num_classes)
@@ -185,9 +190,10 @@ def fit(
             prior_best = None
             if done < steps:
                 stop_reason = time_limit_reason(cfg.time_limit_min, (done, steps, epoch))
-                state["cut"] = {"steps": done, "train_loss": row["train_loss"],
+                best_changed = best_state is not before["best_state"]
+                state["cut"] = {"steps": done, "train_loss": row["train_loss"], "best_changed": best_changed,
                                 "early_stopping": before["early_stopping"]}
-                prior_best = before["best_state"] if best_state is not before["best_state"] else None
+                prior_best = before["best_state"] if best_changed else None
             else:
                 stop_reason = _stop_reason(stopper, cfg, epoch, elapsed)  # broadcast inputs: the same on all ranks
             state["stop_reason"] = stop_reason
@@ -366,7 +372,7 @@ def _resume(checkpoint: Path, cfg: TrainConfig, *, model: nn.Module, optimizer, 
     if reason or cut is None:
         return _Run(history, best_state, seconds, reason)
     stopper.load_state_dict(cut["early_stopping"])
-    return _Run(history[:-1], saved["prior_best"] or best_state, seconds, "", cut)
+    return _Run(history[:-1], saved["prior_best"] if cut["best_changed"] else best_state, seconds, "", cut)
 
 
 def _validate(model: nn.Module, val: TensorSet, cfg: TrainConfig, *, head: str, loss_fn: Loss,
