@@ -61,7 +61,12 @@ def sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "--no-progress",
     ])
     assert result.exit_code == 0, result.output
-    return {**folders, "bundle": root / "run" / "model"}
+    return {**folders, "bundle": root / "run" / "model", "train_output": result.output}
+
+
+def test_training_on_pictures_prints_pixels(sets: dict) -> None:
+    line = next(row for row in sets["train_output"].splitlines() if row.startswith("val: n="))
+    assert " px" in line.split("hd95=")[1] and " mm" not in line
 
 
 def _evaluate(sets: dict[str, Path], name: str, out: Path) -> tuple[str, dict, str, list[dict]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medsight.config import ModelConfig, RunConfig, save_config
+from medsight.engine.seg_evaluate import seg_summary
 
 
 def train_segmentation(cfg: RunConfig, *, out: Path, resume: bool, progress: bool) -> str:
@@ -67,14 +68,6 @@ def cross_validate_segmentation(cfg: RunConfig, *, out: Path, resume: bool, prog
     return (f"{text}\n{seg_summary('out of fold', metrics)}\n"
             f"ensemble of the {cfg.data.folds} folds (threshold chosen out of fold): {out / 'model'}\n"
             f"out-of-fold report: {out / 'report.html'}")
-
-
-def seg_summary(split: str, metrics: dict) -> str:
-    line = (f"{split}: n={metrics['n']} dice={metrics['dice']:.4f} iou={metrics['iou']:.4f} "
-            f"hd95={metrics['hd95']:.2f} mm")
-    if "auc" in metrics:
-        line += f" pixel auc={metrics['auc']:.4f} f1={metrics['f1']:.4f} accuracy={metrics['accuracy']:.4f}"
-    return line
 
 
 def evaluate_segmenter(model_bundle, *, bundle: Path, data: str, split: str, out: Path, progress: bool) -> dict:
