@@ -83,9 +83,9 @@ def test_a_dicom_series_folder_is_segmented_as_one_volume_with_a_dicom_seg(ct_se
     out = tmp_path / "masks"
     result = CliRunner().invoke(app, ["predict", str(ct_run / "model"), str(inputs), "--out", str(out),
                                       "--no-progress"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # a file failed: every row is written, the exit code says so
     assert "wrote 2 mask(s)" in result.output  # the 3 slices are one volume
-    assert "1 failed (see the error column)" in result.output  # the folder of two series
+    assert "1 of 3 files failed (see the error column)" in result.output  # the folder of two series
     rows = {Path(r["path"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
     assert sorted(rows) == ["abdomen", "ct_b.nii.gz", "mixed"] and not rows["ct_b.nii.gz"]["dicom_seg"]
     assert "holds 2 series" in rows["mixed"]["error"] and "a folder of its own" in rows["mixed"]["error"]
@@ -119,8 +119,8 @@ def test_a_series_highdicom_cannot_encode_keeps_its_nifti_and_gets_an_error_row(
     out = tmp_path / "masks"
     result = CliRunner().invoke(app, ["predict", str(ct_run / "model"), str(inputs), "--out", str(out),
                                       "--no-progress"])
-    assert result.exit_code == 0, result.output
-    assert "1 failed (see the error column)" in result.output
+    assert result.exit_code == 3, result.output
+    assert "1 of 1 files failed (see the error column)" in result.output
     (row,) = csv.DictReader((out / "predictions.csv").open())
     assert "could not build a DICOM SEG" in row["error"] and "(ValueError)" in row["error"]
     assert "Doe" not in row["error"] and "Doe" not in result.output  # header values are not repeated

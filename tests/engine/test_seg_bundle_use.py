@@ -139,8 +139,8 @@ def test_predict_writes_png_masks_on_the_input_grid_and_error_rows(trained, tmp_
     (inputs / "broken.png").write_bytes(b"not a png")
     result = CliRunner().invoke(app, ["predict", str(run / "model"), str(inputs), "--out", str(tmp_path / "masks"),
                                       "--no-progress"])
-    assert result.exit_code == 0, result.output
-    assert "wrote 2 mask(s)" in result.output and "1 failed (see the error column)" in result.output
+    assert result.exit_code == 3, result.output  # a file failed: the rows are written, the exit code says so
+    assert "wrote 2 mask(s)" in result.output and "1 of 3 files failed (see the error column)" in result.output
     rows = {r["path"].split("/")[-1]: r for r in csv.DictReader((tmp_path / "masks" / "predictions.csv").open())}
     assert rows["broken.png"]["error"] and not rows["broken.png"]["mask"]
     for k in (0, 1):
