@@ -107,8 +107,9 @@ class Predictor:
 
         Both backends take the network's logits, divide them by the bundle's temperature
         (calibration) and apply the head, so the probabilities are the calibrated ones the
-        evaluation reports. (The ONNX graph's own ``probabilities`` output is uncalibrated; the
-        predictor reads its ``logits`` output.)
+        evaluation reports. (The ONNX graph's ``probabilities`` are calibrated too, for other
+        runtimes; the predictor reads the raw ``logits``, so exports made before the graph applied
+        the temperature still give calibrated probabilities.)
         The ONNX graph normalises its input itself; minmax and z-score are idempotent, so the
         fully preprocessed arrays this method takes give the same probabilities there too.
         """
