@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from medsight.atomic_write import atomic_write_text
 from medsight.errors import ConfigError
 
 Task = Literal["classification", "segmentation"]
@@ -285,8 +286,12 @@ def load_config(
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    """Write the resolved config as YAML, whole or not at all (:mod:`medsight.atomic_write`).
+
+    Raises:
+        OutputWriteError: the disk is full, or the folder is not writable; an older file stays as it was.
+    """
+    atomic_write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
 def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medsight.atomic_write import atomic_write_text, replacing
 from medsight.config import EvalConfig
 from medsight.engine.metrics import (
     METRIC_KEYS,
@@ -162,7 +163,7 @@ def evaluate_predictions(
     write_json(out / "metrics.json", metrics)
     from medsight.report.evaluation import render_evaluation
 
-    (out / "report.html").write_text(render_evaluation(metrics, figs), encoding="utf-8")
+    atomic_write_text(out / "report.html", render_evaluation(metrics, figs))
     return metrics
 
 
@@ -206,20 +207,24 @@ def aggregate_folds(fold_metrics: list[dict], out: Path, title: str, keys: tuple
     write_json(out / "cv_metrics.json", summary)
     from medsight.report.evaluation import render_cv
 
-    (out / "cv_report.html").write_text(render_cv(summary), encoding="utf-8")
+    atomic_write_text(out / "cv_report.html", render_cv(summary))
     return summary
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Strict JSON (NaN and infinities become null; NumPy scalars become numbers)."""
-    Path(path).write_text(json.dumps(_strict(data), indent=2, allow_nan=False, default=str), encoding="utf-8")
+    """Strict JSON (NaN and infinities become null; NumPy scalars become numbers), whole or not at all.
+
+    Raises:
+        OutputWriteError: the disk is full, or the folder is not writable; an older file stays as it was.
+    """
+    atomic_write_text(path, json.dumps(_strict(data), indent=2, allow_nan=False, default=str))
 
 
 def _write_per_case(
     path: Path, y: np.ndarray, p: np.ndarray, pred: np.ndarray, names: list[str], case_ids: list[str],
     entropy: np.ndarray | None,
 ) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    with replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         probs_header = [f"prob_{name}" for name in names]
         writer.writerow(["case_id", "true_label", "predicted_label", *probs_header, "correct"]

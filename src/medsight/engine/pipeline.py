@@ -14,8 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from medsight.atomic_write import atomic_write_text
 from medsight.config import DataConfig, EvalConfig, RunConfig, save_config
 from medsight.errors import ConfigError, DatasetError
+
+#: the summary line and report row of a run that ended before ``train.epochs``; its reason follows
+STOPPED_EARLY = "stopped early"
 
 
 def run_training(cfg: RunConfig, *, out: Path, resume: bool = False, progress: bool = True) -> str:
@@ -197,6 +201,7 @@ def _train_one(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool) -
             "best epoch": result.best_epoch,
             "epochs run": result.epochs_run,
             "training time (s)": round(result.seconds, 1),
+            **({STOPPED_EARLY: result.stop_reason} if result.stop_reason else {}),
             "cases per split": {k: len(v.ids) for k, v in tensors.items()},
             "skipped files": len(bad),
         },
@@ -268,6 +273,7 @@ def _calibrated_bundle(cfg: RunConfig, ds, model, tensors: dict, result, synthet
             best_epoch=result.best_epoch,
             epochs_run=result.epochs_run,
             train_seconds=round(result.seconds, 1),
+            stop_reason=result.stop_reason,
             n_train=len(tensors["train"].ids),
             synthetic=synthetic,
         ),
@@ -350,7 +356,7 @@ def _write_bad_files(out: Path, bad: list[dict[str, str]]) -> None:
     if not bad:
         return
     out.mkdir(parents=True, exist_ok=True)
-    (out / "skipped_files.json").write_text(json.dumps(bad, indent=2))
+    atomic_write_text(out / "skipped_files.json", json.dumps(bad, indent=2))
     from rich.console import Console
 
     Console(stderr=True).print(
@@ -361,9 +367,11 @@ def _write_bad_files(out: Path, bad: list[dict[str, str]]) -> None:
 def _summary(out: Path, metrics: dict) -> str:
     threshold = "argmax" if metrics["threshold"] is None else f"{metrics['threshold']:.4f}"
     choice = metrics["calibration"].get("temperature_choice")
+    stopped = metrics["extra"].get(STOPPED_EARLY)
     return (
         f"{metrics['split']}: n={metrics['n']} accuracy={metrics['accuracy']:.4f} auc={metrics['auc']:.4f} "
         f"sensitivity={metrics['sensitivity']:.4f} specificity={metrics['specificity']:.4f} threshold={threshold}\n"
+        + (f"{STOPPED_EARLY}: {stopped}\n" if stopped else "")
         + (f"temperature scaling: {choice['reason']}\n" if choice else "")
         + f"bundle:  {out / 'model'}\nreport:  {out / 'report.html'}\nmetrics: {out / 'metrics.json'}"
     )

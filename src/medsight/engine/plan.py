@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from medsight.atomic_write import atomic_write_text
 from medsight.errors import ConfigError
 
 ACTIVATIONS_PER_VOXEL_FEATURE = 8
@@ -112,10 +113,11 @@ def make_plan(
 
 
 def write_plan(plan: dict, path: Path) -> None:
-    """Write ``plan`` as indented JSON to ``path``, creating its folder.
+    """Write ``plan`` as indented JSON to ``path``, creating its folder, whole or not at all.
 
     Raises:
         ConfigError: the plan holds a value JSON cannot store.
+        OutputWriteError: the disk is full, or the folder is not writable; an older plan stays as it was.
     """
     path = Path(path)
     try:
@@ -124,8 +126,7 @@ def write_plan(plan: dict, path: Path) -> None:
         raise ConfigError(
             path, f"the plan is not JSON-able ({err})", "override fields with plain numbers, lists and strings"
         ) from err
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n")
+    atomic_write_text(path, text + "\n")
 
 
 def estimate_memory_mb(patch: list[int], base_features: int, batch: int) -> float:

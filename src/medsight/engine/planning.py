@@ -20,6 +20,7 @@ def plan_dataset(
 
     Writes ``out/fingerprint.json`` and ``out/plan.json`` and returns the plan.
     """
+    from medsight.atomic_write import atomic_write_text
     from medsight.data.fingerprint import fingerprint
     from medsight.data.seg_layouts import open_seg_dataset
     from medsight.engine.plan import make_plan, write_plan
@@ -37,6 +38,6 @@ def plan_dataset(
     plan["label_names"] = {str(k): v for k, v in ds.label_names.items()}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "fingerprint.json").write_text(json.dumps(fp, indent=2))
+    atomic_write_text(out / "fingerprint.json", json.dumps(fp, indent=2))
     write_plan(plan, out / "plan.json")
     return plan

@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from medsight.data.fingerprint import fingerprint
 from medsight.data.sample import Sample
 from medsight.data.seg_layouts import SegSet, open_seg_dataset
 from medsight.engine import distributed
-from medsight.engine.plan import make_plan
+from medsight.engine.plan import make_plan, write_plan
 from medsight.errors import ConfigError, DatasetError
 from medsight.inference.postprocess import require_binary
 from medsight.transforms.preprocess import intensity_steps, plan_normalize
@@ -67,7 +66,7 @@ def training_set(cfg: RunConfig, *, plan_dir: Path | None, progress: bool) -> Tr
         memory_budget_mb=cfg.segment.memory_budget_mb, overrides=cfg.segment.plan or None,
     )
     if plan_dir is not None:
-        (plan_dir / "plan.json").write_text(json.dumps(plan, indent=2))
+        write_plan(plan, plan_dir / "plan.json")
     patch = [int(p) for p in (cfg.segment.patch_size or plan["patch_size"])]
     if len(patch) != cases[0][1].spatial_dims:
         raise ConfigError(

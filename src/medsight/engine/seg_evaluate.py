@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from medsight.atomic_write import replacing
 from medsight.data.sample import Sample
 from medsight.engine.evaluate import DISTANCE_KEYS, write_json
 from medsight.engine.pixel_scores import PixelScores
@@ -158,7 +159,8 @@ def evaluate_segmentation(
         probs = model.probabilities(sample)
         if save_probabilities is not None:
             save_probabilities.mkdir(parents=True, exist_ok=True)
-            np.save(probabilities_file(save_probabilities, case_id), probs.astype(np.float16))
+            with replacing(probabilities_file(save_probabilities, case_id)) as tmp, open(tmp, "wb") as handle:
+                np.save(handle, probs.astype(np.float16))
         pred = model.labels_from(probs)
         uncertainty.append(case_uncertainty(entropy_map(probs), pred))
         scores = segmentation_case_metrics(pred, truth, spacing=sample.spacing, labels=foreground, roi=roi)
@@ -254,7 +256,7 @@ def _write_per_case(path: Path, rows: list[dict], foreground: list[int], names: 
     """One row per case; ``distance_unit`` (last column) is the unit of that row's ``*_hd95`` and ``*_assd``."""
     fields = ["case_id", "dice", "uncertainty", *(f"{names[k]}_{m}" for k in foreground for m in SEG_METRIC_KEYS),
               "distance_unit"]
-    with path.open("w", newline="") as handle:
+    with replacing(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for row in rows:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from medsight.atomic_write import atomic_write_text
 from medsight.errors import ConfigError, DatasetError
 from medsight.gan.store import GeneratorInfo, load_generator, save_generator, to_unit_range
 
@@ -174,7 +175,7 @@ def fit_adversarial(task: AdversarialTask, info: GeneratorInfo, *, out: Path, ep
                         state={"epoch": epoch, "history": history})
         info.provenance["epochs"] = epoch
         save_generator(out / "generator", task.generator.state_dict(), info)
-        (out / "history.json").write_text(json.dumps(history, indent=1))
+        atomic_write_text(out / "history.json", json.dumps(history, indent=1))
         if progress:
             print(f"epoch {epoch}/{epochs}: d_loss {row['d_loss']:.4f} g_loss {row['g_loss']:.4f} "
                   f"({row['seconds']:.1f} s)", flush=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medsight.atomic_write import atomic_write_text, replacing
 from medsight.errors import ConfigError
 
 FD_NAME = "classifier Fréchet distance (not Inception FID)"
@@ -155,7 +156,8 @@ def sample_grids(generator_net, label_names: list[str], out: Path, *, per_label:
                           vmin=0, vmax=1)
         fig.suptitle(f"generated: {name}", fontsize=9)
         path = out / f"samples_{_safe(name)}.png"
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
         plt.close(fig)
         paths.append(path)
     return paths
@@ -228,7 +230,7 @@ def gan_report(*, generator: str | Path, data: str | Path, classifier: str | Pat
         "n_real_val": len(val_labels), "seed": seed,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "quality.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(out / "quality.json", json.dumps(result, indent=2))
     _write_html(result, info.label_names, grids, out / "report.html")
     return result
 
@@ -250,4 +252,4 @@ def _write_html(result: dict, label_names: list[str], grids: list[Path], path: P
         section("Samples", figures([Figure(p, f"generated {name}", "random draws from the generator, one label "
                                            "per grid") for p, name in zip(grids, label_names, strict=True)])),
     ])
-    path.write_text(page("GAN quality report", body))
+    atomic_write_text(path, page("GAN quality report", body))

@@ -86,17 +86,20 @@ def build_generator(info: GeneratorInfo):
 
 
 def save_generator(folder: str | Path, state_dict: dict, info: GeneratorInfo) -> Path:
-    """Write ``generator.safetensors`` and ``gan.json`` into ``folder`` (weights first, manifest last)."""
+    """Write ``generator.safetensors`` and ``gan.json`` into ``folder`` (weights first, manifest last), each
+    whole or not at all.
+
+    Raises:
+        OutputWriteError: the disk is full, or the folder is not writable; older files stay as they were.
+    """
     from safetensors.torch import save_file
 
-    from medsight.engine.checkpoint import atomic_write_bytes
+    from medsight.atomic_write import atomic_write_bytes, replacing
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    tmp = folder / (WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(folder / WEIGHTS)
+    with replacing(folder / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp))
     atomic_write_bytes(folder / MANIFEST, json.dumps({"format": FORMAT, **asdict(info)}, indent=2).encode())
     return folder
 

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from medsight.atomic_write import atomic_write_text
 from medsight.bundle import bundle_hash
 from medsight.errors import MedsightError
 
@@ -185,7 +184,7 @@ class ModelRegistry:
             try:
                 index = self.read()
                 yield index
-                _write_json(self.index, index)
+                atomic_write_text(self.index, json.dumps(index, indent=2))
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -197,15 +196,6 @@ def _find(index: dict[str, Any], version: int, root: Path) -> dict[str, Any]:
     known = ", ".join(str(v["version"]) for v in index["versions"]) or "none"
     raise RegistryError(f"version {version}", f"is not in the registry {root} (versions: {known})",
                         "list them with: medsight registry list --registry DIR")
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(handle, "w") as out:
-        json.dump(data, out, indent=2)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(name, path)
 
 
 def _now() -> str:

@@ -6,7 +6,7 @@ no scripts and no external links. Every string that comes from the user or the d
 
 Example:
     >>> body = section("Data", table(["key", "value"], [["cases", 120]]))
-    >>> Path("report.html").write_text(page("My run", body))
+    >>> atomic_write_text(Path("report.html"), page("My run", body))
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from medsight.atomic_write import replacing  # noqa: E402
 from medsight.engine.metrics import METRIC_KEYS  # noqa: E402
 
 _DPI = 110
@@ -52,7 +53,7 @@ def roc_figure(
     if operating_point is not None and all(math.isfinite(v) for v in operating_point):
         ax.plot(*operating_point, "o", color="black", ms=8, label="operating point")
     _finish(ax, "1 - specificity (false positive rate)", "sensitivity (true positive rate)", "ROC curve")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def pr_figure(
@@ -81,7 +82,7 @@ def pr_figure(
     if operating_point is not None and all(math.isfinite(v) for v in operating_point):
         ax.plot(*operating_point, "o", color="black", ms=8, label="operating point")
     _finish(ax, "recall (sensitivity)", "precision (PPV)", "Precision-recall curve (dashed: prevalence)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_figure(matrix: np.ndarray, label_names: list[str], path: Path) -> Path:
@@ -102,7 +103,7 @@ def confusion_figure(matrix: np.ndarray, label_names: list[str], path: Path) -> 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("Confusion matrix\ncount and % of the true class", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def reliability_figure(bins: dict, ece: float, path: Path, *, before: dict | None = None) -> Path:
@@ -120,7 +121,7 @@ def reliability_figure(bins: dict, ece: float, path: Path, *, before: dict | Non
                              gridspec_kw={"height_ratios": [3, 1]})
     for column, (label, panel, panel_ece) in enumerate(panels):
         _reliability_panel(axes[0, column], axes[1, column], panel, panel_ece, label, positive)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _reliability_panel(ax, hist, bins: dict, ece: float, label: str, positive: bool) -> None:
@@ -161,7 +162,7 @@ def selective_figure(curve: dict, path: Path) -> Path:
             f"Selective prediction (entropy from {how}{passes})")
     ax.set_ylim(max(0.0, float(np.nanmin(accuracy)) - 0.05), 1.02)
     ax.legend(loc="lower left", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def training_curves_figure(history_csv: Path, path: Path) -> Path | None:
@@ -187,7 +188,7 @@ def training_curves_figure(history_csv: Path, path: Path) -> Path | None:
             ax.plot(epochs, [_number(row.get(name)) for row in rows], marker="o", ms=3, label=name)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         _finish(ax, "epoch", title.lower(), title, square=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _one_vs_rest(y_true: np.ndarray, label_names: list[str]):
@@ -217,10 +218,19 @@ def _finish(ax, xlabel: str, ylabel: str, title: str, *, square: bool = True) ->
         ax.legend(loc="lower right" if square else "best", fontsize=8)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: str | Path, *, dpi: int = _DPI, **options) -> Path:
+    """Lay out ``fig``, write it to ``path`` as PNG whole or not at all, and close it.
+
+    ``options`` go to ``savefig`` (e.g. ``bbox_inches="tight"``).
+
+    Raises:
+        OutputWriteError: the disk is full, or the folder is not writable; an older image stays as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png", **options)
+    finally:
+        plt.close(fig)
     return path

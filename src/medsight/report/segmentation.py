@@ -11,8 +11,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from medsight.atomic_write import atomic_write_text  # noqa: E402
 from medsight.engine.evaluate import DISTANCE_KEYS  # noqa: E402
 from medsight.report.html import Figure, figures, page, paragraph, section, table  # noqa: E402
+from medsight.report.plots import save_figure  # noqa: E402
 
 
 @dataclass
@@ -70,7 +72,7 @@ def write_segmentation_report(
         section("Per case", table(["case", "mean foreground Dice"], [[c.case_id, c.dice] for c in ranked])),
     ])
     path = out / "report.html"
-    path.write_text(page(title, body))
+    atomic_write_text(path, page(title, body))
     return path
 
 
@@ -111,10 +113,7 @@ def _overlay(case: SegCase, path: Path) -> Path:
     if truth.any():
         ax.contour(truth > 0, levels=[0.5], colors="lime", linewidths=0.8)
     ax.set_axis_off()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def _num(value: float | None) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medsight.atomic_write import atomic_write_text, replacing
 from medsight.errors import ConfigError, DatasetError
 from medsight.robustness import corruptions
 from medsight.robustness.attacks import ATTACKS, DEFAULT_EPS, PGD_STEPS, attack
@@ -229,14 +230,13 @@ def _preprocess_all(samples, prep):
 
 def write_outputs(result: dict, out: Path) -> None:
     """robustness.json, robustness.csv, robustness.png and report.html in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "robustness.json").write_text(json.dumps(_json_safe(result), indent=2))
-    with (out / "robustness.csv").open("w", newline="") as handle:
+    atomic_write_text(out / "robustness.json", json.dumps(_json_safe(result), indent=2))
+    with replacing(out / "robustness.csv") as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(result["rows"][0]))
         writer.writeheader()
         writer.writerows(result["rows"])
     plot_robustness(result["rows"], out / "robustness.png")
-    (out / "report.html").write_text(report_html(result, out / "robustness.png"))
+    atomic_write_text(out / "report.html", report_html(result, out / "robustness.png"))
 
 
 def plot_robustness(rows: list[dict], path: Path) -> Path:
@@ -245,6 +245,8 @@ def plot_robustness(rows: list[dict], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from medsight.report.plots import save_figure
 
     clean = rows[0]
     kinds = list(dict.fromkeys(r["kind"] for r in rows[1:]))
@@ -263,10 +265,7 @@ def plot_robustness(rows: list[dict], path: Path) -> Path:
             ax.grid(alpha=0.3)
             ax.set_title(f"{metric} under {name}")
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def report_html(result: dict, png: Path) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from medsight.atomic_write import atomic_write_text
 from medsight.triage.baselines import NAMES, REFER_FRACTIONS, baseline_actions, refer_cutoff
 from medsight.triage.costs import NEGATIVE, POSITIVE, REFER, CostTable, action_costs
 
@@ -71,8 +72,8 @@ def evaluate_policy(*, bundle: str | Path, data: str | Path, split: str = "test"
               "positives": int(finding.sum()), "rows": rows,
               "uncertainty_sweep": [{k: r[k] for k in ("policy", "automation_rate", "error_rate", "mean_cost")}
                                     for r in curve]}
-    (out / "triage_metrics.json").write_text(json.dumps(result, indent=2))
-    (out / "triage_table.md").write_text(format_table(rows) + "\n")
+    atomic_write_text(out / "triage_metrics.json", json.dumps(result, indent=2))
+    atomic_write_text(out / "triage_table.md", format_table(rows) + "\n")
     _curve_png(rows, curve, out / "triage_curve.png")
     return {**result, "files": [str(out / n) for n in ("triage_metrics.json", "triage_table.md", "triage_curve.png")]}
 
@@ -95,6 +96,8 @@ def _curve_png(rows: list[dict[str, Any]], curve: list[dict[str, Any]], path: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from medsight.report.plots import save_figure
+
     fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
     ax.plot([r["automation_rate"] for r in curve], [r["error_rate"] for r in curve], "-o", ms=3,
             label="uncertainty threshold (sweep)")
@@ -105,10 +108,7 @@ def _curve_png(rows: list[dict[str, Any]], curve: list[dict[str, Any]], path: Pa
     ax.set_xlim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 __all__ = ["COLUMNS", "evaluate_policy", "format_table", "triage_row"]
