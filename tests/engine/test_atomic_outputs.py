@@ -1,5 +1,6 @@
-"""The files an evaluation, a plan and a run's config write are whole or not at all: on a full disk the
-write says so in one line naming the file, leaves no ``*.tmp``, and the previous version stays byte for byte.
+"""The files an evaluation, a plan, a run's config and the kept segmentation probabilities write are whole
+or not at all: on a full disk the write says so in one line naming the file, leaves no ``*.tmp``, and the
+previous version stays byte for byte.
 
 The disk fills as in :mod:`test_disk_full`: the flush of the named temporary file fails with ``ENOSPC``.
 """
@@ -16,6 +17,7 @@ from test_disk_full import DISK_FULL, fill_disk_on
 from medsight.config import EvalConfig, load_config, save_config
 from medsight.engine.evaluate import aggregate_folds, evaluate_predictions
 from medsight.engine.plan import write_plan
+from medsight.engine.seg_evaluate import keep_probabilities
 from medsight.errors import OutputWriteError
 
 
@@ -38,6 +40,10 @@ def plan(version: int, out: Path) -> None:
     write_plan({"patch_size": [32 * version, 32], "batch_size": version}, out / "plan.json")
 
 
+def probabilities(version: int, out: Path) -> None:
+    keep_probabilities(out / "case.npy", np.full((2, 4, 4), version / 4))
+
+
 def config(version: int, out: Path) -> None:
     save_config(load_config(recipe="demo", overrides={"train.epochs": version}), out / "config.yaml")
 
@@ -45,7 +51,7 @@ def config(version: int, out: Path) -> None:
 @pytest.mark.parametrize(("name", "write"), [
     ("metrics.json", evaluation), ("per_case.csv", evaluation), ("report.html", evaluation),
     ("roc.png", evaluation), ("cv_metrics.json", cross_validation), ("cv_report.html", cross_validation),
-    ("plan.json", plan), ("config.yaml", config),
+    ("plan.json", plan), ("config.yaml", config), ("case.npy", probabilities),
 ])
 def test_a_full_disk_keeps_the_previous_file(
     name: str, write: Callable[[int, Path], None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -62,3 +68,10 @@ def test_a_full_disk_keeps_the_previous_file(
     assert sorted(p.name for p in tmp_path.rglob("*.tmp")) == []
     write(2, tmp_path)  # with room again, the new version replaces the old one
     assert (tmp_path / name).read_bytes() != before
+
+
+def test_kept_probabilities_read_back_under_their_own_name(tmp_path: Path) -> None:
+    probabilities(3, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case.npy"]
+    kept = np.load(tmp_path / "case.npy")
+    assert kept.dtype == np.float16 and kept.shape == (2, 4, 4) and np.all(kept == 0.75)

@@ -28,7 +28,7 @@ import numpy as np
 from medsight.bundle import Bundle, load_bundle, provenance
 from medsight.config import ModelConfig, RunConfig
 from medsight.data.sample import Sample
-from medsight.engine.seg_evaluate import DatasetCases, evaluate_segmentation, probabilities_file
+from medsight.engine.seg_evaluate import DatasetCases, evaluate_segmentation, keep_probabilities, probabilities_file
 from medsight.engine.seg_pipeline import VAL_PROBABILITIES
 from medsight.engine.seg_thresholds import centring_level, choose_thresholds
 from medsight.errors import MedsightError
@@ -52,8 +52,7 @@ class OutOfFold:
             if probs.shape[1:] == sample.spatial_shape:
                 return self.segmenter.centred(probs)
         probs = self.segmenter.probabilities(sample)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(self.path, probs.astype(np.float16))
+        keep_probabilities(self.path, probs)
         return probs
 
     def labels_from(self, probs: np.ndarray) -> np.ndarray:

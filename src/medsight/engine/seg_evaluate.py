@@ -100,6 +100,16 @@ def probabilities_file(folder: Path, case_id: str) -> Path:
     return Path(folder) / f"{case_id.replace('/', '_')}.npy"
 
 
+def keep_probabilities(path: Path, probs: np.ndarray) -> None:
+    """Keep ``probs`` at ``path`` as float16 ``.npy``, whole or not at all (a later run reads it back).
+
+    Raises:
+        OutputWriteError: the disk is full, or the folder is not writable; an older file stays as it was.
+    """
+    with replacing(path) as tmp, open(tmp, "wb") as handle:  # np.save(tmp) would append ".npy" to the name
+        np.save(handle, probs.astype(np.float16))
+
+
 class DatasetCases:
     """Cases of a segmentation data set, decoded one at a time (sized, for the progress bar)."""
 
@@ -158,9 +168,7 @@ def evaluate_segmentation(
         model = segmenter_for(case_id) if segmenter_for else segmenter
         probs = model.probabilities(sample)
         if save_probabilities is not None:
-            save_probabilities.mkdir(parents=True, exist_ok=True)
-            with replacing(probabilities_file(save_probabilities, case_id)) as tmp, open(tmp, "wb") as handle:
-                np.save(handle, probs.astype(np.float16))
+            keep_probabilities(probabilities_file(save_probabilities, case_id), probs)
         pred = model.labels_from(probs)
         uncertainty.append(case_uncertainty(entropy_map(probs), pred))
         scores = segmentation_case_metrics(pred, truth, spacing=sample.spacing, labels=foreground, roi=roi)

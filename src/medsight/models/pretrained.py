@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medsight.atomic_write import atomic_write_text
 from medsight.errors import ConfigError, UnreadableFileError
 
 LAYOUTS = ("auto", "medsight", "torchvision", "monai", "medicalnet")
@@ -75,9 +76,9 @@ class LoadReport:
     unused: list[str] = field(default_factory=list)
 
     def save(self, path: str | Path) -> Path:
-        """Write the report as JSON (the run folder keeps it as ``pretrained.json``)."""
+        """Write the report as JSON (the run folder keeps it as ``pretrained.json``), whole or not at all."""
         path = Path(path)
-        path.write_text(json.dumps(asdict(self), indent=2))
+        atomic_write_text(path, json.dumps(asdict(self), indent=2))
         return path
 
     def summary(self) -> str:
