@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,10 @@ def setup(trained_run: Path, small_phantoms: Path, tmp_path: Path) -> tuple[Mode
     store = FeedbackStore(tmp_path / "feedback")
     for label in ("normal", "nodule"):
         for path in sorted((small_phantoms / label).iterdir())[:3]:
-            sha, stored = store.save_input(path.read_bytes(), "png")
-            store.add(sha256=sha, input_path=stored, user_id="key-1", model_name="compact_cnn",
-                      model_version=reg.get(1)["hash"], kind="label", label=label, prediction={"label": "normal"})
+            data = path.read_bytes()
+            store.add(sha256=hashlib.sha256(data).hexdigest(), input_data=data, input_kind="png", user_id="key-1",
+                      model_name="compact_cnn", model_version=reg.get(1)["hash"], kind="label", label=label,
+                      prediction={"label": "normal"})
     return reg, tmp_path / "feedback"
 
 

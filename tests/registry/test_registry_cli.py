@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import typer
@@ -34,9 +35,10 @@ def test_feedback_commands(tmp_path: Path, small_phantoms: Path) -> None:
 
     store = FeedbackStore(tmp_path / "fb")
     path = sorted((small_phantoms / "nodule").iterdir())[0]
-    sha, stored = store.save_input(path.read_bytes(), "png")
-    store.add(sha256=sha, input_path=stored, user_id="key-1", model_name="m", model_version="sha256:1",
-              kind="agree", prediction={"label": "nodule"})
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    store.add(sha256=sha, input_data=data, input_kind="png", user_id="key-1", model_name="m",
+              model_version="sha256:1", kind="agree", prediction={"label": "nodule"})
     runner = CliRunner()
     listed = runner.invoke(app, ["feedback", "list", "--db", str(tmp_path / "fb")])
     assert listed.exit_code == 0 and sha[:12] in listed.output and "1 verdict(s)" in listed.output
