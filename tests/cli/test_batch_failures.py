@@ -163,3 +163,23 @@ def test_predict_exits_0_when_every_file_succeeds(trained_run, small_phantoms, t
     assert result.returncode == 0, result.stderr
     assert "2 predicted, 0 failed, 0 already done" in result.stdout and "failed (see" not in result.stderr
     assert len(list(csv.DictReader((tmp_path / "p.csv").open()))) == 2
+
+
+def test_a_manifest_row_whose_file_is_missing_is_skipped_by_training_with_skip(small_phantoms, tmp_path):
+    rows = [f"{path},{label}" for label in ("normal", "nodule")
+            for path in sorted((small_phantoms / label).glob("*.png"))]
+    rows.insert(3, f"{small_phantoms / 'nodule' / 'gone.png'},nodule")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\n" + "\n".join(rows) + "\n")
+    args = ["train", "--recipe", "demo", "--data", str(manifest), "--epochs", "1", "--set", "preprocess.size=[32,32]",
+            "--set", "eval.bootstrap=0", "--no-progress"]
+    skipped = run_cli(*args, "--on-bad-file", "skip", "--out", str(tmp_path / "skipped"))
+    assert skipped.returncode == 0 and "Traceback" not in skipped.stderr, skipped.stderr[-3000:]
+    assert "skipped 1 unreadable file" in skipped.stderr
+    (listed,) = json.loads((tmp_path / "skipped" / "skipped_files.json").read_text())
+    assert listed["path"] == f"{manifest}:5" and "gone.png" in listed["reason"]
+    assert (tmp_path / "skipped" / "model" / "weights.safetensors").is_file()
+
+    stopped = run_cli(*args, "--out", str(tmp_path / "stopped"))
+    assert stopped.returncode == 2 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    assert "gone.png" in stopped.stderr and not (tmp_path / "stopped" / "model").exists()

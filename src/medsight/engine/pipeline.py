@@ -40,7 +40,8 @@ def run_training(cfg: RunConfig, *, out: Path, resume: bool = False, progress: b
         return train_segmentation(cfg, out=Path(out), resume=resume, progress=progress)
     set_threads(cfg.train.num_threads)
     out = Path(out)
-    ds = open_dataset(cfg.data.path, series_uid=cfg.data.series_uid, class_names=cfg.data.class_names)
+    ds = open_dataset(cfg.data.path, series_uid=cfg.data.series_uid, class_names=cfg.data.class_names,
+                      strict=cfg.data.on_bad_file == "error")  # skip: bad manifest rows are skipped files too
     if cfg.data.folds == 1 or cfg.data.fold is not None:  # one run (one fold of k when data.fold is set)
         metrics = _train_one(cfg, ds, out=out, resume=resume, progress=progress)
         return _summary(out, metrics) if is_main() else ""  # under DDP only rank 0 reports
@@ -221,7 +222,7 @@ def _load_splits(cfg: RunConfig, ds, *, out: Path, progress: bool) -> tuple[dict
     splits = {name: idx for name, idx in _resolve(ds, cfg.data).items() if len(idx)}
     if "val" not in splits:
         raise ConfigError("data.val_fraction", "there is no validation split", "set data.val_fraction above 0")
-    tensors, bad = {}, []
+    tensors, bad = {}, list(ds.problems)
     cache = cache_from_config(cfg.data)
     for name, idx in splits.items():
         tensors[name], skipped = load_tensors(
