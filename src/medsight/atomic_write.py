@@ -1,8 +1,9 @@
 """Files written whole or not at all, and a clear error when the disk refuses them.
 
 Every file a run writes goes through :func:`replacing` (or :func:`atomic_write_bytes` /
-:func:`atomic_write_text`): the bytes go to ``<name>.tmp`` next to the file, are flushed to
-disk, then renamed over it, so a reader (or a resumed run) sees the old file or the new one,
+:func:`atomic_write_text`): the bytes go to ``<name>.<pid>.tmp`` next to the file (one per
+process, so processes that write the same file, such as DDP ranks, never share one), are
+flushed to disk, then renamed over it, so a reader (or a resumed run) sees the old file or the new one,
 never half of either. A write the operating system refuses (a full disk, a quota, a read-only
 or unwritable folder) removes the temporary file and raises :class:`~medsight.errors.OutputWriteError`
 naming the file, the reason and what to do; the previous file stays as it was.
@@ -39,7 +40,7 @@ def replacing(path: str | Path) -> Iterator[Path]:
         OutputWriteError: the disk is full, or the folder is read-only or not writable.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp

@@ -35,12 +35,14 @@ DISK_FULL = "could not be written: the disk is full (No space left on device); f
 
 
 def fill_disk_on(monkeypatch: pytest.MonkeyPatch, name: str, nth: int) -> None:
-    """The ``nth`` flush of a file named ``name`` (and every later one) fails: no space left on device."""
+    """The ``nth`` flush of the temporary file ``name`` (``NAME.tmp``, written as ``NAME.<pid>.tmp``; and every
+    later one) fails: no space left on device."""
     real_fsync = os.fsync
     seen = []
+    written_as = f"/{name.removesuffix('.tmp')}.{os.getpid()}.tmp"
 
     def fsync(descriptor: int) -> None:
-        if os.readlink(f"/proc/self/fd/{descriptor}").endswith("/" + name):
+        if os.readlink(f"/proc/self/fd/{descriptor}").endswith(written_as):
             seen.append(name)
             if len(seen) >= nth:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -1,7 +1,9 @@
 """`medsight dicom anonymize`: no identifying field left, UIDs remapped consistently, SEG still aligned."""
 
+import errno
 import json
 import logging
+import os
 import shutil
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medsight.cli.main import app
-from medsight.errors import ConfigError, UnreadableFileError
+from medsight.errors import ConfigError, OutputWriteError, UnreadableFileError
 from medsight.io.anonymize import DUMMY_SERIAL, anonymize_tree
 from medsight.io.phi import phi_fields_present
 
@@ -105,3 +107,13 @@ def test_bad_requests_are_clear_and_write_nothing(study, tmp_path):
     with pytest.raises(UnreadableFileError, match=r"broken\.dcm: not a readable DICOM file"):
         anonymize_tree(study / "broken.dcm", tmp_path / "y")
     assert not any(p.is_file() for p in (tmp_path / "y").rglob("*"))  # no half-written file left
+
+
+def test_a_full_disk_is_one_clear_error_and_leaves_no_file(study, tmp_path, monkeypatch):
+    def disk_full(descriptor: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OutputWriteError, match=r"could not be written: the disk is full"):
+        anonymize_tree(study, tmp_path / "anon")
+    assert not any(p.is_file() for p in (tmp_path / "anon").rglob("*"))  # no half-written copy, no .tmp

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import errno
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from medsight.errors import OutputWriteError
 from medsight.pacs import PacsClient, SeriesFilter, WatchState, WatchStateError, load_state, save_state, watch
 from medsight.pacs.client import backoff_delays
 
@@ -28,11 +30,11 @@ def test_state_round_trips_and_is_replaced_atomically(tmp_path: Path, monkeypatc
     save_state(WatchState(processed={"1.2.3": {"outputs": []}}, attempts={"1.2.4": 1}), path)
     assert load_state(path) == WatchState(processed={"1.2.3": {"outputs": []}}, attempts={"1.2.4": 1})
 
-    def broken_dump(*args, **kwargs):
-        raise OSError("disk full")
+    def disk_full(descriptor: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(json, "dump", broken_dump)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OutputWriteError, match="state.json: could not be written: the disk is full"):
         save_state(WatchState(failed={"9.9": {}}), path)
     monkeypatch.undo()
     assert load_state(path).processed == {"1.2.3": {"outputs": []}}  # the old state is intact

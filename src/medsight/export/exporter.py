@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from medsight import __version__
+from medsight.atomic_write import atomic_write_text
 from medsight.bundle import WEIGHTS, load_bundle
 from medsight.errors import ConfigError
 from medsight.export.errors import ExportError
@@ -207,7 +208,7 @@ def _metric(task: str, metric: str | None) -> str:
 
 
 def _install(installs: dict[Path, Path], folder: Path, record: dict, fmt: str, bundle) -> None:
-    """Move the checked files into the bundle folder, then rewrite ``export.json`` atomically."""
+    """Move the checked files into the bundle folder, then rewrite ``export.json`` whole or not at all."""
     manifest = read_export_manifest(folder)
     for source, target in installs.items():
         os.replace(source, target)
@@ -222,9 +223,7 @@ def _install(installs: dict[Path, Path], folder: Path, record: dict, fmt: str, b
         "temperature": bundle.temperature,
         "formats": formats,
     }
-    tmp = folder / f".{EXPORT_MANIFEST}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, folder / EXPORT_MANIFEST)
+    atomic_write_text(folder / EXPORT_MANIFEST, json.dumps(manifest, indent=2))
 
 
 def _calibration(bundle) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from pathlib import Path
 import pydicom
 from pydicom import Dataset
 
+from medsight.atomic_write import replacing
 from medsight.errors import ConfigError, UnreadableFileError
 from medsight.io.phi import DUMMY_SERIAL, PHI_KEYWORDS
 
@@ -123,16 +124,15 @@ def anonymize_tree(src: Path, dst: Path, *, key: bytes | None = None, mapping: P
             counts["skipped"] += 1
             continue
         target = dst / (path.name if src.is_file() else path.relative_to(src))
-        staging = target.with_name(f".{target.name}.tmp")
         try:
             ds = anonymizer.dataset(pydicom.dcmread(path))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            ds.save_as(staging, enforce_file_format=True)
         except Exception as exc:  # pydicom raises many types on broken files
-            staging.unlink(missing_ok=True)
-            raise UnreadableFileError(path, f"not a readable DICOM file ({type(exc).__name__})",
-                                      "fix or remove it, then run again") from exc
-        staging.replace(target)  # a crash never leaves half a file under its real name
+            raise _unreadable(path, exc) from exc
+        with replacing(target) as staging:  # a crash or a full disk never leaves half a file under its name
+            try:
+                ds.save_as(staging, enforce_file_format=True)
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:  # file meta it cannot be written with
+                raise _unreadable(path, exc) from exc
         counts["files"] += 1
     if mapping is not None:
         Path(mapping).write_text(json.dumps({"uids": anonymizer.uids, "patient_ids": anonymizer.patients}, indent=1))
@@ -143,3 +143,8 @@ def _is_dicom(path: Path) -> bool:
     with path.open("rb") as handle:
         head = handle.read(132)
     return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _unreadable(path: Path, exc: Exception) -> UnreadableFileError:
+    return UnreadableFileError(path, f"not a readable DICOM file ({type(exc).__name__})",
+                               "fix or remove it, then run again")

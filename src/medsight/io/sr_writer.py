@@ -35,6 +35,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from medsight.atomic_write import replacing
 from medsight.data.sample import Sample
 from medsight.errors import MedsightError, UnreadableFileError, UnsupportedFileError
 from medsight.io.phi import no_patient_warnings
@@ -252,10 +253,12 @@ def _text_item(container, concept_value: str) -> str | None:
 
 
 def save_dataset(dataset, path: Path) -> Path:
-    """Write atomically (a staging file renamed into place), creating the folder."""
+    """Write whole or not at all (:func:`medsight.atomic_write.replacing`), creating the folder.
+
+    Raises:
+        OutputWriteError: the disk is full, or the folder is not writable.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp")
-    dataset.save_as(staging)
-    staging.replace(path)
+    with replacing(path) as staging:
+        dataset.save_as(staging)
     return path

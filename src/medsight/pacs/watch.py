@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from medsight.atomic_write import atomic_write_text
 from medsight.bundle import Bundle, load_bundle
 from medsight.errors import MedsightError
 from medsight.pacs.client import PacsClient, PacsUnavailableError, SeriesFilter
@@ -79,21 +78,11 @@ def load_state(path: str | Path) -> WatchState:
 
 
 def save_state(state: WatchState, path: str | Path) -> Path:
-    """Write the state atomically: a temporary file in the same folder, flushed, then ``os.replace``."""
+    """Write the state whole or not at all (:func:`medsight.atomic_write.atomic_write_text`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"version": STATE_VERSION, "processed": state.processed, "failed": state.failed,
                "attempts": state.attempts}
-    fd, staging = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True))
     return path
 
 
