@@ -80,7 +80,7 @@ def _truncated_dicom(make_dicom, name: str = "Doe^Jane") -> bytes:
     [
         ("notes.txt", lambda _, __: b"this is a clinical letter, not an image" * 4, 415, "UnsupportedFileError",
          "not a DICOM, NIfTI, NRRD, PNG, JPEG"),
-        ("scan.dcm", lambda mk, _: _truncated_dicom(mk), 400, "UnreadableFileError", ""),
+        ("scan.dcm", lambda mk, _: _truncated_dicom(mk), 400, "UnreadableFileError", "the file is truncated"),
         ("empty.png", lambda _, __: b"", 400, "UnreadableFileError", "empty body"),
         ("volume.nii.gz", lambda _, tmp: _nifti(tmp, (12, 12, 12), "v.nii.gz"), 422, "InvalidImageError",
          "this model takes 2D images, and this is a 3D volume"),
