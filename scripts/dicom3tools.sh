@@ -10,32 +10,8 @@ if command -v dciodvfy >/dev/null 2>&1; then
     echo "dicom3tools already installed: $(command -v dciodvfy)"
     exit 0
 fi
-
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "dicom3tools.sh: apt-get not found; install dicom3tools (for dciodvfy) with your package manager" >&2
-    exit 1
-fi
-
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        SUDO="sudo -n"
-    else
-        echo "dicom3tools.sh: not root and no passwordless sudo; install with: apt-get install dicom3tools" >&2
-        exit 1
-    fi
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-# apt's progress goes to a log that is shown only when something fails.
-LOG=$(mktemp)
-trap 'rm -f "$LOG"' EXIT
-if ! { $SUDO apt-get -o DPkg::Lock::Timeout=300 update \
-       && $SUDO apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=300 dicom3tools; } >"$LOG" 2>&1; then
-    tail -n 20 "$LOG" >&2
-    echo "dicom3tools.sh: apt-get could not install dicom3tools (see above)" >&2
-    exit 1
-fi
+source "$(dirname "$0")/apt.sh"
+apt_install dicom3tools.sh dicom3tools
 if ! command -v dciodvfy >/dev/null 2>&1; then
     echo "dicom3tools.sh: installed, but dciodvfy is not on PATH" >&2
     exit 1

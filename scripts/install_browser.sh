@@ -9,17 +9,6 @@ if command -v chromium >/dev/null 2>&1; then
     exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then
-        SUDO="sudo -n"
-    else
-        echo "install_browser.sh: not root and no sudo; install chromium with: apt-get install chromium" >&2
-        exit 1
-    fi
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update
-$SUDO apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=300 chromium
+source "$(dirname "$0")/apt.sh"
+apt_install install_browser.sh chromium
 echo "chromium installed: $(command -v chromium)"

@@ -11,28 +11,9 @@ if [ -x /usr/sbin/Orthanc ] && [ -e "$PLUGIN_DIR/libOrthancDicomWeb.so" ]; then
     exit 0
 fi
 
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "orthanc.sh: apt-get not found; install Orthanc and its DICOMweb plugin with your package manager" >&2
-    exit 1
-fi
-
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        SUDO="sudo -n"
-    else
-        echo "orthanc.sh: not root and no passwordless sudo; install with: apt-get install orthanc orthanc-dicomweb" >&2
-        exit 1
-    fi
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get -o DPkg::Lock::Timeout=300 update
+source "$(dirname "$0")/apt.sh"
 # policy-rc.d-less containers may refuse to start the service: the package still installs.
-if ! $SUDO apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=300 orthanc orthanc-dicomweb; then
-    echo "orthanc.sh: apt-get could not install orthanc orthanc-dicomweb (see above)" >&2
-    exit 1
-fi
+apt_install orthanc.sh orthanc orthanc-dicomweb
 if [ ! -x /usr/sbin/Orthanc ] || [ ! -e "$PLUGIN_DIR/libOrthancDicomWeb.so" ]; then
     echo "orthanc.sh: installed, but /usr/sbin/Orthanc or $PLUGIN_DIR/libOrthancDicomWeb.so is missing" >&2
     exit 1
