@@ -3,15 +3,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx2
 import pytest
+from live_server import live_service
 
 from medsight.errors import ConfigError
 from medsight.serve.auth import check_auth_settings
@@ -145,43 +141,16 @@ def test_every_operation_documents_its_errors(client) -> None:
     assert "Retry-After" in feedback["responses"]["429"]["headers"]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_the_access_log_never_holds_a_query_string(tiny_bundle: Path, tmp_path: Path) -> None:
-    from test_serve_cli import RUN_CLI
-
     secret = "leaked-key-in-the-url-0123456789"
     keys = tmp_path / "keys.txt"
     keys.write_text(f"{KEY}\n")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "MEDSIGHT_API_KEYS"}
-    server = subprocess.Popen([sys.executable, "-c", RUN_CLI, str(tiny_bundle), "--port", str(port),
-                               "--api-keys", str(keys)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx2.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            assert server.poll() is None, server.stdout.read()
-            assert time.monotonic() < deadline, "the server did not become ready in 90 s"
-            time.sleep(0.3)
+    with live_service(tiny_bundle, keys) as service:
+        base = service.base
         assert httpx2.get(f"{base}/v1/model?api_key={secret}").status_code == 401
         assert httpx2.get(f"{base}/v1/model?api_key={secret}", headers={"X-API-Key": KEY}).status_code == 200
         assert httpx2.get(f"{base}/healthz?token={secret}&x=1").status_code == 200
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        output = server.communicate(timeout=30)[0]
+    output = service.output
     assert '"GET /v1/model?<redacted> HTTP/1.1" 401' in output  # the request is logged ...
     assert '"GET /healthz?<redacted> HTTP/1.1" 200' in output
     assert secret not in output and "api_key=" not in output  # ... without its query string
