@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from medsight.atomic_write import atomic_write_text
 from medsight.data import duplicates
 from medsight.data.file_errors import file_error, one_line
 from medsight.data.layouts import LabelledSet, item_id, open_dataset
@@ -118,8 +119,7 @@ def inspect_dataset(
         manifest_problems=len(ds.problems),
     )
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(report, indent=2))
+        atomic_write_text(Path(out), json.dumps(report, indent=2))
     return report
 
 

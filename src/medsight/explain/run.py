@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from medsight.atomic_write import atomic_write_text
 from medsight.data.file_errors import file_error, one_line
 from medsight.data.sample import Sample
 from medsight.errors import ConfigError
@@ -190,7 +191,7 @@ def faithfulness_report(*, bundle: str | Path, data: str, split: str = "val", ou
               for name, values in curves.items()}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "faithfulness.json").write_text(json.dumps(
+    atomic_write_text(out / "faithfulness.json", json.dumps(
         {"split": split, "data": str(data), "bundle": str(bundle), "note": "deletion: lower is better; insertion: "
          "higher is better; random: the same curves with the pixels in random order", "methods": report}, indent=2))
     return report

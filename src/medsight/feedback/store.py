@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from medsight.atomic_write import atomic_write_text
 from medsight.errors import MedsightError
 from medsight.feedback.deidentify import deidentified
 
@@ -180,7 +181,7 @@ def export_dataset(root: str | Path, out: str | Path) -> dict[str, Any]:
                           "model_version": row["model_version"]})
     manifest = {"task": "segmentation" if kinds == {True} else "classification", "n_cases": len(cases),
                 "exported_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cases": cases}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
 
 

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from medsight.atomic_write import atomic_write_text
 from medsight.bundle import WEIGHTS, Bundle, load_bundle
 from medsight.config import PreprocessConfig
 from medsight.data.file_errors import file_error, one_line
@@ -331,7 +332,7 @@ def predict_to_file(
         for row in iter_predictions(predictor, files, progress=progress):
             counts["errors" if row["error"] else "ok"] += 1
             collected.append(row)
-        out.write_text(json.dumps(collected, indent=2))
+        atomic_write_text(out, json.dumps(collected, indent=2))
         return counts
     fields = ["path", "label", *(f"prob_{n}" for n in predictor.label_names), "threshold", "error"]
     with ResultsCsv(out, fields, resume=resume) as results:

@@ -36,7 +36,7 @@ from pathlib import Path
 import pydicom
 from pydicom import Dataset
 
-from medsight.atomic_write import replacing
+from medsight.atomic_write import atomic_write_text, replacing
 from medsight.errors import ConfigError, UnreadableFileError
 from medsight.io.phi import DUMMY_SERIAL, PHI_KEYWORDS
 
@@ -135,7 +135,8 @@ def anonymize_tree(src: Path, dst: Path, *, key: bytes | None = None, mapping: P
                 raise _unreadable(path, exc) from exc
         counts["files"] += 1
     if mapping is not None:
-        Path(mapping).write_text(json.dumps({"uids": anonymizer.uids, "patient_ids": anonymizer.patients}, indent=1))
+        table = {"uids": anonymizer.uids, "patient_ids": anonymizer.patients}
+        atomic_write_text(Path(mapping), json.dumps(table, indent=1))
     return {**counts, "uids": len(anonymizer.uids), "patients": len(anonymizer.patients)}
 
 
