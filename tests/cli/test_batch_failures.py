@@ -69,6 +69,7 @@ def assert_clear_rows(rows: list[dict[str, str]], files: list[Path]) -> int:
     return failed
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about every element the corruption broke
 @pytest.mark.parametrize(("kind", "n"), [("dicom", 100), ("nifti", 10)])
 def test_a_corrupted_corpus_gets_one_clear_row_per_file_and_resumes(trained_run, tmp_path, kind, n):
     make = corrupt_dicom_corpus if kind == "dicom" else corrupt_nifti_corpus
