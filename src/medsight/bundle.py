@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -35,6 +34,7 @@ from medsight import __version__
 from medsight.atomic_write import atomic_write_bytes, write_error
 from medsight.config import ModelConfig, PreprocessConfig
 from medsight.errors import BundleError, OutputWriteError
+from medsight.hashing import files_sha256
 
 FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
@@ -187,12 +187,7 @@ def load_bundle(folder: str | Path, *, weights: bool = True) -> Bundle:
 
 def bundle_hash(folder: str | Path) -> str:
     """``sha256:<16 hex>`` over bundle.json and the weights: the model version the service, registry and triage use."""
-    digest = hashlib.sha256()
-    for part in (MANIFEST, WEIGHTS):
-        with (Path(folder) / part).open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return f"sha256:{digest.hexdigest()[:16]}"
+    return f"sha256:{files_sha256(Path(folder) / MANIFEST, Path(folder) / WEIGHTS)[:16]}"
 
 
 def provenance(**extra: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from medsight.cli.export_cmd import export
-from medsight.inference.predictor import file_sha256
+from medsight.hashing import file_sha256
 
 
 def _cli() -> typer.Typer:

@@ -31,6 +31,7 @@ from medsight.atomic_write import atomic_write_text
 from medsight.data import duplicates
 from medsight.data.file_errors import file_error, one_line
 from medsight.data.layouts import LabelledSet, item_id, open_dataset
+from medsight.hashing import file_sha256
 
 #: The most examples of one kind of problem the table shows (the JSON report lists them all).
 SHOWN = 10
@@ -184,7 +185,7 @@ def _inspect_item(ds: LabelledSet, i: int, feats: _Features, checked: set[Path])
     sample = ds.read(item)
     source = Path(item.source)
     if source.is_file():
-        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        digest = file_sha256(source)
     else:
         digest = hashlib.sha256(np.ascontiguousarray(sample.array).tobytes()).hexdigest()
     features = duplicates.low_frequencies(duplicates.grey_plane(sample.array))

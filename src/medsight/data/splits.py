@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 from medsight.config import DataConfig
 from medsight.data.layouts import LabelledSet
 from medsight.errors import ConfigError, DatasetError
+from medsight.hashing import file_sha256
 
 SPLITS = ("train", "val", "test")
 
@@ -170,7 +170,7 @@ def _merge_exact_copies(ds: LabelledSet, groups: list[str]) -> list[str]:
         path = Path(item.source)
         if item.index is not None or not path.is_file():
             continue
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = file_sha256(path)
         a, b = root(first_by_digest.setdefault(digest, groups[i])), root(groups[i])
         if a != b:
             parent[b] = a

@@ -37,7 +37,8 @@ from medsight.atomic_write import atomic_write_text
 from medsight.bundle import WEIGHTS, load_bundle
 from medsight.errors import ConfigError
 from medsight.export.errors import ExportError
-from medsight.inference.predictor import EXPORT_MANIFEST, file_sha256, read_export_manifest
+from medsight.hashing import file_sha256
+from medsight.inference.predictor import EXPORT_MANIFEST, read_export_manifest
 
 FORMATS = ("onnx", "torchscript")
 FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}

@@ -30,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import warnings
@@ -47,6 +46,7 @@ from medsight.config import PreprocessConfig
 from medsight.data.file_errors import file_error, one_line
 from medsight.data.sample import Sample
 from medsight.errors import BundleError, ConfigError, InvalidImageError, UnsupportedFileError
+from medsight.hashing import file_sha256
 
 #: The export record that ``medsight export`` writes beside ``bundle.json``.
 EXPORT_MANIFEST = "export.json"
@@ -197,15 +197,6 @@ def read_export_manifest(folder: str | Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise BundleError(path, f"not valid JSON ({exc})", f"delete it and run medsight export {folder}") from exc
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def onnx_session(path: str | Path, *, threads: int = 0):

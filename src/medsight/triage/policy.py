@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -32,6 +31,7 @@ import numpy as np
 
 from medsight.bundle import bundle_hash, load_bundle
 from medsight.errors import BundleError, ConfigError, DatasetError
+from medsight.hashing import file_sha256
 from medsight.triage.agent import AgentConfig, QAgent, train_agent
 from medsight.triage.costs import ACTIONS, CostTable, action_costs
 from medsight.triage.features import CaseOutputs, StateConfig, StateEncoder, case_outputs, finding_labels
@@ -100,7 +100,7 @@ model_hash = bundle_hash  # the policy is valid for exactly these weights
 
 
 def _sha256(path: Path) -> str:
-    return f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+    return f"sha256:{file_sha256(path)[:16]}"
 
 
 def has_policy(bundle_folder: str | Path) -> bool:
