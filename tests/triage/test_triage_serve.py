@@ -29,7 +29,7 @@ def _png(seed: int = 0) -> bytes:
 def bundles(trained_run: Path, small_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two copies of the trained bundle: one with a triage policy, one without."""
     from medsight.triage.agent import AgentConfig
-    from medsight.triage.policy import train_policy
+    from medsight.triage.train import train_policy
 
     root = tmp_path_factory.mktemp("served")
     plain = shutil.copytree(trained_run / "model", root / "plain")

@@ -29,7 +29,7 @@ def train(
     """Train the Q-learning triage agent on a split and save it in BUNDLE/triage/."""
     from medsight.triage.agent import AgentConfig
     from medsight.triage.costs import load_costs
-    from medsight.triage.policy import train_policy
+    from medsight.triage.train import train_policy
 
     table = load_costs(costs, {"missed_finding": missed_finding, "false_alarm": false_alarm,
                                "radiologist_time": radiologist_time})

@@ -50,7 +50,8 @@ def evaluate_policy(*, bundle: str | Path, data: str | Path, split: str = "test"
         BundleError: no policy, or one trained for another model version.
         ConfigError: not a classification bundle.
     """
-    from medsight.triage.policy import classification_bundle, load_policy, split_outputs
+    from medsight.triage.policy import classification_bundle, load_policy
+    from medsight.triage.train import split_outputs
 
     classification_bundle(bundle)
     policy = load_policy(bundle)

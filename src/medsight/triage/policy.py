@@ -1,4 +1,4 @@
-"""A triage policy in a bundle: training it, saving it beside the model, loading it to act.
+"""A triage policy in a bundle: saving it beside the model, loading it to act (training: :mod:`.train`).
 
 The policy lives in the bundle folder::
 
@@ -13,7 +13,6 @@ other weights or another bundle.json is an error. Retraining a model writes a fr
 folder, which drops the old policy.
 
 Example:
-    >>> summary = train_policy(bundle="runs/demo/model", data="data/chest", split="val", costs=CostTable())
     >>> policy = load_policy("runs/demo/model")
 """
 
@@ -23,18 +22,17 @@ import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medsight.bundle import bundle_hash, load_bundle
-from medsight.errors import BundleError, ConfigError, DatasetError
+from medsight.errors import BundleError, ConfigError
 from medsight.hashing import file_sha256
-from medsight.triage.agent import AgentConfig, QAgent, train_agent
-from medsight.triage.costs import ACTIONS, CostTable, action_costs
-from medsight.triage.features import CaseOutputs, StateConfig, StateEncoder, case_outputs, finding_labels
+from medsight.triage.agent import QAgent
+from medsight.triage.costs import ACTIONS, CostTable
+from medsight.triage.features import CaseOutputs, StateConfig, StateEncoder, case_outputs
 
 FORMAT_VERSION = 1
 POLICY_DIR = "triage"
@@ -157,68 +155,6 @@ def classification_bundle(bundle_folder: str | Path):
     return model_bundle
 
 
-def split_outputs(bundle_folder: str | Path, data: str | Path, split: str, *, tta_passes: int,
-                  progress: bool = True) -> tuple[CaseOutputs, np.ndarray, list[str]]:
-    """The model's outputs on one split of ``data``, with ``finding`` (True = positive label) and case ids.
-
-    Raises:
-        ConfigError: not a classification bundle.
-        DatasetError: the data's classes differ from the model's, no such split, or unlabelled cases.
-    """
-    from medsight.engine.pipeline import bundle_split
-    from medsight.engine.prepare import load_tensors
-    from medsight.inference.predictor import Predictor
-
-    model_bundle = classification_bundle(bundle_folder)
-    ds, data_cfg, indices = bundle_split(model_bundle, data, split)
-    tensors, _ = load_tensors(ds, indices, model_bundle.preprocess, on_bad_file=data_cfg.on_bad_file,
-                              progress=progress, desc=split)
-    labels = tensors.labels.numpy()
-    if (labels < 0).any():
-        raise DatasetError(data, f"{int((labels < 0).sum())} cases of the {split} split have no label",
-                           "triage learns and is scored from labelled cases; label them or use another split")
-    outputs = case_outputs(Predictor(bundle_folder), tensors.images.numpy(), tta_passes=tta_passes)
-    return outputs, finding_labels(labels), list(tensors.ids)
-
-
-def train_policy(
-    *, bundle: str | Path, data: str | Path, split: str = "val", costs: CostTable,
-    state: StateConfig | None = None, agent: AgentConfig | None = None, progress: bool = True,
-) -> dict[str, Any]:
-    """Train a triage agent on episodes replayed from the labelled cases of ``split`` and save it in the bundle.
-
-    Returns:
-        The training summary saved in ``triage.json`` (cases, positives, reward per epoch, the
-        agent's and baselines' mean cost on the training episodes, policy_version).
-
-    Raises:
-        ConfigError: not a classification bundle.
-        DatasetError: the split has one class only, or the data does not match the model.
-    """
-    from medsight.triage.baselines import baseline_actions, fit_baselines
-
-    state = state or StateConfig()
-    agent_cfg = agent or AgentConfig()
-    outputs, finding, _ = split_outputs(bundle, data, split, tta_passes=state.tta_passes, progress=progress)
-    encoder = StateEncoder.fit(outputs, state)
-    bins = encoder.bins(outputs)
-    cost = action_costs(finding, costs)
-    q_agent, history = train_agent(bins, cost, sizes=encoder.sizes, config=agent_cfg)
-    baselines = fit_baselines(outputs.p_finding, outputs.uncertainty, finding, costs)
-    rows = np.arange(len(finding))
-    train_cost = {"agent": float(cost[rows, q_agent.act(bins)].mean())}
-    train_cost |= {name: float(cost[rows, baseline_actions(rule, outputs.p_finding, outputs.uncertainty)].mean())
-                   for name, rule in baselines.items()}
-    summary = {"split": split, "data": str(data), "cases": int(len(finding)), "positives": int(finding.sum()),
-               "epochs": agent_cfg.epochs, "seed": agent_cfg.seed, "agent": agent_cfg.model_dump(),
-               "mean_reward_per_epoch": [round(h, 6) for h in history], "train_mean_cost": train_cost}
-    meta = {"model_hash": model_hash(bundle), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "training": summary}
-    policy = TriagePolicy(encoder, q_agent, costs, baselines, meta)
-    policy.save(bundle)
-    return {**summary, "policy_version": policy.version, "folder": str(Path(bundle) / POLICY_DIR)}
-
-
 class ServedPolicy:
     """A bundle's policy bound to the service's predictor: one image in, the triage decision out."""
 
@@ -246,4 +182,4 @@ def served_policy(bundle_folder: str | Path, predictor) -> ServedPolicy | None:
 
 
 __all__ = ["POLICY_DIR", "ServedPolicy", "TriagePolicy", "classification_bundle", "has_policy", "load_policy",
-           "model_hash", "served_policy", "split_outputs", "train_policy"]
+           "model_hash", "served_policy"]
