@@ -141,14 +141,9 @@ def test_a_bomb_png_is_skipped_by_training_and_stops_it_in_one_line_without_skip
     data = tmp_path / "data"
     shutil.copytree(small_phantoms, data)
     bomb = bomb_png(data / "nodule" / "bomb.png")
-    args = ["train", "--recipe", "demo", "--data", str(data), "--epochs", "1", "--set", "preprocess.size=[32,32]",
-            "--set", "eval.bootstrap=0", "--no-progress"]
-    skipped = run_cli(*args, "--on-bad-file", "skip", "--out", str(tmp_path / "skipped"))
-    assert skipped.returncode == 0 and "Traceback" not in skipped.stderr, skipped.stderr[-3000:]
-    assert "skipped 1 unreadable file" in skipped.stderr
-    (listed,) = json.loads((tmp_path / "skipped" / "skipped_files.json").read_text())
+    args = _train_args(data)
+    listed = _the_one_skipped_file(args, tmp_path / "skipped")
     assert listed["path"] == str(bomb) and says_the_bomb_is_too_large(listed["reason"], bomb)
-    assert (tmp_path / "skipped" / "model" / "weights.safetensors").is_file()
 
     stopped = run_cli(*args, "--out", str(tmp_path / "stopped"))
     assert stopped.returncode == 2 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
@@ -172,15 +167,27 @@ def test_a_manifest_row_whose_file_is_missing_is_skipped_by_training_with_skip(s
     rows.insert(3, f"{small_phantoms / 'nodule' / 'gone.png'},nodule")
     manifest = tmp_path / "m.csv"
     manifest.write_text("path,label\n" + "\n".join(rows) + "\n")
-    args = ["train", "--recipe", "demo", "--data", str(manifest), "--epochs", "1", "--set", "preprocess.size=[32,32]",
-            "--set", "eval.bootstrap=0", "--no-progress"]
-    skipped = run_cli(*args, "--on-bad-file", "skip", "--out", str(tmp_path / "skipped"))
-    assert skipped.returncode == 0 and "Traceback" not in skipped.stderr, skipped.stderr[-3000:]
-    assert "skipped 1 unreadable file" in skipped.stderr
-    (listed,) = json.loads((tmp_path / "skipped" / "skipped_files.json").read_text())
+    args = _train_args(manifest)
+    listed = _the_one_skipped_file(args, tmp_path / "skipped")
     assert listed["path"] == f"{manifest}:5" and "gone.png" in listed["reason"]
-    assert (tmp_path / "skipped" / "model" / "weights.safetensors").is_file()
 
     stopped = run_cli(*args, "--out", str(tmp_path / "stopped"))
     assert stopped.returncode == 2 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
     assert "gone.png" in stopped.stderr and not (tmp_path / "stopped" / "model").exists()
+
+
+def _train_args(data) -> list[str]:
+    """A one-epoch demo-recipe training of ``data`` on 32 px images, without bootstrap CIs."""
+    return ["train", "--recipe", "demo", "--data", str(data), "--epochs", "1", "--set", "preprocess.size=[32,32]",
+            "--set", "eval.bootstrap=0", "--no-progress"]
+
+
+def _the_one_skipped_file(args: list[str], out) -> dict:
+    """Train with ``--on-bad-file skip`` into ``out``: it succeeds, says it skipped one file, ships a model, and
+    lists that one file (returned) in skipped_files.json."""
+    skipped = run_cli(*args, "--on-bad-file", "skip", "--out", str(out))
+    assert skipped.returncode == 0 and "Traceback" not in skipped.stderr, skipped.stderr[-3000:]
+    assert "skipped 1 unreadable file" in skipped.stderr
+    assert (out / "model" / "weights.safetensors").is_file()
+    (listed,) = json.loads((out / "skipped_files.json").read_text())
+    return listed
