@@ -43,7 +43,7 @@ def subset_npz(src: Path, fraction: float, out: Path) -> Path:
 def train_classifier(data: Path, out: Path, *, seed: int, epochs: int, synthetic: Path | None, ratio: float) -> dict:
     from medsight.bundle import load_bundle
     from medsight.config import load_config
-    from medsight.engine.pipeline import run_training
+    from medsight.workflows.train import run_training
 
     overrides = {"data.path": str(data), "train.seed": seed, "train.epochs": epochs, "eval.bootstrap": 100,
                  "train.num_threads": 2}

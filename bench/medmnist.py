@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from medsight.config import load_config
-from medsight.engine.pipeline import run_training
 from medsight.io.npz import read_medmnist
+from medsight.workflows.train import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 

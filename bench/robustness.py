@@ -34,7 +34,7 @@ def main() -> None:
     bundle = args.bundle
     if bundle is None:
         from medsight.config import load_config
-        from medsight.engine.pipeline import run_training
+        from medsight.workflows.train import run_training
 
         cfg = load_config(recipe=args.recipe, overrides={"data.path": args.data, "train.time_limit_min": args.minutes})
         run_training(cfg, out=args.out / "run", progress=False)

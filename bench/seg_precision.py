@@ -25,8 +25,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from medsight.data.seg_layouts import open_seg_dataset
-from medsight.engine.device import cpu_has_native_bf16
 from medsight.inference.segmenter import Segmenter
+from medsight.runtime.device import cpu_has_native_bf16
 
 
 def score(segmenter: Segmenter, cases: list) -> tuple[float, np.ndarray, np.ndarray]:

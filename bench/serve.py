@@ -47,7 +47,7 @@ def demo_bundle(out: Path) -> tuple[Path, Path]:
     """A quick demo-recipe bundle on small phantoms: (bundle folder, data folder)."""
     from medsight.config import load_config
     from medsight.data.phantoms import make_chest_phantoms
-    from medsight.engine.pipeline import run_training
+    from medsight.workflows.train import run_training
 
     data = make_chest_phantoms(out / "data", n_per_class=60, size=64, seed=0)
     if not (out / "run" / "model" / "bundle.json").is_file():

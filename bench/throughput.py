@@ -155,11 +155,11 @@ def batch_inference(args, cls_bundle: Path, seg_bundle: Path, out: Path) -> dict
 
 def classification(args, out: Path) -> dict:
     """Our medmnist-recipe training vs a plain loop on PneumoniaMNIST; the cache on its train split."""
+    from medsight.classification.prepare import load_tensors
     from medsight.data.cache import SampleCache, clear_memory_cache
     from medsight.data.layouts import open_dataset
-    from medsight.engine.pipeline import run_training
-    from medsight.engine.prepare import load_tensors
     from medsight.models import create_model
+    from medsight.workflows.train import run_training
 
     path = DATA / "medmnist" / "pneumoniamnist.npz"
     cfg = load_config(recipe="medmnist", overrides={
@@ -225,9 +225,9 @@ def segmentation(args, out: Path) -> dict:
 
     from medsight.data.cache import clear_memory_cache
     from medsight.data.seg_layouts import open_seg_dataset
-    from medsight.engine.seg_cases import read_cases
-    from medsight.engine.seg_pipeline import train_segmenter
     from medsight.models import create_model
+    from medsight.segmentation.cases import read_cases
+    from medsight.segmentation.train import train_segmenter
 
     data = DATA / "drive" / "training"
     overrides = {"data.path": str(data), "name": "throughput-drive", "train.epochs": 2, "data.folds": 1,

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from medsight.config import load_config
-from medsight.engine.pipeline import run_training
-from medsight.engine.pretrain import run_pretrain
+from medsight.workflows.pretrain import run_pretrain
+from medsight.workflows.train import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 

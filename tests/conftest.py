@@ -44,7 +44,7 @@ def small_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained_run(tmp_path_factory: pytest.TempPathFactory, small_phantoms: Path) -> Path:
     """A run folder from a 3-epoch training on the small phantoms."""
     from medsight.config import load_config
-    from medsight.engine.pipeline import run_training
+    from medsight.workflows.train import run_training
 
     cfg = load_config(
         recipe="demo",

@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medsight.engine.planning import plan_dataset
+from medsight.workflows.plan import plan_dataset
 
 
 def write_msd(root: Path, spacings: list[tuple[float, float, float]]) -> Path:

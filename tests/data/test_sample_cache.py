@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medsight.classification.prepare import load_tensors
 from medsight.config import PreprocessConfig, load_config
 from medsight.data import cache as cache_module
 from medsight.data.cache import SampleCache, cache_from_config, clear_memory_cache, source_identity
 from medsight.data.layouts import open_dataset
-from medsight.engine.prepare import load_tensors
 from medsight.errors import ConfigError
 
 PREP = PreprocessConfig(size=[16, 16], normalize="minmax")
@@ -161,7 +161,7 @@ def test_cache_from_config_follows_data_cache(tmp_path):
 @pytest.mark.parametrize("mode", ["memory", "disk"])
 def test_segmentation_cases_come_from_the_cache_unchanged(tmp_path, mode):
     from medsight.data.seg_layouts import open_seg_dataset
-    from medsight.engine.seg_cases import read_cases
+    from medsight.segmentation.cases import read_cases
 
     root = tmp_path / "seg"
     (root / "images").mkdir(parents=True)

@@ -24,7 +24,7 @@ def square_task(tmp_path_factory):
     No per-image normalisation: a z-score would let the square darken the whole background, a global
     shortcut the network can learn instead of looking at the square (it does: Grad-CAM shows it)."""
     from medsight.config import load_config
-    from medsight.engine.pipeline import run_training
+    from medsight.workflows.train import run_training
 
     root = tmp_path_factory.mktemp("squares")
     rng = np.random.default_rng(0)

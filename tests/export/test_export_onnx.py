@@ -31,7 +31,7 @@ def stripes_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     The classes separate completely (val AUC 1.0), so the int8 AUC cannot move by chance.
     """
     from medsight.config import load_config
-    from medsight.engine.pipeline import run_training
+    from medsight.workflows.train import run_training
 
     root = tmp_path_factory.mktemp("stripes")
     rng = np.random.default_rng(0)
@@ -64,11 +64,11 @@ def exported(stripes_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
 def _val_images(bundle: Path) -> tuple[np.ndarray, np.ndarray]:
     """The fully preprocessed validation images and the bundle's PyTorch probabilities on them."""
     from medsight.bundle import load_bundle
+    from medsight.classification.prepare import load_tensors
+    from medsight.classification.trainer import predict_probs
     from medsight.config import DataConfig
     from medsight.data.layouts import open_dataset
     from medsight.data.splits import resolve_splits
-    from medsight.engine.prepare import load_tensors
-    from medsight.engine.trainer import predict_probs
 
     model = load_bundle(bundle)
     ds = open_dataset(model.provenance["data"], class_names=model.label_names)

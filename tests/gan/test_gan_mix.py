@@ -23,7 +23,7 @@ def _generator(folder: Path, *, labels: list[str], size: list[int], kind: str = 
 
 
 def _train_set(n0: int, n1: int):
-    from medsight.engine.data import TensorSet
+    from medsight.classification.batches import TensorSet
 
     labels = torch.tensor([0] * n0 + [1] * n1)
     return TensorSet(torch.rand(n0 + n1, 1, 28, 28), labels, [f"real{i}" for i in range(n0 + n1)])
@@ -35,7 +35,7 @@ def _cfg(generator: Path | str, ratio: float = 0.5, normalize: str = "minmax") -
 
 
 def test_class_quota_follows_the_training_proportions() -> None:
-    from medsight.engine.synthetic import class_quota
+    from medsight.classification.synthetic import class_quota
 
     assert class_quota(np.array([0, 0, 0, 1]), 2, 6).tolist() == [5, 1]  # 4.5 / 1.5: the tie goes to class 0
     assert class_quota(np.array([0] * 147 + [1] * 399), 2, 546).tolist() == [147, 399]
@@ -43,7 +43,7 @@ def test_class_quota_follows_the_training_proportions() -> None:
 
 
 def test_mix_adds_round_ratio_times_n_in_class_proportions(tmp_path: Path) -> None:
-    from medsight.engine.synthetic import mix_synthetic
+    from medsight.classification.synthetic import mix_synthetic
 
     gen = _generator(tmp_path / "g", labels=["a", "b"], size=[28, 28])
     train = _train_set(14, 6)
@@ -69,7 +69,7 @@ def test_mix_adds_round_ratio_times_n_in_class_proportions(tmp_path: Path) -> No
     ],
 )
 def test_generator_that_does_not_fit_the_run_is_a_config_error(tmp_path: Path, labels, size, kind, match) -> None:
-    from medsight.engine.synthetic import mix_synthetic
+    from medsight.classification.synthetic import mix_synthetic
 
     gen = _generator(tmp_path / "g", labels=labels, size=size, kind=kind)
     with pytest.raises(ConfigError, match=match):
@@ -77,7 +77,7 @@ def test_generator_that_does_not_fit_the_run_is_a_config_error(tmp_path: Path, l
 
 
 def test_zero_ratio_and_bad_folder_are_clear_errors(tmp_path: Path) -> None:
-    from medsight.engine.synthetic import mix_synthetic
+    from medsight.classification.synthetic import mix_synthetic
 
     gen = _generator(tmp_path / "g", labels=["a", "b"], size=[28, 28])
     with pytest.raises(ConfigError, match="synthetic_ratio"):
@@ -92,7 +92,7 @@ def test_zero_ratio_and_bad_folder_are_clear_errors(tmp_path: Path) -> None:
 def test_training_run_mixes_train_only_and_records_it(small_phantoms: Path, tmp_path: Path) -> None:
     from medsight.bundle import load_bundle
     from medsight.config import load_config
-    from medsight.engine.pipeline import run_training
+    from medsight.workflows.train import run_training
 
     gen = _generator(tmp_path / "g", labels=["normal", "nodule"], size=[32, 32])
     overrides = {"data.path": str(small_phantoms), "preprocess.size": [32, 32], "train.epochs": 1,

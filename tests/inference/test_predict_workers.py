@@ -89,8 +89,8 @@ def test_bad_worker_requests_say_what_to_do(trained_run, inputs, tmp_path):
 
 def test_two_workers_write_the_same_masks_as_one(tmp_path):
     from medsight.config import load_config
-    from medsight.engine.seg_pipeline import train_segmenter
     from medsight.inference.segmenter import segment_to_folder
+    from medsight.segmentation.train import train_segmenter
 
     rng = np.random.default_rng(3)
     root = tmp_path / "discs"

@@ -258,7 +258,7 @@ def test_a_3d_model_reads_each_folder_of_dicom_slices_as_one_volume(shared_data:
 
 
 def test_mixed_precision_runs_the_network_in_bfloat16_where_the_cpu_has_it():
-    from medsight.engine.device import cpu_has_native_bf16
+    from medsight.runtime.device import cpu_has_native_bf16
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 3, padding=1))

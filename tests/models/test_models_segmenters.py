@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import medsight.models.segmenters  # noqa: F401  (fills the registry until registry.py imports it)
-from medsight.engine.seg_losses import make_seg_loss
 from medsight.errors import ConfigError
 from medsight.models.registry import create_model, list_models
+from medsight.segmentation.losses import make_seg_loss
 
 SEGMENTERS = list_models("segmentation")
 SHAPES = {2: (1, 1, 64, 64), 3: (1, 1, 32, 32, 32)}

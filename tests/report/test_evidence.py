@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medsight.engine.seg_evaluate import uncertainty_vs_dice
 from medsight.report.evidence import MIN_CASES_FOR_CORRELATION, SIGNIFICANCE_LEVEL, correlation_reading
 from medsight.report.segmentation import SegCase, write_segmentation_report
+from medsight.segmentation.evaluate import uncertainty_vs_dice
 
 CONCLUSION = "the more uncertain cases are the lower-Dice ones"
 

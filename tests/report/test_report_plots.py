@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medsight.engine.metrics import reliability_bins
+from medsight.classification.metrics import reliability_bins
 from medsight.report.plots import (
     confusion_figure,
     pr_figure,

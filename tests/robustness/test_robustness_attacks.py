@@ -14,8 +14,8 @@ from medsight.errors import ConfigError
 @pytest.fixture(scope="module")
 def clean_set(trained_run: Path, small_phantoms: Path):
     from medsight.bundle import load_bundle
+    from medsight.classification.prepare import load_tensors
     from medsight.data.layouts import open_dataset
-    from medsight.engine.prepare import load_tensors
 
     bundle = load_bundle(trained_run / "model")
     ds = open_dataset(str(small_phantoms), class_names=bundle.label_names)
@@ -24,15 +24,15 @@ def clean_set(trained_run: Path, small_phantoms: Path):
 
 
 def _scores(model, images, labels, head: str, threshold) -> tuple[float, float]:
-    from medsight.engine.metrics import classification_metrics
-    from medsight.engine.trainer import predict_probs
+    from medsight.classification.metrics import classification_metrics
+    from medsight.classification.trainer import predict_probs
 
     metrics = classification_metrics(labels.numpy(), predict_probs(model, images, head=head), threshold)
     return metrics["accuracy"], metrics["auc"]
 
 
 def test_eps_zero_is_clean_and_larger_eps_lowers_auc(clean_set) -> None:
-    from medsight.engine.trainer import predict_probs
+    from medsight.classification.trainer import predict_probs
     from medsight.robustness.attacks import attack
 
     bundle, data = clean_set

@@ -93,8 +93,8 @@ def test_segmentation_bundle_is_scored_by_dice_under_corruption(tmp_path):
     from PIL import Image
 
     from medsight.config import load_config
-    from medsight.engine.seg_pipeline import train_segmenter
     from medsight.robustness.run import run_robustness
+    from medsight.segmentation.train import train_segmenter
 
     rng = np.random.default_rng(0)
     data = tmp_path / "discs"

@@ -94,7 +94,7 @@ def client(tiny_bundle: Path):
 def _train_seg(root: Path, patch: list[int], kwargs: dict) -> Path:
     """A U-Net trained for 1 epoch of 2 steps on the image/mask pairs under ``root``: its bundle."""
     from medsight.config import load_config
-    from medsight.engine.seg_pipeline import train_segmenter
+    from medsight.segmentation.train import train_segmenter
 
     cfg = load_config(overrides={
         "task": "segmentation", "data.path": str(root), "model.name": "unet", "model.kwargs": kwargs,

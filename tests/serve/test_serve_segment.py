@@ -133,7 +133,7 @@ def test_a_mixed_precision_service_says_so_and_agrees_with_float32(seg_client, s
                                                                   disc_images: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from medsight.engine.device import cpu_has_native_bf16
+    from medsight.runtime.device import cpu_has_native_bf16
     from medsight.serve.app import ServeSettings, create_app
 
     plain, _ = seg_client

@@ -18,6 +18,6 @@ def demo(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Generate phantoms with and without a nodule, train, evaluate, and say where it all is."""
-    from medsight.engine.demo import run_demo
+    from medsight.workflows.demo import run_demo
 
     typer.echo(run_demo(out=out, n_per_class=n_per_class, epochs=epochs, seed=seed, progress=progress))

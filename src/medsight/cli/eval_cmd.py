@@ -18,11 +18,11 @@ def evaluate(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Evaluate a bundle on a data set split, with 95% bootstrap CIs and a report."""
-    from medsight.engine.pipeline import run_evaluation
+    from medsight.workflows.train import run_evaluation
 
     metrics = run_evaluation(bundle=bundle, data=data, split=split, out=out, progress=progress)
     if metrics.get("task") == "segmentation":
-        from medsight.engine.seg_evaluate import seg_summary
+        from medsight.segmentation.evaluate import seg_summary
 
         typer.echo(f"{seg_summary(metrics['split'], metrics)}\nwrote {out / 'metrics.json'} and {out / 'report.html'}")
         return

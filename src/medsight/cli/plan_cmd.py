@@ -19,7 +19,7 @@ def plan(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Fingerprint a segmentation data set and derive spacing, normalisation, patch and batch size."""
-    from medsight.engine.planning import plan_dataset
+    from medsight.workflows.plan import plan_dataset
 
     result = plan_dataset(
         data=data, out=out, memory_budget_mb=memory_mb, spatial_dims=spatial_dims,

@@ -30,7 +30,7 @@ def pretrain(
     progress: bool = typer.Option(True, help="Print one line per epoch."),
 ) -> None:
     """Pretrain a model on your own data; fine-tune from it with model.pretrained=DIR/weights.safetensors."""
-    from medsight.engine.pretrain import run_pretrain
+    from medsight.workflows.pretrain import run_pretrain
 
     info = run_pretrain(
         data=data, out=out, mode=mode, model=model, model_kwargs=parse_overrides(kwarg), size=size,

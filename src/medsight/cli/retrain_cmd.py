@@ -21,7 +21,7 @@ def retrain(
     bootstrap: int = typer.Option(1000, min=10, help="Paired bootstrap resamples for the gate's CI."),
 ) -> None:
     """Fine-tune production on feedback + original data; promote only if the gate finds it no worse (else exit 1)."""
-    from medsight.engine.retrain import retrain as run_retrain
+    from medsight.workflows.retrain import retrain as run_retrain
 
     result = run_retrain(registry=registry, feedback=feedback, data=data, out=out, epochs=epochs, lr=lr,
                          margin=margin, n_boot=bootstrap)

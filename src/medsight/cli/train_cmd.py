@@ -57,8 +57,8 @@ def train(
 ) -> None:
     """Train a model and write the run folder: config, metrics.csv, TensorBoard, bundle, report."""
     from medsight.config import load_config
-    from medsight.engine import distributed
-    from medsight.engine.pipeline import run_training
+    from medsight.runtime import distributed
+    from medsight.workflows.train import run_training
 
     overrides = {
         "task": task,
@@ -105,7 +105,7 @@ def _recipe_for(recipe: str | None, config: Path | None, data: str | None, overr
     config file, the recipe made for a recognised public layout (``drive`` for segmentation of a
     DRIVE folder), said on stderr."""
     from medsight.data.seg_layouts import is_drive
-    from medsight.engine import distributed
+    from medsight.runtime import distributed
 
     if recipe is not None or config is not None or overrides.get("task") != "segmentation" or not data:
         return recipe
@@ -162,9 +162,9 @@ def _cli_args(flags: dict[str, object], *, sets: list[str] | None, resume: bool,
 
 def _check_launch(cfg, *, nproc: int, nnodes: int, node_rank: int) -> None:
     """Clear errors before any process starts: task, node rank, processes per node, batch split."""
-    from medsight.engine import distributed
-    from medsight.engine.device import pick_device
     from medsight.errors import ConfigError
+    from medsight.runtime import distributed
+    from medsight.runtime.device import pick_device
 
     if node_rank >= nnodes:
         raise ConfigError(f"--node-rank {node_rank}", f"is outside 0..{nnodes - 1}", "number the machines from 0")

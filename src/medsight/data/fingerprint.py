@@ -2,7 +2,7 @@
 
 A fingerprint summarises a labelled data set in a few numbers: the voxel spacings and
 shapes of every case, their medians, the intensity distribution inside the foreground
-(``label > 0``) and how often each label occurs. :func:`medsight.engine.plan.make_plan`
+(``label > 0``) and how often each label occurs. :func:`medsight.segmentation.plan.make_plan`
 turns it into target spacing, normalisation, patch size and batch size.
 
 Example:

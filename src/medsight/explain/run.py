@@ -164,10 +164,10 @@ def faithfulness_report(*, bundle: str | Path, data: str, split: str = "val", ou
     import torch
 
     from medsight.bundle import load_bundle
-    from medsight.engine.pipeline import bundle_split
-    from medsight.engine.prepare import load_tensors
+    from medsight.classification.prepare import load_tensors
     from medsight.explain.faithfulness import deletion_insertion, random_order_map
     from medsight.progress import track
+    from medsight.workflows.train import bundle_split
 
     model_bundle = load_bundle(bundle)
     model = model_bundle.build_model()

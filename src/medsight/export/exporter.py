@@ -67,7 +67,7 @@ def export_bundle(
         int8: also write ``model.int8.onnx`` (ONNX only) and check its metric loss.
         data: the data set for the checks; default the one recorded in the bundle.
         metric: the validation metric the int8 check compares; default ``auc`` for a
-            classifier (any of :data:`medsight.engine.metrics.METRIC_KEYS`), ``dice`` (pooled
+            classifier (any of :data:`medsight.classification.metrics.METRIC_KEYS`), ``dice`` (pooled
             over the parity patches) for a segmenter.
         progress: show progress while loading the validation images.
 
@@ -199,7 +199,7 @@ def _int8(source: Path, target: Path, bundle, parity, metric: str) -> dict[str, 
 
 
 def _metric(task: str, metric: str | None) -> str:
-    from medsight.engine.metrics import METRIC_KEYS
+    from medsight.classification.metrics import METRIC_KEYS
 
     allowed = ("dice",) if task == "segmentation" else METRIC_KEYS
     metric = metric or ("dice" if task == "segmentation" else "auc")

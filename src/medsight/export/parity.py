@@ -105,7 +105,7 @@ def metric_value(bundle: Bundle, parity: ParityData, probs: np.ndarray, metric: 
     or (segmentation) the pooled foreground Dice of the argmax over the parity patches."""
     if bundle.task == "segmentation":
         return _pooled_dice(probs.argmax(axis=1), parity.labels, probs.shape[1])
-    from medsight.engine.metrics import classification_metrics
+    from medsight.classification.metrics import classification_metrics
 
     return float(classification_metrics(parity.labels, probs, bundle.threshold)[metric])
 
@@ -129,10 +129,10 @@ def _data_path(bundle: Bundle, folder: Path, data: str | None) -> Path:
 def _classification_split(bundle: Bundle, path: Path, prep: PreprocessConfig, progress: bool) -> ParityData:
     import torch
 
-    from medsight.engine.pipeline import bundle_split
-    from medsight.engine.prepare import load_tensors
-    from medsight.engine.trainer import predict_probs
+    from medsight.classification.prepare import load_tensors
+    from medsight.classification.trainer import predict_probs
     from medsight.transforms.intensity import normalize
+    from medsight.workflows.train import bundle_split
 
     ds, data_cfg, val = bundle_split(bundle, path, "val")
     tensors, bad = load_tensors(ds, val, prep, on_bad_file=data_cfg.on_bad_file, progress=progress, desc="val")

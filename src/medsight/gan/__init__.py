@@ -7,5 +7,5 @@ folders, sampling, quality figures and mixing generated samples into classifier 
 * :mod:`medsight.gan.quality`: classifier Fréchet distance (not Inception FID), train-on-synthetic /
   test-on-real accuracy, sample grids and the report.
 
-Mixing into training lives in :mod:`medsight.engine.synthetic` (``train.synthetic``).
+Mixing into training lives in :mod:`medsight.classification.synthetic` (``train.synthetic``).
 """

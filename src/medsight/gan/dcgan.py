@@ -143,7 +143,7 @@ def fit_adversarial(task: AdversarialTask, info: GeneratorInfo, *, out: Path, ep
     Raises:
         MedsightError: ``resume`` without a checkpoint that fits.
     """
-    from medsight.engine.checkpoint import load_checkpoint, save_checkpoint
+    from medsight.runtime.checkpoint import load_checkpoint, save_checkpoint
 
     out = Path(out)
     nets = nn.ModuleDict({"generator": task.generator, "discriminator": task.discriminator})
@@ -199,10 +199,10 @@ def load_class_images(data: str | Path, *, size: tuple[int, int], channels: int,
     The split is the one ``medsight train`` makes with the same ``val_fraction`` / ``test_fraction``
     (a MedMNIST npz keeps its own train split), so the GAN never sees a validation or test case.
     """
+    from medsight.classification.prepare import load_tensors
     from medsight.config import DataConfig, PreprocessConfig
     from medsight.data.layouts import open_dataset
     from medsight.data.splits import resolve_splits
-    from medsight.engine.prepare import load_tensors
 
     ds = open_dataset(data, class_names=class_names)
     splits = resolve_splits(ds, DataConfig(val_fraction=val_fraction, test_fraction=test_fraction))

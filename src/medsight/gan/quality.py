@@ -88,7 +88,7 @@ def synthetic_set(generator_net, labels: np.ndarray, *, normalize: str, seed: in
     """A TensorSet of generated images for ``labels``, normalised like the real preprocessing."""
     import torch
 
-    from medsight.engine.data import TensorSet
+    from medsight.classification.batches import TensorSet
     from medsight.gan.dcgan import generate
     from medsight.transforms.intensity import normalize as norm
 
@@ -107,10 +107,10 @@ def train_on_synthetic(generator_net, real_train_labels: np.ndarray, real_val, *
     """
     import torch
 
+    from medsight.classification.metrics import classification_metrics
+    from medsight.classification.synthetic import class_quota
+    from medsight.classification.trainer import fit, predict_probs
     from medsight.config import TrainConfig
-    from medsight.engine.metrics import classification_metrics
-    from medsight.engine.synthetic import class_quota
-    from medsight.engine.trainer import fit, predict_probs
     from medsight.models import create_model
 
     def labels_for(n: int, offset: int):
@@ -182,9 +182,9 @@ def gan_report(*, generator: str | Path, data: str | Path, classifier: str | Pat
             from the classifier's.
     """
     from medsight.bundle import load_bundle
-    from medsight.engine.pipeline import bundle_split
-    from medsight.engine.prepare import load_tensors
+    from medsight.classification.prepare import load_tensors
     from medsight.gan.store import load_generator
+    from medsight.workflows.train import bundle_split
 
     out = Path(out)
     net, info = load_generator(generator)

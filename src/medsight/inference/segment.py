@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from medsight.engine.device import autocast
 from medsight.errors import ConfigError, InvalidImageError
+from medsight.runtime.device import autocast
 
 
 def sliding_window_probs(

@@ -100,7 +100,7 @@ class Segmenter:
     @property
     def precision(self) -> str:
         """What the network computes in: ``float32``, or the autocast dtype ``mixed_precision`` gives here."""
-        from medsight.engine.device import autocast_dtype
+        from medsight.runtime.device import autocast_dtype
 
         dtype = autocast_dtype(self.device, self.mixed_precision, cpu_bf16=self.mixed_precision)
         return "float32" if dtype is None else str(dtype).removeprefix("torch.")

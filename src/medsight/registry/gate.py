@@ -133,9 +133,9 @@ def compare_bundles(candidate: str | Path, production: str | Path, *, data: str 
                            f"({prod.task}, {prod.label_names})", "compare models trained for the same task")
     if prod.task == "segmentation":
         return _compare_segmenters(cand, prod, data=data, split=split, **kwargs)
-    from medsight.engine.pipeline import bundle_split
-    from medsight.engine.prepare import load_tensors
-    from medsight.engine.trainer import predict_logits, probs_from_logits
+    from medsight.classification.prepare import load_tensors
+    from medsight.classification.trainer import predict_logits, probs_from_logits
+    from medsight.workflows.train import bundle_split
 
     ds, data_cfg, indices = bundle_split(prod, data, split)
     probs = []
@@ -147,8 +147,8 @@ def compare_bundles(candidate: str | Path, production: str | Path, *, data: str 
 
 
 def _compare_segmenters(cand, prod, *, data: str | Path, split: str, **kwargs: Any) -> GateResult:
-    from medsight.engine.seg_evaluate import open_split
     from medsight.inference.segmenter import Segmenter
+    from medsight.segmentation.evaluate import open_split
 
     dataset, items = open_split(prod, str(data), split)
     runners = (Segmenter(cand), Segmenter(prod))

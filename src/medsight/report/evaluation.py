@@ -1,6 +1,6 @@
 """The evaluation and cross-validation reports, written for a clinician reader.
 
-Both take the dicts that :mod:`medsight.engine.evaluate` writes to JSON, so the numbers in
+Both take the dicts that :mod:`medsight.classification.evaluate` writes to JSON, so the numbers in
 the report are exactly the numbers in ``metrics.json`` / ``cv_metrics.json``.
 
 Example:
@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from medsight.engine.evaluate import DISTANCE_KEYS
+from medsight.classification.evaluate import DISTANCE_KEYS
 from medsight.report.html import Figure, figures, fmt, key_values, page, paragraph, section, table
 
 HEADLINE_ORDER = (

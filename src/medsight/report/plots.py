@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from medsight.atomic_write import replacing  # noqa: E402
-from medsight.engine.metrics import METRIC_KEYS  # noqa: E402
+from medsight.classification.metrics import METRIC_KEYS  # noqa: E402
 
 _DPI = 110
 
@@ -107,7 +107,7 @@ def confusion_figure(matrix: np.ndarray, label_names: list[str], path: Path) -> 
 
 
 def reliability_figure(bins: dict, ece: float, path: Path, *, before: dict | None = None) -> Path:
-    """Reliability diagram from :func:`medsight.engine.metrics.reliability_bins`, with the ECE.
+    """Reliability diagram from :func:`medsight.classification.metrics.reliability_bins`, with the ECE.
 
     Args:
         before: the bins (with their ``ece``) of the probabilities before temperature scaling;
@@ -147,7 +147,7 @@ def _reliability_panel(ax, hist, bins: dict, ece: float, label: str, positive: b
 
 
 def selective_figure(curve: dict, path: Path) -> Path:
-    """Accuracy against coverage from :func:`medsight.engine.uncertainty.selective_curve`."""
+    """Accuracy against coverage from :func:`medsight.classification.uncertainty.selective_curve`."""
     coverage = np.asarray(curve["coverage"], dtype=np.float64)
     accuracy = np.asarray(curve["accuracy"], dtype=np.float64)
     fig, ax = plt.subplots(figsize=(5, 5))

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from medsight.atomic_write import atomic_write_text  # noqa: E402
-from medsight.engine.evaluate import DISTANCE_KEYS  # noqa: E402
+from medsight.classification.evaluate import DISTANCE_KEYS  # noqa: E402
 from medsight.report.html import Figure, figures, page, paragraph, section, table  # noqa: E402
 from medsight.report.plots import save_figure  # noqa: E402
 
@@ -28,7 +28,7 @@ class SegCase:
     dice: float
 
 
-#: How each ``distance_unit`` of :mod:`medsight.engine.seg_evaluate` is said in the report.
+#: How each ``distance_unit`` of :mod:`medsight.segmentation.evaluate` is said in the report.
 DISTANCE_UNITS = {
     "mm": "Distances (HD95, ASSD) are in millimetres",
     "px": "Distances (HD95, ASSD) are in pixels: these images carry no physical spacing",

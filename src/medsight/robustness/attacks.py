@@ -55,7 +55,7 @@ def attack(model, images, labels, *, head: str, method: str, eps: float, steps: 
         raise ConfigError(f"steps={steps}", "PGD needs at least one step", "use steps >= 1")
     if eps == 0:
         return images.detach().clone().cpu()
-    from medsight.engine.trainer import make_loss
+    from medsight.classification.trainer import make_loss
 
     loss_fn = make_loss(head, 0.0, None)
     device = next(model.parameters()).device

@@ -71,8 +71,8 @@ def run_robustness(
             the bundle's; a split the data set does not have.
     """
     from medsight.bundle import load_bundle
-    from medsight.engine.metrics import classification_metrics
-    from medsight.engine.trainer import predict_probs
+    from medsight.classification.metrics import classification_metrics
+    from medsight.classification.trainer import predict_probs
     from medsight.progress import track
 
     kinds = list(kinds) if kinds else None
@@ -158,9 +158,9 @@ def _check_request(kinds: list[str] | None, severities: Sequence[int], eps: Sequ
 
 def _read_split(model_bundle, data: str, split: str, max_cases: int | None, progress: bool):
     """The raw samples and labels of one split, read as ``medsight evaluate`` reads them."""
-    from medsight.engine.pipeline import bundle_split
     from medsight.errors import MedsightError
     from medsight.progress import track
+    from medsight.workflows.train import bundle_split
 
     ds, data_cfg, indices = bundle_split(model_bundle, data, split)
     if max_cases is not None:
@@ -182,9 +182,9 @@ def _read_split(model_bundle, data: str, split: str, max_cases: int | None, prog
 
 def _run_segmentation(model_bundle, *, bundle, data, out, split, kinds, severities, seed, max_cases, progress):
     """Segmenters: the corruptions only (no attacks), scored by Dice and pooled pixel AUC / accuracy."""
-    from medsight.engine.seg_evaluate import open_split
     from medsight.inference.segmenter import Segmenter
     from medsight.robustness.segmentation import segmentation_rows
+    from medsight.segmentation.evaluate import open_split
 
     attacks = [k for k in kinds or [] if k in ATTACKS]
     if attacks:

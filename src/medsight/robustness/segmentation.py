@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from medsight.data.sample import Sample
-from medsight.engine.pixel_scores import PixelScores
 from medsight.robustness import corruptions
+from medsight.segmentation.pixel_scores import PixelScores
 
 
 def segmentation_rows(segmenter, cases: list[tuple], *, kinds: Sequence[str], severities: Sequence[int],

@@ -31,7 +31,7 @@ def fit_baselines(
     Raises:
         DatasetError: the episodes hold one class only (no Youden threshold).
     """
-    from medsight.engine.metrics import choose_threshold
+    from medsight.classification.metrics import choose_threshold
 
     p = np.asarray(p_finding, dtype=np.float64)
     threshold = choose_threshold(np.asarray(finding, dtype=int), np.stack([1 - p, p], axis=1), method="youden")

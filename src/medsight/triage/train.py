@@ -30,9 +30,9 @@ def split_outputs(bundle_folder: str | Path, data: str | Path, split: str, *, tt
         ConfigError: not a classification bundle.
         DatasetError: the data's classes differ from the model's, no such split, or unlabelled cases.
     """
-    from medsight.engine.pipeline import bundle_split
-    from medsight.engine.prepare import load_tensors
+    from medsight.classification.prepare import load_tensors
     from medsight.inference.predictor import Predictor
+    from medsight.workflows.train import bundle_split
 
     model_bundle = classification_bundle(bundle_folder)
     ds, data_cfg, indices = bundle_split(model_bundle, data, split)

@@ -1,0 +1,350 @@
+"""Evaluate class probabilities: metrics with bootstrap CIs, per-case table, plots and report.
+
+``evaluate_predictions`` writes into ``out/``::
+
+    metrics.json        every metric as {"value", "ci_low", "ci_high"} under "metrics", plus flat
+                        top-level keys (accuracy, auc, sensitivity, specificity, f1, precision, npv,
+                        balanced_accuracy, pr_auc, threshold, n, ece), the confusion matrix,
+                        calibration bins, label names, split and how the threshold was chosen;
+                        ece_uncalibrated and temperature (temperature scaling), under "calibration"
+                        the bins and ``temperature_choice`` (whether a temperature was fitted and
+                        kept, and why), ``selective`` (accuracy against coverage when keeping the
+                        most certain cases)
+    per_case.csv        case_id, true_label, predicted_label, prob_<class>..., correct[, entropy]
+    roc.png pr.png confusion.png calibration.png [selective.png] [training_curves.png]
+    report.html         self-contained, opens offline
+
+``aggregate_folds`` writes ``cv_metrics.json`` and ``cv_report.html`` for k-fold runs (with the folds'
+``distance_unit`` when they are segmentations).
+
+Undefined values are ``null`` in the JSON files and NaN in the returned dicts.
+
+Example:
+    >>> m = evaluate_predictions(y, probs, label_names=["normal", "pneumonia"], case_ids=ids,
+    ...                          threshold=0.42, threshold_note="Youden on validation (n=78)",
+    ...                          cfg=EvalConfig(), out=Path("runs/x"), title="x: test", split="test")
+    >>> m["auc"], m["metrics"]["auc"]["ci_low"]
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from medsight.atomic_write import atomic_write_text, replacing
+from medsight.classification.metrics import (
+    METRIC_KEYS,
+    bootstrap_cis,
+    check_inputs,
+    classification_metrics,
+    confusion,
+    expected_calibration_error,
+    predict_labels,
+    reliability_bins,
+)
+from medsight.config import EvalConfig
+from medsight.errors import DatasetError
+
+CV_KEYS = (*METRIC_KEYS, "ece", "ece_uncalibrated")
+#: Segmentation metrics measured in the data's distance unit (``distance_unit``: ``px`` or ``mm``).
+DISTANCE_KEYS = ("hd95", "assd")
+_CALIBRATION_BINS = 15
+
+
+def evaluate_predictions(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    *,
+    label_names: list[str],
+    case_ids: list[str],
+    threshold: float | None,
+    threshold_note: str,
+    cfg: EvalConfig,
+    out: Path,
+    title: str,
+    split: str,
+    history_csv: Path | None = None,
+    extra: dict | None = None,
+    uncalibrated: np.ndarray | None = None,
+    temperature: float | None = None,
+    temperature_choice: dict | None = None,
+    entropy: np.ndarray | None = None,
+    uncertainty: dict | None = None,
+) -> dict:
+    """Compute every metric with its CI and write metrics.json, per_case.csv, plots and report.html.
+
+    Args:
+        y_true: ``(N,)`` class indices.
+        probs: ``(N, K)`` class probabilities (binary: K == 2, positive class index 1).
+        label_names: one name per class, in column order.
+        case_ids: one id per case (a file path or ``file.npz#split/index``).
+        threshold: binary operating threshold (None means 0.5); ignored for multi-class.
+        threshold_note: how the threshold was chosen, shown in the report.
+        cfg: bootstrap resamples and confidence level.
+        out: output folder (created).
+        title: report title.
+        split: which split these cases are (shown and stored).
+        history_csv: the trainer's ``metrics.csv`` for the training-curves plot.
+        extra: facts for the report's "About this evaluation" table (data, model, provenance).
+        uncalibrated: ``(N, K)`` probabilities before temperature scaling (``probs`` are after);
+            adds ``ece_uncalibrated`` and a before/after reliability diagram.
+        temperature: the temperature that turned ``uncalibrated`` into ``probs`` (stored and shown).
+        temperature_choice: :meth:`medsight.classification.calibration.TemperatureChoice.as_dict` of the
+            training run: whether a temperature was fitted and kept on the validation split, and why.
+        entropy: ``(N,)`` per-case predictive entropy (:mod:`medsight.classification.uncertainty`); adds an
+            ``entropy`` column to per_case.csv, ``selective`` to metrics.json and the
+            selective-prediction plot.
+        uncertainty: how ``entropy`` was made, e.g. ``{"method": "tta", "passes": 4}``.
+
+    Returns:
+        The metrics dict written to ``metrics.json`` (NaN where the file has null).
+
+    Raises:
+        DatasetError: shapes disagree, or label names / case ids do not match the data.
+    """
+    y, p = check_inputs(y_true, probs)
+    if len(label_names) != p.shape[1]:
+        raise DatasetError(
+            "label_names",
+            f"has {len(label_names)} names for {p.shape[1]} probability columns",
+            "pass one name per class, in the model's output order",
+        )
+    if len(case_ids) != len(y):
+        raise DatasetError("case_ids", f"has {len(case_ids)} ids for {len(y)} cases", "pass one id per case")
+    binary = p.shape[1] == 2
+    thr = (0.5 if threshold is None else float(threshold)) if binary else None
+    point = classification_metrics(y, p, thr)
+    cis = bootstrap_cis(y, p, threshold=thr, n_boot=cfg.bootstrap, ci=cfg.ci)
+    pred = predict_labels(p, thr)
+    bins = reliability_bins(y, p, _CALIBRATION_BINS)
+    ece = expected_calibration_error(y, p, _CALIBRATION_BINS)
+    before = _uncalibrated(y, p, uncalibrated)
+    selective = _selective(y, pred, entropy, uncertainty)
+    metrics: dict = {
+        "title": title,
+        "split": split,
+        **{key: point[key] for key in METRIC_KEYS},
+        "threshold": thr,
+        "n": len(y),
+        "ece": ece,
+        "ece_uncalibrated": before["ece"] if before else None,
+        "temperature": temperature,
+        "threshold_note": threshold_note,
+        "label_names": list(label_names),
+        "n_per_class": dict(zip(label_names, np.bincount(y, minlength=p.shape[1]).tolist(), strict=True)),
+        "metrics": {
+            key: {"value": point[key], "ci_low": cis[key][0], "ci_high": cis[key][1]} for key in METRIC_KEYS
+        },
+        "ci_level": cfg.ci,
+        "bootstrap": cfg.bootstrap,
+        "confusion": {
+            "rows": "true class",
+            "columns": "predicted class",
+            "matrix": confusion(y, pred, p.shape[1]).tolist(),
+        },
+        "calibration": {"ece": ece, **bins, "uncalibrated": before, "temperature_choice": temperature_choice},
+        "selective": selective,
+        "extra": extra or {},
+        "notes": [],
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_per_case(out / "per_case.csv", y, p, pred, label_names, case_ids, entropy if selective else None)
+    figs = _plots(y, p, metrics, out)
+    curves = _training_curves(history_csv, out)
+    if isinstance(curves, str):
+        metrics["notes"].append(curves)
+    elif curves is not None:
+        figs.append(curves)
+    write_json(out / "metrics.json", metrics)
+    from medsight.report.evaluation import render_evaluation
+
+    atomic_write_text(out / "report.html", render_evaluation(metrics, figs))
+    return metrics
+
+
+def aggregate_folds(fold_metrics: list[dict], out: Path, title: str, keys: tuple[str, ...] = CV_KEYS) -> dict:
+    """Mean, standard deviation (n - 1) and per-fold values of each headline metric (``keys``: the
+    classification metrics unless given, e.g. the segmentation ones).
+
+    Folds where a metric is undefined (NaN/None) are left out of its mean and sd; a metric
+    defined in fewer than two folds has sd NaN. Segmentation folds pass on their ``distance_unit``;
+    when they measured HD95/ASSD in different units (``mixed``) those two get no mean or sd.
+    Writes ``out/cv_metrics.json`` and ``out/cv_report.html``.
+
+    Returns:
+        ``{"title", "folds", "n_per_fold", "metrics": {key: {"mean", "sd", "per_fold"}}}`` plus a
+        flat ``key: mean`` for each metric.
+
+    Raises:
+        DatasetError: an empty fold list.
+    """
+    if not fold_metrics:
+        raise DatasetError("fold_metrics", "is empty", "pass the metrics dict returned for each fold")
+    summary: dict = {
+        "title": title,
+        "folds": len(fold_metrics),
+        "n_per_fold": [fold.get("n") for fold in fold_metrics],
+        "metrics": {},
+    }
+    units = {fold["distance_unit"] for fold in fold_metrics if fold.get("distance_unit")}
+    if units:
+        summary["distance_unit"] = units.pop() if len(units) == 1 else "mixed"
+    for key in keys:
+        values = [_as_float(fold.get(key)) for fold in fold_metrics]
+        pooled = not (key in DISTANCE_KEYS and summary.get("distance_unit") == "mixed")  # no mean of px and mm
+        defined = np.array([v for v in values if not math.isnan(v)] if pooled else [])
+        mean = float(defined.mean()) if defined.size else math.nan
+        sd = float(defined.std(ddof=1)) if defined.size > 1 else math.nan
+        summary["metrics"][key] = {"mean": mean, "sd": sd, "per_fold": values}
+        summary[key] = mean
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "cv_metrics.json", summary)
+    from medsight.report.evaluation import render_cv
+
+    atomic_write_text(out / "cv_report.html", render_cv(summary))
+    return summary
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Strict JSON (NaN and infinities become null; NumPy scalars become numbers), whole or not at all.
+
+    Raises:
+        OutputWriteError: the disk is full, or the folder is not writable; an older file stays as it was.
+    """
+    atomic_write_text(path, json.dumps(_strict(data), indent=2, allow_nan=False, default=str))
+
+
+def _write_per_case(
+    path: Path, y: np.ndarray, p: np.ndarray, pred: np.ndarray, names: list[str], case_ids: list[str],
+    entropy: np.ndarray | None,
+) -> None:
+    with replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        probs_header = [f"prob_{name}" for name in names]
+        writer.writerow(["case_id", "true_label", "predicted_label", *probs_header, "correct"]
+                        + (["entropy"] if entropy is not None else []))
+        for i, (case, true, guess, row) in enumerate(zip(case_ids, y, pred, p, strict=True)):
+            correct = "true" if true == guess else "false"
+            tail = [f"{entropy[i]:.6f}"] if entropy is not None else []
+            writer.writerow([case, names[true], names[guess], *[f"{v:.6f}" for v in row], correct, *tail])
+
+
+def _uncalibrated(y: np.ndarray, p: np.ndarray, uncalibrated: np.ndarray | None) -> dict | None:
+    """ECE and reliability bins of the probabilities before temperature scaling (None when not given)."""
+    if uncalibrated is None:
+        return None
+    _, raw = check_inputs(y, uncalibrated)
+    if raw.shape != p.shape:
+        raise DatasetError("uncalibrated", f"has shape {raw.shape}, probs {p.shape}", "pass both for the same cases")
+    return {"ece": expected_calibration_error(y, raw, _CALIBRATION_BINS), **reliability_bins(y, raw, _CALIBRATION_BINS)}
+
+
+def _selective(y: np.ndarray, pred: np.ndarray, entropy: np.ndarray | None, uncertainty: dict | None) -> dict | None:
+    """The selective-prediction curve of the predicted labels ranked by ``entropy`` (None when not given)."""
+    from medsight.classification.uncertainty import selective_curve
+
+    if entropy is None:
+        return None
+    entropy = np.asarray(entropy, dtype=np.float64).ravel()
+    if len(entropy) != len(y) or not np.all(np.isfinite(entropy)):
+        raise DatasetError("entropy", f"needs {len(y)} finite values, got {len(entropy)}", "pass one entropy per case")
+    info = uncertainty or {"method": "given", "passes": None}
+    return {**info, **selective_curve(pred == y, entropy), "mean_entropy": float(entropy.mean())}
+
+
+def _plots(y: np.ndarray, p: np.ndarray, metrics: dict, out: Path) -> list:
+    from medsight.report import plots
+    from medsight.report.html import Figure
+
+    names = metrics["label_names"]
+    sens, spec, prec = (metrics[k] for k in ("sensitivity", "specificity", "precision"))
+    binary = len(names) == 2
+    positive = f"'{names[1]}'" if binary else "each class"
+    roc_point, pr_point = ((1 - spec, sens), (sens, prec)) if binary else (None, None)
+    figs = [
+        Figure(
+            plots.roc_figure(y, p, names, out / "roc.png", operating_point=roc_point),
+            "ROC curve",
+            f"Each point is one threshold: how many {positive} cases are caught (up) against how many "
+            "others are falsely flagged (right). Closer to the top-left corner is better; the dot is the "
+            "threshold used for the table.",
+        ),
+        Figure(
+            plots.pr_figure(y, p, names, out / "pr.png", operating_point=pr_point),
+            "Precision-recall curve",
+            f"Of the cases flagged as {positive}, the fraction that truly are (up), against the fraction of "
+            f"{positive} cases caught (right). The dashed line is what guessing achieves.",
+        ),
+        Figure(
+            plots.confusion_figure(np.asarray(metrics["confusion"]["matrix"]), names, out / "confusion.png"),
+            "Confusion matrix",
+            "Rows are the true class, columns the model's call; the diagonal is correct. Each cell shows "
+            "the count and the percentage of its true class.",
+        ),
+        Figure(
+            plots.reliability_figure(metrics["calibration"], metrics["ece"], out / "calibration.png",
+                                     before=metrics["calibration"]["uncalibrated"]),
+            "Reliability diagram" + (" before and after temperature scaling" if metrics["ece_uncalibrated"]
+                                     is not None else ""),
+            "Bars on the diagonal mean a predicted 70% comes true 70% of the time. "
+            + (
+                f"Bars below the line: the model over-estimates the chance of {positive}; above: it "
+                "under-estimates it. "
+                if binary
+                else "Bars below the line: the model is over-confident; above: under-confident. "
+            )
+            + "The grey histogram shows how many cases fall in each bin.",
+        ),
+    ]
+    if metrics["selective"] is not None:
+        figs.append(Figure(
+            plots.selective_figure(metrics["selective"], out / "selective.png"),
+            "Selective prediction",
+            "Accuracy when the model answers only for the cases it is most certain about (lowest predictive "
+            "entropy, right to left) and refers the rest to a reader. A curve rising to the left means its "
+            "uncertainty is useful: the cases it is sure about are the ones it gets right.",
+        ))
+    return figs
+
+
+def _training_curves(history_csv: Path | None, out: Path):
+    """The training-curves Figure, None when no history was given, or a note saying why it is missing."""
+    from medsight.report import plots
+    from medsight.report.html import Figure
+
+    if history_csv is None:
+        return None
+    history_csv = Path(history_csv)
+    if not history_csv.is_file():
+        return f"No training curves: the training history {history_csv} was not found."
+    png = plots.training_curves_figure(history_csv, out / "training_curves.png")
+    if png is None:
+        return f"No training curves: {history_csv} has no rows or no 'epoch' column."
+    return Figure(
+        png,
+        "Training curves",
+        "Loss (left) should fall; a validation loss that rises while training loss falls "
+        "means over-fitting. Validation metrics per epoch are on the right.",
+    )
+
+
+def _as_float(value: object) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _strict(value: object) -> object:
+    if isinstance(value, dict):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,218 @@
+"""Fine-tuning controls: freezing policies, a lower backbone learning rate, gradual unfreezing.
+
+The **head** of every registered classifier is its final classification layer, the model's
+last ``nn.Linear`` (``compact_cnn``: ``head``; ``classic_cnn``: ``classifier.4``; MONAI
+ResNets: ``fc``; ``densenet121``: ``class_layers.out``). Everything else is the **backbone**.
+
+**Blocks** are the model's top-level children in order, with a top-level ``nn.Sequential``
+that does not hold the head opened one level (``features.stage1``, ``features.denseblock2``),
+keeping only blocks with parameters. ``train.freeze``:
+
+* ``none``: train everything;
+* ``backbone``: freeze everything except the head;
+* ``until:NAME``: freeze every block up to and including ``NAME`` (a block name such as
+  ``layer3`` or ``features.stage2``, or a top-level child such as ``features``).
+
+Frozen parameters get ``requires_grad = False`` and frozen BatchNorm layers stay in eval
+mode (their running statistics do not move) even while the trainer calls ``model.train()``.
+``train.backbone_lr_factor`` puts the backbone in its own optimizer group with
+``lr * factor``. ``train.unfreeze_every = N`` unfreezes one more frozen unit, from the head
+backwards, after every N epochs (:class:`GradualUnfreeze`).
+
+Example:
+    >>> callbacks = setup_finetuning(model, TrainConfig(freeze="backbone", unfreeze_every=2))
+    >>> optimizer = build_optimizer(parameter_groups(model, cfg), cfg)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from medsight.config import RunConfig, TrainConfig
+from medsight.errors import ConfigError
+from medsight.models.pretrained import head_name
+from medsight.runtime.distributed import world_size
+from medsight.training.callbacks import Callback
+
+
+def is_finetuning(cfg: TrainConfig) -> bool:
+    """True when any fine-tuning key differs from its default."""
+    return cfg.freeze != "none" or cfg.backbone_lr_factor != 1.0 or cfg.unfreeze_every > 0
+
+
+def blocks(model: nn.Module) -> list[str]:
+    """The model's block names in forward order (see the module docstring)."""
+    head = head_name(model) or ""
+    names = []
+    for name, child in model.named_children():
+        holds_head = head == name or head.startswith(f"{name}.")
+        if isinstance(child, nn.Sequential) and not holds_head:
+            names += [f"{name}.{sub}" for sub, _ in child.named_children()]
+        else:
+            names.append(name)
+    return [n for n in names if any(True for _ in model.get_submodule(n).parameters())]
+
+
+def frozen_units(model: nn.Module, policy: str) -> list[str]:
+    """Module names that ``policy`` freezes, in forward order.
+
+    Raises:
+        ConfigError: an unknown policy, a model without a linear head, or an unknown ``until:`` block.
+    """
+    policy = policy.strip()
+    if policy == "none":
+        return []
+    if policy == "backbone":
+        head = head_name(model)
+        if head is None:
+            raise ConfigError("train.freeze=backbone", "the model has no linear head", "use until:BLOCK")
+        units = []
+        for name in blocks(model):
+            if head.startswith(f"{name}."):
+                units += _cover_except(model.get_submodule(name), head, prefix=f"{name}.")
+            elif name != head:
+                units.append(name)
+        return units
+    if policy.startswith("until:"):
+        target = policy.removeprefix("until:").strip()
+        names = blocks(model)
+        hits = [i for i, n in enumerate(names) if n == target or n.startswith(f"{target}.")]
+        if not hits:
+            raise ConfigError(f"train.freeze={policy}", f"no block named '{target}'",
+                              f"use one of: {', '.join(names)}")
+        return names[: hits[-1] + 1]
+    raise ConfigError(f"train.freeze={policy}", "unknown freezing policy", "use none, backbone or until:BLOCK")
+
+
+def set_frozen(model: nn.Module, name: str, frozen: bool) -> None:
+    """Freeze (or unfreeze) the module ``name``: its parameters' ``requires_grad`` and BatchNorm mode."""
+    module = model.get_submodule(name)
+    for param in module.parameters():
+        param.requires_grad_(not frozen)
+    for norm in module.modules():
+        if not isinstance(norm, _BatchNorm):
+            continue
+        handle = norm.__dict__.pop("_medsight_frozen_hook", None)
+        if handle is not None:
+            handle.remove()
+        if frozen:
+            norm.__dict__["_medsight_frozen_hook"] = norm.register_forward_pre_hook(_keep_eval)
+            norm.eval()
+        else:
+            norm.train(model.training)
+
+
+def _keep_eval(module: nn.Module, args: Any) -> None:
+    """Forward pre-hook of a frozen BatchNorm: always normalise with the stored statistics."""
+    module.training = False
+
+
+def setup_finetuning(model: nn.Module, cfg: TrainConfig, *, epochs_done: int = 0) -> list[Callback]:
+    """Apply ``cfg.freeze`` to ``model``; return the callbacks the trainer runs (gradual unfreezing).
+
+    ``epochs_done`` (a resumed run) replays the unfreezing steps of the epochs already trained.
+
+    Raises:
+        ConfigError: see :func:`frozen_units`; ``unfreeze_every`` with nothing frozen.
+    """
+    units = frozen_units(model, cfg.freeze)
+    for name in units:
+        set_frozen(model, name, True)
+    if not cfg.unfreeze_every:
+        return []
+    if not units:
+        raise ConfigError("train.unfreeze_every", "gradual unfreezing needs something frozen",
+                          "set train.freeze: backbone (or until:BLOCK), or unfreeze_every: 0")
+    if world_size() > 1:  # DDP registers the trainable parameters once, at wrapping
+        raise ConfigError("train.unfreeze_every", "gradual unfreezing is not available with several processes",
+                          "train with one process, or use a fixed train.freeze with unfreeze_every: 0")
+    unfreeze = GradualUnfreeze(model, units, every=cfg.unfreeze_every)
+    for epoch in range(1, epochs_done + 1):
+        unfreeze.on_epoch_end(epoch, {})
+    return [unfreeze]
+
+
+class GradualUnfreeze(Callback):
+    """After every ``every`` epochs, unfreeze the frozen unit nearest the head.
+
+    Args:
+        model: the model being trained.
+        units: the frozen module names in forward order (unfrozen from the last one).
+        every: epochs between two unfreezing steps.
+    """
+
+    def __init__(self, model: nn.Module, units: list[str], *, every: int) -> None:
+        self.model = model
+        self.frozen = list(units)
+        self.every = every
+        self.unfrozen: list[str] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        if epoch % self.every == 0 and self.frozen:
+            name = self.frozen.pop()
+            set_frozen(self.model, name, False)
+            self.unfrozen.append(name)
+
+
+def parameter_groups(model: nn.Module, cfg: TrainConfig) -> Iterable[nn.Parameter] | list[dict[str, Any]]:
+    """What :func:`~medsight.training.optim.build_optimizer` takes.
+
+    Without fine-tuning keys: ``model.parameters()`` (the optimizer's usual behaviour). With
+    them: ``[{"params": head, "lr_scale": 1.0}, {"params": backbone, "lr_scale": factor}]``
+    holding every parameter, frozen ones too, so that unfreezing needs no new optimizer (a
+    parameter without a gradient is not updated, nor decayed).
+    """
+    if not is_finetuning(cfg):
+        return model.parameters()
+    head = head_name(model)
+    head_params = list(model.get_submodule(head).parameters()) if head else []
+    ids = {id(p) for p in head_params}
+    backbone = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": head_params, "lr_scale": 1.0}, {"params": backbone, "lr_scale": cfg.backbone_lr_factor}]
+
+
+def _cover_except(root: nn.Module, keep: str, *, prefix: str) -> list[str]:
+    """The fewest module names (``prefix`` + path in ``root``) covering every parameter outside ``keep``."""
+    names: list[str] = []
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            full = f"{prefix}{name}"
+            if full == keep:
+                continue
+            if keep.startswith(f"{full}."):
+                walk(child, f"{full}.")
+            elif any(True for _ in child.parameters()):
+                names.append(full)
+
+    walk(root, prefix)
+    return names
+
+
+def prepare_model(model: nn.Module, cfg: RunConfig, *, out: Path, resume: bool = False) -> list[Callback]:
+    """The training pipeline's hook after ``create_model``: pretrained weights, then freezing.
+
+    Loads ``cfg.model.pretrained`` (writing what was loaded to ``out/pretrained.json``; the
+    bundle keeps the trained weights, so inference never needs that file again) and applies
+    the fine-tuning keys. Returns the callbacks for :func:`~medsight.classification.trainer.fit`.
+    """
+    if cfg.model.pretrained:
+        from medsight.models.pretrained import load_pretrained
+
+        report = load_pretrained(model, cfg.model.pretrained, layout=cfg.model.pretrained_layout,
+                                 adapt_channels=cfg.model.adapt_channels)
+        report.save(Path(out) / "pretrained.json")
+    return setup_finetuning(model, cfg.train, epochs_done=_epochs_done(Path(out)) if resume else 0)
+
+
+def _epochs_done(out: Path) -> int:
+    """Epochs already trained by a run being resumed (rows of its ``metrics.csv``)."""
+    csv_path = out / "metrics.csv"
+    if not csv_path.is_file():
+        return 0
+    return max(len(csv_path.read_text().strip().splitlines()) - 1, 0)

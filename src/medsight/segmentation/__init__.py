@@ -1,0 +1,1 @@
+"""Segmentation: plan, cases, patches, training step, losses, thresholds, metrics, evaluation, the fold ensemble."""

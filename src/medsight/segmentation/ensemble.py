@@ -1,0 +1,150 @@
+"""The fold ensemble: the k models of a segmentation cross-validation as one bundle (nnU-Net's way).
+
+After ``medsight train --task segmentation --folds k`` (with ``segment.ensemble``, the default)
+:func:`ensemble_folds` writes ``RUN/model``: a ``fold_ensemble`` bundle that averages the fold
+models' probabilities, with the folds' inference settings. Binary tasks get the threshold that
+maximises the pooled Dice of the **out-of-fold** predictions: every case scored by the one fold
+model that did not train on it, so the threshold is chosen on all the cases instead of one
+fold's share. ``RUN/metrics.json``, ``per_case.csv`` and ``report.html`` score those
+out-of-fold predictions at that threshold. Scoring the ensemble itself on the training cases
+would not be honest (each case was trained on by k - 1 of its members); score it on held-out
+data with ``medsight evaluate``.
+
+The folds keep their validation probabilities (``fold{k}/val_probabilities/``), so this step
+runs no network; a fold that did not keep them (an older run) is predicted again.
+
+Example:
+    >>> metrics = ensemble_folds(cfg, Path("runs/drive"), [Path("runs/drive/fold0"), Path("runs/drive/fold1")])
+    >>> metrics["auc"], metrics["threshold"]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medsight.bundle import Bundle, load_bundle, provenance
+from medsight.config import ModelConfig, RunConfig
+from medsight.data.sample import Sample
+from medsight.errors import MedsightError
+from medsight.inference.segmenter import Segmenter
+from medsight.segmentation.evaluate import DatasetCases, evaluate_segmentation, keep_probabilities, probabilities_file
+from medsight.segmentation.thresholds import centring_level, choose_thresholds
+from medsight.segmentation.train import VAL_PROBABILITIES
+
+
+class OutOfFold:
+    """One case's out-of-fold segmenter: its fold's model, with the probabilities the fold kept for it
+    (predicted again, and kept, when the fold has none)."""
+
+    def __init__(self, segmenter: Segmenter, folder: Path, case_id: str) -> None:
+        self.segmenter, self.path = segmenter, probabilities_file(folder, case_id)
+
+    def prepare(self, sample: Sample) -> np.ndarray:
+        return self.segmenter.prepare(sample)
+
+    def probabilities(self, sample: Sample) -> np.ndarray:
+        """The kept probabilities, centred as the segmenter says (so at the ensemble's level once it is set)."""
+        if self.path.is_file():
+            probs = np.load(self.path).astype(np.float32)
+            if probs.shape[1:] == sample.spatial_shape:
+                return self.segmenter.centred(probs)
+        probs = self.segmenter.probabilities(sample)
+        keep_probabilities(self.path, probs)
+        return probs
+
+    def labels_from(self, probs: np.ndarray) -> np.ndarray:
+        return self.segmenter.labels_from(probs)
+
+
+def ensemble_folds(cfg: RunConfig, out: Path, folds: list[Path], *, progress: bool = False) -> dict[str, Any]:
+    """Write the fold ensemble ``out/model`` and score the out-of-fold predictions in ``out``.
+
+    Returns:
+        The out-of-fold ``metrics.json`` (``dice``, ``hd95``, ...; binary: ``auc``, ``f1``, ``threshold``).
+
+    Raises:
+        MedsightError: a fold's model is missing, or the folds were trained with other settings
+            (network, preprocessing or plan), so they cannot share one input.
+    """
+    from medsight.data.seg_layouts import open_seg_dataset
+    from medsight.progress import track
+    from medsight.runtime.device import pick_device
+
+    bundles = [load_bundle(fold / "model") for fold in folds]
+    _check_compatible(bundles, folds)
+    device = str(pick_device(cfg.train.device))
+    members = [Segmenter(bundle, device=device) for bundle in bundles]
+    owner = {case: k for k, bundle in enumerate(bundles) for case in bundle.provenance["split"]["val"]}
+    dataset = open_seg_dataset(cfg.data.path, label_names=dict(enumerate(bundles[0].label_names)))
+    items = [item for item in dataset.items if item.case_id in owner]
+    oof = {item.case_id: OutOfFold(members[owner[item.case_id]], folds[owner[item.case_id]] / VAL_PROBABILITIES,
+                                   item.case_id) for item in items}
+    def oof_probs():
+        for case_id, sample, truth, roi in track(DatasetCases(dataset, items), description="out-of-fold threshold",
+                                                 enabled=progress):
+            yield oof[case_id].probabilities(sample), truth, roi
+
+    level, centred = centring_level(cfg, oof_probs)
+    thresholds, note = choose_thresholds(cfg, len(bundles[0].label_names), centred,
+                                         f"the out-of-fold predictions on {len(items)} cases")
+    for member in members:
+        member.thresholds, member.logit_median = thresholds, level
+    bundle = _ensemble_bundle(cfg, bundles, thresholds, note, level,
+                              all_cases=[item.case_id for item in dataset.items])
+    states = bundle.provenance["folds"]
+    metrics = evaluate_segmentation(  # members[0] gives the label names and the (shared) threshold
+        members[0], DatasetCases(dataset, items), out=out, segmenter_for=oof.__getitem__,
+        title=f"{cfg.name}: the {len(folds)} fold models, each case scored by the fold that did not train on it",
+        progress=progress,
+        extra={"split": "out of fold", "data": str(cfg.data.path), "model": f"fold_ensemble of {len(folds)} "
+               f"{bundles[0].model.name}", "folds": len(folds), "threshold_note": note,
+               "best_epoch": [s["best_epoch"] for s in states], "epochs_run": [s["epochs_run"] for s in states],
+               "training_seconds": bundle.provenance["train_seconds"],
+               "cases_per_split": {"out_of_fold": len(items)}},
+    )
+    bundle.metrics = {f"oof_{key}": metrics[key] for key in ("dice", "auc", "f1") if key in metrics}
+    bundle.save(out / "model")
+    return metrics
+
+
+def _check_compatible(bundles: list[Bundle], folds: list[Path]) -> None:
+    """The members share the network, the preprocessing and the plan's normalisation (one input for all)."""
+
+    def shared(bundle: Bundle) -> tuple:
+        settings = {k: v for k, v in bundle.segmentation.items() if k not in ("thresholds", "logit_median")}
+        return (bundle.model.model_dump(), bundle.preprocess.model_dump(), settings, bundle.label_names)
+
+    for fold, bundle in zip(folds[1:], bundles[1:], strict=True):
+        if shared(bundle) != shared(bundles[0]):
+            raise MedsightError(
+                fold / "model", f"was trained with other network, preprocessing or plan settings than {folds[0]}",
+                "train every fold with the same config (then --resume to build the ensemble)",
+            )
+
+
+def _ensemble_bundle(cfg: RunConfig, bundles: list[Bundle], thresholds: dict[int, float], note: str,
+                     level: float | None, all_cases: list[str]) -> Bundle:
+    first = bundles[0]
+    folds = [{"fold": k, "val": b.provenance["split"]["val"], "val_dice": b.metrics.get("val_dice"),
+              **{key: b.provenance.get(key) for key in ("best_epoch", "epochs_run", "train_seconds")}}
+             for k, b in enumerate(bundles)]
+    return Bundle(
+        task="segmentation",
+        model=ModelConfig(name="fold_ensemble", kwargs={"member": first.model.name, "members": len(bundles),
+                                                          "member_kwargs": first.model.kwargs}),
+        preprocess=first.preprocess,
+        label_names=first.label_names,
+        provenance=provenance(
+            run=cfg.name, data=str(cfg.data.path), plan=first.provenance.get("plan"), seed=cfg.train.seed,
+            threshold_note=note, data_config=first.provenance.get("data_config"), folds=folds,
+            train_seconds=round(sum(fold["train_seconds"] or 0 for fold in folds), 1),
+            split={"train": all_cases, "val": []}, split_note="a fold ensemble: each case trained all but one of "
+            "its members; the out-of-fold scores are in the run folder's metrics.json",
+        ),
+        state_dict={f"members.{k}.{key}": value for k, b in enumerate(bundles) for key, value in b.state_dict.items()},
+        segmentation={**first.segmentation, "thresholds": {str(k): float(v) for k, v in thresholds.items()},
+                      "logit_median": level},
+    )

@@ -1,0 +1,1 @@
+"""One function per command: train (task dispatch and cross-validation), evaluate, plan, demo, pretrain, retrain."""

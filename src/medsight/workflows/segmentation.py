@@ -1,0 +1,84 @@
+"""Segmentation runs: one model, a k-fold cross-validation (and its ensemble), and evaluating a bundle.
+
+``medsight train --task segmentation`` and ``medsight evaluate`` on a segmentation bundle reach these
+through :func:`medsight.workflows.train.run_training` and :func:`~medsight.workflows.train.run_evaluation`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medsight.config import ModelConfig, RunConfig, save_config
+from medsight.segmentation.evaluate import seg_summary
+
+
+def train_segmentation(cfg: RunConfig, *, out: Path, resume: bool, progress: bool) -> str:
+    """Segmentation: patches from the plan, sliding-window validation, Dice early stopping. The default
+    (classification) model name becomes ``unet``; a config that names a classifier is refused later."""
+    from medsight.models import list_models
+    from medsight.runtime.distributed import is_main
+    from medsight.segmentation.train import train_segmenter
+
+    if cfg.model.name not in list_models("segmentation") and cfg.model.name == ModelConfig().name:
+        cfg = cfg.model_copy(update={"model": ModelConfig(name="unet", kwargs=cfg.model.kwargs)}, deep=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if is_main():
+        save_config(cfg, out / "config.yaml")
+    if cfg.data.folds > 1 and cfg.data.fold is None:
+        return cross_validate_segmentation(cfg, out=out, resume=resume, progress=progress)
+    result = train_segmenter(cfg, out=out, resume=resume, progress=progress)
+    if not is_main():  # under DDP only rank 0 reports
+        return ""
+    stopped = f"\nstopped early: {result['stop_reason']}" if result["stop_reason"] else ""
+    return seg_summary("val", result["metrics"]) + stopped + (
+        f"\nbest epoch {result['best_epoch']} of {result['epochs_run']}\n"
+        f"bundle:  {out / 'model'}\nreport:  {out / 'report.html'}\nmetrics: {out / 'metrics.json'}"
+    )
+
+
+def cross_validate_segmentation(cfg: RunConfig, *, out: Path, resume: bool, progress: bool) -> str:
+    """k-fold segmentation: fold k trains in ``out/fold{k}`` and validates on its own part of the cases;
+    ``out/cv_metrics.json`` and ``out/cv_report.html`` give each metric's mean, sd and per-fold values.
+    With ``segment.ensemble`` ``out/model`` is the ensemble of the fold models and ``out/metrics.json``
+    scores the out-of-fold predictions (:mod:`medsight.segmentation.ensemble`).
+    ``--resume`` goes on with the folds that have a checkpoint and starts the ones that have none."""
+    from medsight.classification.evaluate import aggregate_folds
+    from medsight.runtime.distributed import is_main
+    from medsight.segmentation.metrics import SEG_METRIC_KEYS
+    from medsight.segmentation.train import train_segmenter
+    from medsight.workflows.train import fold_runs
+
+    fold_metrics, fold_outs = [], []
+    for fold_cfg, fold_out, fold_resume in fold_runs(cfg, out, resume):
+        fold_metrics.append(train_segmenter(fold_cfg, out=fold_out, resume=fold_resume, progress=progress)["metrics"])
+        fold_outs.append(fold_out)
+    if not is_main():
+        return ""
+    keys = (*SEG_METRIC_KEYS, "auc", "pr_auc", "f1", "accuracy")
+    summary = aggregate_folds(fold_metrics, out, title=f"{cfg.name}: {cfg.data.folds}-fold cross-validation",
+                              keys=keys)
+    means = " ".join(f"{k}={summary[k]:.4f}" for k in ("dice", "auc", "f1") if summary[k] == summary[k])
+    text = (f"cross-validation of {cfg.data.folds} folds (mean over folds): {means}\n"
+            f"folds:   {out}/fold0 .. fold{cfg.data.folds - 1}\nreport:  {out}/cv_report.html")
+    if not cfg.segment.ensemble:
+        return text
+    from medsight.segmentation.ensemble import ensemble_folds
+
+    metrics = ensemble_folds(cfg, out, fold_outs, progress=progress)
+    return (f"{text}\n{seg_summary('out of fold', metrics)}\n"
+            f"ensemble of the {cfg.data.folds} folds (threshold chosen out of fold): {out / 'model'}\n"
+            f"out-of-fold report: {out / 'report.html'}")
+
+
+def evaluate_segmenter(model_bundle, *, bundle: Path, data: str, split: str, out: Path, progress: bool) -> dict:
+    """Score a segmentation bundle on the cases of ``data`` (``split`` all, or the run's train/val cases)."""
+    from medsight.inference.segmenter import Segmenter
+    from medsight.segmentation.evaluate import DatasetCases, evaluate_segmentation, open_split
+
+    dataset, items = open_split(model_bundle, data, split)
+    return evaluate_segmentation(
+        Segmenter(model_bundle), DatasetCases(dataset, items), out=out, progress=progress,
+        title=f"{Path(bundle).resolve().parent.name}: {split} cases of {Path(data).name}",
+        extra={"split": split, "bundle": str(bundle), "data": str(data),
+               "threshold_note": model_bundle.provenance.get("threshold_note", "")},
+    )
