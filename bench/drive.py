@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], help="recipe override KEY=VALUE")
     args = parser.parse_args()
     from medsight.cli.errors import parse_overrides
-    from medsight.workflows.train import run_evaluation
+    from medsight.workflows.evaluate import run_evaluation
 
     held_out = [case.strip() for case in args.holdout.split(",") if case.strip()]
     train_data, holdout_data = split_folder(args.data, held_out, args.out / "data") if held_out else (args.data, None)

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from medsight.classification.batches import TensorSet, class_counts, inverse_frequency_weights, iterate_batches
-from medsight.classification.trainer import FitResult, fit, make_loss, predict_probs
+from medsight.classification.predict import predict_probs
+from medsight.classification.trainer import FitResult, fit, make_loss
 from medsight.config import TrainConfig
 from medsight.errors import ConfigError, DatasetError, MedsightError
 from medsight.training.callbacks import Callback, EarlyStopping

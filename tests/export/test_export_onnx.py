@@ -64,8 +64,8 @@ def exported(stripes_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
 def _val_images(bundle: Path) -> tuple[np.ndarray, np.ndarray]:
     """The fully preprocessed validation images and the bundle's PyTorch probabilities on them."""
     from medsight.bundle import load_bundle
+    from medsight.classification.predict import predict_probs
     from medsight.classification.prepare import load_tensors
-    from medsight.classification.trainer import predict_probs
     from medsight.config import DataConfig
     from medsight.data.layouts import open_dataset
     from medsight.data.splits import resolve_splits

@@ -25,14 +25,14 @@ def clean_set(trained_run: Path, small_phantoms: Path):
 
 def _scores(model, images, labels, head: str, threshold) -> tuple[float, float]:
     from medsight.classification.metrics import classification_metrics
-    from medsight.classification.trainer import predict_probs
+    from medsight.classification.predict import predict_probs
 
     metrics = classification_metrics(labels.numpy(), predict_probs(model, images, head=head), threshold)
     return metrics["accuracy"], metrics["auc"]
 
 
 def test_eps_zero_is_clean_and_larger_eps_lowers_auc(clean_set) -> None:
-    from medsight.classification.trainer import predict_probs
+    from medsight.classification.predict import predict_probs
     from medsight.robustness.attacks import attack
 
     bundle, data = clean_set

@@ -182,7 +182,7 @@ def test_folds_trained_with_other_settings_are_a_clear_error_and_keep_the_model(
 
 
 def test_evaluating_the_ensemble_on_its_val_split_is_a_clear_error(cv_run, tmp_path) -> None:
-    from medsight.workflows.train import run_evaluation
+    from medsight.workflows.evaluate import run_evaluation
 
     data, cv, _ = cv_run
     with pytest.raises(DatasetError, match=r"the model has no 'val' cases \(a fold ensemble: each case trained "

@@ -12,7 +12,8 @@ import pytest
 from medsight.bundle import load_bundle
 from medsight.config import load_config
 from medsight.errors import DatasetError
-from medsight.workflows.train import run_evaluation, run_training
+from medsight.workflows.evaluate import run_evaluation
+from medsight.workflows.train import run_training
 
 
 def test_run_folder_has_everything(trained_run: Path) -> None:
@@ -100,7 +101,7 @@ def test_a_resumed_cross_validation_continues_started_folds_and_starts_the_rest(
 def test_a_given_fold_trains_alone_on_the_cv_folds_split(small_phantoms: Path, tmp_path: Path) -> None:
     """`data.fold=1` with `data.folds=2`: one run in the folder itself (no fold folders), whose val cases
     are fold 1's of the 2-fold split, disjoint from fold 0's."""
-    from medsight.workflows.train import bundle_split
+    from medsight.classification.split import bundle_split
 
     overrides = {"data.path": str(small_phantoms), "data.folds": 2, "preprocess.size": [32, 32],
                  "train.epochs": 1, "eval.bootstrap": 0}

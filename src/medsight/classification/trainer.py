@@ -31,6 +31,7 @@ from torch import nn
 
 from medsight.classification.batches import TensorSet, inverse_frequency_weights, iterate_batches
 from medsight.classification.fit_checks import check_inputs, check_outputs
+from medsight.classification.predict import batched_logits
 from medsight.config import TrainConfig
 from medsight.models.freezing import parameter_groups
 from medsight.models.heads import logits_to_probs
@@ -222,48 +223,6 @@ def fit(
     )
 
 
-def predict_probs(
-    model: nn.Module,
-    data: TensorSet | torch.Tensor,
-    *,
-    head: str,
-    batch_size: int = 256,
-    device: torch.device | str | None = None,
-    temperature: float | None = None,
-) -> np.ndarray:
-    """Class probabilities ``(N, num_classes)``; a sigmoid head's one logit gives ``[1 - p, p]``.
-
-    The logits are divided by ``temperature`` first (``None`` means 1: uncalibrated); training
-    and evaluation pass the bundle's temperature, so both see the same calibrated probabilities.
-    The model is put in eval mode (and moved to ``device`` when one is given; by default it
-    stays where its parameters are).
-    """
-    logits = predict_logits(model, data, batch_size=batch_size, device=device)
-    return probs_from_logits(logits, head, temperature)
-
-
-def probs_from_logits(logits: torch.Tensor, head: str, temperature: float | None = None) -> np.ndarray:
-    """``(N, K)`` probabilities of ``logits / temperature`` (``None``: 1) as NumPy; see :func:`predict_probs`."""
-    return logits_to_probs(logits / float(temperature or 1.0), head).numpy()
-
-
-def predict_logits(
-    model: nn.Module,
-    data: TensorSet | torch.Tensor,
-    *,
-    batch_size: int = 256,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """Float32 CPU logits ``(N, outputs)`` in eval mode (see :func:`predict_probs` for ``device``)."""
-    images = data.images if isinstance(data, TensorSet) else data
-    if device is not None:
-        model.to(device)
-    if device is None:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else "cpu"
-    return _logits(model, images, batch_size=batch_size, device=torch.device(device), amp=False)
-
-
 def make_loss(head: str, label_smoothing: float, class_weights: torch.Tensor | None) -> Loss:
     """The training (or, with no smoothing and no weights, validation) loss for ``head``.
 
@@ -380,21 +339,10 @@ def _validate(model: nn.Module, val: TensorSet, cfg: TrainConfig, *, head: str, 
     """The validation loss and every scalar classification metric, for the epoch's row."""
     from medsight.classification.metrics import classification_metrics
 
-    logits = _logits(model, val.images, batch_size=max(cfg.batch_size, 256), device=device, amp=cfg.amp)
+    logits = batched_logits(model, val.images, batch_size=max(cfg.batch_size, 256), device=device, amp=cfg.amp)
     scores = classification_metrics(val.labels.numpy(), logits_to_probs(logits, head).numpy())
     return {"val_loss": float(loss_fn(logits, val.labels)),
             **{k: float(v) for k, v in scores.items() if isinstance(v, numbers.Real)}}
-
-
-@torch.inference_mode()
-def _logits(model: nn.Module, images: torch.Tensor, *, batch_size: int, device: torch.device, amp: bool):
-    """Float32 CPU logits of ``images`` in eval mode, batch by batch."""
-    model.eval()
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        with autocast(device, amp):
-            outputs.append(model(to_device(images[start : start + batch_size], device)).float().cpu())
-    return torch.cat(outputs)
 
 
 def _seed_epoch(seed: int, epoch: int, *, seed_global: bool = True) -> torch.Generator:

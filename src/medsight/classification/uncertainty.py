@@ -77,7 +77,7 @@ def case_entropy(
     Raises:
         ConfigError: an unknown method, ``passes < 1``, or ``mc_dropout`` on a network without dropout.
     """
-    from medsight.classification.trainer import predict_probs
+    from medsight.classification.predict import predict_probs
 
     if method not in METHODS:
         raise ConfigError(f"eval.uncertainty={method}", "unknown method", f"use one of {', '.join(METHODS)}")

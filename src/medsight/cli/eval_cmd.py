@@ -18,7 +18,7 @@ def evaluate(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Evaluate a bundle on a data set split, with 95% bootstrap CIs and a report."""
-    from medsight.workflows.train import run_evaluation
+    from medsight.workflows.evaluate import run_evaluation
 
     metrics = run_evaluation(bundle=bundle, data=data, split=split, out=out, progress=progress)
     if metrics.get("task") == "segmentation":

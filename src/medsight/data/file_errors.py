@@ -15,8 +15,10 @@ Example:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from medsight.atomic_write import atomic_write_text
 from medsight.errors import MedsightError, UnreadableFileError
 
 #: The most characters of a foreign exception's message kept in a file's reason.
@@ -44,3 +46,15 @@ def file_error(path: str | Path, exc: Exception) -> MedsightError:
 def one_line(error: Exception | str) -> str:
     """The text of ``error`` with every run of whitespace (newlines included) made one space."""
     return " ".join(str(error).split())
+
+
+def write_skipped_files(out: Path, bad: list[dict[str, str]]) -> None:
+    if not bad:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "skipped_files.json", json.dumps(bad, indent=2))
+    from rich.console import Console
+
+    Console(stderr=True).print(
+        f"[yellow]skipped {len(bad)} unreadable file(s); listed in {out / 'skipped_files.json'}[/yellow]"
+    )

@@ -165,9 +165,9 @@ def faithfulness_report(*, bundle: str | Path, data: str, split: str = "val", ou
 
     from medsight.bundle import load_bundle
     from medsight.classification.prepare import load_tensors
+    from medsight.classification.split import bundle_split
     from medsight.explain.faithfulness import deletion_insertion, random_order_map
     from medsight.progress import track
-    from medsight.workflows.train import bundle_split
 
     model_bundle = load_bundle(bundle)
     model = model_bundle.build_model()

@@ -129,10 +129,10 @@ def _data_path(bundle: Bundle, folder: Path, data: str | None) -> Path:
 def _classification_split(bundle: Bundle, path: Path, prep: PreprocessConfig, progress: bool) -> ParityData:
     import torch
 
+    from medsight.classification.predict import predict_probs
     from medsight.classification.prepare import load_tensors
-    from medsight.classification.trainer import predict_probs
+    from medsight.classification.split import bundle_split
     from medsight.transforms.intensity import normalize
-    from medsight.workflows.train import bundle_split
 
     ds, data_cfg, val = bundle_split(bundle, path, "val")
     tensors, bad = load_tensors(ds, val, prep, on_bad_file=data_cfg.on_bad_file, progress=progress, desc="val")

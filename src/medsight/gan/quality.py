@@ -108,8 +108,9 @@ def train_on_synthetic(generator_net, real_train_labels: np.ndarray, real_val, *
     import torch
 
     from medsight.classification.metrics import classification_metrics
+    from medsight.classification.predict import predict_probs
     from medsight.classification.synthetic import class_quota
-    from medsight.classification.trainer import fit, predict_probs
+    from medsight.classification.trainer import fit
     from medsight.config import TrainConfig
     from medsight.models import create_model
 
@@ -183,8 +184,8 @@ def gan_report(*, generator: str | Path, data: str | Path, classifier: str | Pat
     """
     from medsight.bundle import load_bundle
     from medsight.classification.prepare import load_tensors
+    from medsight.classification.split import bundle_split
     from medsight.gan.store import load_generator
-    from medsight.workflows.train import bundle_split
 
     out = Path(out)
     net, info = load_generator(generator)

@@ -133,9 +133,9 @@ def compare_bundles(candidate: str | Path, production: str | Path, *, data: str 
                            f"({prod.task}, {prod.label_names})", "compare models trained for the same task")
     if prod.task == "segmentation":
         return _compare_segmenters(cand, prod, data=data, split=split, **kwargs)
+    from medsight.classification.predict import predict_logits, probs_from_logits
     from medsight.classification.prepare import load_tensors
-    from medsight.classification.trainer import predict_logits, probs_from_logits
-    from medsight.workflows.train import bundle_split
+    from medsight.classification.split import bundle_split
 
     ds, data_cfg, indices = bundle_split(prod, data, split)
     probs = []

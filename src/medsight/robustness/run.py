@@ -72,7 +72,7 @@ def run_robustness(
     """
     from medsight.bundle import load_bundle
     from medsight.classification.metrics import classification_metrics
-    from medsight.classification.trainer import predict_probs
+    from medsight.classification.predict import predict_probs
     from medsight.progress import track
 
     kinds = list(kinds) if kinds else None
@@ -158,9 +158,9 @@ def _check_request(kinds: list[str] | None, severities: Sequence[int], eps: Sequ
 
 def _read_split(model_bundle, data: str, split: str, max_cases: int | None, progress: bool):
     """The raw samples and labels of one split, read as ``medsight evaluate`` reads them."""
+    from medsight.classification.split import bundle_split
     from medsight.errors import MedsightError
     from medsight.progress import track
-    from medsight.workflows.train import bundle_split
 
     ds, data_cfg, indices = bundle_split(model_bundle, data, split)
     if max_cases is not None:

@@ -31,8 +31,8 @@ def split_outputs(bundle_folder: str | Path, data: str | Path, split: str, *, tt
         DatasetError: the data's classes differ from the model's, no such split, or unlabelled cases.
     """
     from medsight.classification.prepare import load_tensors
+    from medsight.classification.split import bundle_split
     from medsight.inference.predictor import Predictor
-    from medsight.workflows.train import bundle_split
 
     model_bundle = classification_bundle(bundle_folder)
     ds, data_cfg, indices = bundle_split(model_bundle, data, split)

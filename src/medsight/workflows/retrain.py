@@ -55,14 +55,16 @@ def retrain(
     from medsight.bundle import Bundle, load_bundle, provenance
     from medsight.classification.batches import TensorSet
     from medsight.classification.metrics import classification_metrics
+    from medsight.classification.predict import predict_logits, probs_from_logits
     from medsight.classification.prepare import load_tensors
-    from medsight.classification.trainer import fit, predict_logits, probs_from_logits
+    from medsight.classification.split import bundle_split
+    from medsight.classification.train import data_hash
+    from medsight.classification.trainer import fit
     from medsight.config import TrainConfig
     from medsight.data.layouts import open_dataset
     from medsight.feedback import export_dataset
     from medsight.registry import ModelRegistry
     from medsight.registry.gate import compare_bundles
-    from medsight.workflows.train import bundle_split, data_hash
 
     out = Path(out)
     reg = ModelRegistry(registry)

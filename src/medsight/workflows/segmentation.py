@@ -1,7 +1,7 @@
 """Segmentation runs: one model, a k-fold cross-validation (and its ensemble), and evaluating a bundle.
 
 ``medsight train --task segmentation`` and ``medsight evaluate`` on a segmentation bundle reach these
-through :func:`medsight.workflows.train.run_training` and :func:`~medsight.workflows.train.run_evaluation`.
+through :func:`medsight.workflows.train.run_training` and :func:`~medsight.workflows.evaluate.run_evaluation`.
 """
 
 from __future__ import annotations
@@ -68,17 +68,3 @@ def cross_validate_segmentation(cfg: RunConfig, *, out: Path, resume: bool, prog
     return (f"{text}\n{seg_summary('out of fold', metrics)}\n"
             f"ensemble of the {cfg.data.folds} folds (threshold chosen out of fold): {out / 'model'}\n"
             f"out-of-fold report: {out / 'report.html'}")
-
-
-def evaluate_segmenter(model_bundle, *, bundle: Path, data: str, split: str, out: Path, progress: bool) -> dict:
-    """Score a segmentation bundle on the cases of ``data`` (``split`` all, or the run's train/val cases)."""
-    from medsight.inference.segmenter import Segmenter
-    from medsight.segmentation.evaluate import DatasetCases, evaluate_segmentation, open_split
-
-    dataset, items = open_split(model_bundle, data, split)
-    return evaluate_segmentation(
-        Segmenter(model_bundle), DatasetCases(dataset, items), out=out, progress=progress,
-        title=f"{Path(bundle).resolve().parent.name}: {split} cases of {Path(data).name}",
-        extra={"split": split, "bundle": str(bundle), "data": str(data),
-               "threshold_note": model_bundle.provenance.get("threshold_note", "")},
-    )
