@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medsight.triage.features import CaseOutputs, StateConfig, StateEncoder, case_outputs, entropy
+from medsight.models.heads import entropy
+from medsight.triage.features import CaseOutputs, StateConfig, StateEncoder, case_outputs
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +30,13 @@ def test_case_outputs_are_the_predictor_probabilities_entropy_and_penultimate_fe
     images = np.random.default_rng(0).random((5, 1, 16, 16)).astype(np.float32)
     outputs = case_outputs(predictor, images, tta_passes=1, batch_size=2)
     assert outputs.probs == pytest.approx(predictor.predict_arrays(images), abs=1e-6)
-    assert outputs.uncertainty == pytest.approx(entropy(outputs.probs))
+    assert outputs.uncertainty == pytest.approx(entropy(outputs.probs, axis=1))
     assert outputs.embedding.shape == (5, 16)  # compact_cnn width 4: 16 channels before the head
     assert outputs.p_finding == pytest.approx(outputs.probs[:, 1])
     assert not predictor.model.head._forward_pre_hooks  # the hook is gone
     mirrored = case_outputs(predictor, images, tta_passes=2)
     mean = (predictor.predict_arrays(images) + predictor.predict_arrays(images[..., ::-1].copy())) / 2
-    assert mirrored.uncertainty == pytest.approx(entropy(mean), abs=1e-6)
-    assert entropy(np.array([[1.0, 0.0], [0.5, 0.5]])) == pytest.approx([0.0, np.log(2)])
+    assert mirrored.uncertainty == pytest.approx(entropy(mean, axis=1), abs=1e-6)
 
 
 def test_state_encoder_bins_and_round_trip() -> None:

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from medsight.errors import ConfigError, DatasetError
+from medsight.models.heads import entropy
 
 METHODS = ("none", "tta", "mc_dropout")
 MC_SEED = 0
@@ -53,9 +54,7 @@ def predictive_entropy(probs: np.ndarray) -> np.ndarray:
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] < 2:
         raise DatasetError("probs", f"has shape {p.shape}, expected (cases, classes)", "pass (N, K) probabilities")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, -p * np.log(p), 0.0)
-    return terms.sum(axis=1)
+    return entropy(p, axis=1)
 
 
 def case_entropy(

@@ -32,18 +32,7 @@ from medsight.inference.postprocess import (
     write_mask,
     write_probability_maps,
 )
-
-
-def entropy_map(probs: np.ndarray) -> np.ndarray:
-    """Per-voxel predictive entropy of ``(K, *spatial)`` probabilities, scaled to [0, 1] by log K."""
-    p = np.clip(probs, 1e-12, 1.0)
-    return (-(p * np.log(p)).sum(axis=0) / np.log(probs.shape[0])).astype(np.float32)
-
-
-def case_uncertainty(entropy: np.ndarray, labels: np.ndarray) -> float:
-    """One number per case: the mean entropy over the predicted foreground (the whole image when it is empty)."""
-    region = labels > 0
-    return float(entropy[region].mean() if region.any() else entropy.mean())
+from medsight.segmentation.uncertainty import case_uncertainty, entropy_map
 
 
 @dataclass

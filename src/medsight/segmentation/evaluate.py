@@ -43,9 +43,9 @@ from medsight.atomic_write import replacing
 from medsight.classification.evaluate import DISTANCE_KEYS, write_json
 from medsight.data.sample import Sample
 from medsight.errors import DatasetError, InvalidImageError
-from medsight.inference.segmenter import case_uncertainty, entropy_map
 from medsight.segmentation.metrics import SEG_METRIC_KEYS, segmentation_case_metrics, summarise_cases
 from medsight.segmentation.pixel_scores import PixelScores
+from medsight.segmentation.uncertainty import case_uncertainty, entropy_map
 
 #: one case to score: ``(case_id, image, reference labels, region of interest or None)``
 Case = tuple[str, Sample, np.ndarray, np.ndarray | None]

@@ -33,6 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from medsight.errors import ConfigError
+from medsight.models.heads import entropy
 
 
 class StateConfig(BaseModel):
@@ -88,14 +89,7 @@ def _chunk_outputs(predictor, batch: np.ndarray, tta_passes: int) -> tuple[np.nd
     axes = [a for r in range(spatial + 1) for a in itertools.combinations(range(batch.ndim - 1, 1, -1), r)]
     passes = [probs] + [predictor.predict_arrays(np.ascontiguousarray(np.flip(batch, a)))
                         for a in axes[1:tta_passes]]
-    return probs, entropy(np.mean(passes, axis=0)), embedding
-
-
-def entropy(probs: np.ndarray) -> np.ndarray:
-    """Entropy in nats of each row of ``(N, K)`` probabilities (``0 log 0 = 0``)."""
-    p = np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(p > 0, -p * np.log(p), 0.0).sum(axis=1)
+    return probs, entropy(np.mean(passes, axis=0), axis=1), embedding
 
 
 @contextlib.contextmanager
@@ -196,4 +190,4 @@ class StateEncoder:
                    [tensors[f"edges_{i}"] for i in range(n_edges)])
 
 
-__all__ = ["CaseOutputs", "StateConfig", "StateEncoder", "case_outputs", "entropy", "finding_labels", "penultimate"]
+__all__ = ["CaseOutputs", "StateConfig", "StateEncoder", "case_outputs", "finding_labels", "penultimate"]
