@@ -60,6 +60,43 @@ def sliding_window_probs(
         InvalidImageError: the image is not ``(C, H, W)`` or ``(C, D, H, W)``.
         ConfigError: ``patch_size`` does not match the spatial axes, or a bad ``overlap``.
     """
+    array = _checked_image(image, patch_size, overlap)
+    if batch_size is None:
+        batch_size = max(4, min(64, 2**19 // int(np.prod(patch_size))))
+
+    def predict(patches: torch.Tensor) -> torch.Tensor:
+        with autocast(patches.device, mixed_precision, cpu_bf16=mixed_precision):
+            logits = network(patches)
+        return torch.softmax(logits.float(), dim=1)
+
+    inputs = torch.from_numpy(array)[None]
+    views = _tta_views(array.ndim - 1, mirror_tta=mirror_tta, transpose_tta=transpose_tta)
+    was_training = network.training
+    network.eval()
+    try:
+        with torch.inference_mode():
+            total = None
+            for swapped, dims in views:
+                window = [int(n) for n in patch_size]
+                source = inputs
+                if swapped:
+                    window[-2:] = window[-1], window[-2]
+                    source = inputs.transpose(-1, -2).contiguous()
+                flipped = torch.flip(source, dims) if dims else source
+                probs = sliding_window_inference(
+                    flipped, roi_size=tuple(window), sw_batch_size=batch_size, predictor=predict,
+                    overlap=overlap, mode="gaussian", sw_device=device, device="cpu",
+                )
+                probs = torch.flip(probs, dims) if dims else probs
+                probs = probs.transpose(-1, -2) if swapped else probs
+                total = probs if total is None else total + probs
+    finally:
+        network.train(was_training)
+    return (total / len(views))[0].contiguous().numpy().astype(np.float32)
+
+
+def _checked_image(image: np.ndarray, patch_size: Sequence[int], overlap: float) -> np.ndarray:
+    """``image`` as float32 ``(C, *spatial)`` after checking the window fits its spatial axes."""
     array = np.asarray(image, dtype=np.float32)
     if array.ndim not in (3, 4):
         raise InvalidImageError(
@@ -76,44 +113,12 @@ def sliding_window_probs(
         )
     if not 0.0 <= overlap < 1.0:
         raise ConfigError("overlap", f"{overlap} is outside [0, 1)", "use e.g. 0.5")
+    return array
 
-    if batch_size is None:
-        batch_size = max(4, min(64, 2**19 // int(np.prod(patch_size))))
 
-    def predict(patches: torch.Tensor) -> torch.Tensor:
-        with autocast(patches.device, mixed_precision, cpu_bf16=mixed_precision):
-            logits = network(patches)
-        return torch.softmax(logits.float(), dim=1)
-
-    inputs = torch.from_numpy(array)[None]
-    axes = range(2, array.ndim + 1)
+def _tta_views(spatial_dims: int, *, mirror_tta: bool, transpose_tta: bool) -> list[tuple[bool, tuple[int, ...]]]:
+    """The test-time views, as ``(last two axes swapped, flipped tensor axes)``: the plain view first, then every
+    combination of flipped spatial axes (``mirror_tta``), each also transposed (``transpose_tta``)."""
+    axes = range(2, spatial_dims + 2)
     flips = [c for n in range(spatial_dims + 1) for c in combinations(axes, n)] if mirror_tta else [()]
-    views = [(swapped, dims) for swapped in ((False, True) if transpose_tta else (False,)) for dims in flips]
-    was_training = network.training
-    network.eval()
-    try:
-        with torch.inference_mode():
-            total = None
-            for swapped, dims in views:
-                window = [int(n) for n in patch_size]
-                source = inputs
-                if swapped:
-                    window[-2:] = window[-1], window[-2]
-                    source = inputs.transpose(-1, -2).contiguous()
-                flipped = torch.flip(source, dims) if dims else source
-                probs = sliding_window_inference(
-                    flipped,
-                    roi_size=tuple(window),
-                    sw_batch_size=batch_size,
-                    predictor=predict,
-                    overlap=overlap,
-                    mode="gaussian",
-                    sw_device=device,
-                    device="cpu",
-                )
-                probs = torch.flip(probs, dims) if dims else probs
-                probs = probs.transpose(-1, -2) if swapped else probs
-                total = probs if total is None else total + probs
-    finally:
-        network.train(was_training)
-    return (total / len(views))[0].contiguous().numpy().astype(np.float32)
+    return [(swapped, dims) for swapped in ((False, True) if transpose_tta else (False,)) for dims in flips]
