@@ -106,7 +106,7 @@ def test_empty_registry_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_registry_and_feedback_settings_reach_the_workers(tmp_path: Path) -> None:
-    from medsight.serve.app import SETTINGS_ENV, ServeSettings, settings_from_env, settings_to_env
+    from medsight.serve.settings import SETTINGS_ENV, ServeSettings, settings_from_env, settings_to_env
 
     settings = ServeSettings(registry=tmp_path / "reg", feedback=tmp_path / "fb", api_keys=(KEY,))
     back = settings_from_env({SETTINGS_ENV: settings_to_env(settings, None), "MEDSIGHT_API_KEYS": KEY})

@@ -36,10 +36,8 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from time import perf_counter
@@ -54,16 +52,8 @@ from starlette.exceptions import HTTPException
 
 from medsight import __version__
 from medsight.errors import MedsightError
-from medsight.io.limits import SERVICE_MAX_VOXELS
 from medsight.serve.answers import classify_body, finish, mask_file, mask_json, ms, segment_result
-from medsight.serve.auth import (
-    DEFAULT_AUTH_FAILURES_PER_MINUTE,
-    FailedAuthLimit,
-    check_auth_settings,
-    key_from_headers,
-    key_is_valid,
-    load_api_keys,
-)
+from medsight.serve.auth import FailedAuthLimit, check_auth_settings, key_from_headers, key_is_valid
 from medsight.serve.errors import (
     COMMON_ERRORS,
     KEYED_ERRORS,
@@ -86,12 +76,11 @@ from medsight.serve.model import ModelService
 from medsight.serve.negotiate import mask_format
 from medsight.serve.observe import ObserveRequests, SecurityHeaders
 from medsight.serve.schema import FEEDBACK_DOC, PREDICT_OK, UPLOAD_DOC, FeedbackAnswer, Readiness
+from medsight.serve.settings import ServeSettings, settings_from_env
 from medsight.serve.uploads import read_upload, sample_from_upload
 
 log = logging.getLogger("medsight.serve")
-SETTINGS_ENV = "MEDSIGHT_SERVE_SETTINGS"
 STATIC = Path(__file__).with_name("static")
-DEFAULT_MAX_BODY_MB = 64.0
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
     "script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
@@ -99,24 +88,6 @@ _PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 _KEYED_ERRORS = error_responses(*COMMON_ERRORS, *KEYED_ERRORS, 503)
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """Everything a worker needs to build the app (keys are read from the file or environment)."""
-
-    bundle: Path | None = None
-    api_keys: tuple[str, ...] = ()
-    no_auth: bool = False
-    host: str = "127.0.0.1"
-    max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 2**20)
-    device: str = "cpu"
-    mixed_precision: bool = False
-    registry: Path | None = None
-    feedback: Path | None = None
-    registry_poll_s: float = 1.0
-    max_voxels: int = SERVICE_MAX_VOXELS
-    auth_failures_per_minute: int = DEFAULT_AUTH_FAILURES_PER_MINUTE
 
 
 def create_app(settings: ServeSettings) -> FastAPI:
@@ -132,10 +103,6 @@ def create_app(settings: ServeSettings) -> FastAPI:
     if settings.bundle is None and settings.registry is None:
         raise ConfigError("medsight serve", "no model to serve", "pass a bundle folder or --registry DIR")
     metrics = Metrics()
-    desk = FeedbackDesk(settings.feedback, max_body_bytes=settings.max_body_bytes, max_voxels=settings.max_voxels,
-                        no_auth=settings.no_auth)
-    failures = FailedAuthLimit(settings.auth_failures_per_minute)
-
     slot = ModelSlot(settings, metrics)
 
     app = FastAPI(title="medsight", version=__version__, lifespan=slot.lifespan, docs_url=None, redoc_url=None,
@@ -145,6 +112,18 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.metrics = metrics
     app.add_middleware(ObserveRequests, metrics=metrics)
     app.add_middleware(SecurityHeaders)
+    _add_error_handlers(app)
+    keyed = [Depends(_key_check(settings))]
+    _add_inference_routes(app, settings, metrics, keyed)
+    _add_operation_routes(app, settings, slot, metrics, keyed)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _key_check(settings: ServeSettings) -> Callable[[Request], None]:
+    """The dependency every keyed endpoint runs: a valid key passes; too many failures from one address are a
+    429 with ``Retry-After``, any other failure a 401."""
+    failures = FailedAuthLimit(settings.auth_failures_per_minute)
 
     def require_key(request: Request) -> None:
         if settings.no_auth or key_is_valid(key_from_headers(request.headers), settings.api_keys):
@@ -159,11 +138,19 @@ def create_app(settings: ServeSettings) -> FastAPI:
             "send a configured key in the X-API-Key header or as 'Authorization: Bearer <key>'",
         )
 
-    def service_of(request: Request) -> ModelService:
-        service = request.app.state.service
-        if service is None:
-            raise NotReadyError("model", "is not loaded yet", "retry when /readyz answers 200")
-        return service
+    return require_key
+
+
+def _service_of(request: Request) -> ModelService:
+    """The model now served, or a 503 while it loads."""
+    service = request.app.state.service
+    if service is None:
+        raise NotReadyError("model", "is not loaded yet", "retry when /readyz answers 200")
+    return service
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error, ours or the framework's, answers the one JSON error body."""
 
     @app.exception_handler(MedsightError)
     async def medsight_error(request: Request, exc: MedsightError) -> JSONResponse:
@@ -184,7 +171,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
         error = MissingFieldError(where, "is missing or has the wrong type", "see /openapi.json for the parameters")
         return JSONResponse(error_body(error), status_code=422)
 
-    keyed = [Depends(require_key)]
+
+def _add_inference_routes(app: FastAPI, settings: ServeSettings, metrics: Metrics, keyed: list) -> None:
+    """``/v1/predict``, ``/v1/explain`` and ``/v1/feedback``: the endpoints that take an upload."""
+    desk = FeedbackDesk(settings.feedback, max_body_bytes=settings.max_body_bytes, max_voxels=settings.max_voxels,
+                        no_auth=settings.no_auth)
 
     def upload_sample(upload):
         return sample_from_upload(upload, max_voxels=settings.max_voxels)
@@ -193,7 +184,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
               responses={200: PREDICT_OK, **error_responses(406), **_KEYED_ERRORS},
               summary="Classify an image, or segment it (the mask by Accept)")
     async def predict(request: Request, preview: bool = False) -> Response:
-        service = service_of(request)
+        service = _service_of(request)
         start = perf_counter()
         upload = await read_upload(request, limit_bytes=settings.max_body_bytes)
         began = perf_counter()
@@ -222,7 +213,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
               summary="A heatmap PNG of what drove the prediction (501 until Grad-CAM is installed)",
               responses={200: {"content": {"image/png": {}}}, **error_responses(501), **_KEYED_ERRORS})
     async def explain(request: Request, target: str | None = None) -> Response:
-        service = service_of(request)
+        service = _service_of(request)
         service.require_explainer()  # a 501 before reading the body
         upload = await read_upload(request, limit_bytes=settings.max_body_bytes)
         sample = await run_in_threadpool(upload_sample, upload)
@@ -233,7 +224,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
               responses={201: {"model": FeedbackAnswer, "description": "the verdict, stored"}, **_KEYED_ERRORS},
               summary="A clinician's verdict on a prediction: agree, the correct label, or a corrected mask")
     async def feedback(request: Request) -> JSONResponse:
-        return await desk.submit(request, service_of(request), partial(on_model, request.app))
+        return await desk.submit(request, _service_of(request), partial(on_model, request.app))
+
+
+def _add_operation_routes(app: FastAPI, settings: ServeSettings, slot: ModelSlot, metrics: Metrics,
+                          keyed: list) -> None:
+    """The model card, the registry reload, metrics, health and readiness, and the web page."""
 
     @app.post("/v1/admin/reload", dependencies=keyed, tags=["operations"], responses=_KEYED_ERRORS,
               summary="Re-read the registry and swap in its production model now")
@@ -242,11 +238,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise NotFoundError("/v1/admin/reload", "this service serves one bundle, not a registry",
                                 "restart it with --registry DIR to hot-swap models")
         swapped = await slot.reload(request.app)
-        return {"swapped": swapped, "model": service_of(request).version}
+        return {"swapped": swapped, "model": _service_of(request).version}
 
     @app.get("/v1/model", dependencies=keyed, tags=["model"], summary="The model card", responses=_KEYED_ERRORS)
     async def model_card(request: Request) -> dict[str, Any]:
-        service = service_of(request)
+        service = _service_of(request)
         return {**service.card(), "load_seconds": round(service.load_seconds, 3)}
 
     @app.get("/metrics", dependencies=keyed, tags=["operations"],
@@ -268,26 +264,6 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers=_PAGE_HEADERS)
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return app
-
-
-def settings_from_env(env: dict[str, str] | None = None) -> ServeSettings:
-    """The settings :func:`run_server` handed to its workers through ``$MEDSIGHT_SERVE_SETTINGS``."""
-    env = dict(os.environ if env is None else env)
-    raw = json.loads(env[SETTINGS_ENV])
-    keys = load_api_keys(raw.pop("api_keys_file"), env=env)
-    paths = {k: Path(raw.pop(k)) if raw.get(k) else raw.pop(k, None) for k in ("bundle", "registry", "feedback")}
-    return ServeSettings(**paths, api_keys=tuple(keys), **raw)
-
-
-def settings_to_env(settings: ServeSettings, api_keys_file: Path | None) -> str:
-    """The JSON for ``$MEDSIGHT_SERVE_SETTINGS``: no key material, only the key file's path."""
-    raw = asdict(settings)
-    raw.pop("api_keys")
-    paths = {k: str(getattr(settings, k)) if getattr(settings, k) else None for k in ("bundle", "registry", "feedback")}
-    return json.dumps({**raw, **paths, "api_keys_file": str(api_keys_file) if api_keys_file else None})
 
 
 def app_from_env() -> FastAPI:

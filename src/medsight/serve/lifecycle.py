@@ -29,7 +29,7 @@ from medsight.serve.metrics import Metrics
 from medsight.serve.model import ModelService
 
 if TYPE_CHECKING:
-    from medsight.serve.app import ServeSettings
+    from medsight.serve.settings import ServeSettings
 
 log = logging.getLogger("medsight.serve")
 

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from medsight.errors import ConfigError
+from medsight.serve.settings import DEFAULT_MAX_BODY_MB, ServeSettings
 
 APP_FACTORY = "medsight.serve.app:app_from_env"
 
@@ -25,7 +26,7 @@ def run_server(
     workers: int = 1,
     api_keys_file: Path | None = None,
     no_auth: bool = False,
-    max_body_mb: float = 64.0,
+    max_body_mb: float = DEFAULT_MAX_BODY_MB,
     max_voxels: int | None = None,
     auth_failures_per_minute: int | None = None,
     device: str = "cpu",
@@ -49,9 +50,36 @@ def run_server(
     """
     import uvicorn
 
+    from medsight.serve.settings import SETTINGS_ENV, settings_to_env
+
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}", "needs at least one worker", "use --workers 1 or more")
+    settings = _checked_settings(
+        bundle=bundle, registry=registry, feedback=feedback, host=host, api_keys_file=api_keys_file, no_auth=no_auth,
+        max_body_mb=max_body_mb, max_voxels=max_voxels, auth_failures_per_minute=auth_failures_per_minute,
+        device=device, mixed_precision=mixed_precision,
+    )
+    os.environ[SETTINGS_ENV] = settings_to_env(settings, Path(api_keys_file).resolve() if api_keys_file else None)
+    # Idle OpenMP threads sleep instead of spinning for a few hundred ms after each request, which on a
+    # small or shared CPU starved the event loop (p50 7 ms instead of 400 ms on 2 busy cores). It takes
+    # effect because torch is first imported after this line (in the workers, or below for one worker).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    uvicorn.run(APP_FACTORY, factory=True, host=host, port=port, workers=workers, log_level=log_level,
+                log_config=_log_config(log_level), server_header=False, proxy_headers=False)
+
+
+def _checked_settings(
+    *, bundle: Path | None, registry: Path | None, feedback: Path | None, host: str, api_keys_file: Path | None,
+    no_auth: bool, max_body_mb: float, max_voxels: int | None, auth_failures_per_minute: int | None, device: str,
+    mixed_precision: bool,
+) -> ServeSettings:
+    """The workers' settings, every option checked once here (an error now, not one in every worker).
+
+    Raises:
+        ConfigError, BundleError: as :func:`run_server` says.
+    """
     from medsight.bundle import load_bundle
     from medsight.io.limits import SERVICE_MAX_VOXELS, resolve_max_voxels
-    from medsight.serve.app import SETTINGS_ENV, ServeSettings, settings_to_env
     from medsight.serve.auth import (
         DEFAULT_AUTH_FAILURES_PER_MINUTE,
         FailedAuthLimit,
@@ -59,8 +87,6 @@ def run_server(
         load_api_keys,
     )
 
-    if workers < 1:
-        raise ConfigError(f"--workers {workers}", "needs at least one worker", "use --workers 1 or more")
     if max_body_mb <= 0:
         raise ConfigError(f"--max-body-mb {max_body_mb}", "must be positive", "use e.g. --max-body-mb 64")
     max_voxels = resolve_max_voxels(SERVICE_MAX_VOXELS if max_voxels is None else max_voxels)
@@ -82,20 +108,13 @@ def run_server(
     if mixed_precision and task != "segmentation":
         raise ConfigError("--mixed-precision", f"is for segmentation models ({served} is a {task} model)",
                           "drop it: classifiers are served in float32 (or ONNX)")
-    settings = ServeSettings(bundle=Path(bundle).resolve() if bundle else None,
-                             registry=Path(registry).resolve() if registry else None,
-                             feedback=Path(feedback).resolve() if feedback else None,
-                             api_keys=tuple(keys), no_auth=no_auth, host=host,
-                             max_body_bytes=int(max_body_mb * 2**20), device=device,
-                             mixed_precision=mixed_precision, max_voxels=max_voxels,
-                             auth_failures_per_minute=auth_failures_per_minute)
-    os.environ[SETTINGS_ENV] = settings_to_env(settings, Path(api_keys_file).resolve() if api_keys_file else None)
-    # Idle OpenMP threads sleep instead of spinning for a few hundred ms after each request, which on a
-    # small or shared CPU starved the event loop (p50 7 ms instead of 400 ms on 2 busy cores). It takes
-    # effect because torch is first imported after this line (in the workers, or below for one worker).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    uvicorn.run(APP_FACTORY, factory=True, host=host, port=port, workers=workers, log_level=log_level,
-                log_config=_log_config(log_level), server_header=False, proxy_headers=False)
+    return ServeSettings(bundle=Path(bundle).resolve() if bundle else None,
+                         registry=Path(registry).resolve() if registry else None,
+                         feedback=Path(feedback).resolve() if feedback else None,
+                         api_keys=tuple(keys), no_auth=no_auth, host=host,
+                         max_body_bytes=int(max_body_mb * 2**20), device=device,
+                         mixed_precision=mixed_precision, max_voxels=max_voxels,
+                         auth_failures_per_minute=auth_failures_per_minute)
 
 
 def _log_config(level: str) -> dict:
