@@ -37,21 +37,21 @@ def test_plan_msd_ct(tmp_path: Path) -> None:
     data = write_msd(tmp_path / "msd", [(1.0, 1.0, 2.0), (1.0, 1.0, 3.0), (1.0, 1.0, 2.5)])
     plan = plan_dataset(data=data, out=tmp_path / "plan", progress=False, overrides={"batch_size": 2})
     written = json.loads((tmp_path / "plan" / "plan.json").read_text())
-    assert written == plan
-    assert plan["target_spacing"] == [1.0, 1.0, 2.5]
-    assert plan["normalization"]["scheme"] == "ct"
-    low, high = plan["normalization"]["clip"]
+    assert written == plan.to_json()
+    assert plan.target_spacing == [1.0, 1.0, 2.5]
+    assert plan.normalization["scheme"] == "ct"
+    low, high = plan.normalization["clip"]
     assert 0 < low < 60 < high < 120  # foreground (liver ~60 HU) percentiles, not the -500 HU background
-    assert plan["label_names"] == {"0": "background", "1": "liver"}
-    assert plan["batch_size"] == 2
+    assert plan.label_names == {"0": "background", "1": "liver"}
+    assert plan.batch_size == 2
     assert json.loads((tmp_path / "plan" / "fingerprint.json").read_text())["n_cases"] == 3
 
 
 def test_plan_drive_is_2d(shared_data: Path, tmp_path: Path) -> None:
     plan = plan_dataset(data=shared_data / "drive" / "training", out=tmp_path, progress=False)
-    assert plan["spatial_dims"] == 2
-    assert all(p % 2 ** plan["depth"] == 0 for p in plan["patch_size"])
-    assert plan["label_names"]["1"] == "vessel"
+    assert plan.spatial_dims == 2
+    assert all(p % 2 ** plan.depth == 0 for p in plan.patch_size)
+    assert plan.label_names["1"] == "vessel"
 
 
 def test_plan_cli_bad_folder_is_one_line(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from medsight.classification.evaluate import aggregate_folds, evaluate_predictio
 from medsight.config import EvalConfig, load_config, save_config
 from medsight.errors import OutputWriteError
 from medsight.segmentation.evaluate import keep_probabilities
-from medsight.segmentation.plan import write_plan
+from medsight.segmentation.plan import make_plan, write_plan
 
 
 def evaluation(version: int, out: Path) -> None:
@@ -37,7 +37,9 @@ def cross_validation(version: int, out: Path) -> None:
 
 
 def plan(version: int, out: Path) -> None:
-    write_plan({"patch_size": [32 * version, 32], "batch_size": version}, out / "plan.json")
+    fp = {"median_spacing": [1.0, 1.0], "spacings": [[1.0, 1.0]], "shapes": [[64, 64]], "modality": "MR",
+          "foreground_intensity": [], "labels": [0, 1]}
+    write_plan(make_plan(fp, overrides={"batch_size": version}), out / "plan.json")
 
 
 def probabilities(version: int, out: Path) -> None:

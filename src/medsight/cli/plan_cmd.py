@@ -25,6 +25,6 @@ def plan(
         data=data, out=out, memory_budget_mb=memory_mb, spatial_dims=spatial_dims,
         overrides=parse_overrides(set_) or None, progress=progress,
     )
-    for note in result["notes"]:
+    for note in result.notes:
         typer.echo(f"- {note}")
     typer.echo(f"wrote {out / 'plan.json'} and {out / 'fingerprint.json'}")

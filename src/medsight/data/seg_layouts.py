@@ -12,12 +12,18 @@ Supported layouts:
 * **drive**: DRIVE retinal vessels, ``images/NN_training.tif`` with
   ``1st_manual/NN_manual1.gif`` and the field of view ``mask/NN_training_mask.gif``.
 * **msd**: a Medical Segmentation Decathlon / nnU-Net ``dataset.json`` with a ``training``
-  list of ``{"image": ..., "label": ...}``; labels as ``{"0": "background"}`` or
+  list of ``{"image": ..., "label": ...[, "patient_id": ...]}``; labels as ``{"0": "background"}`` or
   ``{"background": 0}``.
 * **dicom_seg**: a folder holding a DICOM series and DICOM SEG file(s) that reference it.
 
 Label names: the ``label_names`` argument, else those of dataset.json / the SEG, else
 ``{0: "background", 1: "foreground"}`` (several values: ``{v: "label_v"}``) from the masks.
+
+Patients (so that the splitter keeps a patient's cases in one part): a ``patient_id`` in an MSD
+``training`` entry; for the pairs and DRIVE layouts a ``patients.csv`` beside ``images/`` with the
+header ``case_id,patient_id``; else the DICOM PatientID of a DICOM image or SEG, read when the set
+is opened and kept only as a hash (``dicom:`` and 16 hex digits), never in clear. A case with no
+patient id is its own patient.
 
 Example:
     >>> ds = open_seg_dataset("drive/training")
@@ -37,8 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medsight.data.sample import Sample
 from medsight.errors import DatasetError
+from medsight.sample import Sample
 
 SEG_LAYOUTS_HELP = (
     "medsight reads segmentation sets as: images/ with masks/ (or labels/) and an optional roi/ folder; "
@@ -49,17 +55,23 @@ SEG_LAYOUTS_HELP = (
 CASE_SUFFIX = re.compile(r"[_-](mask|masks|seg|segmentation|label|labels|gt|roi|fov|manual\d*|training|test)$", re.I)
 MASK_FOLDERS = ("masks", "labels")
 ROI_FOLDERS = ("roi", "fov")
+#: the pairs and DRIVE layouts' optional list of each case's patient (header ``case_id,patient_id``)
+PATIENTS_CSV = "patients.csv"
 DRIVE_LABELS = {0: "background", 1: "vessel"}
 
 
 @dataclass
 class SegItem:
-    """One case: its image (a file or DICOM series folder), mask file and optional ROI file."""
+    """One case: its image (a file or DICOM series folder), mask file, optional ROI file and patient.
+
+    ``patient_id`` is the manifest's patient id or a hash of the DICOM PatientID (None: unknown).
+    """
 
     case_id: str
     image: str
     mask: str | None
     roi: str | None = None
+    patient_id: str | None = None
 
 
 @dataclass
@@ -168,7 +180,43 @@ def open_seg_dataset(
         found.label_names = _names_from_values(found)
     found.label_names = {0: "background", **found.label_names}
     found.label_names = dict(sorted(found.label_names.items()))
+    _add_patients(found)
     return found
+
+
+def _add_patients(found: SegSet) -> None:
+    """Fill in each case's ``patient_id``: ``patients.csv`` (pairs, DRIVE), else the DICOM PatientID's hash."""
+    listed = _patients_csv(found.root / PATIENTS_CSV) if found.kind in ("pairs", "drive") else {}
+    for item in found.items:
+        if item.patient_id is None:
+            item.patient_id = listed.get(item.case_id) or _dicom_patient(item.mask if found.kind == "dicom_seg"
+                                                                          else item.image)
+
+
+def _patients_csv(path: Path) -> dict[str, str]:
+    """``{case id: patient id}`` from ``patients.csv`` (header ``case_id,patient_id``); {} when absent."""
+    import csv
+
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"case_id", "patient_id"} <= set(rows[0]):
+        raise DatasetError(path, "has no case_id and patient_id columns",
+                           "write the header case_id,patient_id and one row per case")
+    return {row["case_id"].strip(): row["patient_id"].strip() for row in rows if (row["patient_id"] or "").strip()}
+
+
+def _dicom_patient(path: str | None) -> str | None:
+    """``dicom:<16 hex digits of the SHA-256 of PatientID>`` of a DICOM file, or None (not DICOM, no PatientID)."""
+    import hashlib
+
+    from medsight.io.dicom import is_dicom_file, open_dataset
+
+    if path is None or not Path(path).is_file() or not is_dicom_file(path):
+        return None
+    patient = str(open_dataset(path, stop_before_pixels=True).get("PatientID", "") or "").strip()
+    return "dicom:" + hashlib.sha256(patient.encode("utf-8")).hexdigest()[:16] if patient else None
 
 
 def _files(folder: Path | None) -> dict[str, Path]:
@@ -236,7 +284,9 @@ def _open_msd(path: Path) -> SegSet:
                     path, f"training[{n}] names {key} {entry.get(key)!r}, which does not exist ({file})",
                     "fix the path (relative to dataset.json's folder) or remove the entry",
                 )
-        items.append(SegItem(case_id(files["image"]), str(files["image"]), str(files["label"])))
+        patient = entry.get("patient_id")
+        items.append(SegItem(case_id(files["image"]), str(files["image"]), str(files["label"]),
+                             patient_id=None if patient in (None, "") else str(patient)))
     channels = spec.get("modality") or spec.get("channel_names") or {}
     modality = ",".join(str(channels[k]) for k in sorted(channels, key=str)) if isinstance(channels, dict) else None
     return SegSet("msd", path.parent, names, items, modality or None)

@@ -1,9 +1,14 @@
 """Train / validation / test splits: stratified by label, grouped by patient, reproducible.
 
-One assignment rule serves every split: groups (patients, or single items when there are no
-patient ids) are shuffled by the seed, then taken largest first and each is put in the part
-that brings the per-class counts closest to their targets. So the classes keep their
-proportions in every part, no patient is in two parts, and the same seed gives the same arrays.
+One splitter serves every task. Groups (patients, or single items when there are no patient
+ids) are shuffled by the seed, and no patient is ever in two parts; the same seed gives the same
+arrays. With labels (classification) the split is stratified: the shuffled groups are taken
+largest first and each is put in the part that brings the per-class counts closest to their
+targets, so the classes keep their proportions in every part. Without labels (``labels=None``,
+segmentation cases) the shuffled groups fill the parts one after another (validation first, then
+test, then train; fold 0, 1, ... in k-fold), each part taking groups until it holds its share of
+the items; every part gets at least one group. With one item per group this is the seeded
+permutation cut into consecutive pieces.
 
 Example:
     >>> labels = np.array([0] * 70 + [1] * 30)
@@ -15,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +34,7 @@ SPLITS = ("train", "val", "test")
 
 
 def split_indices(
-    labels: np.ndarray,
+    labels: np.ndarray | None,
     *,
     val_fraction: float,
     test_fraction: float,
@@ -38,7 +44,8 @@ def split_indices(
     """Stratified (and, given ``groups``, grouped) train/val/test index arrays.
 
     Args:
-        labels: one integer label per item.
+        labels: one integer label per item; None for an unstratified split (then ``groups``
+            gives the items, and a non-zero fraction is at least one item).
         val_fraction, test_fraction: shares of the items for validation and test (0 gives
             an empty split).
         seed: the split is a function of the seed.
@@ -48,7 +55,8 @@ def split_indices(
         ``{"train", "val", "test"}`` -> sorted int64 index arrays that cover every item once.
 
     Raises:
-        ConfigError: fractions that leave no training data.
+        ConfigError: fractions that leave no training data; without labels, fewer groups than
+            the parts asked for.
     """
     if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
         raise ConfigError(
@@ -57,15 +65,24 @@ def split_indices(
             "make val_fraction + test_fraction less than 1",
         )
     fractions = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
+    if labels is None:
+        group_of = _groups_in_order(groups)
+        n = len(group_of)
+        counts = {k: max(1, round(f * n)) for k, f in ((1, val_fraction), (2, test_fraction)) if f > 0}
+        part = _fill_in_order(group_of, [*counts, 0], [*counts.values(), n], seed, "parts (train, val, test)")
+        return {name: np.flatnonzero(part == k) for k, name in enumerate(SPLITS)}
     part = _assign(np.asarray(labels), groups, fractions, seed)
     _warn_missing_classes(np.asarray(labels), part, fractions, SPLITS)
     return {name: np.flatnonzero(part == k) for k, name in enumerate(SPLITS)}
 
 
 def kfold_indices(
-    labels: np.ndarray, *, folds: int, seed: int, groups: np.ndarray | None = None
+    labels: np.ndarray | None, *, folds: int, seed: int, groups: np.ndarray | None = None
 ) -> list[dict[str, np.ndarray]]:
     """Stratified (and grouped) k-fold: fold ``k`` validates on part ``k`` and trains on the rest.
+
+    Without labels (``None``; ``groups`` gives the items) the folds are not stratified: the
+    shuffled groups fill fold 0, 1, ... in turn, each up to ``1/folds`` of the items.
 
     Returns:
         ``folds`` dicts ``{"train", "val"}`` of sorted index arrays; the val parts are disjoint
@@ -74,8 +91,8 @@ def kfold_indices(
     Raises:
         ConfigError: fewer than 2 folds, or more folds than items (or patients).
     """
-    labels = np.asarray(labels)
-    n_groups = len(labels) if groups is None else len(np.unique(np.asarray(groups)))
+    n_items = len(_groups_in_order(groups)) if labels is None else len(labels)
+    n_groups = n_items if groups is None else len(np.unique(np.asarray(groups)))
     if folds < 2 or folds > n_groups:
         raise ConfigError(
             f"data.folds={folds}",
@@ -83,8 +100,13 @@ def kfold_indices(
             f"{'patients' if groups is not None else 'items'}",
             "choose a number of folds in that range",
         )
-    part = _assign(labels, groups, np.full(folds, 1.0 / folds), seed)
-    _warn_missing_classes(labels, part, np.full(folds, 1.0 / folds), [f"fold {k}" for k in range(folds)])
+    if labels is None:
+        sizes = [len(chunk) for chunk in np.array_split(np.arange(n_items), folds)]
+        part = _fill_in_order(_groups_in_order(groups), list(range(folds)), sizes, seed, "folds")
+    else:
+        labels = np.asarray(labels)
+        part = _assign(labels, groups, np.full(folds, 1.0 / folds), seed)
+        _warn_missing_classes(labels, part, np.full(folds, 1.0 / folds), [f"fold {k}" for k in range(folds)])
     return [{"train": np.flatnonzero(part != k), "val": np.flatnonzero(part == k)} for k in range(folds)]
 
 
@@ -148,11 +170,22 @@ def _split_groups(ds: LabelledSet) -> np.ndarray | None:
 
     An item without a patient id is its own group. None when there is nothing to group.
     """
-    groups = [f"patient:{it.patient_id}" if it.patient_id is not None else f"item:{i}" for i, it in enumerate(ds.items)]
+    groups = patient_groups([it.patient_id for it in ds.items]).tolist()
     merged = _merge_exact_copies(ds, groups)
     if merged == [f"item:{i}" for i in range(len(ds.items))]:
         return None
     return np.array(merged)
+
+
+def patient_groups(patient_ids: Sequence[str | None]) -> np.ndarray:
+    """The group id of each item for the splitter: ``patient:<id>``, or ``item:<i>`` (its own group)
+    for an item without a patient id.
+
+    Example:
+        >>> patient_groups(["p1", None, "p1"]).tolist()
+        ['patient:p1', 'item:1', 'patient:p1']
+    """
+    return np.array([f"patient:{pid}" if pid is not None else f"item:{i}" for i, pid in enumerate(patient_ids)])
 
 
 def _merge_exact_copies(ds: LabelledSet, groups: list[str]) -> list[str]:
@@ -204,6 +237,47 @@ def _assign(labels: np.ndarray, groups: np.ndarray | None, fractions: np.ndarray
         best = int(np.argmin(cost))
         part_of_group[g] = best
         have[best] += counts[g]
+    return part_of_group[group_of]
+
+
+def _groups_in_order(groups: np.ndarray | None) -> np.ndarray:
+    """The group number of each item, numbered in order of first appearance (one item per group:
+    the item's own index), so that the seeded shuffle of the groups does not depend on their names."""
+    if groups is None:
+        raise ValueError("an unstratified split (labels=None) needs groups: one id per item")
+    _, first, inverse = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inverse.reshape(-1)]
+
+
+def _fill_in_order(group_of: np.ndarray, parts: list[int], sizes: list[int], seed: int, what: str) -> np.ndarray:
+    """Shuffle the groups by the seed and let them fill ``parts`` one after another.
+
+    Part ``parts[j]`` takes the next groups until it holds ``sizes[j]`` items (the last part takes
+    the rest); it also stops when the groups left are only enough to give every later part one.
+
+    Returns:
+        The part number of every item.
+
+    Raises:
+        ConfigError: fewer groups than parts.
+    """
+    n_groups = int(group_of.max()) + 1 if len(group_of) else 0
+    if n_groups < len(parts):
+        unit = "patients" if n_groups < len(group_of) else "items"
+        raise ConfigError(
+            f"{len(parts)} {what}", f"there are only {n_groups} {unit} to share out",
+            "add data (from other patients) or ask for fewer parts",
+        )
+    group_sizes = np.bincount(group_of, minlength=n_groups)
+    part_of_group = np.empty(n_groups, dtype=np.int64)
+    j, have = 0, 0
+    for taken, group in enumerate(np.random.default_rng(seed).permutation(n_groups)):
+        if j < len(parts) - 1 and have and (have >= sizes[j] or n_groups - taken <= len(parts) - 1 - j):
+            j, have = j + 1, 0
+        part_of_group[group] = parts[j]
+        have += int(group_sizes[group])
     return part_of_group[group_of]
 
 

@@ -3,33 +3,37 @@ grid and split.
 
 :func:`training_set` does it all and returns a :class:`TrainingSet`: :func:`read_cases` decodes
 each case (through the sample cache with ``data.cache``) and applies the bundle's intensity steps
-(channels, denoise, CLAHE); the data set is fingerprinted and planned (``medsight plan``;
-``segment.*`` overrides); :func:`at_target_spacing` resamples the images, label maps and regions
-of interest to the plan's spacing and normalises the images; :func:`split_cases` splits the cases
-(a validation fraction, or ``data.folds`` folds). Bad data stops here, before any training, with an
+(channels, denoise, CLAHE); :func:`plan_cases` fingerprints those stepped cases and plans them
+(``segment.*`` overrides) -- ``medsight plan`` plans through the same function, so the plan a user
+sees is the plan trained; :func:`at_target_spacing` resamples the images, label maps and regions of
+interest to the plan's spacing and normalises the images; :func:`split_cases` splits the cases with
+the one splitter of :mod:`medsight.data.splits` (a validation fraction, or ``data.folds`` folds),
+keeping each patient's cases in one part. Bad data stops here, before any training, with an
 error that names the case or the setting: a data set of one case, a case without a mask, every
-mask empty, a patch of the wrong dimensionality, more folds than cases.
+mask empty, a patch of the wrong dimensionality, more folds than cases (or patients).
 
 Example:
     >>> data = training_set(cfg, plan_dir=Path("runs/drive"), progress=False)
-    >>> data.plan["patch_size"], len(data.train_idx), len(data.val_idx)
+    >>> data.plan.patch_size, len(data.train_idx), len(data.val_idx)
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from medsight.config import RunConfig
 from medsight.data.fingerprint import fingerprint
-from medsight.data.sample import Sample
-from medsight.data.seg_layouts import SegSet, open_seg_dataset
+from medsight.data.seg_layouts import SegItem, SegSet, open_seg_dataset
+from medsight.data.splits import kfold_indices, patient_groups, split_indices
 from medsight.errors import ConfigError, DatasetError
 from medsight.inference.postprocess import require_binary
 from medsight.runtime import distributed
-from medsight.segmentation.plan import make_plan, write_plan
+from medsight.sample import Sample
+from medsight.segmentation.plan import Plan, make_plan, write_plan
 from medsight.transforms.preprocess import intensity_steps, plan_normalize
 
 
@@ -39,7 +43,7 @@ class TrainingSet:
 
     dataset: SegSet
     cases: list[tuple]
-    plan: dict
+    plan: Plan
     patch: list[int]
     batch: int
     target: list[float] | None  # the training grid's spacing; None keeps each case's own
@@ -60,24 +64,24 @@ def training_set(cfg: RunConfig, *, plan_dir: Path | None, progress: bool) -> Tr
     the training grid and split it; patch, batch and label settings that cannot work are errors here,
     before any training."""
     dataset = open_training_set(cfg)
+    if len(dataset.items) < 2:
+        raise DatasetError(dataset.root, f"has {len(dataset.items)} case(s)", "add cases: training and validation "
+                           "need 2+")
     cases, stepped = read_cases(dataset, cfg, progress)
-    plan = make_plan(
-        fingerprint(((s, case[2]) for s, case in zip(stepped, cases, strict=True)), modality=dataset.modality),
-        memory_budget_mb=cfg.segment.memory_budget_mb, overrides=cfg.segment.plan or None,
-    )
+    _, plan = plan_cases(dataset, ((s, case[2]) for s, case in zip(stepped, cases, strict=True)), cfg)
     if plan_dir is not None:
         write_plan(plan, plan_dir / "plan.json")
-    patch = [int(p) for p in (cfg.segment.patch_size or plan["patch_size"])]
+    patch = [int(p) for p in (cfg.segment.patch_size or plan.patch_size)]
     if len(patch) != cases[0][1].spatial_dims:
         raise ConfigError(
             f"segment.patch_size={patch}", f"the images are {cases[0][1].spatial_dims}D",
             f"give {cases[0][1].spatial_dims} sizes",
         )
-    batch = int(cfg.segment.batch_size or plan["batch_size"])
+    batch = int(cfg.segment.batch_size or plan.batch_size)
     distributed.check_batch(batch, distributed.world_size(), "segment.batch_size")
-    target = plan["target_spacing"] if cfg.segment.resample else None
-    images, labels, rois = at_target_spacing(stepped, cases, target, plan["normalization"])
-    train_idx, val_idx = split_cases(len(cases), cfg)
+    target = plan.target_spacing if cfg.segment.resample else None
+    images, labels, rois = at_target_spacing(stepped, cases, target, plan.normalization)
+    train_idx, val_idx = split_cases(dataset.items, cfg)
     n_classes = max(max(dataset.label_names), int(max(lab.max() for lab in labels))) + 1
     if cfg.segment.centre_logits:
         require_binary(n_classes, "these masks have")  # before training, not after it
@@ -85,28 +89,44 @@ def training_set(cfg: RunConfig, *, plan_dir: Path | None, progress: bool) -> Tr
                         n_classes)
 
 
-def split_cases(n_cases: int, cfg: RunConfig) -> tuple[list[int], list[int]]:
-    """Seeded shuffle of the cases: ``round(val_fraction * n)`` for validation (at least 1), the rest train.
+def plan_cases(dataset: SegSet, cases: Iterable[tuple[Sample, np.ndarray]], cfg: RunConfig, *,
+               spatial_dims: int | None = None) -> tuple[dict, Plan]:
+    """``(fingerprint, plan)`` of ``(stepped sample, label map)`` cases: the samples after the bundle's
+    intensity steps, as training sees them, planned with ``segment.memory_budget_mb`` and the
+    ``segment.plan`` overrides. Training and ``medsight plan`` both plan here, so they agree."""
+    fp = fingerprint(cases, modality=dataset.modality)
+    plan = make_plan(fp, memory_budget_mb=cfg.segment.memory_budget_mb, spatial_dims=spatial_dims,
+                     overrides=cfg.segment.plan or None, label_names=dataset.label_names)
+    return fp, plan
 
-    With ``data.folds`` k > 1 the shuffled cases are cut into k near-equal parts and fold
-    ``data.fold`` validates on its part (k-fold cross-validation: every case is validated once).
+
+def split_cases(items: list[SegItem], cfg: RunConfig) -> tuple[list[int], list[int]]:
+    """``(train, val)`` case indices from :mod:`medsight.data.splits` (not stratified), seeded by ``train.seed``.
+
+    The cases of one patient (``SegItem.patient_id``) stay together; a case without one is its own
+    patient. ``round(val_fraction * n)`` cases validate (at least 1, at most all but one patient); with
+    ``data.folds`` k > 1 the shuffled patients fill k near-equal parts and fold ``data.fold``
+    validates on its part (k-fold cross-validation: every case is validated once). With one case
+    per patient this is the seeded permutation of the cases, cut in order.
 
     Raises:
-        ConfigError: more folds than cases, or a fold number outside ``0 .. folds - 1``.
+        ConfigError: more folds than cases (patients), or a fold number outside ``0 .. folds - 1``.
     """
     folds, fold = cfg.data.folds, cfg.data.fold or 0
-    if folds > 1 and folds > n_cases:
-        raise ConfigError(f"data.folds={folds}", f"there are only {n_cases} cases",
-                          f"use at most {n_cases} folds")
+    groups = patient_groups([item.patient_id for item in items])
+    n_groups = len(set(groups.tolist()))
+    unit = "patients" if n_groups < len(items) else "cases"
+    if folds > 1 and folds > n_groups:
+        raise ConfigError(f"data.folds={folds}", f"there are only {n_groups} {unit}", f"use at most {n_groups} folds")
     if fold >= folds:
         raise ConfigError(f"data.fold={fold}", f"there are {folds} folds (numbered 0 to {folds - 1})",
                           f"choose a fold below {folds}")
-    order = np.random.default_rng(cfg.train.seed).permutation(n_cases)
     if folds > 1:
-        val = np.array_split(order, folds)[fold]
-    else:
-        val = order[: min(max(1, round(cfg.data.val_fraction * n_cases)), n_cases - 1)]
-    return sorted(set(range(n_cases)) - {int(i) for i in val}), sorted(int(i) for i in val)
+        part = kfold_indices(None, folds=folds, seed=cfg.train.seed, groups=groups)[fold]
+    else:  # segmentation validates on at least one case, also with val_fraction 0
+        part = split_indices(None, val_fraction=cfg.data.val_fraction or 1 / len(items), test_fraction=0.0,
+                             seed=cfg.train.seed, groups=groups)
+    return part["train"].tolist(), part["val"].tolist()
 
 
 def open_training_set(cfg: RunConfig) -> SegSet:
@@ -122,26 +142,31 @@ def read_cases(dataset: SegSet, cfg: RunConfig, progress: bool) -> tuple[list[tu
     preprocessing on them, as ``medsight evaluate`` does); ``stepped`` the same samples after
     the bundle's intensity steps (channels, denoise, CLAHE), which training normalises and uses.
     """
-    from medsight.progress import track
-
-    if len(dataset.items) < 2:
-        raise DatasetError(dataset.root, f"has {len(dataset.items)} case(s)", "add cases: training and validation "
-                           "need 2+")
-    from medsight.data.cache import cache_from_config
-
-    cache = cache_from_config(cfg.data)
     cases, stepped = [], []
-    for item in track(dataset.items, description="reading cases", enabled=progress):
-        if cache is None:
-            sample, labels, roi, steps_array = _read_case(dataset, item, cfg)
-        else:
-            sample, labels, roi, steps_array = _cached_case(cache, dataset, item, cfg)
-        stepped.append(dataclasses.replace(sample, array=steps_array))
+    for item, sample, labels, roi, steps_sample in stepped_cases(dataset, cfg, progress):
+        stepped.append(steps_sample)
         cases.append((item.case_id, sample, labels, roi))
     if not any(labels.any() for _, _, labels, _ in cases):
         raise DatasetError(dataset.root, f"every one of the {len(cases)} masks is empty (no foreground voxel)",
                            "check that the masks hold the labels (PNG masks: 0 and 255 or label values)")
     return cases, stepped
+
+
+def stepped_cases(dataset: SegSet, cfg: RunConfig, progress: bool,
+                  description: str = "reading cases") -> Iterator[tuple[SegItem, Sample, np.ndarray, np.ndarray | None,
+                                                                       Sample]]:
+    """Decode the cases one at a time (through the sample cache with ``data.cache``):
+    ``(item, sample as read, labels, roi, sample after the intensity steps)``."""
+    from medsight.data.cache import cache_from_config
+    from medsight.progress import track
+
+    cache = cache_from_config(cfg.data)
+    for item in track(dataset.items, description=description, enabled=progress):
+        if cache is None:
+            sample, labels, roi, steps_array = _read_case(dataset, item, cfg)
+        else:
+            sample, labels, roi, steps_array = _cached_case(cache, dataset, item, cfg)
+        yield item, sample, labels, roi, dataclasses.replace(sample, array=steps_array)
 
 
 def _read_case(dataset: SegSet, item, cfg: RunConfig) -> tuple[Sample, np.ndarray, np.ndarray | None, np.ndarray]:

@@ -15,11 +15,15 @@ it::
 
 Parameters and optimiser state are small next to this and ignored.
 
+The plan is a :class:`Plan` (pydantic): ``medsight plan`` writes it, training makes and uses it,
+and a bundle keeps it in its provenance; :func:`read_plan` loads a ``plan.json``, also one written
+before the plan was typed.
+
 Example:
     >>> fp = {"median_spacing": [1.0, 1.0], "spacings": [[1.0, 1.0]], "shapes": [[64, 64]],
     ...       "modality": "MR", "foreground_intensity": [], "labels": [0, 1]}
     >>> plan = make_plan(fp)
-    >>> plan["spatial_dims"], plan["patch_size"], plan["normalization"]["scheme"]
+    >>> plan.spatial_dims, plan.patch_size, plan.normalization["scheme"]
     (2, [64, 64], 'zscore')
 """
 
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from medsight.atomic_write import atomic_write_text
 from medsight.errors import ConfigError
@@ -45,13 +50,44 @@ MAX_PATCH_AXIS = {2: 512, 3: 256}
 REQUIRED_KEYS = ("median_spacing", "spacings", "shapes", "modality", "foreground_intensity", "labels")
 
 
+class Plan(BaseModel):
+    """What the data set's fingerprint decided for training; every decision is explained in ``notes``.
+
+    ``normalization`` is ``{"scheme": "zscore"}`` (each image by its own statistics) or
+    ``{"scheme": "ct", "clip": [low, high], "mean": m, "std": s}``; ``label_names`` maps each label
+    value (as a string) to its name (absent in plans written by training before the plan was typed).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    spatial_dims: int
+    target_spacing: list[float]
+    median_shape_resampled: list[float]
+    normalization: dict[str, Any]
+    patch_size: list[int]
+    depth: int
+    base_features: int
+    batch_size: int
+    estimated_memory_mb: float
+    memory_budget_mb: float
+    modality: str
+    labels: list[int]
+    notes: list[str]
+    label_names: dict[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as plain JSON values (``label_names`` left out when unknown), as plan.json and bundles keep it."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
 def make_plan(
     fp: dict,
     *,
     memory_budget_mb: float = 2000,
     spatial_dims: int | None = None,
     overrides: dict | None = None,
-) -> dict:
+    label_names: dict[int, str] | None = None,
+) -> Plan:
     """Derive a training plan from a fingerprint made by :func:`medsight.data.fingerprint.fingerprint`.
 
     Args:
@@ -60,15 +96,14 @@ def make_plan(
         spatial_dims: 2 for a slice-wise plan of 3D data (the last two axes); default:
             the data's own dimensionality.
         overrides: flat ``{plan_key: value}`` replacing fields of the computed plan.
+        label_names: ``{value: name}`` of the labels, kept in the plan.
 
     Returns:
-        JSON-able plan: ``spatial_dims``, ``target_spacing``, ``median_shape_resampled``,
-        ``normalization``, ``patch_size``, ``depth``, ``base_features``, ``batch_size``,
-        ``estimated_memory_mb``, ``memory_budget_mb``, ``modality``, ``labels``, ``notes``.
+        The :class:`Plan`.
 
     Raises:
         ConfigError: a fingerprint missing a field, an impossible ``spatial_dims``, a budget
-            too small for the smallest patch, or an unknown / inconsistent override.
+            too small for the smallest patch, or an unknown, mistyped or inconsistent override.
     """
     missing = [key for key in REQUIRED_KEYS if key not in fp]
     if missing:
@@ -109,24 +144,31 @@ def make_plan(
         "labels": list(fp["labels"]),
         "notes": notes,
     }
+    if label_names is not None:
+        plan["label_names"] = {str(k): str(v) for k, v in label_names.items()}
     return _apply_overrides(plan, overrides or {})
 
 
-def write_plan(plan: dict, path: Path) -> None:
+def write_plan(plan: Plan, path: Path) -> None:
     """Write ``plan`` as indented JSON to ``path``, creating its folder, whole or not at all.
 
     Raises:
-        ConfigError: the plan holds a value JSON cannot store.
         OutputWriteError: the disk is full, or the folder is not writable; an older plan stays as it was.
+    """
+    atomic_write_text(Path(path), json.dumps(plan.to_json(), indent=2) + "\n")
+
+
+def read_plan(path: Path) -> Plan:
+    """The plan in a ``plan.json`` (written by ``medsight plan`` or by training, also before the plan was typed).
+
+    Raises:
+        ConfigError: the file is not JSON or not a plan.
     """
     path = Path(path)
     try:
-        text = json.dumps(plan, indent=2)
-    except TypeError as err:
-        raise ConfigError(
-            path, f"the plan is not JSON-able ({err})", "override fields with plain numbers, lists and strings"
-        ) from err
-    atomic_write_text(path, text + "\n")
+        return Plan.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, ValidationError) as err:
+        raise ConfigError(path, f"is not a plan ({err})", "write it again with medsight plan") from err
 
 
 def estimate_memory_mb(patch: list[int], base_features: int, batch: int) -> float:
@@ -249,13 +291,18 @@ def _normalization(fp: dict, notes: list[str]) -> dict[str, Any]:
     }
 
 
-def _apply_overrides(plan: dict, overrides: dict) -> dict:
-    """Replace top-level plan fields; unknown keys and a patch not divisible by 2**depth error."""
+def _apply_overrides(plan: dict, overrides: dict) -> Plan:
+    """Replace top-level plan fields; unknown keys, values of the wrong type and a patch not divisible
+    by 2**depth are errors."""
+    fields = set(Plan.model_fields) - {"notes"}
     for key, value in overrides.items():
-        if key not in plan or key == "notes":
-            known = ", ".join(sorted(k for k in plan if k != "notes"))
-            raise ConfigError(f"overrides.{key}", "is not a plan field", f"use one of: {known}")
-        plan[key] = value
+        if key not in fields:
+            raise ConfigError(f"overrides.{key}", "is not a plan field", f"use one of: {', '.join(sorted(fields))}")
+        try:
+            plan[key] = TypeAdapter(Plan.model_fields[key].annotation).validate_python(value)
+        except ValidationError as err:
+            raise ConfigError(f"overrides.{key}={value!r}", f"is not a valid {key} ({err.errors()[0]['msg']})",
+                              "give a value of the field's type: numbers, lists of numbers or strings") from err
         plan["notes"].append(f"Override: {key} = {value!r}.")
     step = 2 ** plan["depth"]
     if any(int(n) % step for n in plan["patch_size"]):
@@ -266,7 +313,7 @@ def _apply_overrides(plan: dict, overrides: dict) -> dict:
         )
     if overrides and "estimated_memory_mb" not in overrides:
         plan["estimated_memory_mb"] = estimate_memory_mb(plan["patch_size"], plan["base_features"], plan["batch_size"])
-    return plan
+    return Plan.model_validate(plan)
 
 
 def _fmt(values: Any) -> str:
