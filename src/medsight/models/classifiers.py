@@ -24,7 +24,11 @@ from medsight.models.registry import register_model
 
 
 def _layers(spatial_dims: int) -> tuple[type[nn.Module], type[nn.Module], type[nn.Module], type[nn.Module]]:
-    """``(Conv, BatchNorm, MaxPool, AdaptiveAvgPool)`` for 2D or 3D."""
+    """``(Conv, BatchNorm, MaxPool, AdaptiveAvgPool)`` for 2D or 3D.
+
+    The segmenters take these from MONAI's layer factories; a classifier does not, because importing MONAI
+    (about 430 modules, longer than torch itself) would be paid by every classifier prediction, service
+    worker and ``predict --workers`` process, none of which otherwise loads MONAI."""
     if spatial_dims == 2:
         return nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d
     if spatial_dims == 3:

@@ -39,8 +39,9 @@ def _check(spatial_dims: int, depth: int) -> None:
 
 def _double_conv(spatial_dims: int, cin: int, cout: int) -> nn.Sequential:
     """Two 3x3 convolution + BatchNorm + ReLU, as in every level of the classic U-Net."""
-    conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
-    norm = nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
+    from monai.networks.layers.factories import Conv, Norm  # MONAI loads ~400 modules: only when a segmenter is built
+
+    conv, norm = Conv[Conv.CONV, spatial_dims], Norm[Norm.BATCH, spatial_dims]
     return nn.Sequential(
         conv(cin, cout, kernel_size=3, padding=1, bias=False),
         norm(cout),
@@ -72,17 +73,18 @@ class ClassicUNet(nn.Module):
     def __init__(
         self, *, in_channels: int, num_outputs: int, spatial_dims: int, base_features: int = 32, depth: int = 4
     ) -> None:
+        from monai.networks.layers.factories import Conv, Pool
+
         super().__init__()
         _check(spatial_dims, depth)
         widths = [base_features * 2**i for i in range(depth)]
-        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
-        up = nn.ConvTranspose2d if spatial_dims == 2 else nn.ConvTranspose3d
+        conv, up = Conv[Conv.CONV, spatial_dims], Conv[Conv.CONVTRANS, spatial_dims]
         self.multiple = 2 ** (depth - 1)
         inputs = [in_channels, *widths[:-2]]
         self.encoders = nn.ModuleList(
             _double_conv(spatial_dims, cin, cout) for cin, cout in zip(inputs, widths[:-1], strict=True)
         )
-        self.pool = nn.MaxPool2d(2) if spatial_dims == 2 else nn.MaxPool3d(2)
+        self.pool = Pool[Pool.MAX, spatial_dims](2)
         self.bottleneck = _double_conv(spatial_dims, widths[-2], widths[-1])
         self.upsamplers = nn.ModuleList(up(w * 2, w, kernel_size=2, stride=2) for w in reversed(widths[:-1]))
         self.decoders = nn.ModuleList(_double_conv(spatial_dims, w * 2, w) for w in reversed(widths[:-1]))
