@@ -13,6 +13,11 @@ data with ``medsight evaluate``.
 The folds keep their validation probabilities (``fold{k}/val_probabilities/``), so this step
 runs no network; a fold that did not keep them (an older run) is predicted again.
 
+What any task's fold ensemble needs (which fold predicts which case out of fold, choosing the
+threshold on those predictions, the members' weights and fold records) is
+:mod:`medsight.training.folds`; this module keeps what is segmentation's own: the kept probability
+maps (:class:`OutOfFold`), the Dice-maximising threshold and the out-of-fold report.
+
 Example:
     >>> metrics = ensemble_folds(cfg, Path("runs/drive"), [Path("runs/drive/fold0"), Path("runs/drive/fold1")])
     >>> metrics["auc"], metrics["threshold"]
@@ -25,14 +30,22 @@ from typing import Any
 
 import numpy as np
 
-from medsight.bundle import Bundle, load_bundle, provenance
-from medsight.config import ModelConfig, RunConfig
-from medsight.data.sample import Sample
-from medsight.errors import MedsightError
+from medsight.bundle import Bundle, build_bundle, load_bundle, provenance
+from medsight.bundle_fields import DataSettings, SplitRecord, ThresholdChoice
+from medsight.config import RunConfig
 from medsight.inference.segmenter import Segmenter
+from medsight.sample import Sample
 from medsight.segmentation.evaluate import DatasetCases, evaluate_segmentation, keep_probabilities, probabilities_file
 from medsight.segmentation.thresholds import centring_level, choose_thresholds
 from medsight.segmentation.train import VAL_PROBABILITIES
+from medsight.training.folds import (
+    check_members_agree,
+    ensemble_model,
+    fold_records,
+    member_weights,
+    out_of_fold,
+    threshold_out_of_fold,
+)
 
 
 class OutOfFold:
@@ -74,25 +87,26 @@ def ensemble_folds(cfg: RunConfig, out: Path, folds: list[Path], *, progress: bo
     from medsight.runtime.device import pick_device
 
     bundles = [load_bundle(fold / "model") for fold in folds]
-    _check_compatible(bundles, folds)
+    check_members_agree(bundles, folds, _shared_settings)
     device = str(pick_device(cfg.train.device))
     members = [Segmenter(bundle, device=device) for bundle in bundles]
-    owner = {case: k for k, bundle in enumerate(bundles) for case in bundle.provenance["split"]["val"]}
+    val_cases = [bundle.split.of("val") for bundle in bundles]
+    every_oof = out_of_fold(val_cases, lambda k, case: OutOfFold(members[k], folds[k] / VAL_PROBABILITIES, case))
     dataset = open_seg_dataset(cfg.data.path, label_names=dict(enumerate(bundles[0].label_names)))
-    items = [item for item in dataset.items if item.case_id in owner]
-    oof = {item.case_id: OutOfFold(members[owner[item.case_id]], folds[owner[item.case_id]] / VAL_PROBABILITIES,
-                                   item.case_id) for item in items}
-    def oof_probs():
+    items = [item for item in dataset.items if item.case_id in every_oof]
+    oof = {item.case_id: every_oof[item.case_id] for item in items}
+
+    def cases():
         for case_id, sample, truth, roi in track(DatasetCases(dataset, items), description="out-of-fold threshold",
                                                  enabled=progress):
-            yield oof[case_id].probabilities(sample), truth, roi
+            yield case_id, (sample, truth, roi)
 
-    level, centred = centring_level(cfg, oof_probs)
-    thresholds, note = choose_thresholds(cfg, len(bundles[0].label_names), centred,
-                                         f"the out-of-fold predictions on {len(items)} cases")
+    thresholds, note, level = threshold_out_of_fold(
+        cases, oof, lambda member, case: (member.probabilities(case[0]), *case[1:]),
+        lambda probs, what: _thresholds(cfg, len(bundles[0].label_names), probs, what))
     for member in members:
         member.thresholds, member.logit_median = thresholds, level
-    bundle = _ensemble_bundle(cfg, bundles, thresholds, note, level,
+    bundle = _ensemble_bundle(cfg, bundles, val_cases, thresholds, note, level,
                               all_cases=[item.case_id for item in dataset.items])
     states = bundle.provenance["folds"]
     metrics = evaluate_segmentation(  # members[0] gives the label names and the (shared) threshold
@@ -110,41 +124,37 @@ def ensemble_folds(cfg: RunConfig, out: Path, folds: list[Path], *, progress: bo
     return metrics
 
 
-def _check_compatible(bundles: list[Bundle], folds: list[Path]) -> None:
-    """The members share the network, the preprocessing and the plan's normalisation (one input for all)."""
-
-    def shared(bundle: Bundle) -> tuple:
-        settings = {k: v for k, v in bundle.segmentation.items() if k not in ("thresholds", "logit_median")}
-        return (bundle.model.model_dump(), bundle.preprocess.model_dump(), settings, bundle.label_names)
-
-    for fold, bundle in zip(folds[1:], bundles[1:], strict=True):
-        if shared(bundle) != shared(bundles[0]):
-            raise MedsightError(
-                fold / "model", f"was trained with other network, preprocessing or plan settings than {folds[0]}",
-                "train every fold with the same config (then --resume to build the ensemble)",
-            )
+def _shared_settings(bundle: Bundle) -> tuple:
+    """What the members must share to take one input: the network, the preprocessing and the plan's
+    normalisation (every segmentation setting but the thresholds), and the labels."""
+    settings = bundle.segmentation.model_dump(exclude={"thresholds", "logit_median"})
+    return (bundle.model.model_dump(), bundle.preprocess.model_dump(), settings, bundle.label_names)
 
 
-def _ensemble_bundle(cfg: RunConfig, bundles: list[Bundle], thresholds: dict[int, float], note: str,
-                     level: float | None, all_cases: list[str]) -> Bundle:
+def _thresholds(cfg: RunConfig, n_labels: int, probs, what: str) -> tuple[dict[int, float], str, float | None]:
+    """``(thresholds, note, logit_median)`` from ``probs()`` (``(probabilities, labels, roi)`` per case):
+    :func:`centring_level` and :func:`choose_thresholds`, as a single model's are chosen."""
+    level, centred = centring_level(cfg, probs)
+    return (*choose_thresholds(cfg, n_labels, centred, what), level)
+
+
+def _ensemble_bundle(cfg: RunConfig, bundles: list[Bundle], val_cases: list[list[str]], thresholds: dict[int, float],
+                     note: str, level: float | None, all_cases: list[str]) -> Bundle:
     first = bundles[0]
-    folds = [{"fold": k, "val": b.provenance["split"]["val"], "val_dice": b.metrics.get("val_dice"),
-              **{key: b.provenance.get(key) for key in ("best_epoch", "epochs_run", "train_seconds")}}
-             for k, b in enumerate(bundles)]
-    return Bundle(
+    folds = fold_records(bundles, val_cases, "val_dice")
+    return build_bundle(
         task="segmentation",
-        model=ModelConfig(name="fold_ensemble", kwargs={"member": first.model.name, "members": len(bundles),
-                                                          "member_kwargs": first.model.kwargs}),
+        model=ensemble_model(bundles),
         preprocess=first.preprocess,
         label_names=first.label_names,
         provenance=provenance(
-            run=cfg.name, data=str(cfg.data.path), plan=first.provenance.get("plan"), seed=cfg.train.seed,
-            threshold_note=note, data_config=first.provenance.get("data_config"), folds=folds,
+            run=cfg.name, plan=first.provenance.get("plan"), seed=cfg.train.seed, folds=folds,
             train_seconds=round(sum(fold["train_seconds"] or 0 for fold in folds), 1),
-            split={"train": all_cases, "val": []}, split_note="a fold ensemble: each case trained all but one of "
-            "its members; the out-of-fold scores are in the run folder's metrics.json",
         ),
-        state_dict={f"members.{k}.{key}": value for k, b in enumerate(bundles) for key, value in b.state_dict.items()},
-        segmentation={**first.segmentation, "thresholds": {str(k): float(v) for k, v in thresholds.items()},
-                      "logit_median": level},
+        state_dict=member_weights(bundles),
+        segmentation=first.segmentation.with_thresholds(thresholds, level),
+        data=DataSettings(path=str(cfg.data.path), config=first.data.config),
+        split=SplitRecord(cases={"train": all_cases, "val": []}, note="a fold ensemble: each case trained all but "
+                          "one of its members; the out-of-fold scores are in the run folder's metrics.json"),
+        threshold_choice=ThresholdChoice(note=note),
     )

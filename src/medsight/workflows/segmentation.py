@@ -46,12 +46,10 @@ def cross_validate_segmentation(cfg: RunConfig, *, out: Path, resume: bool, prog
     from medsight.runtime.distributed import is_main
     from medsight.segmentation.metrics import SEG_METRIC_KEYS
     from medsight.segmentation.train import train_segmenter
-    from medsight.workflows.train import fold_runs
+    from medsight.training.folds import cross_validate
 
-    fold_metrics, fold_outs = [], []
-    for fold_cfg, fold_out, fold_resume in fold_runs(cfg, out, resume):
-        fold_metrics.append(train_segmenter(fold_cfg, out=fold_out, resume=fold_resume, progress=progress)["metrics"])
-        fold_outs.append(fold_out)
+    fold_metrics, fold_outs = cross_validate(cfg, out, resume=resume, train_fold=lambda run: train_segmenter(
+        run.config, out=run.folder, resume=run.resume, progress=progress)["metrics"])
     if not is_main():
         return ""
     keys = (*SEG_METRIC_KEYS, "auc", "pr_auc", "f1", "accuracy")

@@ -1,7 +1,8 @@
 """``medsight train``: a classifier or a segmenter, one run or a k-fold cross-validation.
 
 The task's own training is :func:`medsight.classification.train.train_classifier` and
-:mod:`medsight.workflows.segmentation`; this module dispatches and runs the folds.
+:mod:`medsight.workflows.segmentation`; this module dispatches, and runs a classifier's folds through
+the task-neutral :func:`medsight.training.folds.cross_validate`.
 """
 
 from __future__ import annotations
@@ -37,27 +38,14 @@ def run_training(cfg: RunConfig, *, out: Path, resume: bool = False, progress: b
         metrics = train_classifier(cfg, ds, out=out, resume=resume, progress=progress)
         return _summary(out, metrics) if is_main() else ""  # under DDP only rank 0 reports
     from medsight.classification.evaluate import aggregate_folds
+    from medsight.training.folds import cross_validate
 
-    fold_metrics = [train_classifier(fold_cfg, ds, out=fold_out, resume=fold_resume, progress=progress)
-                    for fold_cfg, fold_out, fold_resume in fold_runs(cfg, out, resume)]
+    fold_metrics, _ = cross_validate(cfg, out, resume=resume, train_fold=lambda run: train_classifier(
+        run.config, ds, out=run.folder, resume=run.resume, progress=progress))
     if not is_main():
         return ""
     aggregate_folds(fold_metrics, out, title=f"{cfg.name}: {cfg.data.folds}-fold cross-validation")
     return f"cross-validation of {cfg.data.folds} folds written to {out}/cv_report.html"
-
-
-def fold_runs(cfg: RunConfig, out: Path, resume: bool):
-    """``(config, run folder, resume?)`` of each fold of a cross-validation: fold k has ``data.fold``
-    set and its name suffixed, trains in ``out/fold{k}``, and resumes when ``resume`` is asked and
-    the fold has a checkpoint (a fold the interrupted run never reached starts afresh)."""
-    from medsight.runtime.checkpoint import CHECKPOINT
-
-    for fold in range(cfg.data.folds):
-        fold_cfg = cfg.model_copy(deep=True)
-        fold_cfg.data.fold = fold
-        fold_cfg.name = f"{cfg.name}-fold{fold}"
-        fold_out = out / f"fold{fold}"
-        yield fold_cfg, fold_out, resume and (fold_out / CHECKPOINT).exists()
 
 
 def _summary(out: Path, metrics: dict) -> str:
