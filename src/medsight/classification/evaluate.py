@@ -28,14 +28,12 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from medsight.atomic_write import atomic_write_text, replacing
+from medsight.atomic_write import atomic_write_text
 from medsight.classification.metrics import (
     METRIC_KEYS,
     bootstrap_cis,
@@ -48,6 +46,7 @@ from medsight.classification.metrics import (
 )
 from medsight.config import EvalConfig
 from medsight.errors import DatasetError
+from medsight.result_files import write_csv_table, write_strict_json
 
 CV_KEYS = (*METRIC_KEYS, "ece", "ece_uncalibrated")
 #: Segmentation metrics measured in the data's distance unit (``distance_unit``: ``px`` or ``mm``).
@@ -107,6 +106,36 @@ def evaluate_predictions(
         DatasetError: shapes disagree, or label names / case ids do not match the data.
     """
     y, p = check_inputs(y_true, probs)
+    _check_names_and_ids(label_names, case_ids, y, p)
+    thr = (0.5 if threshold is None else float(threshold)) if p.shape[1] == 2 else None
+    pred = predict_labels(p, thr)
+    selective = _selective(y, pred, entropy, uncertainty)
+    metrics = {
+        "title": title,
+        "split": split,
+        **_scores(y, p, pred, thr, cfg, label_names, threshold_note, uncalibrated, temperature, temperature_choice),
+        "selective": selective,
+        "extra": extra or {},
+        "notes": [],
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_per_case(out / "per_case.csv", y, p, pred, label_names, case_ids, entropy if selective else None)
+    figs = _plots(y, p, metrics, out)
+    curves = _training_curves(history_csv, out)
+    if isinstance(curves, str):
+        metrics["notes"].append(curves)
+    elif curves is not None:
+        figs.append(curves)
+    write_strict_json(out / "metrics.json", metrics)
+    from medsight.report.evaluation import render_evaluation
+
+    atomic_write_text(out / "report.html", render_evaluation(metrics, figs))
+    return metrics
+
+
+def _check_names_and_ids(label_names: list[str], case_ids: list[str], y: np.ndarray, p: np.ndarray) -> None:
+    """One label name per probability column and one case id per case."""
     if len(label_names) != p.shape[1]:
         raise DatasetError(
             "label_names",
@@ -115,18 +144,19 @@ def evaluate_predictions(
         )
     if len(case_ids) != len(y):
         raise DatasetError("case_ids", f"has {len(case_ids)} ids for {len(y)} cases", "pass one id per case")
-    binary = p.shape[1] == 2
-    thr = (0.5 if threshold is None else float(threshold)) if binary else None
+
+
+def _scores(
+    y: np.ndarray, p: np.ndarray, pred: np.ndarray, thr: float | None, cfg: EvalConfig, label_names: list[str],
+    threshold_note: str, uncalibrated: np.ndarray | None, temperature: float | None, temperature_choice: dict | None,
+) -> dict:
+    """metrics.json's scores: the point metrics, their bootstrap CIs, confusion matrix and calibration."""
     point = classification_metrics(y, p, thr)
     cis = bootstrap_cis(y, p, threshold=thr, n_boot=cfg.bootstrap, ci=cfg.ci)
-    pred = predict_labels(p, thr)
     bins = reliability_bins(y, p, _CALIBRATION_BINS)
     ece = expected_calibration_error(y, p, _CALIBRATION_BINS)
     before = _uncalibrated(y, p, uncalibrated)
-    selective = _selective(y, pred, entropy, uncertainty)
-    metrics: dict = {
-        "title": title,
-        "split": split,
+    return {
         **{key: point[key] for key in METRIC_KEYS},
         "threshold": thr,
         "n": len(y),
@@ -147,24 +177,7 @@ def evaluate_predictions(
             "matrix": confusion(y, pred, p.shape[1]).tolist(),
         },
         "calibration": {"ece": ece, **bins, "uncalibrated": before, "temperature_choice": temperature_choice},
-        "selective": selective,
-        "extra": extra or {},
-        "notes": [],
     }
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_per_case(out / "per_case.csv", y, p, pred, label_names, case_ids, entropy if selective else None)
-    figs = _plots(y, p, metrics, out)
-    curves = _training_curves(history_csv, out)
-    if isinstance(curves, str):
-        metrics["notes"].append(curves)
-    elif curves is not None:
-        figs.append(curves)
-    write_json(out / "metrics.json", metrics)
-    from medsight.report.evaluation import render_evaluation
-
-    atomic_write_text(out / "report.html", render_evaluation(metrics, figs))
-    return metrics
 
 
 def aggregate_folds(fold_metrics: list[dict], out: Path, title: str, keys: tuple[str, ...] = CV_KEYS) -> dict:
@@ -183,56 +196,31 @@ def aggregate_folds(fold_metrics: list[dict], out: Path, title: str, keys: tuple
     Raises:
         DatasetError: an empty fold list.
     """
-    if not fold_metrics:
-        raise DatasetError("fold_metrics", "is empty", "pass the metrics dict returned for each fold")
-    summary: dict = {
-        "title": title,
-        "folds": len(fold_metrics),
-        "n_per_fold": [fold.get("n") for fold in fold_metrics],
-        "metrics": {},
-    }
-    units = {fold["distance_unit"] for fold in fold_metrics if fold.get("distance_unit")}
-    if units:
-        summary["distance_unit"] = units.pop() if len(units) == 1 else "mixed"
-    for key in keys:
-        values = [_as_float(fold.get(key)) for fold in fold_metrics]
-        pooled = not (key in DISTANCE_KEYS and summary.get("distance_unit") == "mixed")  # no mean of px and mm
-        defined = np.array([v for v in values if not math.isnan(v)] if pooled else [])
-        mean = float(defined.mean()) if defined.size else math.nan
-        sd = float(defined.std(ddof=1)) if defined.size > 1 else math.nan
-        summary["metrics"][key] = {"mean": mean, "sd": sd, "per_fold": values}
-        summary[key] = mean
+    from medsight.training.folds import summarise_folds
+
+    summary = summarise_folds(fold_metrics, title, keys, DISTANCE_KEYS)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "cv_metrics.json", summary)
+    write_strict_json(out / "cv_metrics.json", summary)
     from medsight.report.evaluation import render_cv
 
     atomic_write_text(out / "cv_report.html", render_cv(summary))
     return summary
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Strict JSON (NaN and infinities become null; NumPy scalars become numbers), whole or not at all.
-
-    Raises:
-        OutputWriteError: the disk is full, or the folder is not writable; an older file stays as it was.
-    """
-    atomic_write_text(path, json.dumps(_strict(data), indent=2, allow_nan=False, default=str))
-
-
 def _write_per_case(
     path: Path, y: np.ndarray, p: np.ndarray, pred: np.ndarray, names: list[str], case_ids: list[str],
     entropy: np.ndarray | None,
 ) -> None:
-    with replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        probs_header = [f"prob_{name}" for name in names]
-        writer.writerow(["case_id", "true_label", "predicted_label", *probs_header, "correct"]
-                        + (["entropy"] if entropy is not None else []))
-        for i, (case, true, guess, row) in enumerate(zip(case_ids, y, pred, p, strict=True)):
-            correct = "true" if true == guess else "false"
-            tail = [f"{entropy[i]:.6f}"] if entropy is not None else []
-            writer.writerow([case, names[true], names[guess], *[f"{v:.6f}" for v in row], correct, *tail])
+    fields = ["case_id", "true_label", "predicted_label", *(f"prob_{name}" for name in names), "correct"]
+    rows = []
+    for i, (case, true, guess, row) in enumerate(zip(case_ids, y, pred, p, strict=True)):
+        rows.append({"case_id": case, "true_label": names[true], "predicted_label": names[guess],
+                     **{f"prob_{name}": f"{v:.6f}" for name, v in zip(names, row, strict=True)},
+                     "correct": "true" if true == guess else "false"})
+        if entropy is not None:
+            rows[-1]["entropy"] = f"{entropy[i]:.6f}"
+    write_csv_table(path, rows, fields + (["entropy"] if entropy is not None else []))
 
 
 def _uncalibrated(y: np.ndarray, p: np.ndarray, uncalibrated: np.ndarray | None) -> dict | None:
@@ -336,15 +324,3 @@ def _training_curves(history_csv: Path | None, out: Path):
 
 def _as_float(value: object) -> float:
     return math.nan if value is None else float(value)
-
-
-def _strict(value: object) -> object:
-    if isinstance(value, dict):
-        return {str(k): _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

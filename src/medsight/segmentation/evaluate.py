@@ -32,7 +32,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,9 +39,10 @@ from typing import Any
 import numpy as np
 
 from medsight.atomic_write import replacing
-from medsight.classification.evaluate import DISTANCE_KEYS, write_json
-from medsight.data.sample import Sample
+from medsight.classification.evaluate import DISTANCE_KEYS
 from medsight.errors import DatasetError, InvalidImageError
+from medsight.result_files import write_csv_table, write_strict_json
+from medsight.sample import Sample
 from medsight.segmentation.metrics import SEG_METRIC_KEYS, segmentation_case_metrics, summarise_cases
 from medsight.segmentation.pixel_scores import PixelScores
 from medsight.segmentation.uncertainty import case_uncertainty, entropy_map
@@ -63,9 +63,9 @@ def open_split(model_bundle, data: str, split: str):
     dataset = open_seg_dataset(data, label_names=dict(enumerate(model_bundle.label_names)))
     items = dataset.items
     if split != "all":
-        chosen = set(model_bundle.provenance.get("split", {}).get(split, []))
+        chosen = set(model_bundle.split.of(split))
         if not chosen:
-            note = model_bundle.provenance.get("split_note")
+            note = model_bundle.split.note
             raise DatasetError(data, f"the model has no '{split}' cases" + (f" ({note})" if note else ""),
                                "evaluate it with --split all on held-out data")
         items = [item for item in items if item.case_id in chosen]
@@ -149,64 +149,93 @@ def evaluate_segmentation(
     from medsight.progress import track
     from medsight.report.segmentation import write_segmentation_report
 
-    names = dict(enumerate(segmenter.label_names))
-    foreground = [k for k in names if k > 0]
-    binary = len(names) == 2
-    pixels = PixelScores()
-    confusion = np.zeros(4, dtype=np.int64)  # tp, fp, fn, tn of the pooled binary masks
-    per_case, rows, shown, uncertainty, units = [], [], [], [], []
-    every_case_has_roi = True
+    tally = _CaseTally(dict(enumerate(segmenter.label_names)))
     for case_id, sample, truth, roi in track(cases, description="evaluating", enabled=progress):
-        every_case_has_roi &= roi is not None
-        if truth is None:
-            raise DatasetError(case_id, "has no reference mask", "evaluate on cases that have masks")
-        if truth.shape != sample.spatial_shape:
-            raise InvalidImageError(
-                case_id, f"the mask is {truth.shape} but the image is {sample.spatial_shape}",
-                "give each image a mask on its own grid",
-            )
+        _check_reference(case_id, sample, truth)
         model = segmenter_for(case_id) if segmenter_for else segmenter
         probs = model.probabilities(sample)
         if save_probabilities is not None:
             keep_probabilities(probabilities_file(save_probabilities, case_id), probs)
-        pred = model.labels_from(probs)
-        uncertainty.append(case_uncertainty(entropy_map(probs), pred))
-        scores = segmentation_case_metrics(pred, truth, spacing=sample.spacing, labels=foreground, roi=roi)
-        per_case.append(scores)
-        units.append(distance_unit(sample))
-        dice = float(np.nanmean([scores[k]["dice"] for k in foreground]))
-        rows.append({"case_id": case_id, "dice": dice, "uncertainty": uncertainty[-1], "distance_unit": units[-1],
-                     "metrics": {names[k]: v for k, v in scores.items()}})
-        shown.append(_report_case(case_id, model.prepare(sample), truth, pred, dice))
-        if binary:
-            inside = np.ones(truth.shape, bool) if roi is None else np.asarray(roi, bool)
-            pixels.add(probs[1], truth, roi=inside)
-            confusion += _confusion(pred[inside] > 0, truth[inside] > 0)
-    if not per_case:
+        tally.add(case_id, sample, truth, roi, probs, model)
+    if not tally.per_case:
         raise DatasetError("cases", "there is nothing to evaluate", "pass cases with images and masks")
-    summary = summarise_cases(per_case, label_names=names, n_boot=n_boot)
-    unit = units[0] if len(set(units)) == 1 else "mixed"
+    summary = summarise_cases(tally.per_case, label_names=tally.names, n_boot=n_boot)
+    metrics = _headline_metrics(tally, summary, segmenter.thresholds.get(1))
+    metrics.update(summary=summary, per_case=tally.rows, **(extra or {}))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_strict_json(out / "metrics.json", metrics)
+    _write_per_case(out / "per_case.csv", tally.rows, tally.foreground, tally.names)
+    write_segmentation_report(
+        out, title=title, summary=summary, cases=tally.shown, distance_unit=metrics["distance_unit"],
+        pixel={k: metrics[k] for k in ("auc", "pr_auc", "f1", "accuracy", "threshold")} if tally.binary else None,
+        uncertainty=metrics["uncertainty"],
+    )
+    return metrics
+
+
+def _check_reference(case_id: str, sample: Sample, truth: np.ndarray | None) -> None:
+    """A case is scored only against a reference mask on its image's own grid."""
+    if truth is None:
+        raise DatasetError(case_id, "has no reference mask", "evaluate on cases that have masks")
+    if truth.shape != sample.spatial_shape:
+        raise InvalidImageError(
+            case_id, f"the mask is {truth.shape} but the image is {sample.spatial_shape}",
+            "give each image a mask on its own grid",
+        )
+
+
+class _CaseTally:
+    """What the scored cases add up to: each case's scores, table row, report view, uncertainty and unit,
+    and for a binary task the pooled pixel scores and confusion counts."""
+
+    def __init__(self, names: dict[int, str]) -> None:
+        self.names = names
+        self.foreground = [k for k in names if k > 0]
+        self.binary = len(names) == 2
+        self.pixels = PixelScores()
+        self.confusion = np.zeros(4, dtype=np.int64)  # tp, fp, fn, tn of the pooled binary masks
+        self.per_case: list[dict] = []
+        self.rows: list[dict[str, Any]] = []
+        self.shown: list = []
+        self.uncertainty: list[float] = []
+        self.units: list[str] = []
+        self.every_case_has_roi = True
+
+    def add(self, case_id: str, sample: Sample, truth: np.ndarray, roi: np.ndarray | None, probs: np.ndarray,
+            model) -> None:
+        """Score one case from its probabilities; ``model`` turns them into labels and the report's view."""
+        self.every_case_has_roi &= roi is not None
+        pred = model.labels_from(probs)
+        self.uncertainty.append(case_uncertainty(entropy_map(probs), pred))
+        scores = segmentation_case_metrics(pred, truth, spacing=sample.spacing, labels=self.foreground, roi=roi)
+        self.per_case.append(scores)
+        self.units.append(distance_unit(sample))
+        dice = float(np.nanmean([scores[k]["dice"] for k in self.foreground]))
+        self.rows.append({"case_id": case_id, "dice": dice, "uncertainty": self.uncertainty[-1],
+                          "distance_unit": self.units[-1], "metrics": {self.names[k]: v for k, v in scores.items()}})
+        self.shown.append(_report_case(case_id, model.prepare(sample), truth, pred, dice))
+        if self.binary:
+            inside = np.ones(truth.shape, bool) if roi is None else np.asarray(roi, bool)
+            self.pixels.add(probs[1], truth, roi=inside)
+            self.confusion += _confusion(pred[inside] > 0, truth[inside] > 0)
+
+
+def _headline_metrics(tally: _CaseTally, summary: dict, threshold: float | None) -> dict[str, Any]:
+    """metrics.json's top level: the mean over classes of each metric's case mean, the distance unit, the
+    pooled pixel scores of a binary task and how the case uncertainty relates to Dice."""
+    unit = tally.units[0] if len(set(tally.units)) == 1 else "mixed"
     if unit == "mixed":
         _drop_pooled_distances(summary)
-    metrics: dict[str, Any] = {"task": "segmentation", "n": len(per_case), "distance_unit": unit}
+    metrics: dict[str, Any] = {"task": "segmentation", "n": len(tally.per_case), "distance_unit": unit}
     for key in SEG_METRIC_KEYS:
         means = np.array([entry["metrics"][key]["mean"] for entry in summary.values()])
         metrics[key] = float(np.nanmean(means)) if np.isfinite(means).any() else float("nan")
-    if binary:
-        metrics.update(_pooled(pixels, confusion, segmenter.thresholds.get(1)))
-        if every_case_has_roi:
+    if tally.binary:
+        metrics.update(_pooled(tally.pixels, tally.confusion, threshold))
+        if tally.every_case_has_roi:
             metrics["dice_mean_case"], metrics["dice"] = metrics["dice"], metrics["f1"]
-    metrics["uncertainty"] = uncertainty_vs_dice(uncertainty, [row["dice"] for row in rows])
-    metrics.update(summary=summary, per_case=rows, **(extra or {}))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "metrics.json", metrics)
-    _write_per_case(out / "per_case.csv", rows, foreground, names)
-    write_segmentation_report(
-        out, title=title, summary=summary, cases=shown, distance_unit=unit,
-        pixel={k: metrics[k] for k in ("auc", "pr_auc", "f1", "accuracy", "threshold")} if binary else None,
-        uncertainty=metrics["uncertainty"],
-    )
+    metrics["uncertainty"] = uncertainty_vs_dice(tally.uncertainty, [row["dice"] for row in tally.rows])
     return metrics
 
 
@@ -264,10 +293,9 @@ def _write_per_case(path: Path, rows: list[dict], foreground: list[int], names: 
     """One row per case; ``distance_unit`` (last column) is the unit of that row's ``*_hd95`` and ``*_assd``."""
     fields = ["case_id", "dice", "uncertainty", *(f"{names[k]}_{m}" for k in foreground for m in SEG_METRIC_KEYS),
               "distance_unit"]
-    with replacing(path) as tmp, tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        for row in rows:
-            flat = {f"{name}_{m}": v for name, values in row["metrics"].items() for m, v in values.items()}
-            writer.writerow({"case_id": row["case_id"], "dice": row["dice"], "uncertainty": row["uncertainty"],
-                             **flat, "distance_unit": row["distance_unit"]})
+    write_csv_table(path, (
+        {"case_id": row["case_id"], "dice": row["dice"], "uncertainty": row["uncertainty"],
+         **{f"{name}_{m}": v for name, values in row["metrics"].items() for m, v in values.items()},
+         "distance_unit": row["distance_unit"]}
+        for row in rows
+    ), fields)
