@@ -14,11 +14,13 @@ import torch
 from torch import nn
 
 from medsight.classification.batches import TensorSet, class_counts, inverse_frequency_weights, iterate_batches
-from medsight.classification.predict import predict_probs
+from medsight.classification.predict import CalibratedClassifier
 from medsight.classification.trainer import FitResult, fit, make_loss
 from medsight.config import TrainConfig
 from medsight.errors import ConfigError, DatasetError, MedsightError
-from medsight.training.callbacks import Callback, EarlyStopping
+from medsight.training import loop
+from medsight.training.callbacks import Callback
+from medsight.training.tracker import BestTracker, EarlyStopping
 
 
 def blobs(n: int, num_classes: int, seed: int) -> TensorSet:
@@ -73,7 +75,7 @@ def test_learns_a_separable_task(tmp_path: Path, head: str, num_classes: int, ou
     assert result.best_metric > 0.9
     assert result.history[result.best_epoch - 1]["accuracy"] == result.best_metric
     model.load_state_dict(result.best_state)
-    probs = predict_probs(model, val, head=head)
+    probs = CalibratedClassifier(model, head=head).predict(val)
     assert probs.shape == (48, num_classes)
     assert probs.sum(axis=1) == pytest.approx(1.0, abs=1e-5)
     assert (probs.argmax(axis=1) == val.labels.numpy()).mean() == pytest.approx(result.best_metric)
@@ -161,10 +163,8 @@ def test_a_fit_its_time_limit_stops_ends_with_an_annealed_learning_rate(tmp_path
     """A clock that advances 1 s a reading and a 30-second limit stop a 100-epoch cosine run after a few
     epochs; the rate follows the time spent, so the last epoch trains at under 10% of train.lr
     (by epochs alone it would still be above 95%)."""
-    from medsight.classification import trainer
-
     readings = itertools.count()
-    monkeypatch.setattr(trainer, "time", SimpleNamespace(perf_counter=lambda: float(next(readings))))
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: float(next(readings))))
     train, val = blobs(32, 2, seed=1), blobs(16, 2, seed=2)
     result = fit(small_cnn(2), train, val, cfg=config(epochs=100, time_limit_min=0.5), head="softmax", num_classes=2,
                  run_dir=tmp_path, progress=False)
@@ -184,14 +184,15 @@ def test_a_fit_its_time_limit_stops_ends_with_an_annealed_learning_rate(tmp_path
     ],
 )
 def test_early_stopping_bookkeeping(metric, values, patience, best_epoch, stop_epoch) -> None:
-    stopper = EarlyStopping(metric, patience)
+    tracker = BestTracker(metric)
+    stopper = EarlyStopping(tracker, patience)
     stopped_at = None
     for epoch, value in enumerate(values, 1):
-        stopper.update(epoch, value)
+        tracker.update(epoch, value)
         if stopper.should_stop:
             stopped_at = epoch
             break
-    assert stopper.best_epoch == best_epoch
+    assert tracker.best_epoch == best_epoch
     assert stopped_at == stop_epoch
 
 
@@ -291,11 +292,9 @@ def test_a_resumed_fit_counts_the_time_trained_before_against_its_limit(tmp_path
     """With a clock that advances 1 s a reading: a 30 s limit stops the run after n epochs; resumed
     with the same limit it trains nothing more; resumed with a 60 s limit it stops once 60 s are
     spent counting from the start of the run (about 2n epochs), not 60 s after the resume (3n)."""
-    from medsight.classification import trainer
-
     def fresh_clock() -> None:
         readings = itertools.count()
-        monkeypatch.setattr(trainer, "time", SimpleNamespace(perf_counter=lambda: float(next(readings))))
+        monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: float(next(readings))))
 
     train, val = blobs(32, 2, seed=1), blobs(16, 2, seed=2)
     model = small_cnn(2)

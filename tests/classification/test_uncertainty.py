@@ -14,6 +14,7 @@ from torch import nn
 
 from medsight.classification.evaluate import evaluate_predictions
 from medsight.classification.metrics import classification_metrics
+from medsight.classification.predict import CalibratedClassifier
 from medsight.classification.uncertainty import (
     case_entropy,
     dropout_active,
@@ -54,26 +55,27 @@ def images(n: int = 6) -> torch.Tensor:
 @pytest.mark.parametrize("method", ["none", "tta", "mc_dropout"])
 def test_entropy_is_zero_for_a_confident_constant_model(method: str) -> None:
     model = nn.Sequential(nn.Dropout(0.5), Constant([30.0, -30.0]))
-    entropy, info = case_entropy(model, images(), head="softmax", temperature=None, method=method, passes=4)
+    entropy, info = case_entropy(CalibratedClassifier(model, head="softmax"), images(), method=method, passes=4)
     np.testing.assert_allclose(entropy, 0.0, atol=1e-9)
     assert info["method"] == method
 
 
 @pytest.mark.parametrize("k", [2, 5])
 def test_entropy_is_maximal_for_a_uniform_model(k: int) -> None:
-    entropy, _ = case_entropy(Constant([0.0] * k), images(), head="softmax", temperature=None, method="tta", passes=4)
+    uniform = CalibratedClassifier(Constant([0.0] * k), head="softmax")
+    entropy, _ = case_entropy(uniform, images(), method="tta", passes=4)
     np.testing.assert_allclose(entropy, math.log(k), rtol=1e-6)
 
 
 def test_a_sigmoid_head_at_zero_has_entropy_log_two() -> None:
-    entropy, _ = case_entropy(Constant([0.0]), images(3), head="sigmoid", temperature=None, method="none", passes=1)
+    entropy, _ = case_entropy(CalibratedClassifier(Constant([0.0]), head="sigmoid"), images(3), method="none", passes=1)
     np.testing.assert_allclose(entropy, math.log(2), rtol=1e-6)
 
 
 def test_tta_sees_a_model_that_a_flip_fools() -> None:
     x = images(4)
-    plain, _ = case_entropy(LeftBright(), x, head="softmax", temperature=None, method="none", passes=1)
-    tta, info = case_entropy(LeftBright(), x, head="softmax", temperature=None, method="tta", passes=2)
+    plain, _ = case_entropy(CalibratedClassifier(LeftBright(), head="softmax"), x, method="none", passes=1)
+    tta, info = case_entropy(CalibratedClassifier(LeftBright(), head="softmax"), x, method="tta", passes=2)
     np.testing.assert_allclose(plain, 0.0, atol=1e-9)
     np.testing.assert_allclose(tta, math.log(2), rtol=1e-6)  # one pass says 1, the mirrored one says 0
     assert info == {"method": "tta", "passes": 2}
@@ -82,7 +84,7 @@ def test_tta_sees_a_model_that_a_flip_fools() -> None:
 def test_tta_uses_at_most_the_distinct_flips() -> None:
     assert flip_combinations(2) == [(), (-1,), (-2,), (-2, -1)]
     assert len(flip_combinations(3)) == 8
-    _, info = case_entropy(Constant([1.0, 0.0]), images(), head="softmax", temperature=None, method="tta", passes=9)
+    _, info = case_entropy(CalibratedClassifier(Constant([1.0, 0.0]), head="softmax"), images(), method="tta", passes=9)
     assert info["passes"] == 4
 
 
@@ -91,8 +93,8 @@ def test_mc_dropout_is_reproducible_and_restores_the_modes() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.Dropout(0.5), nn.Linear(16, 3))
     model.train()
     x = torch.randn(5, 1, 8, 8)
-    first, info = case_entropy(model, x, head="softmax", temperature=None, method="mc_dropout", passes=8)
-    second, _ = case_entropy(model, x, head="softmax", temperature=None, method="mc_dropout", passes=8)
+    first, info = case_entropy(CalibratedClassifier(model, head="softmax"), x, method="mc_dropout", passes=8)
+    second, _ = case_entropy(CalibratedClassifier(model, head="softmax"), x, method="mc_dropout", passes=8)
     np.testing.assert_array_equal(first, second)
     assert np.all(first > 0) and np.all(first <= math.log(3) + 1e-9)
     assert info == {"method": "mc_dropout", "passes": 8}
@@ -103,14 +105,15 @@ def test_mc_dropout_is_reproducible_and_restores_the_modes() -> None:
 
 def test_mc_dropout_without_dropout_says_what_to_use() -> None:
     with pytest.raises(ConfigError, match="no dropout layer") as info:
-        case_entropy(Constant([1.0, 0.0]), images(), head="softmax", temperature=None, method="mc_dropout", passes=2)
+        case_entropy(CalibratedClassifier(Constant([1.0, 0.0]), head="softmax"), images(), method="mc_dropout",
+                     passes=2)
     assert "tta" in info.value.fix
 
 
 @pytest.mark.parametrize(("method", "passes", "words"), [("ensemble", 4, "unknown method"), ("tta", 0, "one pass")])
 def test_bad_uncertainty_settings(method: str, passes: int, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
-        case_entropy(Constant([1.0, 0.0]), images(), head="softmax", temperature=None, method=method, passes=passes)
+        case_entropy(CalibratedClassifier(Constant([1.0, 0.0]), head="softmax"), images(), method=method, passes=passes)
 
 
 def test_config_rejects_an_unknown_method() -> None:

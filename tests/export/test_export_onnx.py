@@ -64,17 +64,17 @@ def exported(stripes_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
 def _val_images(bundle: Path) -> tuple[np.ndarray, np.ndarray]:
     """The fully preprocessed validation images and the bundle's PyTorch probabilities on them."""
     from medsight.bundle import load_bundle
-    from medsight.classification.predict import predict_probs
     from medsight.classification.prepare import load_tensors
     from medsight.config import DataConfig
     from medsight.data.layouts import open_dataset
     from medsight.data.splits import resolve_splits
+    from medsight.inference.predictor import Predictor
 
     model = load_bundle(bundle)
     ds = open_dataset(model.provenance["data"], class_names=model.label_names)
     val = resolve_splits(ds, DataConfig.model_validate(model.provenance["data_config"]))["val"]
     tensors, _ = load_tensors(ds, val, model.preprocess, progress=False)
-    return tensors.images.numpy(), predict_probs(model.build_model(), tensors, head=model.model.head)
+    return tensors.images.numpy(), Predictor(model, backend="torch").predict_tensors(tensors.images)
 
 
 def test_onnx_export_records_opset_signature_and_parity(exported: tuple[Path, str]) -> None:

@@ -23,31 +23,32 @@ def clean_set(trained_run: Path, small_phantoms: Path):
     return bundle, tensors
 
 
-def _scores(model, images, labels, head: str, threshold) -> tuple[float, float]:
+def _scores(predict, images, labels, threshold) -> tuple[float, float]:
+    """Accuracy and AUC at ``threshold`` of the probabilities ``predict(images)``."""
     from medsight.classification.metrics import classification_metrics
-    from medsight.classification.predict import predict_probs
 
-    metrics = classification_metrics(labels.numpy(), predict_probs(model, images, head=head), threshold)
+    metrics = classification_metrics(labels.numpy(), predict(images), threshold)
     return metrics["accuracy"], metrics["auc"]
 
 
 def test_eps_zero_is_clean_and_larger_eps_lowers_auc(clean_set) -> None:
-    from medsight.classification.predict import predict_probs
+    from medsight.inference.predictor import Predictor
     from medsight.robustness.attacks import attack
 
     bundle, data = clean_set
-    model, head = bundle.build_model(), bundle.model.head
+    predictor = Predictor(bundle)  # as medsight robustness scores: the bundle's calibrated probabilities
+    model, head, predict = predictor.model, bundle.model.head, predictor.predict_tensors
     before = {k: v.clone() for k, v in model.state_dict().items()}
     same = attack(model, data.images, data.labels, head=head, method="fgsm", eps=0.0)
-    np.testing.assert_array_equal(predict_probs(model, same, head=head), predict_probs(model, data.images, head=head))
-    clean_acc, clean_auc = _scores(model, data.images, data.labels, head, bundle.threshold)
+    np.testing.assert_array_equal(predict(same), predict(data.images))
+    clean_acc, clean_auc = _scores(predict, data.images, data.labels, bundle.threshold)
     assert clean_auc > 0.65, "the 3-epoch demo model should rank the phantoms better than chance"
     for method in ("fgsm", "pgd"):
         small = attack(model, data.images, data.labels, head=head, method=method, eps=0.01)
         large = attack(model, data.images, data.labels, head=head, method=method, eps=0.1)
         assert float((large - data.images).abs().max()) <= 0.1 + 1e-5
         (acc_small, auc_small), (acc_large, auc_large) = (
-            _scores(model, x, data.labels, head, bundle.threshold) for x in (small, large)
+            _scores(predict, x, data.labels, bundle.threshold) for x in (small, large)
         )
         assert auc_large < 0.1 < auc_small < clean_auc, f"{method}: {clean_auc} -> {auc_small} -> {auc_large}"
         assert acc_large <= acc_small <= clean_acc
@@ -59,6 +60,7 @@ def test_eps_zero_is_clean_and_larger_eps_lowers_auc(clean_set) -> None:
 
 def test_attacks_lower_accuracy_of_a_confident_model(clean_set) -> None:
     """A logistic regression fitted to the phantoms here is accurate when clean and fooled at eps 0.1."""
+    from medsight.classification.predict import CalibratedClassifier
     from medsight.robustness.attacks import attack
 
     _, data = clean_set
@@ -70,9 +72,10 @@ def test_attacks_lower_accuracy_of_a_confident_model(clean_set) -> None:
         torch.nn.functional.cross_entropy(model(data.images), data.labels).backward()
         optimizer.step()
     model.eval()
+    predict = CalibratedClassifier(model, head="softmax").predict
     accuracy = [
-        _scores(model, attack(model, data.images, data.labels, head="softmax", method="pgd", eps=eps),
-                data.labels, "softmax", None)[0]
+        _scores(predict, attack(model, data.images, data.labels, head="softmax", method="pgd", eps=eps),
+                data.labels, None)[0]
         for eps in (0.0, 0.01, 0.1)
     ]
     assert accuracy[0] > 0.9 and accuracy[2] < 0.5 and accuracy[0] >= accuracy[1] >= accuracy[2], accuracy

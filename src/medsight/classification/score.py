@@ -1,22 +1,22 @@
 """Scores of a classifier on tensors: calibrated and raw probabilities and per-case entropy, the same for
-training and evaluation."""
+training's report and ``medsight evaluate``."""
 
 from __future__ import annotations
 
+from medsight.classification.batches import TensorSet
+from medsight.classification.predict import CalibratedClassifier
 from medsight.config import EvalConfig
 
 
-def score(model, tensors, *, head: str, temperature: float | None, cfg: EvalConfig) -> dict:
-    """Calibrated and raw probabilities plus per-case entropy: the same for training and evaluation."""
-    from medsight.classification.predict import predict_logits, probs_from_logits
+def score(classifier: CalibratedClassifier, tensors: TensorSet, *, cfg: EvalConfig) -> dict:
+    """Calibrated and raw probabilities plus per-case entropy (``cfg.uncertainty``) of ``tensors``."""
     from medsight.classification.uncertainty import case_entropy
 
-    logits = predict_logits(model, tensors)
-    entropy, info = case_entropy(model, tensors.images, head=head, temperature=temperature,
-                                 method=cfg.uncertainty, passes=cfg.uncertainty_passes)
+    logits = classifier.logits(tensors)
+    entropy, info = case_entropy(classifier, tensors.images, method=cfg.uncertainty, passes=cfg.uncertainty_passes)
     return {
-        "probs": probs_from_logits(logits, head, temperature),
-        "uncalibrated": probs_from_logits(logits, head, None),
+        "probs": classifier.probabilities(logits),
+        "uncalibrated": classifier.probabilities(logits, calibrated=False),
         "entropy": entropy,
         "uncertainty": info,
     }

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medsight.classification.predict import CalibratedClassifier
 from medsight.classification.score import calibration_kwargs, score
 from medsight.config import EvalConfig, RunConfig, save_config
 from medsight.data.file_errors import write_skipped_files
@@ -28,8 +29,8 @@ def train_classifier(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: b
     from medsight.classification.trainer import fit
     from medsight.classification.uncertainty import check_dropout
     from medsight.models import create_model
-    from medsight.models.freezing import prepare_model
     from medsight.runtime.distributed import is_main
+    from medsight.training.unfreezing import prepare_model
     from medsight.transforms import BatchAugment
 
     out.mkdir(parents=True, exist_ok=True)
@@ -70,16 +71,17 @@ def train_classifier(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: b
     bundle = _calibrated_bundle(cfg, ds, model, tensors, result, synthetic)
     bundle.save(out / "model")
     report_split = "test" if "test" in tensors else "val"
-    scored = score(model, tensors[report_split], head=cfg.model.head, temperature=bundle.temperature, cfg=cfg.eval)
+    classifier = CalibratedClassifier(model, head=cfg.model.head, temperature=bundle.temperature)
+    scored = score(classifier, tensors[report_split], cfg=cfg.eval)
     return evaluate_predictions(
         tensors[report_split].labels.numpy(),
         scored["probs"],
         label_names=ds.class_names,
         case_ids=tensors[report_split].ids,
         threshold=bundle.threshold,
-        threshold_note=bundle.provenance["threshold_note"],
+        threshold_note=bundle.threshold_choice.note,
         cfg=cfg.eval,
-        **calibration_kwargs(scored, bundle.temperature, bundle.provenance.get("calibration")),
+        **calibration_kwargs(scored, bundle.temperature, bundle.threshold_choice.calibration),
         out=out,
         title=f"{cfg.name}: {report_split} split",
         split=report_split,
@@ -129,21 +131,21 @@ def _load_splits(cfg: RunConfig, ds, *, out: Path, progress: bool) -> tuple[dict
 def _calibrated_bundle(cfg: RunConfig, ds, model, tensors: dict, result, synthetic: dict | None):
     """The trained model as a Bundle, with the temperature (``eval.calibration``) and the operating
     threshold (``eval.threshold``) chosen on the validation split, and its validation metrics."""
-    from medsight.bundle import Bundle, provenance
+    from medsight.bundle import build_bundle, provenance
+    from medsight.bundle_fields import DataSettings, ThresholdChoice
     from medsight.classification.metrics import classification_metrics, expected_calibration_error
-    from medsight.classification.predict import predict_logits, probs_from_logits
 
     y_val = tensors["val"].labels.numpy()
-    val_logits = predict_logits(model, tensors["val"])
+    val_logits = CalibratedClassifier(model, head=cfg.model.head).logits(tensors["val"])
     calibration = _choose_temperature(val_logits, y_val, head=cfg.model.head, cfg=cfg.eval)
     temperature = calibration.temperature
-    val_probs = probs_from_logits(val_logits, cfg.model.head, temperature)
+    val_probs = CalibratedClassifier(model, head=cfg.model.head, temperature=temperature).probabilities(val_logits)
     threshold, note = _operating_threshold(y_val, val_probs, cfg.eval)
     if temperature is not None:
         note += f", on probabilities calibrated by temperature scaling (T = {temperature:.3f})"
     val_metrics = classification_metrics(y_val, val_probs, threshold)
     val_metrics["ece"] = expected_calibration_error(y_val, val_probs)
-    return Bundle(
+    return build_bundle(
         task=cfg.task,
         model=cfg.model,
         preprocess=cfg.preprocess,
@@ -153,12 +155,6 @@ def _calibrated_bundle(cfg: RunConfig, ds, model, tensors: dict, result, synthet
         metrics={f"val_{k}": float(v) for k, v in val_metrics.items() if np.isscalar(v)},
         provenance=provenance(
             run=cfg.name,
-            data=str(cfg.data.path),
-            data_hash=data_hash(tensors["train"].ids, tensors["train"].labels.tolist()),
-            data_config=cfg.data.model_dump(mode="json", exclude={"path", "class_names"}),
-            eval_config=cfg.eval.model_dump(mode="json"),
-            threshold_note=note,
-            calibration=calibration.as_dict(),
             best_epoch=result.best_epoch,
             epochs_run=result.epochs_run,
             train_seconds=round(result.seconds, 1),
@@ -167,6 +163,8 @@ def _calibrated_bundle(cfg: RunConfig, ds, model, tensors: dict, result, synthet
             synthetic=synthetic,
         ),
         state_dict=result.best_state,
+        data=DataSettings.of(cfg.data, hash=data_hash(tensors["train"].ids, tensors["train"].labels.tolist())),
+        threshold_choice=ThresholdChoice(note=note, evaluation=cfg.eval, calibration=calibration.as_dict()),
     )
 
 

@@ -20,7 +20,8 @@ fall from left to right: the cases the model is sure about are the ones it gets 
 At coverage 1 the accuracy is the plain accuracy.
 
 Example:
-    >>> entropy = case_entropy(model, val.images, head="softmax", temperature=1.7, method="tta", passes=4)
+    >>> classifier = CalibratedClassifier(model, head="softmax", temperature=1.7)
+    >>> entropy, info = case_entropy(classifier, val.images, method="tta", passes=4)
     >>> curve = selective_curve(correct, entropy)      # {"coverage", "accuracy", "area", ...}
 """
 
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medsight.classification.predict import CalibratedClassifier
 from medsight.errors import ConfigError, DatasetError
 from medsight.models.heads import entropy
 
@@ -58,16 +60,10 @@ def predictive_entropy(probs: np.ndarray) -> np.ndarray:
 
 
 def case_entropy(
-    model: nn.Module,
-    images: torch.Tensor,
-    *,
-    head: str,
-    temperature: float | None,
-    method: str,
-    passes: int,
-    batch_size: int = 256,
+    classifier: CalibratedClassifier, images: torch.Tensor, *, method: str, passes: int
 ) -> tuple[np.ndarray, dict]:
-    """Per-case predictive entropy of ``model`` on ``images`` ``(N, C, *spatial)``.
+    """Per-case predictive entropy of ``classifier`` (its network, head and temperature) on ``images``
+    ``(N, C, *spatial)``.
 
     Returns:
         ``(entropy (N,), info)``; ``info`` says the method and the number of passes used (``tta``
@@ -76,26 +72,21 @@ def case_entropy(
     Raises:
         ConfigError: an unknown method, ``passes < 1``, or ``mc_dropout`` on a network without dropout.
     """
-    from medsight.classification.predict import predict_probs
-
     if method not in METHODS:
         raise ConfigError(f"eval.uncertainty={method}", "unknown method", f"use one of {', '.join(METHODS)}")
     if passes < 1:
         raise ConfigError(f"eval.uncertainty_passes={passes}", "needs at least one pass", "use e.g. 4")
-
-    def probs(batch: torch.Tensor) -> np.ndarray:
-        return predict_probs(model, batch, head=head, batch_size=batch_size, temperature=temperature)
-
     if method == "none":
-        return predictive_entropy(probs(images)), {"method": "none", "passes": 1}
+        return predictive_entropy(classifier.predict(images)), {"method": "none", "passes": 1}
     if method == "tta":
         combos = flip_combinations(images.ndim - 2)[:passes]
-        mean = np.mean([probs(torch.flip(images, axes) if axes else images) for axes in combos], axis=0)
+        mean = np.mean([classifier.predict(torch.flip(images, axes) if axes else images) for axes in combos], axis=0)
         return predictive_entropy(mean), {"method": "tta", "passes": len(combos)}
+    model = classifier.network
     check_dropout(model)
     with dropout_active(model), torch.random.fork_rng(devices=[]):
         torch.manual_seed(MC_SEED)
-        mean = np.mean([_probs_keep_mode(model, images, head, temperature, batch_size) for _ in range(passes)], axis=0)
+        mean = np.mean([classifier.predict(images, eval_mode=False) for _ in range(passes)], axis=0)
     return predictive_entropy(mean), {"method": "mc_dropout", "passes": passes}
 
 
@@ -170,19 +161,6 @@ def selective_curve(correct: np.ndarray, entropy: np.ndarray) -> dict:
         "accuracy_at_full": float(accuracy[-1]),
         "at_coverage": {f"{c:g}": float(accuracy[max(1, math.ceil(c * len(hit) - 1e-9)) - 1]) for c in COVERAGES},
     }
-
-
-@torch.inference_mode()
-def _probs_keep_mode(
-    model: nn.Module, images: torch.Tensor, head: str, temperature: float | None, batch_size: int
-) -> np.ndarray:
-    """Probabilities without touching the modules' train/eval modes (MC dropout needs them as set)."""
-    from medsight.models.heads import logits_to_probs
-
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    outputs = [model(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
-    return logits_to_probs(torch.cat(outputs) / float(temperature or 1.0), head).numpy()
 
 
 __all__ = [

@@ -111,7 +111,7 @@ def metric_value(bundle: Bundle, parity: ParityData, probs: np.ndarray, metric: 
 
 
 def _data_path(bundle: Bundle, folder: Path, data: str | None) -> Path:
-    recorded = bundle.provenance.get("data")
+    recorded = bundle.data.path
     path = data or recorded
     if path and Path(path).exists():
         return Path(path)
@@ -129,9 +129,9 @@ def _data_path(bundle: Bundle, folder: Path, data: str | None) -> Path:
 def _classification_split(bundle: Bundle, path: Path, prep: PreprocessConfig, progress: bool) -> ParityData:
     import torch
 
-    from medsight.classification.predict import predict_probs
     from medsight.classification.prepare import load_tensors
     from medsight.classification.split import bundle_split
+    from medsight.inference.predictor import Predictor
     from medsight.transforms.intensity import normalize
 
     ds, data_cfg, val = bundle_split(bundle, path, "val")
@@ -139,8 +139,7 @@ def _classification_split(bundle: Bundle, path: Path, prep: PreprocessConfig, pr
     inputs = tensors.images.numpy()
     # the bundle's own normalisation, applied exactly as medsight.transforms.preprocess applies it
     normalised = np.stack([normalize(x, bundle.preprocess.normalize) for x in inputs]).astype(np.float32)
-    reference = predict_probs(bundle.build_model(), torch.from_numpy(normalised), head=bundle.model.head,
-                              temperature=bundle.temperature)
+    reference = Predictor(bundle, backend="torch").predict_tensors(torch.from_numpy(normalised))
     skipped = f", {len(bad)} unreadable skipped" if bad else ""
     return ParityData(inputs, reference, tensors.labels.numpy(), f"val split of {path}: {len(inputs)} images{skipped}")
 
@@ -152,7 +151,7 @@ def _segmentation_patches(bundle: Bundle, path: Path) -> ParityData:
     from medsight.inference.segmenter import Segmenter
 
     dataset = open_seg_dataset(path, label_names=dict(enumerate(bundle.label_names)))
-    val = set(bundle.provenance.get("split", {}).get("val", []))
+    val = set(bundle.split.of("val"))
     items = ([item for item in dataset.items if item.case_id in val] or dataset.items)[:SEG_CASES]
     segmenter = Segmenter(bundle)
     size = [int(s) for s in bundle.preprocess.size]

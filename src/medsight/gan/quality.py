@@ -89,7 +89,7 @@ def synthetic_set(generator_net, labels: np.ndarray, *, normalize: str, seed: in
     import torch
 
     from medsight.classification.batches import TensorSet
-    from medsight.gan.dcgan import generate
+    from medsight.models.generators import generate
     from medsight.transforms.intensity import normalize as norm
 
     lab = torch.as_tensor(labels, dtype=torch.long)
@@ -108,7 +108,7 @@ def train_on_synthetic(generator_net, real_train_labels: np.ndarray, real_val, *
     import torch
 
     from medsight.classification.metrics import classification_metrics
-    from medsight.classification.predict import predict_probs
+    from medsight.classification.predict import CalibratedClassifier
     from medsight.classification.synthetic import class_quota
     from medsight.classification.trainer import fit
     from medsight.config import TrainConfig
@@ -127,7 +127,8 @@ def train_on_synthetic(generator_net, real_train_labels: np.ndarray, real_val, *
     cfg = TrainConfig(epochs=epochs, batch_size=64, lr=3e-3, seed=seed, early_stopping_metric="accuracy")
     result = fit(model, train, val, cfg=cfg, head="softmax", num_classes=num_classes, run_dir=out, progress=False)
     model.load_state_dict(result.best_state)
-    metrics = classification_metrics(real_val.labels.numpy(), predict_probs(model, real_val, head="softmax"))
+    probs = CalibratedClassifier(model, head="softmax").predict(real_val)
+    metrics = classification_metrics(real_val.labels.numpy(), probs)
     return {"accuracy": float(metrics["accuracy"]), "auc": float(metrics["auc"]),
             "balanced_accuracy": float(metrics["balanced_accuracy"]), "n_synthetic_train": len(train),
             "n_real_val": len(real_val), "epochs": epochs}
@@ -141,7 +142,7 @@ def sample_grids(generator_net, label_names: list[str], out: Path, *, per_label:
     import matplotlib.pyplot as plt
     import torch
 
-    from medsight.gan.dcgan import generate
+    from medsight.models.generators import generate
 
     out.mkdir(parents=True, exist_ok=True)
     side = math.ceil(math.sqrt(per_label))
@@ -185,7 +186,8 @@ def gan_report(*, generator: str | Path, data: str | Path, classifier: str | Pat
     from medsight.bundle import load_bundle
     from medsight.classification.prepare import load_tensors
     from medsight.classification.split import bundle_split
-    from medsight.gan.store import load_generator
+    from medsight.inference.predictor import Predictor
+    from medsight.models.generator_store import load_generator
 
     out = Path(out)
     net, info = load_generator(generator)
@@ -203,7 +205,7 @@ def gan_report(*, generator: str | Path, data: str | Path, classifier: str | Pat
     for split in ("train", "val"):
         ds, data_cfg, idx = bundle_split(model_bundle, data, split)
         real[split], _ = load_tensors(ds, idx, prep, on_bad_file=data_cfg.on_bad_file, progress=progress, desc=split)
-    model = model_bundle.build_model()
+    model = Predictor(model_bundle).model  # the bundle's network, as every consumer of a bundle builds it
     val_labels = real["val"].labels.numpy()
     fake = synthetic_set(net, val_labels, normalize=prep.normalize, seed=seed)
     feats = {"real_train": classifier_features(model, real["train"].images),

@@ -4,6 +4,13 @@ The service, the batch CLI and the evaluation all go through the bundle's own
 preprocessing, so a served prediction equals the offline one for the same file.
 It needs no training code.
 
+It is the one prediction path of a classification bundle: ``medsight evaluate``, predict, the
+service, the promotion gate, retrain, export parity, robustness and triage all build a
+``Predictor`` (from a folder or an in-memory :class:`~medsight.bundle.Bundle`) and call
+:meth:`Predictor.predict_tensors` or :meth:`Predictor.predict_sample`. Both run its
+:class:`~medsight.classification.predict.CalibratedClassifier`, which training's calibration and
+report use too, so the bundle's temperature is applied in one place.
+
 Two backends run the network:
 
 * ``"torch"``: the bundle's weights in PyTorch (any device);
@@ -44,9 +51,9 @@ from medsight.atomic_write import atomic_write_text
 from medsight.bundle import WEIGHTS, Bundle, load_bundle
 from medsight.config import PreprocessConfig
 from medsight.data.file_errors import file_error, one_line
-from medsight.data.sample import Sample
 from medsight.errors import BundleError, ConfigError, InvalidImageError, UnsupportedFileError
 from medsight.hashing import file_sha256
+from medsight.sample import Sample
 
 #: The export record that ``medsight export`` writes beside ``bundle.json``.
 EXPORT_MANIFEST = "export.json"
@@ -70,6 +77,8 @@ class Predictor:
     def __init__(self, bundle: Bundle | str | Path, *, device: str = "cpu", backend: str = "auto") -> None:
         import torch
 
+        from medsight.classification.predict import CalibratedClassifier
+
         if backend not in BACKENDS:
             raise ConfigError(f"backend={backend}", "unknown backend", f"use one of {', '.join(BACKENDS)}")
         folder = None if isinstance(bundle, Bundle) else Path(bundle)
@@ -77,13 +86,15 @@ class Predictor:
         self.device = torch.device(device)
         record = self._onnx_record(folder, backend)
         self.backend = "onnx" if record is not None else "torch"
-        self._session = None
         self._input_preprocess = self.bundle.preprocess
         if record is not None:
-            self._session = onnx_session(folder / record["file"], threads=torch.get_num_threads())
+            network = OnnxLogits(onnx_session(folder / record["file"], threads=torch.get_num_threads()))
             self._input_preprocess = PreprocessConfig.model_validate(record["input_preprocess"])
         else:
-            _ = self.model  # build (and move) the network now, so a bad bundle fails here
+            network = self.model  # build (and move) the network now, so a bad bundle fails here
+        #: the network (PyTorch, or the ONNX graph's logits) with the bundle's head and temperature
+        self.classifier = CalibratedClassifier(network, head=self.bundle.model.head,
+                                               temperature=self.bundle.temperature, device=self.device)
 
     @cached_property
     def model(self):
@@ -98,33 +109,24 @@ class Predictor:
     def label_names(self) -> list[str]:
         return self.bundle.label_names
 
-    @property
-    def temperature(self) -> float:
-        """The bundle's calibration temperature (1.0 for a bundle without one)."""
-        return float(self.bundle.temperature or 1.0)
-
-    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """Preprocessed ``(N, C, *size)`` arrays -> ``(N, K)`` probabilities.
+    def predict_tensors(self, images) -> np.ndarray:
+        """Preprocessed ``(N, C, *size)`` float tensors -> ``(N, K)`` calibrated probabilities.
 
         Both backends take the network's logits, divide them by the bundle's temperature
-        (calibration) and apply the head, so the probabilities are the calibrated ones the
-        evaluation reports. (The ONNX graph's ``probabilities`` are calibrated too, for other
-        runtimes; the predictor reads the raw ``logits``, so exports made before the graph applied
-        the temperature still give calibrated probabilities.)
+        (calibration) and apply the head (:class:`~medsight.classification.predict.CalibratedClassifier`),
+        so the probabilities are the calibrated ones the evaluation reports. (The ONNX graph's
+        ``probabilities`` are calibrated too, for other runtimes; the predictor reads the raw ``logits``,
+        so exports made before the graph applied the temperature still give calibrated probabilities.)
         The ONNX graph normalises its input itself; minmax and z-score are idempotent, so the
-        fully preprocessed arrays this method takes give the same probabilities there too.
+        fully preprocessed images this method takes give the same probabilities there too.
         """
+        return self.classifier.predict(images)
+
+    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """:meth:`predict_tensors` of preprocessed ``(N, C, *size)`` NumPy arrays."""
         import torch
 
-        from medsight.models.heads import logits_to_probs
-
-        batch = np.ascontiguousarray(batch, np.float32)
-        with torch.inference_mode():
-            if self._session is not None:
-                logits = torch.from_numpy(self._session.run(["logits"], {"image": batch})[0])
-            else:
-                logits = self.model(torch.from_numpy(batch).to(self.device))
-            return logits_to_probs(logits.float() / self.temperature, self.bundle.model.head).cpu().numpy()
+        return self.predict_tensors(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))
 
     def predict_sample(self, sample: Sample) -> dict[str, Any]:
         """One decoded image -> label, probabilities and the threshold used.
@@ -182,6 +184,27 @@ class Predictor:
         if record is not None:  # an export exists but is stale: say so, then use the weights
             warnings.warn(f"{folder}: {problem}; using PyTorch ({fix})", stacklevel=3)
         return None
+
+
+class OnnxLogits:
+    """The ONNX graph's ``logits`` output as the network of a
+    :class:`~medsight.classification.predict.CalibratedClassifier`: a float tensor batch in, CPU logits out.
+    It runs on the CPU only, so moving it (``to``) and its eval mode change nothing."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+
+    def __call__(self, images):
+        import torch
+
+        batch = np.ascontiguousarray(images.cpu().numpy(), np.float32)  # NCHW, whatever the tensor's layout
+        return torch.from_numpy(self.session.run(["logits"], {"image": batch})[0])
+
+    def eval(self) -> OnnxLogits:
+        return self
+
+    def to(self, device) -> OnnxLogits:
+        return self
 
 
 def read_export_manifest(folder: str | Path) -> dict[str, Any]:

@@ -133,16 +133,15 @@ def compare_bundles(candidate: str | Path, production: str | Path, *, data: str 
                            f"({prod.task}, {prod.label_names})", "compare models trained for the same task")
     if prod.task == "segmentation":
         return _compare_segmenters(cand, prod, data=data, split=split, **kwargs)
-    from medsight.classification.predict import predict_logits, probs_from_logits
     from medsight.classification.prepare import load_tensors
     from medsight.classification.split import bundle_split
+    from medsight.inference.predictor import Predictor
 
     ds, data_cfg, indices = bundle_split(prod, data, split)
     probs = []
     for bundle in (cand, prod):
         tensors, _ = load_tensors(ds, indices, bundle.preprocess, on_bad_file=data_cfg.on_bad_file, progress=False)
-        logits = predict_logits(bundle.build_model(), tensors)
-        probs.append(probs_from_logits(logits, bundle.model.head, bundle.temperature))
+        probs.append(Predictor(bundle).predict_tensors(tensors.images))
     return auc_gate(tensors.labels.numpy(), probs[0], probs[1], **kwargs)
 
 

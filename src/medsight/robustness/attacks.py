@@ -15,9 +15,9 @@ head) against the true labels. The model is used in eval mode and only the gradi
 respect to the input is taken: the weights and their ``.grad`` are never touched.
 
 Example:
-    >>> model = bundle.build_model()
-    >>> adv = attack(model, images, labels, head="softmax", method="pgd", eps=0.03)
-    >>> probs = predict_probs(model, adv, head="softmax")
+    >>> predictor = Predictor(bundle)
+    >>> adv = attack(predictor.model, images, labels, head="softmax", method="pgd", eps=0.03)
+    >>> probs = predictor.predict_tensors(adv)
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 The data are read as ``medsight evaluate`` reads them (the bundle's data settings, the same
 split), decoded once, then for every corruption kind and severity each raw image is corrupted
 (:mod:`medsight.robustness.corruptions`, seeded per image), passed through the bundle's own
-preprocessing and scored with the bundle's threshold. Adversarial attacks
+preprocessing and scored by the bundle's :class:`~medsight.inference.predictor.Predictor` (calibrated
+probabilities, as ``medsight evaluate`` scores them) at the bundle's threshold. Adversarial attacks
 (:mod:`medsight.robustness.attacks`) perturb the preprocessed images at each ``eps``.
 
 Writes ``robustness.json``, ``robustness.csv`` (one row per kind and severity),
@@ -17,16 +18,14 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from medsight.atomic_write import atomic_write_text, replacing
+from medsight.atomic_write import atomic_write_text
 from medsight.errors import ConfigError, DatasetError
+from medsight.result_files import write_csv_table, write_strict_json
 from medsight.robustness import corruptions
 from medsight.robustness.attacks import ATTACKS, DEFAULT_EPS, PGD_STEPS, attack
 
@@ -71,9 +70,7 @@ def run_robustness(
             the bundle's; a split the data set does not have.
     """
     from medsight.bundle import load_bundle
-    from medsight.classification.metrics import classification_metrics
-    from medsight.classification.predict import predict_probs
-    from medsight.progress import track
+    from medsight.inference.predictor import Predictor
 
     kinds = list(kinds) if kinds else None
     _check_request(kinds, severities, eps)
@@ -84,49 +81,71 @@ def run_robustness(
                                  progress=progress)
     split = split or "test"
     samples, labels = _read_split(model_bundle, data, split, max_cases, progress)
-    is_mr = _is_mr(samples[0])
+    kinds = _classifier_kinds(kinds, samples[0], data)
+    rows = _classifier_rows(Predictor(model_bundle), samples, np.asarray(labels), kinds=kinds,
+                            severities=severities, eps=eps, seed=seed, progress=progress)
+    result = {
+        "bundle": str(bundle), "data": str(data), "split": split, "n": len(labels), "seed": seed,
+        "threshold": model_bundle.threshold,
+        "space": "corruptions on the raw decoded image; attacks on the network input",
+        "pgd_steps": PGD_STEPS, "rows": rows, "severity_tables": severity_tables(),
+    }
+    write_outputs(result, Path(out))
+    return result
+
+
+def _classifier_kinds(kinds: list[str] | None, first, data: str) -> list[str]:
+    """The corruptions and attacks to run on a classifier: ``kinds``, or by default the generic corruptions,
+    the MRI artefacts when ``first`` (a sample of the split) is MR, and both attacks.
+
+    Raises:
+        DatasetError: MRI artefacts asked for on images that are not MR.
+    """
+    is_mr = _is_mr(first)
     if kinds is None:
-        kinds = list(corruptions.GENERIC_KINDS) + (list(corruptions.MRI_KINDS) if is_mr else []) + list(ATTACKS)
+        return list(corruptions.GENERIC_KINDS) + (list(corruptions.MRI_KINDS) if is_mr else []) + list(ATTACKS)
     wrong = [k for k in kinds if k in corruptions.MRI_KINDS and not is_mr]
     if wrong:
         raise DatasetError(
             data, f"{', '.join(wrong)} simulate MRI artefacts but these images are not MR "
-            f"(format {samples[0].meta.get('format', '?')}, modality {samples[0].meta.get('modality') or 'unknown'})",
+            f"(format {first.meta.get('format', '?')}, modality {first.meta.get('modality') or 'unknown'})",
             f"leave them out, or choose from {', '.join(corruptions.GENERIC_KINDS + ATTACKS)}",
         )
-    model = model_bundle.build_model()
-    head, prep, threshold = model_bundle.model.head, model_bundle.preprocess, model_bundle.threshold
-    y = np.asarray(labels)
+    return kinds
+
+
+def _classifier_rows(predictor, samples: list, y: np.ndarray, *, kinds: list[str], severities: Sequence[int],
+                     eps: Sequence[float], seed: int, progress: bool) -> list[dict]:
+    """The clean row, then one row per corruption severity and attack eps: the metrics, at the bundle's
+    threshold, of the :class:`~medsight.inference.predictor.Predictor`'s calibrated probabilities."""
+    import torch
+
+    from medsight.classification.metrics import classification_metrics
+    from medsight.progress import track
+
+    bundle = predictor.bundle
 
     def score(kind: str, severity: float, images) -> dict:
-        metrics = classification_metrics(y, predict_probs(model, images, head=head), threshold)
+        metrics = classification_metrics(y, predictor.predict_tensors(images), bundle.threshold)
         return {"kind": kind, "severity": severity, **{m: metrics[m] for m in METRICS}}
 
-    clean = _preprocess_all(samples, prep)
+    clean = _preprocess_all(samples, bundle.preprocess)
     rows = [score("clean", 0, clean)]
     jobs = [(k, s) for k in kinds if k in corruptions.KINDS for s in severities]
     jobs += [(k, float(e)) for k in kinds if k in ATTACKS for e in eps if e > 0]
-    import torch
-
     targets = torch.as_tensor(y, dtype=torch.long)
     for kind, severity in track(jobs, description="robustness", enabled=progress):
         if kind in ATTACKS:
-            images = attack(model, clean, targets, head=head, method=kind, eps=severity)
+            images = attack(predictor.model, clean, targets, head=bundle.model.head, method=kind, eps=severity)
         else:
             code = corruptions.KINDS.index(kind)
             images = _preprocess_all(
                 [_corrupted(s, kind, severity, np.random.default_rng((seed, code, severity, i)))
                  for i, s in enumerate(samples)],
-                prep,
+                bundle.preprocess,
             )
         rows.append(score(kind, severity, images))
-    result = {
-        "bundle": str(bundle), "data": str(data), "split": split, "n": len(y), "seed": seed,
-        "threshold": threshold, "space": "corruptions on the raw decoded image; attacks on the network input",
-        "pgd_steps": PGD_STEPS, "rows": rows, "severity_tables": severity_tables(),
-    }
-    write_outputs(result, Path(out))
-    return result
+    return rows
 
 
 def severity_tables() -> dict[str, list]:
@@ -214,7 +233,7 @@ def _is_mr(sample) -> bool:
 
 
 def _corrupted(sample, kind: str, severity: int, rng: np.random.Generator):
-    from medsight.data.sample import Sample
+    from medsight.sample import Sample
 
     array = corruptions.corrupt(sample.array, kind, severity, rng)
     return Sample(array, spacing=sample.spacing, affine=sample.affine, meta=sample.meta)
@@ -230,11 +249,8 @@ def _preprocess_all(samples, prep):
 
 def write_outputs(result: dict, out: Path) -> None:
     """robustness.json, robustness.csv, robustness.png and report.html in ``out``."""
-    atomic_write_text(out / "robustness.json", json.dumps(_json_safe(result), indent=2))
-    with replacing(out / "robustness.csv") as tmp, tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(result["rows"][0]))
-        writer.writeheader()
-        writer.writerows(result["rows"])
+    write_strict_json(out / "robustness.json", result)
+    write_csv_table(out / "robustness.csv", result["rows"], list(result["rows"][0]))
     plot_robustness(result["rows"], out / "robustness.png")
     atomic_write_text(out / "report.html", report_html(result, out / "robustness.png"))
 
@@ -303,11 +319,3 @@ def report_html(result: dict, png: Path) -> str:
     return page(f"Robustness of {Path(result['bundle']).resolve().parent.name}", "\n".join(body))
 
 
-def _json_safe(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value

@@ -19,6 +19,7 @@ def run_evaluation(*, bundle: Path, data: str, split: str | None = None, out: Pa
     from medsight.classification.prepare import load_tensors
     from medsight.classification.score import calibration_kwargs, score
     from medsight.classification.split import bundle_split
+    from medsight.inference.predictor import Predictor
 
     model_bundle = load_bundle(bundle)
     if model_bundle.task == "segmentation":
@@ -30,18 +31,17 @@ def run_evaluation(*, bundle: Path, data: str, split: str | None = None, out: Pa
         ds, indices, model_bundle.preprocess, on_bad_file=data_cfg.on_bad_file, progress=progress, desc=split
     )
     write_skipped_files(out, bad)
-    eval_cfg = EvalConfig.model_validate(model_bundle.provenance.get("eval_config", {}))
-    scored = score(model_bundle.build_model(), tensors, head=model_bundle.model.head,
-                    temperature=model_bundle.temperature, cfg=eval_cfg)
+    eval_cfg = model_bundle.threshold_choice.evaluation or EvalConfig()
+    scored = score(Predictor(model_bundle).classifier, tensors, cfg=eval_cfg)
     return evaluate_predictions(
         tensors.labels.numpy(),
         scored["probs"],
         label_names=model_bundle.label_names,
         case_ids=tensors.ids,
         threshold=model_bundle.threshold,
-        threshold_note=model_bundle.provenance.get("threshold_note", "stored in the bundle"),
+        threshold_note=model_bundle.threshold_choice.note_or("stored in the bundle"),
         cfg=eval_cfg,
-        **calibration_kwargs(scored, model_bundle.temperature, model_bundle.provenance.get("calibration")),
+        **calibration_kwargs(scored, model_bundle.temperature, model_bundle.threshold_choice.calibration),
         out=Path(out),
         title=f"{Path(bundle).resolve().parent.name}: {split} split of {Path(data).name}",
         split=split,
@@ -59,5 +59,5 @@ def evaluate_segmenter(model_bundle, *, bundle: Path, data: str, split: str, out
         Segmenter(model_bundle), DatasetCases(dataset, items), out=out, progress=progress,
         title=f"{Path(bundle).resolve().parent.name}: {split} cases of {Path(data).name}",
         extra={"split": split, "bundle": str(bundle), "data": str(data),
-               "threshold_note": model_bundle.provenance.get("threshold_note", "")},
+               "threshold_note": model_bundle.threshold_choice.note_or("")},
     )

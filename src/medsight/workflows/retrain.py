@@ -50,30 +50,61 @@ def retrain(
         ConfigError: the production model is a segmenter.
         DatasetError: the feedback labels are not among the model's classes.
     """
-    import torch
-
-    from medsight.bundle import Bundle, load_bundle, provenance
-    from medsight.classification.batches import TensorSet
-    from medsight.classification.metrics import classification_metrics
-    from medsight.classification.predict import predict_logits, probs_from_logits
-    from medsight.classification.prepare import load_tensors
-    from medsight.classification.split import bundle_split
-    from medsight.classification.train import data_hash
     from medsight.classification.trainer import fit
     from medsight.config import TrainConfig
-    from medsight.data.layouts import open_dataset
-    from medsight.feedback import export_dataset
     from medsight.registry import ModelRegistry
     from medsight.registry.gate import compare_bundles
 
     out = Path(out)
     reg = ModelRegistry(registry)
-    parent_path = reg.production_bundle()
-    parent = reg.production()
-    prod = load_bundle(parent_path)
+    parent_path, parent = reg.production_bundle(), reg.production()
+    prod = _classifier(parent_path, parent["version"])
+    train, val, feedback_cases = _training_sets(prod, data=data, feedback=feedback, out=out, progress=progress)
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, warmup_epochs=0, schedule="none",
+                      num_threads=1)
+    model = prod.build_model()
+    result = fit(model, train, val, cfg=cfg, head=prod.model.head, num_classes=len(prod.label_names),
+                 run_dir=out, progress=progress)
+    candidate, train_hash = _candidate_bundle(prod, parent, result, train=train, val=val, cfg=cfg,
+                                              device=next(model.parameters()).device,
+                                              feedback_cases=feedback_cases)
+    candidate = candidate.save(out / "model")
+    version = reg.register(candidate, data_hash=train_hash, parent=parent["version"])
+    gate = compare_bundles(candidate, parent_path, data=data, split="val", n_boot=n_boot, margin=margin, seed=seed)
+    reg.annotate(version, gate=gate.as_dict(), retrain={"feedback_cases": feedback_cases, "epochs": epochs,
+                                                       "lr": lr, "run": str(out)})
+    if gate.passed:
+        reg.promote(version)
+    return {"version": version, "parent": parent["version"], "promoted": gate.passed, "gate": gate.as_dict(),
+            "table": gate.table(), "bundle": str(candidate)}
+
+
+def _classifier(path: Path, version: str):
+    """The production bundle at ``path``, refused unless it is a classifier.
+
+    Raises:
+        ConfigError: the production model is a segmenter.
+    """
+    from medsight.bundle import load_bundle
+
+    prod = load_bundle(path)
     if prod.task != "classification":
-        raise ConfigError(f"registry version {parent['version']}", f"is a {prod.task} model; retrain fine-tunes "
+        raise ConfigError(f"registry version {version}", f"is a {prod.task} model; retrain fine-tunes "
                           "classifiers only", "train a new segmenter with medsight train on the exported feedback")
+    return prod
+
+
+def _training_sets(prod, *, data: str | Path, feedback: str | Path, out: Path, progress: bool):
+    """The original training split plus the feedback cases (exported to ``out/feedback_data``), the
+    original validation split, and the number of feedback cases; read with ``prod``'s preprocessing."""
+    import torch
+
+    from medsight.classification.batches import TensorSet
+    from medsight.classification.prepare import load_tensors
+    from medsight.classification.split import bundle_split
+    from medsight.data.layouts import open_dataset
+    from medsight.feedback import export_dataset
+
     manifest = export_dataset(feedback, out / "feedback_data")
     fb_ds = open_dataset(out / "feedback_data", class_names=prod.label_names)
     ds, data_cfg, train_idx = bundle_split(prod, data, "train")
@@ -84,36 +115,37 @@ def retrain(
     val, _ = load_tensors(ds, val_idx, prod.preprocess, desc="val", **load)
     train = TensorSet(torch.cat([original.images, extra.images]), torch.cat([original.labels, extra.labels]),
                       original.ids + [f"feedback:{Path(i).stem}" for i in extra.ids])
+    return train, val, manifest["n_cases"]
 
-    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, warmup_epochs=0, schedule="none",
-                      num_threads=1)
-    model = prod.build_model()
-    result = fit(model, train, val, cfg=cfg, head=prod.model.head, num_classes=len(prod.label_names),
-                 run_dir=out, progress=progress)
-    model.load_state_dict(result.best_state)
-    val_probs = probs_from_logits(predict_logits(model, val), prod.model.head, prod.temperature)
+
+def _candidate_bundle(prod, parent: dict, result, *, train, val, cfg, device, feedback_cases: int):
+    """The fine-tuned weights as a bundle with production's settings, its validation metrics (from the
+    :class:`~medsight.inference.predictor.Predictor`, at production's threshold and temperature) and
+    its provenance; with the hash of its training data."""
+    from dataclasses import replace
+
+    from medsight.bundle import build_bundle, provenance
+    from medsight.bundle_fields import ThresholdChoice
+    from medsight.classification.metrics import classification_metrics
+    from medsight.classification.train import data_hash
+    from medsight.inference.predictor import Predictor
+
+    val_probs = Predictor(replace(prod, state_dict=result.best_state), device=str(device)).predict_tensors(val.images)
     val_metrics = classification_metrics(val.labels.numpy(), val_probs, prod.threshold)
     train_hash = data_hash(train.ids, train.labels.tolist())
-    candidate = Bundle(
+    candidate = build_bundle(
         task=prod.task, model=prod.model, preprocess=prod.preprocess, label_names=prod.label_names,
         threshold=prod.threshold, temperature=prod.temperature,
         metrics={f"val_{k}": float(v) for k, v in val_metrics.items() if np.isscalar(v)},
         provenance=provenance(
-            **{k: prod.provenance[k] for k in ("data", "data_config", "eval_config") if k in prod.provenance},
-            data_hash=train_hash, run=f"retrain of registry version {parent['version']}",
+            run=f"retrain of registry version {parent['version']}",
             parent_version=parent["version"], parent_hash=parent["hash"],
-            threshold_note=f"kept from the parent model ({prod.provenance.get('threshold_note', 'stored')})",
-            feedback_cases=manifest["n_cases"], n_train=len(train.ids), best_epoch=result.best_epoch,
+            feedback_cases=feedback_cases, n_train=len(train.ids), best_epoch=result.best_epoch,
             epochs_run=result.epochs_run, train_config=cfg.model_dump(mode="json"),
         ),
         state_dict=result.best_state,
-    ).save(out / "model")
-    version = reg.register(candidate, data_hash=train_hash, parent=parent["version"])
-    gate = compare_bundles(candidate, parent_path, data=data, split="val", n_boot=n_boot, margin=margin, seed=seed)
-    reg.annotate(version, gate=gate.as_dict(), retrain={"feedback_cases": manifest["n_cases"], "epochs": epochs,
-                                                       "lr": lr, "run": str(out)})
-    if gate.passed:
-        reg.promote(version)
-    return {"version": version, "parent": parent["version"], "promoted": gate.passed, "gate": gate.as_dict(),
-            "table": gate.table(), "bundle": str(candidate)}
-
+        data=prod.data.model_copy(update={"hash": train_hash}),
+        threshold_choice=ThresholdChoice(note=f"kept from the parent model ({prod.threshold_choice.note_or('stored')})",
+                                         evaluation=prod.threshold_choice.evaluation),
+    )
+    return candidate, train_hash
