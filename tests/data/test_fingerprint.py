@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from medsight.data.fingerprint import FOREGROUND_SAMPLES_PER_CASE, fingerprint
-from medsight.data.sample import Sample
 from medsight.errors import DatasetError, InvalidImageError
+from medsight.sample import Sample
 
 
 def ct_case(seed: int, shape: tuple[int, ...], spacing: float, meta: dict | None = None):

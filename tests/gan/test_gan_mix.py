@@ -14,7 +14,7 @@ from medsight.errors import BundleError, ConfigError
 
 
 def _generator(folder: Path, *, labels: list[str], size: list[int], kind: str = "dcgan") -> Path:
-    from medsight.gan.store import GeneratorInfo, build_generator, save_generator
+    from medsight.models.generator_store import GeneratorInfo, build_generator, save_generator
 
     torch.manual_seed(0)
     net = {"width": 8, "latent_dim": 8} if kind == "dcgan" else {"width": 8}

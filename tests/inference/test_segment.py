@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from medsight.data.sample import Sample
 from medsight.errors import ConfigError, InvalidImageError
 from medsight.inference.postprocess import (
     keep_largest_component,
@@ -21,6 +20,7 @@ from medsight.inference.postprocess import (
 )
 from medsight.inference.segment import sliding_window_probs
 from medsight.io import read_image_file, read_nifti
+from medsight.sample import Sample
 
 
 def threshold_net(spatial_dims: int) -> torch.nn.Module:

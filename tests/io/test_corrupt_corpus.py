@@ -13,9 +13,9 @@ import pydicom
 import pytest
 from corrupt_files import NIFTI_KINDS, corrupt_dicom_corpus, corrupt_nifti_corpus, dicom_sources
 
-from medsight.data.sample import Sample
 from medsight.errors import ImageTooLargeError, MedsightError, UnreadableFileError
 from medsight.io import read_image
+from medsight.sample import Sample
 
 #: pydicom warns about every element the corruption broke; the test is about what read_image raises
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -16,13 +16,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from medsight.data.sample import Sample
 from medsight.io import read_image
 from medsight.io.anonymize import anonymize_tree
 from medsight.io.dicom_series import read_dicom_series
 from medsight.io.sc_writer import write_secondary_capture
 from medsight.io.seg_writer import write_dicom_seg
 from medsight.io.sr_writer import write_classification_sr
+from medsight.sample import Sample
 
 REPO = Path(__file__).resolve().parents[2]
 CT_FILE = "dicom/pydicom/CT_small.dcm"

@@ -44,7 +44,7 @@ def test_unknown_label_names_fall_back_to_tissue():
 
 
 def test_bad_inputs_are_clear_and_write_nothing(ct, tmp_path):
-    from medsight.data.sample import Sample
+    from medsight.sample import Sample
 
     image = read_dicom_series(ct)
     with pytest.raises(InvalidImageError, match="do not match the series"):

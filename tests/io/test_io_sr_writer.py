@@ -7,10 +7,10 @@ import pytest
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from medsight.data.sample import Sample
 from medsight.errors import MedsightError, UnsupportedFileError
 from medsight.io import read_image
 from medsight.io.sr_writer import PredictionError, finding_code, read_classification_sr, write_classification_sr
+from medsight.sample import Sample
 
 NAMES = ["normal", "pneumonia"]
 PREDICTION = {"label": "pneumonia", "probabilities": {"normal": 0.1234567891234, "pneumonia": 0.8765432108766},

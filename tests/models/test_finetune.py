@@ -11,8 +11,9 @@ from safetensors.torch import save_file
 from medsight.config import TrainConfig
 from medsight.errors import ConfigError
 from medsight.models import create_model
-from medsight.models.freezing import GradualUnfreeze, blocks, frozen_units, parameter_groups, setup_finetuning
+from medsight.models.freezing import blocks, frozen_units, parameter_groups
 from medsight.training.optim import build_optimizer
+from medsight.training.unfreezing import GradualUnfreeze, setup_finetuning
 
 
 def compact(**kwargs):
@@ -171,6 +172,6 @@ def test_training_from_pretrained_weights_writes_a_self_contained_bundle(tmp_pat
 
 
 def test_gradual_unfreezing_is_refused_under_several_processes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("medsight.models.freezing.world_size", lambda: 2)
+    monkeypatch.setattr("medsight.training.unfreezing.world_size", lambda: 2)
     with pytest.raises(ConfigError, match="not available with several processes"):
         setup_finetuning(compact(), TrainConfig(freeze="backbone", unfreeze_every=1))

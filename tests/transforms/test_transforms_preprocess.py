@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from medsight.config import PreprocessConfig
-from medsight.data.sample import Sample
 from medsight.errors import ConfigError, InvalidImageError
+from medsight.sample import Sample
 from medsight.transforms import preprocess, resize
 
 

@@ -50,8 +50,8 @@ def mix_synthetic(train, cfg: RunConfig, *, class_names: list[str]):
     import torch
 
     from medsight.classification.batches import TensorSet
-    from medsight.gan.dcgan import generate
-    from medsight.gan.store import load_generator
+    from medsight.models.generator_store import load_generator
+    from medsight.models.generators import generate
     from medsight.transforms.intensity import normalize
 
     where = f"train.synthetic={cfg.train.synthetic}"

@@ -68,7 +68,7 @@ def sample(
 ) -> None:
     """Write generated images as PNG files."""
     from medsight.errors import ConfigError
-    from medsight.gan.store import read_info, write_pngs
+    from medsight.models.generator_store import read_info, write_pngs
 
     info = read_info(generator)
     if info.kind == "pix2pix":

@@ -1,5 +1,1 @@
-"""The Sample record, data set layouts, splits, QC and the synthetic phantoms."""
-
-from medsight.data.sample import Sample
-
-__all__ = ["Sample"]
+"""Data set layouts, splits, QC and the synthetic phantoms (the Sample record is :mod:`medsight.sample`)."""

@@ -20,8 +20,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from medsight.data.sample import Sample
 from medsight.errors import DatasetError, InvalidImageError
+from medsight.sample import Sample
 
 FOREGROUND_SAMPLES_PER_CASE = 10_000
 SEED = 1234

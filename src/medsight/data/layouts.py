@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medsight.data.sample import Sample
 from medsight.errors import DatasetError
+from medsight.sample import Sample
 
 SPLIT_NAMES = ("train", "val", "test")
 MANIFEST_COLUMNS = ("path", "label", "patient_id", "split")

@@ -21,9 +21,9 @@ import numpy as np
 
 from medsight.atomic_write import atomic_write_text
 from medsight.data.file_errors import file_error, one_line
-from medsight.data.sample import Sample
 from medsight.errors import ConfigError
 from medsight.explain.cam import METHODS, _scaled, capture, saliency, target_layer
+from medsight.sample import Sample
 
 
 def explain_sample(bundle, model, sample: Sample, *, method: str, layer: str | None = None,

@@ -1,9 +1,10 @@
-"""A class-conditional DCGAN for 2D images of 28 to 64 pixels, and the adversarial training loop.
+"""Training a class-conditional DCGAN for 2D images of 28 to 64 pixels, and the adversarial training loop.
 
-The generator maps noise plus a label embedding through transposed convolutions (BatchNorm,
-ReLU, ``tanh`` output); the discriminator is a spectrally normalised convolutional network with
-a projection head for the label (Miyato & Koyama 2018), trained with the hinge loss. Images are
-preprocessed with ``minmax`` to ``[0, 1]`` and shown to the networks in ``[-1, 1]``.
+The generator (:class:`~medsight.models.generators.DCGANGenerator`) maps noise plus a label
+embedding through transposed convolutions (BatchNorm, ReLU, ``tanh`` output); the discriminator
+is a spectrally normalised convolutional network with a projection head for the label (Miyato &
+Koyama 2018), trained with the hinge loss. Images are preprocessed with ``minmax`` to ``[0, 1]``
+and shown to the networks in ``[-1, 1]``.
 
 :func:`fit_adversarial` is the loop both GANs share: one discriminator step and one generator
 step per batch, a checkpoint of generator + discriminator + optimizer + random state every epoch
@@ -18,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,69 +31,10 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from medsight.atomic_write import atomic_write_text
 from medsight.errors import ConfigError, DatasetError
-from medsight.gan.store import GeneratorInfo, load_generator, save_generator, to_unit_range
+from medsight.models.generator_store import GeneratorInfo, load_generator, save_generator
+from medsight.models.generators import DCGANGenerator, check_size, generate, sampling_stages
 
 CHECKPOINT = Path("checkpoints") / "last.safetensors"
-SIZE_RANGE = (28, 64)
-
-
-def check_size(size: tuple[int, ...]) -> tuple[int, int]:
-    """A 2D size within :data:`SIZE_RANGE`.
-
-    Raises:
-        ConfigError: not two values, or a side outside 28..64.
-    """
-    if len(size) != 2 or not all(SIZE_RANGE[0] <= int(n) <= SIZE_RANGE[1] for n in size):
-        raise ConfigError(
-            f"size={list(size)}", f"the GANs make 2D images of {SIZE_RANGE[0]} to {SIZE_RANGE[1]} pixels a side",
-            "pass --size with one or two values in that range (e.g. 28 for MedMNIST, 64 otherwise)",
-        )
-    return int(size[0]), int(size[1])
-
-
-def _stages(size: tuple[int, int]) -> int:
-    """Up/down-sampling stages: 2 up to 32 pixels, 3 above."""
-    return 2 if max(size) <= 32 else 3
-
-
-class DCGANGenerator(nn.Module):
-    """Noise + label -> image in ``[-1, 1]``.
-
-    Args:
-        num_classes: number of labels.
-        channels: image channels.
-        size: ``(height, width)``, 28..64 each.
-        latent_dim: noise dimension.
-        width: channels of the last upsampling stage (the first has ``width * 2**(stages - 1)``).
-    """
-
-    def __init__(self, *, num_classes: int, channels: int, size: tuple[int, int], latent_dim: int = 64,
-                 width: int = 64) -> None:
-        super().__init__()
-        self.size = check_size(size)
-        self.latent_dim = latent_dim
-        stages = _stages(self.size)
-        self.start = tuple(math.ceil(n / 2**stages) for n in self.size)
-        top = width * 2 ** (stages - 1)
-        self.embed = nn.Embedding(num_classes, latent_dim)
-        self.project = nn.Sequential(
-            nn.Linear(2 * latent_dim, top * self.start[0] * self.start[1], bias=False),
-            nn.BatchNorm1d(top * self.start[0] * self.start[1]),
-            nn.ReLU(inplace=True),
-        )
-        blocks: list[nn.Module] = []
-        for i in range(stages):
-            cin, cout = top // 2**i, max(top // 2 ** (i + 1), width // 2)
-            blocks += [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout),
-                       nn.ReLU(inplace=True)]
-        self.blocks = nn.Sequential(*blocks)
-        self.out = nn.Sequential(nn.Conv2d(cout, channels, 3, padding=1), nn.Tanh())
-        self.top = top
-
-    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        x = self.project(torch.cat([z, self.embed(labels)], dim=1))
-        x = self.out(self.blocks(x.view(len(z), self.top, *self.start)))
-        return x[..., : self.size[0], : self.size[1]]
 
 
 class DCGANDiscriminator(nn.Module):
@@ -101,7 +42,7 @@ class DCGANDiscriminator(nn.Module):
 
     def __init__(self, *, num_classes: int, channels: int, size: tuple[int, int], width: int = 64) -> None:
         super().__init__()
-        stages = _stages(check_size(size))
+        stages = sampling_stages(check_size(size))
         layers: list[nn.Module] = [spectral_norm(nn.Conv2d(channels, width, 3, padding=1)), nn.LeakyReLU(0.2)]
         for i in range(stages):
             cin = width * 2**i
@@ -259,20 +200,6 @@ def _provenance(data: str | Path, n_train: int, seed: int, **extra) -> dict:
     from medsight.bundle import provenance
 
     return provenance(data=str(data), n_train=n_train, seed=seed, **extra)
-
-
-def generate(net: DCGANGenerator, labels: torch.Tensor, *, seed: int = 0, batch_size: int = 256) -> torch.Tensor:
-    """Images for ``labels`` from a loaded generator, ``(N, C, H, W)`` in ``[0, 1]``; reproducible from ``seed``."""
-    rng = torch.Generator().manual_seed(seed)
-    parts = []
-    net.eval()
-    with torch.no_grad():
-        for start in range(0, len(labels), batch_size):
-            chunk = labels[start: start + batch_size]
-            parts.append(to_unit_range(net(torch.randn(len(chunk), net.latent_dim, generator=rng), chunk)))
-    if not parts:
-        return torch.zeros(0, net.out[0].out_channels, *net.size)
-    return torch.cat(parts)
 
 
 def sample_images(generator: str | Path, *, n: int, label: str | int, seed: int = 0) -> np.ndarray:

@@ -1,9 +1,10 @@
-"""Pix2Pix for segmentation data: a U-Net generator that turns a label mask into an image.
+"""Training Pix2Pix on segmentation data: a U-Net generator that turns a label mask into an image.
 
-The generator reads the one-hot mask (one channel per label value) and writes an image in
-``[-1, 1]``; a PatchGAN discriminator judges ``(mask, image)`` pairs patch by patch. The
-loss is the adversarial (binary cross-entropy) loss plus ``l1_weight`` times the L1 distance
-to the real image (Isola et al. 2017). Trains with :func:`medsight.gan.dcgan.fit_adversarial`.
+The generator (:class:`~medsight.models.generators.UNetGenerator`) reads the one-hot mask (one
+channel per label value) and writes an image in ``[-1, 1]``; a PatchGAN discriminator judges
+``(mask, image)`` pairs patch by patch. The loss is the adversarial (binary cross-entropy) loss
+plus ``l1_weight`` times the L1 distance to the real image (Isola et al. 2017). Trains with
+:func:`medsight.gan.dcgan.fit_adversarial`.
 
 Example:
     >>> folder = train_pix2pix("drive/training", out=Path("runs/p2p"), size=(64, 64), epochs=100)
@@ -19,51 +20,9 @@ import torch
 from torch import nn
 
 from medsight.errors import ConfigError, DatasetError
-from medsight.gan.dcgan import AdversarialTask, check_size, fit_adversarial
-from medsight.gan.store import GeneratorInfo, load_generator, to_unit_range
-
-DEPTH = 3
-
-
-def _down(cin: int, cout: int, norm: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 4, stride=2, padding=1, bias=not norm)]
-    if norm:
-        layers.append(nn.InstanceNorm2d(cout, affine=True))
-    return nn.Sequential(*layers, nn.LeakyReLU(0.2))
-
-
-class UNetGenerator(nn.Module):
-    """One-hot mask ``(N, num_labels, H, W)`` -> image ``(N, channels, H, W)`` in ``[-1, 1]``.
-
-    ``DEPTH`` stride-2 encoder stages and transposed-convolution decoder stages with skip
-    connections; ``H`` and ``W`` must be multiples of ``2**DEPTH``.
-    """
-
-    def __init__(self, *, num_labels: int, channels: int, width: int = 32) -> None:
-        super().__init__()
-        widths = [width * 2**i for i in range(DEPTH)]
-        self.downs = nn.ModuleList(
-            _down(num_labels if i == 0 else widths[i - 1], widths[i], norm=i > 0) for i in range(DEPTH)
-        )
-        self.ups = nn.ModuleList()
-        for i in reversed(range(DEPTH)):
-            cin = widths[i] if i == DEPTH - 1 else 2 * widths[i]
-            cout = widths[i - 1] if i else width
-            self.ups.append(nn.Sequential(nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=False),
-                                          nn.InstanceNorm2d(cout, affine=True), nn.ReLU(inplace=True)))
-        self.out = nn.Sequential(nn.Conv2d(width + num_labels, channels, 3, padding=1), nn.Tanh())
-
-    def forward(self, masks: torch.Tensor) -> torch.Tensor:
-        skips, x = [], masks
-        for down in self.downs:
-            x = down(x)
-            skips.append(x)
-        skips.pop()
-        for up in self.ups:
-            x = up(x)
-            if skips:
-                x = torch.cat([x, skips.pop()], dim=1)
-        return self.out(torch.cat([x, masks], dim=1))
+from medsight.gan.dcgan import AdversarialTask, fit_adversarial
+from medsight.models.generator_store import GeneratorInfo, load_generator
+from medsight.models.generators import DEPTH, UNetGenerator, check_size, down_block, to_unit_range
 
 
 class PatchDiscriminator(nn.Module):
@@ -72,7 +31,8 @@ class PatchDiscriminator(nn.Module):
     def __init__(self, *, num_labels: int, channels: int, width: int = 32) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            _down(num_labels + channels, width, norm=False), _down(width, 2 * width), _down(2 * width, 4 * width),
+            down_block(num_labels + channels, width, norm=False), down_block(width, 2 * width),
+            down_block(2 * width, 4 * width),
             nn.Conv2d(4 * width, 1, 3, padding=1),
         )
 

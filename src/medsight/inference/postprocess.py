@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from medsight.data.sample import Sample
 from medsight.errors import ConfigError, InvalidImageError
 from medsight.io.image import write_png
 from medsight.io.nifti import write_nifti
+from medsight.sample import Sample
 
 MASK_SUFFIXES = (".nii", ".nii.gz", ".png")
 

@@ -22,7 +22,6 @@ import numpy as np
 
 from medsight.bundle import Bundle, load_bundle
 from medsight.data.file_errors import file_error, one_line
-from medsight.data.sample import Sample
 from medsight.errors import BundleError
 from medsight.inference.postprocess import (
     beside_mask,
@@ -32,6 +31,7 @@ from medsight.inference.postprocess import (
     write_mask,
     write_probability_maps,
 )
+from medsight.sample import Sample
 from medsight.segmentation.uncertainty import case_uncertainty, entropy_map
 
 

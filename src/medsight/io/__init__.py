@@ -1,6 +1,6 @@
 """Image readers behind one interface: :func:`read_image` picks the reader by file type.
 
-Contract (every reader, see :class:`medsight.data.sample.Sample`):
+Contract (every reader, see :class:`medsight.sample.Sample`):
 
 * ``array`` is float32 and channel-first. 2D images ``(C, H, W)``; volumes ``(C, D, H, W)``.
   C is 1 for grey and 3 for colour (RGB; alpha is composited on black, palettes are
@@ -47,7 +47,6 @@ import logging
 import traceback
 from pathlib import Path
 
-from medsight.data.sample import Sample
 from medsight.errors import ConfigError, MedsightError, UnreadableFileError, UnsupportedFileError
 from medsight.io.dicom import is_dicom_file, read_dicom_file
 from medsight.io.dicom_series import SeriesInfo, list_series, read_dicom_series
@@ -58,6 +57,7 @@ from medsight.io.npz import medmnist_sample, read_medmnist
 from medsight.io.nrrd import read_nrrd
 from medsight.io.phi import PHI_KEYWORDS, phi_fields_present
 from medsight.io.windowing import WINDOW_PRESETS, Window, apply_window, resolve_window
+from medsight.sample import Sample
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")

@@ -35,7 +35,6 @@ from pydicom import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pixel_array
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from medsight.data.sample import Sample
 from medsight.errors import ConfigError, MissingDecoderError, UnreadableFileError, UnsupportedFileError
 from medsight.io import dicom_geometry as geo
 from medsight.io.dicom_checks import (
@@ -53,6 +52,7 @@ from medsight.io.dicom_checks import (
 )
 from medsight.io.limits import check_voxels
 from medsight.io.windowing import Window, apply_window, resolve_window
+from medsight.sample import Sample
 
 log = logging.getLogger(__name__)
 

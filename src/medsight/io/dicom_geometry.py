@@ -5,7 +5,7 @@ DICOM describes a pixel at row ``r``, column ``c`` of a plane as
 two halves of ImageOrientationPatient and ``(dr, dc)`` the PixelSpacing. Enhanced
 (multi-frame) files keep the same attributes in their functional groups. This module
 reads them wherever they are and builds affines in the RAS+ convention of
-:mod:`medsight.data.sample`, by negating the first two world rows.
+:mod:`medsight.sample`, by negating the first two world rows.
 """
 
 from __future__ import annotations

@@ -20,11 +20,11 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.uid import SegmentationStorage
 
-from medsight.data.sample import Sample
 from medsight.errors import DatasetError, UnreadableFileError, UnsupportedFileError
 from medsight.io import dicom_geometry as geo
 from medsight.io.dicom import number_of_frames, open_dataset
 from medsight.io.dicom_series import list_series, read_dicom_series
+from medsight.sample import Sample
 
 #: Fractional SEG pixels at or above this probability count as inside the segment.
 FRACTION_THRESHOLD = 0.5

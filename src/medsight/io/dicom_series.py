@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 from pydicom import Dataset
 
-from medsight.data.sample import Sample
 from medsight.errors import DatasetError
 from medsight.io import dicom_geometry as geo
 from medsight.io.dicom import dicom_meta, dicom_values, is_dicom_file, open_dataset, present, read_dicom_file
 from medsight.io.dicom_checks import corrupt_as_unreadable, declared_shape, number_of_frames
 from medsight.io.limits import check_voxels
 from medsight.io.windowing import Window
+from medsight.sample import Sample
 
 log = logging.getLogger(__name__)
 

@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from medsight.data.sample import Sample
 from medsight.errors import ConfigError, ImageTooLargeError, InvalidImageError, UnreadableFileError
 from medsight.io.limits import DECODE_ERRORS, check_voxels
+from medsight.sample import Sample
 
 #: medsight's voxel limit, checked on the header before decoding, decides instead (see above).
 Image.MAX_IMAGE_PIXELS = None

@@ -20,9 +20,9 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError, HeaderTypeError, ImageDataError
 
-from medsight.data.sample import Sample
 from medsight.errors import InvalidImageError, UnreadableFileError, UnsupportedFileError
 from medsight.io.limits import DECODE_ERRORS, check_voxels
+from medsight.sample import Sample
 
 _READ_ERRORS = (ImageFileError, HeaderDataError, HeaderTypeError, ImageDataError, *DECODE_ERRORS)
 _REWRITE = "write the NIfTI file again"

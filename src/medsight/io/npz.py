@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medsight.data.sample import Sample
 from medsight.errors import DatasetError, UnreadableFileError
 from medsight.io.limits import DECODE_ERRORS, check_voxels
+from medsight.sample import Sample
 
 #: The split names MedMNIST uses, in order.
 SPLITS = ("train", "val", "test")

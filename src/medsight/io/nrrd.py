@@ -33,9 +33,9 @@ from typing import BinaryIO
 import nrrd
 import numpy as np
 
-from medsight.data.sample import Sample, affine_from_spacing
 from medsight.errors import InvalidImageError, UnreadableFileError, UnsupportedFileError
 from medsight.io.limits import DECODE_ERRORS, MAX_BYTES_PER_VALUE, check_inflated_size, check_voxels
+from medsight.sample import Sample, affine_from_spacing
 
 log = logging.getLogger(__name__)
 

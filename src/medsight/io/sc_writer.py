@@ -11,9 +11,12 @@ ImageLaterality, or the one FrameLaterality all its frames share, as ImageLatera
 that, the source's Laterality (R or L); and when the source states neither, an empty Laterality, which a
 Type 2 attribute allows for "unknown".
 
+The Grad-CAM overlay itself is drawn by :func:`medsight.explain.secondary_capture.gradcam_secondary_capture`.
+
 Example:
     >>> image = read_image("chest.dcm")
-    >>> gradcam_secondary_capture(Path("runs/demo/model"), image, Path("chest_gradcam.dcm"))
+    >>> write_secondary_capture(rgb, image, Path("chest_gradcam.dcm"), description="medsight gradcam nodule",
+    ...                         model="compact_cnn", version="run-1")
     >>> read_secondary_capture(Path("chest_gradcam.dcm")).shape
     (512, 512, 3)
 """
@@ -24,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medsight.data.sample import Sample
 from medsight.errors import InvalidImageError, UnreadableFileError
 from medsight.io.phi import no_patient_warnings
 from medsight.io.sr_writer import save_dataset, source_datasets
+from medsight.sample import Sample
 
 #: LPS axis -> (letter for +, letter for -) in DICOM PatientOrientation
 _LETTERS = (("L", "R"), ("P", "A"), ("H", "F"))
@@ -105,49 +108,6 @@ def read_secondary_capture(path: Path) -> np.ndarray:
         raise UnreadableFileError(path, "is not an RGB secondary capture",
                                   "pass a secondary capture written by medsight")
     return np.asarray(pixels, dtype=np.uint8)
-
-
-def gradcam_secondary_capture(bundle_dir: Path, image: Sample, path: Path, *, method: str = "gradcam") -> Path:
-    """Explain ``image`` with the classifier bundle and write the heatmap overlay as a Secondary Capture.
-
-    A volume read for a 2D model is explained on its middle slice; a 3D model sees the whole volume and the
-    overlay shows its middle slice. The series description names the explained class and the method; the
-    model version recorded is the bundle's creation time stamp.
-
-    Raises:
-        BundleError: the bundle is missing or incomplete.
-        ConfigError: the bundle is not a classifier, or the method is unknown.
-        UnsupportedFileError: the image was not read from DICOM.
-    """
-    import io
-
-    from PIL import Image
-
-    from medsight.bundle import load_bundle
-    from medsight.errors import ConfigError
-    from medsight.explain.cam import METHODS
-    from medsight.explain.run import explain_sample, overlay_png
-
-    if method not in METHODS:
-        raise ConfigError(f"method={method}", "unknown explanation method", f"choose one of: {', '.join(METHODS)}")
-    source_datasets(image)  # a non-DICOM image fails here, before the model runs
-    bundle = load_bundle(bundle_dir)
-    model = bundle.build_model()
-    sample = middle_slice(image) if image.spatial_dims == 3 and bundle.spatial_dims == 2 else image
-    result = explain_sample(bundle, model, sample, method=method)
-    heat = result["heat"]
-    if sample.spatial_dims == 3:
-        sample, heat = middle_slice(sample), heat[heat.shape[0] // 2]
-    rgb = np.asarray(Image.open(io.BytesIO(overlay_png(sample, heat))).convert("RGB"))
-    description = f"medsight {method} {result['target']}"
-    return write_secondary_capture(rgb, image, path, description=description, model=bundle.model.name,
-                                   version=str(bundle.provenance.get("created", "unknown")))
-
-
-def middle_slice(image: Sample) -> Sample:
-    """The middle slice ``(C, R, C)`` of a volume ``(C, S, R, C)``, with the in-plane spacing."""
-    return Sample(np.ascontiguousarray(image.array[:, image.array.shape[1] // 2]), spacing=tuple(image.spacing[1:]),
-                  meta=dict(image.meta))
 
 
 def patient_orientation(ds) -> tuple[str, str]:

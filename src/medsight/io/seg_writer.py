@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medsight.data.sample import Sample
 from medsight.errors import InvalidImageError, UnsupportedFileError
 from medsight.io.phi import no_patient_warnings
+from medsight.sample import Sample
 
 #: label name (lower case, letters only) -> (category, type) SCT attribute names of pydicom's code dictionary
 SCT_CODES = {

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from medsight.atomic_write import replacing
-from medsight.data.sample import Sample
 from medsight.errors import MedsightError, UnreadableFileError, UnsupportedFileError
 from medsight.io.phi import no_patient_warnings
+from medsight.sample import Sample
 
 #: class name (lower case, letters only) -> SNOMED CT code value (the concept named in the comment)
 FINDING_CODES = {

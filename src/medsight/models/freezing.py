@@ -1,4 +1,4 @@
-"""Fine-tuning controls: freezing policies, a lower backbone learning rate, gradual unfreezing.
+"""Freezing a model's parts: freezing policies and a lower backbone learning rate.
 
 The **head** of every registered classifier is its final classification layer, the model's
 last ``nn.Linear`` (``compact_cnn``: ``head``; ``classic_cnn``: ``classifier.4``; MONAI
@@ -16,28 +16,26 @@ keeping only blocks with parameters. ``train.freeze``:
 Frozen parameters get ``requires_grad = False`` and frozen BatchNorm layers stay in eval
 mode (their running statistics do not move) even while the trainer calls ``model.train()``.
 ``train.backbone_lr_factor`` puts the backbone in its own optimizer group with
-``lr * factor``. ``train.unfreeze_every = N`` unfreezes one more frozen unit, from the head
-backwards, after every N epochs (:class:`GradualUnfreeze`).
+``lr * factor``. Applying the policy in a run, and gradual unfreezing (``train.unfreeze_every``),
+are training callbacks: :mod:`medsight.training.unfreezing`.
 
 Example:
-    >>> callbacks = setup_finetuning(model, TrainConfig(freeze="backbone", unfreeze_every=2))
+    >>> for name in frozen_units(model, "backbone"):
+    ...     set_frozen(model, name, True)
     >>> optimizer = build_optimizer(parameter_groups(model, cfg), cfg)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from medsight.config import RunConfig, TrainConfig
+from medsight.config import TrainConfig
 from medsight.errors import ConfigError
 from medsight.models.pretrained import head_name
-from medsight.runtime.distributed import world_size
-from medsight.training.callbacks import Callback
 
 
 def is_finetuning(cfg: TrainConfig) -> bool:
@@ -112,53 +110,6 @@ def _keep_eval(module: nn.Module, args: Any) -> None:
     module.training = False
 
 
-def setup_finetuning(model: nn.Module, cfg: TrainConfig, *, epochs_done: int = 0) -> list[Callback]:
-    """Apply ``cfg.freeze`` to ``model``; return the callbacks the trainer runs (gradual unfreezing).
-
-    ``epochs_done`` (a resumed run) replays the unfreezing steps of the epochs already trained.
-
-    Raises:
-        ConfigError: see :func:`frozen_units`; ``unfreeze_every`` with nothing frozen.
-    """
-    units = frozen_units(model, cfg.freeze)
-    for name in units:
-        set_frozen(model, name, True)
-    if not cfg.unfreeze_every:
-        return []
-    if not units:
-        raise ConfigError("train.unfreeze_every", "gradual unfreezing needs something frozen",
-                          "set train.freeze: backbone (or until:BLOCK), or unfreeze_every: 0")
-    if world_size() > 1:  # DDP registers the trainable parameters once, at wrapping
-        raise ConfigError("train.unfreeze_every", "gradual unfreezing is not available with several processes",
-                          "train with one process, or use a fixed train.freeze with unfreeze_every: 0")
-    unfreeze = GradualUnfreeze(model, units, every=cfg.unfreeze_every)
-    for epoch in range(1, epochs_done + 1):
-        unfreeze.on_epoch_end(epoch, {})
-    return [unfreeze]
-
-
-class GradualUnfreeze(Callback):
-    """After every ``every`` epochs, unfreeze the frozen unit nearest the head.
-
-    Args:
-        model: the model being trained.
-        units: the frozen module names in forward order (unfrozen from the last one).
-        every: epochs between two unfreezing steps.
-    """
-
-    def __init__(self, model: nn.Module, units: list[str], *, every: int) -> None:
-        self.model = model
-        self.frozen = list(units)
-        self.every = every
-        self.unfrozen: list[str] = []
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        if epoch % self.every == 0 and self.frozen:
-            name = self.frozen.pop()
-            set_frozen(self.model, name, False)
-            self.unfrozen.append(name)
-
-
 def parameter_groups(model: nn.Module, cfg: TrainConfig) -> Iterable[nn.Parameter] | list[dict[str, Any]]:
     """What :func:`~medsight.training.optim.build_optimizer` takes.
 
@@ -192,27 +143,3 @@ def _cover_except(root: nn.Module, keep: str, *, prefix: str) -> list[str]:
 
     walk(root, prefix)
     return names
-
-
-def prepare_model(model: nn.Module, cfg: RunConfig, *, out: Path, resume: bool = False) -> list[Callback]:
-    """The training pipeline's hook after ``create_model``: pretrained weights, then freezing.
-
-    Loads ``cfg.model.pretrained`` (writing what was loaded to ``out/pretrained.json``; the
-    bundle keeps the trained weights, so inference never needs that file again) and applies
-    the fine-tuning keys. Returns the callbacks for :func:`~medsight.classification.trainer.fit`.
-    """
-    if cfg.model.pretrained:
-        from medsight.models.pretrained import load_pretrained
-
-        report = load_pretrained(model, cfg.model.pretrained, layout=cfg.model.pretrained_layout,
-                                 adapt_channels=cfg.model.adapt_channels)
-        report.save(Path(out) / "pretrained.json")
-    return setup_finetuning(model, cfg.train, epochs_done=_epochs_done(Path(out)) if resume else 0)
-
-
-def _epochs_done(out: Path) -> int:
-    """Epochs already trained by a run being resumed (rows of its ``metrics.csv``)."""
-    csv_path = out / "metrics.csv"
-    if not csv_path.is_file():
-        return 0
-    return max(len(csv_path.read_text().strip().splitlines()) - 1, 0)

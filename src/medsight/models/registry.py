@@ -1,5 +1,9 @@
 """One registry and one factory for every network.
 
+The registry knows no model family: each family module registers its factories with
+:func:`register_model` when it is imported, and :mod:`medsight.models` imports every family, so
+any import of ``medsight.models`` (or of a module inside it) fills the registry.
+
 Every factory takes the same keyword-only core arguments and returns an ``nn.Module``
 whose forward maps ``(N, in_channels, *spatial)`` to logits ``(N, num_outputs)``
 (classifiers) or ``(N, num_outputs, *spatial)`` (segmenters).
@@ -36,7 +40,6 @@ def register_model(name: str, *, task: str = "classification") -> Callable[[Call
 
 def list_models(task: str | None = None) -> list[str]:
     """Registered model names, optionally only those for one task."""
-    _load_builtin()
     return sorted(n for n in _REGISTRY if task is None or _TASKS[n] == task)
 
 
@@ -46,7 +49,6 @@ def create_model(name: str, *, in_channels: int, num_outputs: int, spatial_dims:
     Raises:
         ConfigError: the name is not registered, or the model rejects the arguments.
     """
-    _load_builtin()
     if name not in _REGISTRY:
         raise ConfigError(f"model.name={name}", "unknown model", f"choose one of: {', '.join(list_models())}")
     try:
@@ -56,7 +58,3 @@ def create_model(name: str, *, in_channels: int, num_outputs: int, spatial_dims:
     except TypeError as exc:
         raise ConfigError(f"model {name}", f"bad model arguments ({exc})", "check model.kwargs") from exc
 
-
-def _load_builtin() -> None:
-    """Import the modules whose decorators fill the registry."""
-    from medsight.models import classifiers, ensemble, segmenters  # noqa: F401

@@ -1,6 +1,6 @@
 """Image corruptions at graded severities, as pure NumPy functions.
 
-Every corruption works on the **raw decoded image** (a :class:`~medsight.data.sample.Sample`'s
+Every corruption works on the **raw decoded image** (a :class:`~medsight.sample.Sample`'s
 ``array``: channel-first float, ``(C, H, W)`` or ``(C, D, H, W)``, in the file's own units),
 before the bundle's preprocessing. That is where real artefacts happen (a noisier detector, a
 JPEG-compressed export, a patient who moved), and the bundle's own preprocessing (resize,

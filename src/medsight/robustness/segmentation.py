@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from medsight.data.sample import Sample
 from medsight.robustness import corruptions
+from medsight.sample import Sample
 from medsight.segmentation.pixel_scores import PixelScores
 
 

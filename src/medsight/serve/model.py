@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from medsight.bundle import bundle_hash, load_bundle
-from medsight.data.sample import Sample
 from medsight.errors import BundleError
 from medsight.inference.predictor import Predictor
+from medsight.sample import Sample
 from medsight.serve.errors import ExplainUnavailableError
 from medsight.serve.pictures import middle_slice, preview_png
 from medsight.triage.policy import served_policy

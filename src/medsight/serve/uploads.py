@@ -1,4 +1,4 @@
-"""From an HTTP request to a decoded :class:`~medsight.data.sample.Sample`.
+"""From an HTTP request to a decoded :class:`~medsight.sample.Sample`.
 
 The body (multipart field ``file``, or the raw body) is read with a size limit that is
 checked against ``Content-Length`` first and again while the bytes stream in. The file type
@@ -28,10 +28,10 @@ from pathlib import Path
 from starlette.datastructures import FormData
 from starlette.requests import Request
 
-from medsight.data.sample import Sample
 from medsight.errors import MedsightError, UnreadableFileError, UnsupportedFileError
 from medsight.io import read_image
 from medsight.io.dicom import is_dicom_bytes
+from medsight.sample import Sample
 from medsight.serve.errors import MissingFieldError, too_large
 
 FIELD = "file"

@@ -30,10 +30,10 @@ from typing import overload
 import numpy as np
 
 from medsight.config import PreprocessConfig
-from medsight.data.sample import Sample
 from medsight.errors import ConfigError, InvalidImageError
 from medsight.io.image import to_channels
 from medsight.io.windowing import apply_window, resolve_window
+from medsight.sample import Sample
 from medsight.transforms.intensity import clahe, denoise, normalize
 
 
@@ -53,7 +53,7 @@ def preprocess(
     """Turn a decoded sample into the float32 ``(C, *cfg.size)`` array the network sees.
 
     Args:
-        sample: the decoded image (see :class:`~medsight.data.sample.Sample`).
+        sample: the decoded image (see :class:`~medsight.sample.Sample`).
         cfg: the preprocessing recorded in the run config and the bundle.
         mask: an optional label map on the same grid, ``(*spatial)`` or ``(K, *spatial)``;
             it is only resized (nearest neighbour) and keeps its dtype.

@@ -8,9 +8,7 @@ A generator folder is::
                               label names (class names for dcgan, mask values for pix2pix),
                               the output range and provenance
 
-Generators end in ``tanh``; :func:`to_unit_range` maps their output to ``[0, 1]``, the range of
-medsight's ``minmax`` preprocessing that the GAN was trained on, so samples sit on the same
-scale as the real training images.
+The networks are :mod:`medsight.models.generators`; their training is :mod:`medsight.gan`.
 
 Example:
     >>> net, info = load_generator("runs/gan/generator")
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from medsight.errors import BundleError, ConfigError
+from medsight.models.generators import DCGANGenerator, UNetGenerator
 
 WEIGHTS = "generator.safetensors"
 MANIFEST = "gan.json"
@@ -75,13 +74,9 @@ class GeneratorInfo:
 def build_generator(info: GeneratorInfo):
     """The generator network described by ``info`` (random weights)."""
     if info.kind == "dcgan":
-        from medsight.gan.dcgan import DCGANGenerator
-
         return DCGANGenerator(
             num_classes=len(info.label_names), channels=info.channels, size=tuple(info.size), **info.net
         )
-    from medsight.gan.pix2pix import UNetGenerator
-
     return UNetGenerator(num_labels=len(info.label_names), channels=info.channels, **info.net)
 
 
@@ -151,11 +146,6 @@ def load_generator(folder: str | Path):
         raise BundleError(weights, f"the weights do not load ({str(exc).splitlines()[0]})",
                           "copy the generator folder again or retrain it") from exc
     return net.eval(), info
-
-
-def to_unit_range(images):
-    """Generator output in ``[-1, 1]`` to the ``[0, 1]`` range of minmax preprocessing."""
-    return ((images + 1.0) * 0.5).clamp(0.0, 1.0)
 
 
 def write_pngs(images, out: str | Path, names: list[str]) -> list[Path]:
