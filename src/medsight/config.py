@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medsight.atomic_write import atomic_write_text
 from medsight.errors import ConfigError
@@ -132,7 +132,9 @@ class TrainConfig(Strict):
     step_size: int = Field(10, ge=1)
     gamma: float = Field(0.1, gt=0, le=1)
     warmup_epochs: int = Field(0, ge=0)
-    early_stopping_metric: str = "auc"
+    early_stopping_metric: str = Field("auc", description="the metrics.csv column the best epoch and early stopping "
+                                       "follow: classification: auc (default), val_loss, train_loss or any "
+                                       "validation metric; segmentation: val_dice (its default) or train_loss")
     patience: int = Field(0, ge=0, description="0 turns early stopping off")
     class_weights: Literal["none", "balanced"] = "none"
     balanced_sampling: bool = False
@@ -143,10 +145,10 @@ class TrainConfig(Strict):
     amp: bool = Field(True, description="mixed precision on CUDA")
     cpu_amp: bool = Field(False, description="bfloat16 mixed precision on a CPU with native bf16 (AVX512-BF16/AMX); "
                           "float32 elsewhere")
-    compile: bool = Field(False, description="segmentation: torch.compile the training forward/backward "
-                          "(~20 s to compile; eager fallback with a note if it fails)")
-    ema: float = Field(0.0, ge=0.0, lt=1.0, description="segmentation: validate, keep and ship an exponential "
-                       "moving average of the weights with this decay per step (e.g. 0.999); 0 turns it off")
+    compile: bool = Field(False, description="torch.compile the training forward/backward (~20 s to compile; "
+                          "eager fallback with a note if it fails)")
+    ema: float = Field(0.0, ge=0.0, lt=1.0, description="validate, keep and ship an exponential moving average of "
+                       "the weights with this decay per step (e.g. 0.999); 0 turns it off")
     time_limit_min: float | None = Field(None, gt=0)
     anneal_to_time_limit: bool = Field(True, description="cosine schedule with time_limit_min: follow the larger of "
                                        "the epoch and the time progress, so a run its time limit stops ends "
@@ -231,6 +233,14 @@ class RunConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
+
+    @model_validator(mode="after")
+    def _segmentation_monitors_dice(self) -> RunConfig:
+        """``train.early_stopping_metric`` left unset means the task's own: ``auc`` (the field's default) for
+        classification, ``val_dice`` for segmentation, whose rows have no AUC."""
+        if self.task == "segmentation" and "early_stopping_metric" not in self.train.model_fields_set:
+            self.train = self.train.model_copy(update={"early_stopping_metric": "val_dice"})
+        return self
 
 
 def list_recipes() -> list[str]:

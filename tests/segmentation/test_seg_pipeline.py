@@ -11,10 +11,10 @@ from disc_images import write_disc_folder
 from PIL import Image
 
 from medsight.errors import ConfigError, InvalidImageError
-from medsight.segmentation import train as seg_pipeline
 from medsight.segmentation.patches import sample_patches
-from medsight.segmentation.step import PatchStep
 from medsight.segmentation.train import train_segmenter
+from medsight.training import loop
+from medsight.training.step import TrainStep
 
 
 @pytest.fixture
@@ -326,7 +326,7 @@ def test_a_run_its_time_limit_stops_ends_with_an_annealed_learning_rate(disc_fol
     after 16 epochs. The cosine follows the time spent, so the last epoch trains at under 5% of train.lr;
     with anneal_to_time_limit off it follows the epochs alone and is still above 90%."""
     readings = itertools.count()
-    monkeypatch.setattr(seg_pipeline, "time", SimpleNamespace(perf_counter=lambda: float(next(readings))))
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: float(next(readings))))
     cfg = _cfg(disc_folder, **{"train.epochs": 100, "train.time_limit_min": 1.0, "segment.steps_per_epoch": 1,
                                "segment.val_every": 1000, "train.anneal_to_time_limit": anneal})
     result = train_segmenter(cfg, out=tmp_path / "run", progress=False)
@@ -362,9 +362,11 @@ def test_a_channels_last_training_step_matches_a_plain_contiguous_one(tmp_path) 
 
     net, optimizer = fresh()
     net.to(memory_format=torch.channels_last)  # as train_segmenter does for 2D patches
-    step = PatchStep(net, optimizer, loss_fn, _cfg(tmp_path), torch.device("cpu"),
+    step = TrainStep(net, optimizer, loss_fn, _cfg(tmp_path).train, torch.device("cpu"),
                      SimpleNamespace(note=lambda text: None))
-    loss = float(step(x, y))
+    loss, items = step(x, y)
+    assert items == 4
+    loss = float(loss)
 
     assert loss == pytest.approx(plain_loss.item(), rel=1e-5)
     assert net.state_dict().keys() == plain.state_dict().keys()
@@ -377,14 +379,14 @@ def test_2d_training_runs_the_network_and_its_batches_channels_last(disc_folder,
 
     seen = []
 
-    class Recording(PatchStep):
+    class Recording(TrainStep):
         def _loss(self, forward, x, y):
             convs = [m.weight for m in self.net.modules() if isinstance(m, torch.nn.Conv2d)]
             seen.append((x.is_contiguous(memory_format=torch.channels_last),
                          all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)))
             return super()._loss(forward, x, y)
 
-    monkeypatch.setattr(seg_pipeline, "PatchStep", Recording)
+    monkeypatch.setattr(loop, "TrainStep", Recording)
     train_segmenter(_cfg(disc_folder, **{"train.epochs": 1, "segment.steps_per_epoch": 2}), out=tmp_path / "run",
                     progress=False)
     assert seen == [(True, True), (True, True)]

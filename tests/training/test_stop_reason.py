@@ -14,8 +14,8 @@ from pathlib import Path
 from test_time_limit_steps import one_second_a_reading
 
 from medsight.bundle import load_bundle
-from medsight.classification import trainer
 from medsight.config import load_config
+from medsight.training import loop
 from medsight.workflows.train import run_training
 
 
@@ -28,7 +28,7 @@ def train(small_phantoms: Path, out: Path, **overrides) -> str:
 
 
 def test_a_run_cut_by_its_time_limit_says_so(small_phantoms: Path, tmp_path: Path, monkeypatch) -> None:
-    one_second_a_reading(monkeypatch, trainer)
+    one_second_a_reading(monkeypatch, loop)
     summary = train(small_phantoms, tmp_path, **{"train.epochs": 3, "train.time_limit_min": 0.05})
     monkeypatch.undo()
 

@@ -19,9 +19,8 @@ from disc_images import write_disc_folder
 from safetensors.torch import load_file
 from test_trainer import blobs, config, flip_and_noise, small_cnn
 
-from medsight.classification import trainer
 from medsight.classification.trainer import fit
-from medsight.segmentation import train as seg_pipeline
+from medsight.training import loop
 
 
 def one_second_a_reading(monkeypatch: pytest.MonkeyPatch, module) -> None:
@@ -45,7 +44,7 @@ def test_a_classification_run_stops_inside_its_first_epoch(tmp_path: Path, monke
     """160 images in batches of 16: 10 steps an epoch. The clock is read at the start (0 s), at the
     epoch's start (1 s) and after each step (step k: k + 1 s), so a 6-second limit (0.1 min) is passed
     after step 6 of epoch 1."""
-    one_second_a_reading(monkeypatch, trainer)
+    one_second_a_reading(monkeypatch, loop)
     train, val = blobs(160, 2, seed=1), blobs(32, 2, seed=2)
     result = fit(small_cnn(2), train, val, cfg=config(epochs=3, time_limit_min=0.1), head="softmax", num_classes=2,
                  run_dir=tmp_path, progress=False)
@@ -59,7 +58,7 @@ def test_a_classification_run_stops_inside_its_first_epoch(tmp_path: Path, monke
 
 def test_the_time_limit_message_without_a_cut_is_unchanged(tmp_path: Path, monkeypatch) -> None:
     """Two steps an epoch: the limit passed at the end of an epoch ends it as before, without 'after'."""
-    one_second_a_reading(monkeypatch, trainer)
+    one_second_a_reading(monkeypatch, loop)
     result = fit(small_cnn(2), blobs(32, 2, seed=1), blobs(16, 2, seed=2), cfg=config(epochs=50, time_limit_min=0.1),
                  head="softmax", num_classes=2, run_dir=tmp_path, progress=False)
     assert result.stop_reason.startswith("time limit of 0.1 min reached")
@@ -75,7 +74,7 @@ def test_a_cut_epoch_resumed_ends_with_the_weights_of_a_straight_run(tmp_path: P
     straight = small_cnn(2)
     expected = fit(straight, train, val, cfg=cfg, run_dir=tmp_path / "straight", **common)
 
-    one_second_a_reading(monkeypatch, trainer)
+    one_second_a_reading(monkeypatch, loop)
     cut = fit(small_cnn(2), train, val, cfg=cfg.model_copy(update={"time_limit_min": 0.1}), run_dir=tmp_path / "cut",
               **common)
     monkeypatch.undo()
@@ -101,7 +100,7 @@ def test_resumed_with_the_same_limit_a_cut_run_trains_nothing_more(tmp_path: Pat
     train, val = blobs(160, 2, seed=1), blobs(32, 2, seed=2)
     common = {"cfg": config(epochs=3, time_limit_min=0.1), "head": "softmax", "num_classes": 2, "run_dir": tmp_path,
               "progress": False}
-    one_second_a_reading(monkeypatch, trainer)
+    one_second_a_reading(monkeypatch, loop)
     first = fit(small_cnn(2), train, val, **common)
     before = (tmp_path / "checkpoints" / "last.safetensors").read_bytes()
     again = fit(small_cnn(2, seed=3), train, val, resume=True, **common)
@@ -117,7 +116,7 @@ def test_a_cut_run_through_the_pipeline_ships_a_bundle(small_phantoms: Path, tmp
     from medsight.config import load_config
     from medsight.workflows.train import run_training
 
-    one_second_a_reading(monkeypatch, trainer)
+    one_second_a_reading(monkeypatch, loop)
     cfg = load_config(recipe="demo", overrides={
         "data.path": str(small_phantoms), "preprocess.size": [32, 32], "train.epochs": 3, "train.batch_size": 8,
         "train.time_limit_min": 0.05, "eval.bootstrap": 0,
@@ -151,7 +150,7 @@ def test_a_segmentation_run_stops_inside_its_first_epoch_and_resumes_to_a_straig
     data = write_disc_folder(tmp_path / "discs", n=6)
     straight = train_segmenter(_seg_cfg(data), out=tmp_path / "straight", progress=False)
 
-    one_second_a_reading(monkeypatch, seg_pipeline)
+    one_second_a_reading(monkeypatch, loop)
     cut = train_segmenter(_seg_cfg(data, **{"train.time_limit_min": 0.05}), out=tmp_path / "cut", progress=False)
     monkeypatch.undo()
     assert cut["stop_reason"] == "time limit of 0.05 min reached after 3 of 8 steps of epoch 1"
@@ -174,7 +173,7 @@ def test_a_segmentation_run_stops_inside_its_first_epoch_and_resumes_to_a_straig
 def test_the_segmentation_summary_says_why_it_stopped(tmp_path, monkeypatch) -> None:
     from medsight.workflows.segmentation import train_segmentation
 
-    one_second_a_reading(monkeypatch, seg_pipeline)
+    one_second_a_reading(monkeypatch, loop)
     cfg = _seg_cfg(write_disc_folder(tmp_path / "discs", n=6), **{"train.time_limit_min": 0.05})
     summary = train_segmentation(cfg, out=tmp_path / "run", resume=False, progress=False)
     assert "stopped early: time limit of 0.05 min reached after 3 of 8 steps of epoch 1" in summary.splitlines()

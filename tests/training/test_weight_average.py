@@ -56,7 +56,8 @@ def _cfg(data, **overrides):
 def test_a_resumed_run_equals_an_unbroken_one(tmp_path):
     """Two epochs at once, and the same run stopped by its time limit after epoch 1 then --resumed: the
     same shipped weights (the average is checkpointed with its step count)."""
-    from medsight.segmentation.train import CHECKPOINT, train_segmenter
+    from medsight.runtime.checkpoint import CHECKPOINT
+    from medsight.segmentation.train import train_segmenter
 
     data = write_disc_folder(tmp_path / "discs")
     train_segmenter(_cfg(data), out=tmp_path / "whole", progress=False)
@@ -73,7 +74,8 @@ def test_a_resumed_run_equals_an_unbroken_one(tmp_path):
 def test_the_bundle_ships_the_average_and_resuming_with_another_setting_is_a_clear_error(tmp_path):
     """One epoch (so it is the best): the bundle's weights are the checkpoint's average, not the trained
     weights. Resuming that run with train.ema off is refused, and the run folder is left as it was."""
-    from medsight.segmentation.train import CHECKPOINT, train_segmenter
+    from medsight.runtime.checkpoint import CHECKPOINT
+    from medsight.segmentation.train import train_segmenter
 
     data = write_disc_folder(tmp_path / "discs")
     train_segmenter(_cfg(data, **{"train.epochs": 1}), out=tmp_path / "run", progress=False)

@@ -1,79 +1,78 @@
-"""One optimiser step of patch-based training, with everything that speeds it up in one place.
+"""Segmentation's part of the training loop: its epochs of random patches and its validation.
 
-:class:`PatchStep` takes a batch of patches and does one step: the DDP wrapper under torchrun, a
-compiled forward/backward (``train.compile``, with a fall-back to eager mode), mixed precision
-(``train.amp`` on CUDA, ``train.cpu_amp`` on CPUs with native bfloat16) and the weight average
-(``train.ema``). :func:`medsight.segmentation.train.train_segmenter` calls it once a batch.
+:class:`PatchBatches` draws each step's global batch of patches (foreground oversampled, augmented
+by ``augment.*``) from one seeded generator that the checkpoint keeps, so a resumed run goes on
+with the same patches; :func:`val_dice` is the validation the best epoch is chosen on. The loop
+itself (steps, EMA, compile, checkpoints, time limit) is :func:`medsight.training.loop.fit`.
 
 Example:
-    >>> step = PatchStep(net, optimizer, make_seg_loss("dice_ce", num_classes=2), cfg, torch.device("cpu"), run_log)
-    >>> loss = step(patches, labels)
+    >>> batches = PatchBatches(cfg, data, augment=None)
+    >>> for patches, labels in batches.epoch(1, skip=0):
+    ...     ...
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import numpy as np
 import torch
 
 from medsight.config import RunConfig
-from medsight.runtime import distributed
-from medsight.runtime.device import autocast, cpu_bf16_active, grad_scaler, to_device
+from medsight.inference.postprocess import probs_to_labels
+from medsight.inference.segment import sliding_window_probs
+from medsight.segmentation.cases import TrainingSet
+from medsight.segmentation.metrics import segmentation_case_metrics
+from medsight.segmentation.patches import sample_patches
 
-log = logging.getLogger(__name__)
+#: the ``metrics.csv`` columns ``train.early_stopping_metric`` may name for segmentation (val_dice: the default)
+METRICS = ("val_dice", "train_loss")
 
 
-class PatchStep:
-    """One optimiser step on a batch of patches: the DDP wrapper (under torchrun), ``train.compile``,
-    mixed precision (``train.amp`` on CUDA, with a loss scaler for float16; ``train.cpu_amp``
-    on CPU) and the weight average (``train.ema``) in one place.
+class PatchBatches:
+    """``segment.steps_per_epoch`` global batches of patches from the training cases.
 
-    The network's own parameters are trained; validation calls the plain ``net`` in eval mode.
-    A compiled forward/backward that fails (no C compiler, an unsupported operator) falls back
-    to eager mode for the rest of the run, with a note in the log.
+    Every rank draws the same global batch from the shared generator (seeded with ``train.seed``; its
+    state is part of the checkpoint) and trains on its share of it.
     """
 
-    def __init__(self, net, optimizer, loss_fn, cfg: RunConfig, device, run_log, average=None) -> None:
-        self.net, self.optimizer, self.loss_fn, self.device, self.run_log = net, optimizer, loss_fn, device, run_log
-        self.average = average
-        self.eager = distributed.wrap(net, device)
-        self.forward = torch.compile(self.eager) if cfg.train.compile else self.eager
-        self.amp, self.cpu_amp = cfg.train.amp, cfg.train.cpu_amp
-        self.scaler = grad_scaler(device, cfg.train.amp)  # a pass-through unless float16 on CUDA
-        active, note = cpu_bf16_active(device, cfg.train.cpu_amp)
-        if note:
-            self._note(note, warn=not active)
+    def __init__(self, cfg: RunConfig, data: TrainingSet, augment: Callable | None) -> None:
+        self.images = [data.images[i] for i in data.train_idx]
+        self.labels = [data.labels[i] for i in data.train_idx]
+        self.patch, self.items = data.patch, data.batch
+        self.steps = cfg.segment.steps_per_epoch
+        self.foreground_fraction = cfg.segment.foreground_fraction
+        self.augment = augment
+        self.rng = np.random.default_rng(cfg.train.seed)  # the same on every rank
 
-    def _note(self, text: str, *, warn: bool) -> None:
-        """``text`` in the run's log, and on the console when it is a warning."""
-        self.run_log.note(text)
-        if warn and distributed.is_main():
-            log.warning(text)
+    def epoch(self, epoch: int, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches after the first ``skip``: the generator already stands after them."""
+        for _ in range(self.steps - skip):
+            x, y = sample_patches(self.images, self.labels, patch_size=self.patch, batch_size=self.items,
+                                  foreground_fraction=self.foreground_fraction, generator=self.rng)
+            x, y = torch.from_numpy(x), torch.from_numpy(y)
+            if self.augment is not None:
+                x, y = self.augment(x, y, generator=torch.Generator().manual_seed(int(self.rng.integers(2**31))))
+            yield x, y
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Train on this rank's share of the global batch ``(x, y)``; returns the (shard's) loss."""
-        x, y = distributed.shard(x, y)
-        x, y = to_device(x, self.device), y.to(self.device)
-        self.optimizer.zero_grad()
-        try:
-            value = self._loss(self.forward, x, y)
-        except Exception as exc:  # noqa: BLE001 - torch.compile raises many kinds; eager mode is always safe
-            if self.forward is self.eager:
-                raise
-            self._note(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); training in eager mode",
-                       warn=True)
-            self.forward = self.eager
-            self.optimizer.zero_grad()
-            value = self._loss(self.eager, x, y)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.average is not None:
-            self.average.update(self.net)
-        return value.detach()
+    def state_dict(self) -> dict[str, Any]:
+        return {"numpy_rng": self.rng.bit_generator.state}
 
-    def _loss(self, forward, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device, self.amp, cpu_bf16=self.cpu_amp):
-            logits = forward(x)
-        value = self.loss_fn(logits.float(), y)
-        self.scaler.scale(value).backward()
-        return value
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["numpy_rng"]
+
+
+def val_dice(cfg: RunConfig, net: torch.nn.Module, data: TrainingSet, device: torch.device) -> float:
+    """Mean over the validation cases of their mean foreground Dice at argmax, inside the ROI, on the
+    training grid (the best epoch's score by default)."""
+    foreground = list(range(1, data.n_classes))
+    per_case = []
+    for i in data.val_idx:
+        probs = sliding_window_probs(net, data.images[i], patch_size=data.patch, overlap=cfg.segment.overlap,
+                                     device=device)
+        scores = segmentation_case_metrics(probs_to_labels(probs), data.labels[i],
+                                           spacing=data.target or data.cases[i][1].spacing,
+                                           labels=foreground, roi=data.rois[i])
+        per_case.append(np.nanmean([scores[k]["dice"] for k in foreground]))
+    return float(np.nanmean(per_case))

@@ -1,8 +1,9 @@
-"""What happens around each epoch: user callbacks, early stopping, logs and the progress display.
+"""What happens around each epoch: user callbacks, the time limit, logs and the progress display.
 
-The training loop calls :meth:`Callback.on_epoch_end` after the epoch's checkpoint is on
-disk; raising there stops training (the run can then be resumed). Early stopping, the
-``metrics.csv`` / TensorBoard log and the console output are plain helpers the loop owns.
+The training loop (:func:`medsight.training.loop.fit`) calls :meth:`Callback.on_epoch_end` after
+the epoch's checkpoint is on disk; raising there stops training (the run can then be resumed). The
+time limit, the ``metrics.csv`` / TensorBoard log and the console output are plain helpers the loop
+owns; early stopping and keep-best live on one tracker (:mod:`medsight.training.tracker`).
 
 Example:
     >>> class StopAfter(Callback):
@@ -16,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import math
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,52 +36,6 @@ class Callback:
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         """``epoch`` is 1-based; ``logs`` is the epoch's row of ``metrics.csv``."""
-
-
-def lower_is_better(metric: str) -> bool:
-    """Losses go down, every other metric goes up."""
-    return metric.endswith("loss")
-
-
-class EarlyStopping:
-    """Tracks the best value of one metric and counts epochs without improvement.
-
-    Args:
-        metric: the ``metrics.csv`` column to watch (``auc``, ``val_loss``...).
-        patience: stop after this many epochs without improvement; 0 never stops.
-    """
-
-    def __init__(self, metric: str, patience: int) -> None:
-        self.metric = metric
-        self.patience = patience
-        self.best: float | None = None
-        self.best_epoch = 0
-        self.bad_epochs = 0
-
-    def update(self, epoch: int, value: float) -> bool:
-        """Record ``value`` for ``epoch``; True when it is the best so far (ties are not)."""
-        if self._improves(value):
-            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
-            return True
-        self.bad_epochs += 1
-        return False
-
-    @property
-    def should_stop(self) -> bool:
-        return self.patience > 0 and self.bad_epochs >= self.patience
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
-
-    def _improves(self, value: float) -> bool:
-        """The first value always counts; a number beats NaN; NaN never beats anything."""
-        best = self.best
-        if best is None or math.isnan(best):
-            return best is None or not math.isnan(value)
-        return value < best if lower_is_better(self.metric) else value > best
 
 
 class TimeLimit:
@@ -119,7 +73,7 @@ class TimeLimit:
 
 def time_limit_reason(minutes: float, cut: tuple[int, int, int] | None = None) -> str:
     """Why a run stopped at its time limit; ``cut`` = ``(steps done, steps, epoch)`` when it stopped
-    inside an epoch. Both training loops say it in these words.
+    inside an epoch.
 
     Example:
         >>> time_limit_reason(2, (40, 305, 1))

@@ -40,7 +40,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
 
 from medsight.config import TrainConfig
 from medsight.errors import ConfigError
-from medsight.training.callbacks import lower_is_better
+from medsight.training.tracker import lower_is_better
 
 Scheduler = LRScheduler | ReduceLROnPlateau
 
@@ -98,7 +98,7 @@ class TimeBudget:
 
     def update(self, elapsed: float) -> None:
         """Record ``elapsed``: the seconds the run counts against its limit, the time trained before
-        a resume included (both training loops)."""
+        a resume included."""
         if self.seconds:
             self.fraction = min(max(elapsed / self.seconds, 0.0), 1.0)
 

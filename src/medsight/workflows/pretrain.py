@@ -10,7 +10,9 @@ and ``OUT/pretrain.json`` (what was done, on which data, and the loss per epoch)
   contrast jitter, Gaussian noise; torch only, parameters drawn from a seeded generator); the
   encoder (the model without its head) and a two-layer projection head are trained with the
   NT-Xent loss. The projection head is dropped at save: the file holds the encoder only, so
-  loading it re-initialises the head.
+  loading it re-initialises the head. It trains with the one training loop
+  (:func:`medsight.training.loop.fit`): ``OUT/run/`` holds its checkpoint, ``metrics.csv`` and
+  TensorBoard log.
 
 Unlabelled images come from any reader: folders (searched recursively) of PNG/JPEG/TIFF,
 DICOM or NIfTI files (3D volumes give their slices), single files, and MedMNIST-style
@@ -24,10 +26,10 @@ Example:
 
 from __future__ import annotations
 
+import base64
 import json
-import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medsight.atomic_write import atomic_write_bytes, atomic_write_text
-from medsight.config import PreprocessConfig
+from medsight.config import PreprocessConfig, TrainConfig
 from medsight.errors import ConfigError, DatasetError, MedsightError
 
 MODES = ("supervised", "simclr")
@@ -73,7 +75,7 @@ def run_pretrain(
         epochs, batch_size, lr, seed: the training budget (``simclr``: AdamW + cosine schedule).
         temperature: the NT-Xent temperature (``simclr``).
         recipe: a ``medsight train`` recipe under the other settings (``supervised``).
-        progress: print one line per epoch.
+        progress: the training loop's progress display (one line per epoch off a terminal).
 
     Returns:
         The contents of ``pretrain.json``.
@@ -158,7 +160,7 @@ def collect_unlabelled(sources: Sequence[str | Path], preprocess: PreprocessConf
 
 
 def _npz_images(path: Path, preprocess: PreprocessConfig, run_preprocess) -> list[np.ndarray]:
-    from medsight.sample import Sample
+    from medsight.data.sample import Sample
 
     if not path.is_file():
         raise DatasetError(path, "no such file", "check the DATA paths")
@@ -176,8 +178,8 @@ def _npz_images(path: Path, preprocess: PreprocessConfig, run_preprocess) -> lis
 
 
 def _file_images(file: Path, preprocess: PreprocessConfig, run_preprocess, skipped: list) -> list[np.ndarray]:
+    from medsight.data.sample import Sample
     from medsight.io import is_image_file, read_image
-    from medsight.sample import Sample
 
     if not is_image_file(file):
         return []
@@ -251,9 +253,12 @@ def encoder_and_projection(model_name: str, kwargs: dict, channels: int) -> tupl
 
 
 def _simclr(sources, out: Path, *, model, kwargs, preprocess, epochs, batch_size, lr, temperature, seed, progress):
+    """SimCLR with the one training loop (:func:`medsight.training.loop.fit`), which checkpoints and logs
+    into ``out/run/``; the encoder's last weights (not a best epoch's: there is no validation) are saved."""
     from safetensors.torch import save
 
     from medsight.runtime.device import pick_device
+    from medsight.training.loop import Task, fit
 
     images, info = collect_unlabelled(sources, preprocess)
     if len(images) < 2:
@@ -262,29 +267,67 @@ def _simclr(sources, out: Path, *, model, kwargs, preprocess, epochs, batch_size
     encoder, projection = encoder_and_projection(model, kwargs, preprocess.channels)
     device = pick_device("auto")
     net = nn.Sequential(encoder, projection).to(device)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda e: 0.5 * (1 + math.cos(math.pi * e / max(epochs, 1))))
-    generator = torch.Generator().manual_seed(seed)
     batch = min(batch_size, len(images))
-    history = []
+    cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=lr, schedule="cosine", early_stopping_metric="train_loss",
+                      amp=False, seed=seed)
+    task = Task(net=_BothViews(net), optimizer=torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4),
+                loss=lambda z, _: nt_xent(z[0], z[1], temperature), batches=_ViewBatches(images, batch, seed),
+                validate=None, metrics=("train_loss",))
     started = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        net.train()
-        order = torch.randperm(len(images), generator=generator)
-        total, steps = 0.0, 0
-        for start in range(0, len(images) - batch + 1, batch):
-            v1, v2 = two_views(images[order[start : start + batch]], generator)
-            loss = nt_xent(net(v1.to(device)), net(v2.to(device)), temperature)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, steps = total + float(loss.detach()), steps + 1
-        schedule.step()
-        history.append({"epoch": epoch, "loss": total / steps})
-        if progress:
-            print(f"simclr epoch {epoch}/{epochs}  nt-xent {total / steps:.4f}", flush=True)
+    result = fit(task, cfg=cfg, device=device, run_dir=out / "run", progress=progress)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     atomic_write_bytes(out / "weights.safetensors", save(state))
+    history = [{"epoch": int(row["epoch"]), "loss": row["train_loss"]} for row in result.history]
     return {"n_images": len(images), "temperature": temperature, "batch_size": batch, "lr": lr,
             "seconds": round(time.perf_counter() - started, 1), "history": history, **info}
+
+
+class _BothViews(nn.Module):
+    """The encoder and projection head on both views of a batch: ``(2, N, C, H, W) -> (2, N, 128)``, one
+    forward pass per view (as SimCLR's batch statistics are per view)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.net(views[0]), self.net(views[1])])
+
+
+class _ViewBatches:
+    """Each epoch: the images in a random order, in batches of ``batch`` (the short last one dropped), each
+    batch as two augmented views, all drawn from one generator seeded once with ``seed``.
+
+    The checkpoint keeps the generator's state now and at the start of the epoch, so a resumed run (and
+    one its time limit cut inside an epoch) draws the same orders and views as an unbroken one.
+    """
+
+    def __init__(self, images: torch.Tensor, batch: int, seed: int) -> None:
+        self.images, self.items = images, batch
+        self.steps = len(images) // batch
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch_start = self.generator.get_state()
+
+    def epoch(self, epoch: int, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if skip:  # a cut epoch: its order and the views of its first steps are drawn again
+            self.generator.set_state(self.epoch_start)
+        self.epoch_start = self.generator.get_state()
+        order = torch.randperm(len(self.images), generator=self.generator)
+        for index in range(self.steps):
+            start = index * self.items
+            views = torch.stack(two_views(self.images[order[start : start + self.items]], self.generator))
+            if index >= skip:
+                yield views, torch.zeros(self.items)
+
+    def state_dict(self) -> dict[str, Any]:
+        def text(state: torch.Tensor) -> str:
+            return base64.b64encode(state.numpy().tobytes()).decode()
+
+        return {"generator": text(self.generator.get_state()), "epoch_start": text(self.epoch_start)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        def tensor(text: str) -> torch.Tensor:
+            return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+        self.generator.set_state(tensor(state["generator"]))
+        self.epoch_start = tensor(state["epoch_start"])
