@@ -14,6 +14,12 @@ A bundle is a folder::
 Evaluate, predict, explain, export and serve take a bundle and nothing else, so the
 preprocessing used in training is replayed exactly.
 
+What code reads back is typed (:mod:`medsight.bundle_fields`): ``segmentation``, and the data
+settings, split and threshold choice that the manifest keeps under their old ``provenance`` keys.
+``provenance`` itself is a record (versions, time stamp, training figures) that is shown, never
+read for behaviour. :func:`build_bundle` is the one place a Bundle is assembled, for a training
+run and for :func:`load_bundle` alike.
+
 Example:
     >>> bundle = load_bundle("runs/demo/model")
     >>> model = bundle.build_model()
@@ -30,8 +36,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from medsight import __version__
 from medsight.atomic_write import atomic_write_bytes, write_error
+from medsight.bundle_fields import (
+    DataSettings,
+    SegmentationSettings,
+    SplitRecord,
+    ThresholdChoice,
+    field_error,
+    record_keys,
+    recorded_fields,
+)
 from medsight.config import ModelConfig, PreprocessConfig
 from medsight.errors import BundleError, OutputWriteError
 from medsight.hashing import files_sha256
@@ -43,7 +60,12 @@ MANIFEST = "bundle.json"
 
 @dataclass
 class Bundle:
-    """A trained model with its preprocessing and provenance."""
+    """A trained model with its preprocessing, its typed settings and its provenance record.
+
+    ``segmentation`` also takes the manifest's dict (validated into :class:`SegmentationSettings`).
+    ``data``, ``split`` and ``threshold_choice`` are written under their provenance keys, over
+    whatever the record holds there.
+    """
 
     task: str
     model: ModelConfig
@@ -53,8 +75,15 @@ class Bundle:
     metrics: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     state_dict: dict[str, Any] | None = None
-    segmentation: dict[str, Any] | None = None
+    segmentation: SegmentationSettings | None = None
     temperature: float | None = None
+    data: DataSettings = field(default_factory=DataSettings)
+    split: SplitRecord = field(default_factory=SplitRecord)
+    threshold_choice: ThresholdChoice = field(default_factory=ThresholdChoice)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.segmentation, dict):
+            self.segmentation = SegmentationSettings.model_validate(self.segmentation)
 
     @property
     def num_outputs(self) -> int:
@@ -135,16 +164,17 @@ class Bundle:
             "threshold": self.threshold,
             "temperature": self.temperature,
             "metrics": self.metrics,
-            "provenance": self.provenance,
-            **({"segmentation": self.segmentation} if self.segmentation is not None else {}),
+            "provenance": {**self.provenance, **record_keys(self.data, self.split, self.threshold_choice)},
+            **({"segmentation": self.segmentation.model_dump(mode="json")} if self.segmentation is not None else {}),
         }
 
 
 def load_bundle(folder: str | Path, *, weights: bool = True) -> Bundle:
-    """Read a bundle folder.
+    """Read a bundle folder: the manifest validated into typed fields, then the weights.
 
     Raises:
-        BundleError: the folder, its manifest or its weights are missing or unreadable.
+        BundleError: the folder, its manifest or its weights are missing or unreadable, or a manifest
+            value has the wrong type (the message names bundle.json and the field).
     """
     folder = Path(folder)
     manifest_path = folder / MANIFEST
@@ -160,6 +190,11 @@ def load_bundle(folder: str | Path, *, weights: bool = True) -> Bundle:
             f"bundle format {raw.get('format_version')} is not {FORMAT_VERSION}",
             f"use the medsight version that wrote it, or retrain with medsight {__version__}",
         )
+    temperature = _temperature(raw.get("temperature"), manifest_path)
+    try:
+        manifest = _Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise field_error(manifest_path, exc) from exc
     state = None
     if weights:
         weights_path = folder / WEIGHTS
@@ -171,18 +206,65 @@ def load_bundle(folder: str | Path, *, weights: bool = True) -> Bundle:
             state = load_file(str(weights_path))
         except Exception as exc:  # safetensors raises its own error types
             raise BundleError(weights_path, f"unreadable weights ({exc})", "copy the bundle again") from exc
+    fields = {name: getattr(manifest, name) for name in _Manifest.model_fields}
+    return build_bundle(**fields, state_dict=state, temperature=temperature, source=manifest_path)
+
+
+def build_bundle(
+    *,
+    task: str,
+    model: ModelConfig,
+    preprocess: PreprocessConfig,
+    label_names: list[str],
+    provenance: dict[str, Any],
+    state_dict: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    threshold: float | None = None,
+    temperature: float | None = None,
+    segmentation: SegmentationSettings | None = None,
+    data: DataSettings | None = None,
+    split: SplitRecord | None = None,
+    threshold_choice: ThresholdChoice | None = None,
+    source: str | Path | None = None,
+) -> Bundle:
+    """The one way a Bundle is assembled: by a training run (``provenance`` from :func:`provenance`) and
+    by :func:`load_bundle` (``provenance`` as the manifest recorded it).
+
+    ``data``, ``split`` and ``threshold_choice`` not given are read from the provenance record's keys,
+    where every bundle written so far keeps them.
+
+    Raises:
+        BundleError: a recorded value has the wrong type (the message names ``source`` and the key).
+    """
+    recorded = recorded_fields(provenance, source=source)
     return Bundle(
-        task=raw["task"],
-        model=ModelConfig.model_validate(raw["model"]),
-        preprocess=PreprocessConfig.model_validate(raw["preprocess"]),
-        label_names=list(raw["label_names"]),
-        threshold=raw.get("threshold"),
-        metrics=dict(raw.get("metrics") or {}),
-        provenance=dict(raw.get("provenance") or {}),
-        state_dict=state,
-        segmentation=raw.get("segmentation"),
-        temperature=_temperature(raw.get("temperature"), manifest_path),
+        task=task, model=model, preprocess=preprocess, label_names=list(label_names), threshold=threshold,
+        metrics=dict(metrics or {}), provenance=dict(provenance), state_dict=state_dict,
+        segmentation=segmentation, temperature=temperature,
+        data=recorded["data"] if data is None else data,
+        split=recorded["split"] if split is None else split,
+        threshold_choice=recorded["threshold_choice"] if threshold_choice is None else threshold_choice,
     )
+
+
+class _Manifest(BaseModel):
+    """``bundle.json`` as :func:`load_bundle` reads it (``format_version`` and ``temperature`` are checked apart)."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    task: str
+    model: ModelConfig
+    preprocess: PreprocessConfig
+    label_names: list[str]
+    threshold: float | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    segmentation: SegmentationSettings | None = None
+
+    @field_validator("metrics", "provenance", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
 
 
 def bundle_hash(folder: str | Path) -> str:
@@ -219,4 +301,4 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-__all__ = ["Bundle", "load_bundle", "provenance"]
+__all__ = ["Bundle", "build_bundle", "load_bundle", "provenance"]

@@ -117,7 +117,7 @@ def test_the_described_centring_step_is_what_the_segmenter_does(seg_bundle: Path
 
     bundle = load_bundle(seg_bundle)
     assert not any("centre" in step for step in describe_preprocessing(bundle)["outside_graph"])
-    bundle.segmentation["logit_median"] = -4.25
+    bundle.segmentation.logit_median = -4.25
     step = next(s for s in describe_preprocessing(bundle)["outside_graph"] if s.startswith("centre"))
     assert "sigmoid(logit(p1) - median(logit(p1)) + -4.25)" in step
     segmenter = Segmenter(bundle)

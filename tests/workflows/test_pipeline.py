@@ -108,9 +108,9 @@ def test_a_given_fold_trains_alone_on_the_cv_folds_split(small_phantoms: Path, t
     run_training(load_config(recipe="demo", overrides={**overrides, "data.fold": 1}), out=tmp_path, progress=False)
     assert not (tmp_path / "fold0").exists() and not (tmp_path / "cv_metrics.json").exists()
     model = load_bundle(tmp_path / "model")
-    assert model.provenance["data_config"]["fold"] == 1
+    assert model.data.config.fold == 1
     _, _, val = bundle_split(model, small_phantoms, "val")
-    model.provenance["data_config"]["fold"] = 0
+    model.data.config.fold = 0
     _, _, other = bundle_split(model, small_phantoms, "val")
     assert len(val) and len(other) and set(val.tolist()).isdisjoint(other.tolist())
 

@@ -24,7 +24,7 @@ def bundle_split(model_bundle, data: str | Path, split: str):
     """
     from medsight.data.layouts import open_dataset
 
-    data_cfg = DataConfig.model_validate({**model_bundle.provenance.get("data_config", {}), "path": str(data)})
+    data_cfg = model_bundle.data.split_config(data)
     ds = open_dataset(data, series_uid=data_cfg.series_uid, class_names=model_bundle.label_names)
     if ds.class_names != model_bundle.label_names:
         raise DatasetError(

@@ -238,7 +238,7 @@ def _calibration(bundle) -> dict[str, Any]:
         how = (f"the graph divides the logits by T = {bundle.temperature!r} before the "
                f"{bundle.model.head}, so 'probabilities' are calibrated and the threshold applies to them; "
                "'logits' is the network's output before the division")
-    why = (bundle.provenance.get("calibration") or {}).get("reason", "not recorded (an older bundle)")
+    why = (bundle.threshold_choice.calibration or {}).get("reason", "not recorded (an older bundle)")
     return {"temperature": bundle.temperature, "in_graph": bundle.temperature is not None, "how": how, "why": why}
 
 

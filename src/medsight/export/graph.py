@@ -141,16 +141,16 @@ def describe_preprocessing(bundle: Bundle) -> dict[str, Any]:
         outside.append("CLAHE per channel: min-max to [0, 1], then skimage.exposure.equalize_adapthist defaults")
     after: list[str]
     if bundle.task == "segmentation":
-        settings = bundle.segmentation or {}
-        plan = _plan_text(settings.get("normalization") or {})
+        settings = bundle.segmentation
+        plan = _plan_text(settings.normalization)
         outside.append(f"the plan's normalisation of the whole image: {plan}")
         outside.append(
-            f"Gaussian-weighted sliding window of {cfg.size} patches (overlap {settings.get('overlap', 0.5)}, "
-            f"mirror TTA {settings.get('mirror_tta', False)}, transpose TTA {settings.get('transpose_tta', False)}), "
+            f"Gaussian-weighted sliding window of {cfg.size} patches (overlap {settings.overlap}, "
+            f"mirror TTA {settings.mirror_tta}, transpose TTA {settings.transpose_tta}), "
             "averaging 'probabilities'"
         )
         in_graph = ["network", "softmax over the class axis"]
-        level = settings.get("logit_median")
+        level = settings.logit_median
         if level is not None:
             members = bundle.model.kwargs.get("members") if bundle.model.name == "fold_ensemble" else None
             outside.append(
@@ -162,8 +162,8 @@ def describe_preprocessing(bundle: Bundle) -> dict[str, Any]:
             )
         after = [
             f"argmax over classes {bundle.label_names}",
-            f"per-class thresholds {settings.get('thresholds') or {}} (below: background)",
-            f"largest connected component only: {settings.get('largest_component', False)}",
+            f"per-class thresholds {settings.thresholds} (below: background)",
+            f"largest connected component only: {settings.largest_component}",
         ]
     else:
         dims = "bilinear" if len(cfg.size) == 2 else "trilinear"

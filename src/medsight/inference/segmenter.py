@@ -74,10 +74,9 @@ class Segmenter:
                 "use medsight.inference.predictor.Predictor for classifiers",
             )
         self.settings = self.bundle.segmentation
-        self.thresholds = {int(k): float(v) for k, v in (self.settings.get("thresholds") or {}).items()}
-        level = self.settings.get("logit_median")
+        self.thresholds = self.settings.class_thresholds()
         #: binary bundles trained with ``segment.centre_logits``: each image's median foreground logit
-        self.logit_median = None if level is None else float(level)
+        self.logit_median = self.settings.logit_median
         self.device = torch.device(device)
         self.mixed_precision = mixed_precision
         self.model = self.bundle.build_model().to(self.device)
@@ -103,7 +102,7 @@ class Segmenter:
         """The network input for a whole image: the bundle's intensity steps and normalisation."""
         from medsight.transforms.preprocess import preprocess_for_segmentation
 
-        return preprocess_for_segmentation(sample, self.bundle.preprocess, self.settings["normalization"])
+        return preprocess_for_segmentation(sample, self.bundle.preprocess, self.settings.normalization)
 
     def probabilities(self, sample: Sample) -> np.ndarray:
         """``(K, *spatial)`` softmax probabilities on the sample's grid.
@@ -121,7 +120,7 @@ class Segmenter:
         check_spatial_dims(sample, self.bundle.spatial_dims, volumes="a NIfTI or NRRD file, a multi-frame DICOM, "
                            "or a folder of DICOM slices")
         image = self.prepare(sample)  # first: it says what is wrong with an image of the wrong kind
-        grid = spacing_shape(sample.spatial_shape, sample.spacing, self.settings.get("target_spacing"))
+        grid = spacing_shape(sample.spatial_shape, sample.spacing, self.settings.target_spacing)
         working = resize(image, grid)
 
         def predict(net) -> np.ndarray:
@@ -129,9 +128,9 @@ class Segmenter:
                 net,
                 working,
                 patch_size=self.bundle.preprocess.size,
-                overlap=float(self.settings.get("overlap", 0.5)),
-                mirror_tta=bool(self.settings.get("mirror_tta", False)),
-                transpose_tta=bool(self.settings.get("transpose_tta", False)),
+                overlap=self.settings.overlap,
+                mirror_tta=self.settings.mirror_tta,
+                transpose_tta=self.settings.transpose_tta,
                 device=self.device,
                 mixed_precision=self.mixed_precision,
             )
@@ -150,7 +149,7 @@ class Segmenter:
     def labels_from(self, probs: np.ndarray) -> np.ndarray:
         """Thresholds, then largest-component cleaning, as the bundle says."""
         labels = probs_to_labels(probs, thresholds=self.thresholds)
-        if self.settings.get("largest_component"):
+        if self.settings.largest_component:
             labels = keep_largest_component(labels)
         return labels
 

@@ -124,7 +124,7 @@ class ModelRegistry:
                 "task": loaded.task,
                 "hash": bundle_hash(target),
                 "metrics": dict(loaded.metrics if metrics is None else metrics),
-                "data_hash": data_hash if data_hash is not None else loaded.provenance.get("data_hash"),
+                "data_hash": data_hash if data_hash is not None else loaded.data.hash,
                 "registered": _now(),
                 "notes": dict(notes or {}),
             })

@@ -41,7 +41,8 @@ from typing import Any
 
 import torch
 
-from medsight.bundle import Bundle, provenance
+from medsight.bundle import Bundle, build_bundle, provenance
+from medsight.bundle_fields import DataSettings, SegmentationSettings, SplitRecord, ThresholdChoice
 from medsight.config import ModelConfig, RunConfig
 from medsight.errors import ConfigError
 from medsight.inference.segment import sliding_window_probs
@@ -50,6 +51,7 @@ from medsight.runtime import distributed
 from medsight.runtime.device import pick_device, set_threads
 from medsight.segmentation.cases import TrainingSet, training_set
 from medsight.segmentation.losses import make_seg_loss
+from medsight.segmentation.plan import Plan
 from medsight.segmentation.step import METRICS, PatchBatches, val_dice
 from medsight.segmentation.thresholds import centring_level, choose_thresholds
 from medsight.training.loop import FitResult, Task, check_metric, fit, now
@@ -168,15 +170,15 @@ def _loss(cfg: RunConfig, n_classes: int):
                           f"give only options of the {seg.loss} loss") from exc
 
 
-def _model_kwargs(cfg: RunConfig, plan: dict, patch: list[int]) -> dict[str, Any]:
+def _model_kwargs(cfg: RunConfig, plan: Plan, patch: list[int]) -> dict[str, Any]:
     """Plan-derived defaults for the built-in segmenters, overridden by ``model.kwargs``.
 
     The plan's ``depth`` counts poolings; the networks' ``depth`` counts resolution levels (one more).
     """
     given = dict(cfg.model.kwargs)
-    levels = plan["depth"] + 1
+    levels = plan.depth + 1
     if cfg.model.name == "unet":
-        return {"base_features": plan["base_features"], "depth": levels, **given}
+        return {"base_features": plan.base_features, "depth": levels, **given}
     if cfg.model.name == "dynunet":
         return {"depth": levels, "patch_size": patch, "deep_supervision": cfg.segment.deep_supervision, **given}
     if cfg.segment.deep_supervision:
@@ -209,7 +211,7 @@ def _thresholds(cfg: RunConfig, net, val_set, patch, device, n_classes: int):
 def _bundle(cfg: RunConfig, data: TrainingSet, kwargs: dict[str, Any], thresholds: dict[int, float], note: str,
             state: dict[str, Any], best_state: dict[str, torch.Tensor], level: float | None) -> Bundle:
     names = {k: data.dataset.label_names.get(k, f"label_{k}") for k in range(data.n_classes)}
-    return Bundle(
+    return build_bundle(
         task="segmentation",
         model=ModelConfig(name=cfg.model.name, kwargs=kwargs),
         preprocess=cfg.preprocess.model_copy(update={
@@ -219,22 +221,18 @@ def _bundle(cfg: RunConfig, data: TrainingSet, kwargs: dict[str, Any], threshold
         label_names=[names[k] for k in range(data.n_classes)],
         metrics={"val_dice": state["best_dice"]},
         provenance=provenance(
-            run=cfg.name, data=str(cfg.data.path), plan=data.plan, best_epoch=state["best_epoch"],
+            run=cfg.name, plan=data.plan.to_json(), best_epoch=state["best_epoch"],
             epochs_run=state["epoch"], train_seconds=round(state["seconds"], 1), seed=cfg.train.seed,
             stop_reason=state.get("stop_reason", ""),
-            threshold_note=note, data_config=cfg.data.model_dump(mode="json", exclude={"path", "class_names"}),
-            split={split: [data.cases[i][0] for i in idx]
-                   for split, idx in (("train", data.train_idx), ("val", data.val_idx))},
         ),
         state_dict=best_state,
-        segmentation={
-            "normalization": data.plan["normalization"],
-            "overlap": cfg.segment.overlap,
-            "mirror_tta": cfg.segment.mirror_tta,
-            "transpose_tta": cfg.segment.transpose_tta,
-            "largest_component": cfg.segment.largest_component,
-            "target_spacing": data.target,
-            "thresholds": {str(k): float(v) for k, v in thresholds.items()},
-            "logit_median": level,
-        },
+        segmentation=SegmentationSettings(
+            normalization=data.plan.normalization, overlap=cfg.segment.overlap, mirror_tta=cfg.segment.mirror_tta,
+            transpose_tta=cfg.segment.transpose_tta, largest_component=cfg.segment.largest_component,
+            target_spacing=data.target, thresholds=thresholds, logit_median=level,
+        ),
+        data=DataSettings.of(cfg.data),
+        split=SplitRecord(cases={split: [data.cases[i][0] for i in idx]
+                                 for split, idx in (("train", data.train_idx), ("val", data.val_idx))}),
+        threshold_choice=ThresholdChoice(note=note),
     )

@@ -128,7 +128,7 @@ class ModelService:
             "spatial_dims": bundle.spatial_dims,
             "threshold": bundle.threshold,
             "temperature": bundle.temperature,
-            "segmentation": getattr(bundle, "segmentation", None),
+            "segmentation": None if bundle.segmentation is None else bundle.segmentation.model_dump(mode="json"),
             "metrics": bundle.metrics,
             "version": self.version,
             "provenance": public_provenance(bundle.provenance),

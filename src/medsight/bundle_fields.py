@@ -1,0 +1,174 @@
+"""The typed settings a bundle carries besides its network: what code reads back from ``bundle.json``.
+
+- :class:`SegmentationSettings`: the manifest's ``segmentation`` (the plan's normalisation, the
+  sliding-window, TTA and postprocessing settings, the per-class thresholds);
+- :class:`DataSettings`: where the training data was and the data settings its split is rebuilt from;
+- :class:`SplitRecord`: the case ids of each split a segmentation run made;
+- :class:`ThresholdChoice`: how the operating threshold was chosen, with which evaluation settings,
+  and how the temperature was (or was not) fitted.
+
+The last three live in the manifest under the ``provenance`` keys medsight has always written
+(``data``, ``data_hash``, ``data_config``, ``split``, ``split_note``, ``threshold_note``,
+``eval_config``, ``calibration``), so bundles written before these settings were typed load into
+them, and bundles written now load in older medsight. :func:`recorded_fields` reads them out of a
+provenance record; :func:`record_keys` writes them back. Code reads the typed fields, never the record.
+
+Example:
+    >>> fields = recorded_fields({"data": "data/chest", "threshold_note": "Youden on validation (n=78)"})
+    >>> fields["data"].path, fields["threshold_choice"].note
+    ('data/chest', 'Youden on validation (n=78)')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
+
+from medsight.config import DataConfig, EvalConfig
+from medsight.errors import BundleError
+
+
+class SegmentationSettings(BaseModel):
+    """How a segmentation bundle turns an image into labels (the manifest's ``segmentation``).
+
+    ``normalization`` is the plan's intensity normalisation of the whole image (``{"scheme": ...}``);
+    ``target_spacing`` the grid the network predicts on (None: the image's own); ``thresholds`` the
+    probability threshold per class (as the manifest writes them: ``{"1": 0.72}``); ``logit_median``
+    the level each image's foreground logits are centred to (``segment.centre_logits``; None: off).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    normalization: dict[str, Any]
+    overlap: float = 0.5
+    mirror_tta: bool = False
+    transpose_tta: bool = False
+    largest_component: bool = False
+    target_spacing: list[float] | None = None
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    logit_median: float | None = None
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _class_keys_as_text(cls, value: Any) -> Any:
+        """Class indices as the manifest's JSON keys (``{1: 0.7}`` -> ``{"1": 0.7}``); null: none."""
+        if value is None:
+            return {}
+        return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
+
+    def class_thresholds(self) -> dict[int, float]:
+        """``thresholds`` keyed by class index, as :func:`~medsight.inference.postprocess.probs_to_labels` wants."""
+        return {int(k): float(v) for k, v in self.thresholds.items()}
+
+    def with_thresholds(self, thresholds: dict[int, float], logit_median: float | None) -> SegmentationSettings:
+        """These settings with other thresholds and centring level (a fold ensemble's, chosen out of fold)."""
+        return SegmentationSettings.model_validate(
+            {**self.model_dump(), "thresholds": thresholds, "logit_median": logit_median})
+
+    def __getitem__(self, key: str) -> Any:
+        """A setting by its manifest key (``settings["thresholds"]``), as it was read while the settings were a dict."""
+        return getattr(self, key)
+
+
+class _Recorded(BaseModel):
+    """A typed field kept under provenance keys: validated from the record by those keys, extra keys ignored."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    def record(self) -> dict[str, Any]:
+        """The provenance keys this field writes; a field that is None writes no key (as before)."""
+        return {k: v for k, v in self.model_dump(mode="json", by_alias=True).items() if v is not None}
+
+
+class DataSettings(_Recorded):
+    """The training data: its folder (``data``), its hash (``data_hash``, the registry's record of
+    what was trained on) and the data settings (``data_config``: fractions, folds, seed-free split
+    rules) that rebuild the run's split on that data."""
+
+    path: str | None = Field(None, alias="data")
+    hash: str | None = Field(None, alias="data_hash")
+    config: DataConfig | None = Field(None, alias="data_config")
+
+    @classmethod
+    def of(cls, data: DataConfig, *, hash: str | None = None) -> DataSettings:
+        """A run's data settings from its config (the folder kept apart, as ``path``)."""
+        return cls(path=str(data.path), hash=hash, config=data)
+
+    @field_serializer("config")
+    def _config_without_folder(self, config: DataConfig | None) -> dict[str, Any] | None:
+        """The manifest stores the split rules only: the folder is ``data``, the classes are the label names."""
+        return None if config is None else config.model_dump(mode="json", exclude={"path", "class_names"})
+
+    def split_config(self, data: str | Path) -> DataConfig:
+        """The data settings to rebuild the run's split on the data at ``data`` (defaults where none are stored)."""
+        stored = self._config_without_folder(self.config) or {}
+        return DataConfig.model_validate({**stored, "path": str(data)})
+
+
+class SplitRecord(_Recorded):
+    """The case ids of each split a segmentation run made (``split``: ``{"train": [...], "val": [...]}``),
+    and why a split is empty where it is (``split_note``: a fold ensemble has no validation cases)."""
+
+    cases: dict[str, list[str]] | None = Field(None, alias="split")
+    note: str | None = Field(None, alias="split_note")
+
+    def of(self, split: str) -> list[str]:
+        """The case ids of ``split``; none where the run made no such split."""
+        return list((self.cases or {}).get(split, []))
+
+
+class ThresholdChoice(_Recorded):
+    """How the operating point was chosen: the note that says how (``threshold_note``), the evaluation
+    settings it was chosen with and evaluation replays (``eval_config``), and whether a temperature was
+    fitted and why (``calibration``: the :class:`~medsight.classification.calibration.TemperatureChoice`)."""
+
+    note: str | None = Field(None, alias="threshold_note")
+    evaluation: EvalConfig | None = Field(None, alias="eval_config")
+    calibration: dict[str, Any] | None = None
+
+    def note_or(self, default: str) -> str:
+        """The note, or ``default`` for a bundle that records none."""
+        return default if self.note is None else self.note
+
+
+#: the typed fields a provenance record holds, by the Bundle attribute they fill
+RECORDED_FIELDS: dict[str, type[_Recorded]] = {
+    "data": DataSettings, "split": SplitRecord, "threshold_choice": ThresholdChoice,
+}
+
+
+def recorded_fields(record: dict[str, Any], *, source: str | Path | None = None) -> dict[str, _Recorded]:
+    """The typed fields a provenance record holds (keys it lacks take their defaults).
+
+    Raises:
+        BundleError: a value has the wrong type; the message names ``source`` and the provenance key.
+    """
+    fields = {}
+    for name, model in RECORDED_FIELDS.items():
+        keys = [info.alias or key for key, info in model.model_fields.items()]
+        try:
+            fields[name] = model.model_validate({key: record[key] for key in keys if key in record})
+        except ValidationError as exc:
+            raise field_error(source, exc, prefix="provenance") from exc
+    return fields
+
+
+def record_keys(*fields: _Recorded) -> dict[str, Any]:
+    """The provenance keys the typed fields write into the manifest."""
+    return {key: value for field in fields for key, value in field.record().items()}
+
+
+def field_error(source: str | Path | None, exc: ValidationError, *, prefix: str = "") -> BundleError:
+    """The first problem pydantic found, as a :class:`BundleError` naming the file and the field."""
+    problem = exc.errors()[0]
+    where = ".".join(str(part) for part in (prefix, *problem["loc"]) if part != "")
+    got = repr(problem.get("input"))
+    got = got if len(got) <= 60 else f"{got[:57]}..."
+    return BundleError(source, f"field {where}: {problem['msg']} (got {got})",
+                       "correct that value in bundle.json, or retrain the model")
+
+
+__all__ = ["DataSettings", "SegmentationSettings", "SplitRecord", "ThresholdChoice",
+           "field_error", "record_keys", "recorded_fields"]
