@@ -120,3 +120,32 @@ def test_classifier_trains_in_bf16_on_cpu(monkeypatch, tmp_path) -> None:
     result = fit(model, data, data, cfg=cfg, head="softmax", num_classes=2, run_dir=tmp_path, progress=False)
     assert result.best_metric > 0.9
     assert all(np.isfinite(row["train_loss"]) for row in result.history)
+
+
+def test_a_classifier_honours_train_compile_and_falls_back_to_eager_with_the_same_weights(monkeypatch, tmp_path,
+                                                                                          caplog) -> None:
+    """``train.compile`` reaches classification: the (here failing) compiled step is tried on the first batch,
+    then the run trains eagerly and ends with exactly the weights of a run without compile."""
+    from test_trainer import blobs, config, small_cnn
+
+    train, val = blobs(64, 2, seed=1), blobs(16, 2, seed=2)
+    eager = small_cnn(2)
+    fit(eager, train, val, cfg=config(epochs=2), head="softmax", num_classes=2, run_dir=tmp_path / "eager",
+        progress=False)
+    compiled_modules = []
+
+    def broken_compile(module):
+        compiled_modules.append(module)
+
+        def fail(*args, **kwargs):
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    fallback = small_cnn(2)
+    with caplog.at_level(logging.WARNING):
+        fit(fallback, train, val, cfg=config(epochs=2, compile=True), head="softmax", num_classes=2,
+            run_dir=tmp_path / "fallback", progress=False)
+    assert compiled_modules == [fallback]
+    assert "torch.compile failed (RuntimeError: InvalidCxxCompiler" in caplog.text
+    assert all(torch.equal(value, fallback.state_dict()[key]) for key, value in eager.state_dict().items())

@@ -141,10 +141,10 @@ def test_a_segmentation_run_on_a_full_disk_keeps_its_first_checkpoint(tmp_path: 
         first.setdefault("weights", {k: v.detach().clone() for k, v in kwargs["model"].state_dict().items()})
         return state
 
-    from medsight.segmentation import train as seg_pipeline
+    from medsight.training import loop
 
-    real_save = seg_pipeline.save_checkpoint
-    monkeypatch.setattr(seg_pipeline, "save_checkpoint", after_first_checkpoint)
+    real_save = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", after_first_checkpoint)
     fill_disk_on(monkeypatch, "last.safetensors.tmp", nth=2)
     with pytest.raises(OutputWriteError) as info:
         train_segmenter(cfg, out=out, progress=False)
