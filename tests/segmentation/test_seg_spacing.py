@@ -47,10 +47,10 @@ def anisotropic_set(tmp_path):
 def test_training_resamples_to_the_target_and_masks_return_to_the_source_grid(anisotropic_set, tmp_path,
                                                                              monkeypatch):
     import medsight.inference.segment as segment
-    import medsight.segmentation.train as seg_pipeline
+    import medsight.segmentation.step as patch_batches
 
     trained_on, predicted_on = set(), []
-    original_patches, original_window = seg_pipeline.sample_patches, segment.sliding_window_probs
+    original_patches, original_window = patch_batches.sample_patches, segment.sliding_window_probs
 
     def spy_patches(images, labels, **kwargs):
         trained_on.update(image.shape[1:] for image in images)
@@ -60,7 +60,7 @@ def test_training_resamples_to_the_target_and_masks_return_to_the_source_grid(an
         predicted_on.append(image.shape[1:])
         return original_window(network, image, **kwargs)
 
-    monkeypatch.setattr(seg_pipeline, "sample_patches", spy_patches)
+    monkeypatch.setattr(patch_batches, "sample_patches", spy_patches)
     monkeypatch.setattr(segment, "sliding_window_probs", spy_window)
     cfg = load_config(overrides={
         "task": "segmentation", "data.path": str(anisotropic_set), "model.name": "unet",
