@@ -160,7 +160,7 @@ def collect_unlabelled(sources: Sequence[str | Path], preprocess: PreprocessConf
 
 
 def _npz_images(path: Path, preprocess: PreprocessConfig, run_preprocess) -> list[np.ndarray]:
-    from medsight.data.sample import Sample
+    from medsight.sample import Sample
 
     if not path.is_file():
         raise DatasetError(path, "no such file", "check the DATA paths")
@@ -178,8 +178,8 @@ def _npz_images(path: Path, preprocess: PreprocessConfig, run_preprocess) -> lis
 
 
 def _file_images(file: Path, preprocess: PreprocessConfig, run_preprocess, skipped: list) -> list[np.ndarray]:
-    from medsight.data.sample import Sample
     from medsight.io import is_image_file, read_image
+    from medsight.sample import Sample
 
     if not is_image_file(file):
         return []
