@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from medsight.classification.batches import TensorSet, class_counts, inverse_frequency_weights, iterate_batches
-from medsight.classification.predict import CalibratedClassifier
 from medsight.classification.trainer import FitResult, fit, make_loss
 from medsight.config import TrainConfig
 from medsight.errors import ConfigError, DatasetError, MedsightError
+from medsight.inference.classifier import CalibratedClassifier
 from medsight.training import loop
 from medsight.training.callbacks import Callback
 from medsight.training.tracker import BestTracker, EarlyStopping

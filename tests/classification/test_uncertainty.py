@@ -14,7 +14,6 @@ from torch import nn
 
 from medsight.classification.evaluate import evaluate_predictions
 from medsight.classification.metrics import classification_metrics
-from medsight.classification.predict import CalibratedClassifier
 from medsight.classification.uncertainty import (
     case_entropy,
     dropout_active,
@@ -24,6 +23,7 @@ from medsight.classification.uncertainty import (
 )
 from medsight.config import EvalConfig
 from medsight.errors import ConfigError, DatasetError
+from medsight.inference.classifier import CalibratedClassifier
 
 
 class Constant(nn.Module):

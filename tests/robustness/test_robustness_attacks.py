@@ -60,7 +60,7 @@ def test_eps_zero_is_clean_and_larger_eps_lowers_auc(clean_set) -> None:
 
 def test_attacks_lower_accuracy_of_a_confident_model(clean_set) -> None:
     """A logistic regression fitted to the phantoms here is accurate when clean and fooled at eps 0.1."""
-    from medsight.classification.predict import CalibratedClassifier
+    from medsight.inference.classifier import CalibratedClassifier
     from medsight.robustness.attacks import attack
 
     _, data = clean_set

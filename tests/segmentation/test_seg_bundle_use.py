@@ -249,7 +249,7 @@ def test_bad_thresholds_are_config_errors():
 
 
 def test_uncertainty_maps_scores_and_their_link_to_dice(trained, tmp_path):
-    from medsight.segmentation.uncertainty import case_uncertainty, entropy_map
+    from medsight.inference.uncertainty import case_uncertainty, entropy_map
 
     data, run = trained
     uniform, certain = np.full((2, 4, 4), 0.5), np.stack([np.ones((4, 4)), np.zeros((4, 4))])

@@ -143,7 +143,7 @@ def calibrated_probs(logits: np.ndarray, temperature: float | None, *, head: str
     """``(N, K)`` probabilities of ``logits / T`` (``None`` means ``T = 1``); sigmoid gives ``[1 - p, p]``."""
     import torch
 
-    from medsight.classification.predict import probs_from_logits
+    from medsight.inference.classifier import probs_from_logits
 
     return probs_from_logits(torch.as_tensor(np.asarray(logits, dtype=np.float32)), head, temperature)
 

@@ -35,7 +35,6 @@ import numpy as np
 
 from medsight.atomic_write import atomic_write_text
 from medsight.classification.metrics import (
-    METRIC_KEYS,
     bootstrap_cis,
     check_inputs,
     classification_metrics,
@@ -46,11 +45,10 @@ from medsight.classification.metrics import (
 )
 from medsight.config import EvalConfig
 from medsight.errors import DatasetError
+from medsight.metric_names import DISTANCE_KEYS, METRIC_KEYS
 from medsight.result_files import write_csv_table, write_strict_json
 
 CV_KEYS = (*METRIC_KEYS, "ece", "ece_uncalibrated")
-#: Segmentation metrics measured in the data's distance unit (``distance_unit``: ``px`` or ``mm``).
-DISTANCE_KEYS = ("hd95", "assd")
 _CALIBRATION_BINS = 15
 
 

@@ -33,18 +33,8 @@ import warnings
 import numpy as np
 
 from medsight.errors import ConfigError, DatasetError
+from medsight.metric_names import METRIC_KEYS
 
-METRIC_KEYS = (
-    "accuracy",
-    "balanced_accuracy",
-    "sensitivity",
-    "specificity",
-    "precision",
-    "npv",
-    "f1",
-    "auc",
-    "pr_auc",
-)
 THRESHOLD_METHODS = ("youden", "sensitivity", "fixed")
 _CHUNK_CELLS = 2_000_000  # resamples x cases handled at once by the bootstrap
 

@@ -4,8 +4,8 @@ training's report and ``medsight evaluate``."""
 from __future__ import annotations
 
 from medsight.classification.batches import TensorSet
-from medsight.classification.predict import CalibratedClassifier
 from medsight.config import EvalConfig
+from medsight.inference.classifier import CalibratedClassifier
 
 
 def score(classifier: CalibratedClassifier, tensors: TensorSet, *, cfg: EvalConfig) -> dict:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from medsight.classification.predict import CalibratedClassifier
 from medsight.classification.score import calibration_kwargs, score
 from medsight.config import EvalConfig, RunConfig, save_config
 from medsight.data.file_errors import write_skipped_files
 from medsight.data.splits import resolve_splits
 from medsight.errors import ConfigError
+from medsight.inference.classifier import CalibratedClassifier
 
 #: the summary line and report row of a run that ended before ``train.epochs``; its reason follows
 STOPPED_EARLY = "stopped early"

@@ -28,9 +28,10 @@ from torch import nn
 
 from medsight.classification.batches import TensorSet, inverse_frequency_weights, iterate_batches
 from medsight.classification.fit_checks import check_inputs, check_outputs
-from medsight.classification.metrics import METRIC_KEYS, classification_metrics
-from medsight.classification.predict import batched_logits
+from medsight.classification.metrics import classification_metrics
 from medsight.config import TrainConfig
+from medsight.inference.classifier import batched_logits
+from medsight.metric_names import METRIC_KEYS
 from medsight.models.freezing import parameter_groups
 from medsight.models.heads import logits_to_probs
 from medsight.runtime import distributed

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from medsight.classification.predict import CalibratedClassifier
 from medsight.errors import ConfigError, DatasetError
+from medsight.inference.classifier import CalibratedClassifier
 from medsight.models.heads import entropy
 
 METHODS = ("none", "tta", "mc_dropout")

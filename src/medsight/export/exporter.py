@@ -199,7 +199,7 @@ def _int8(source: Path, target: Path, bundle, parity, metric: str) -> dict[str, 
 
 
 def _metric(task: str, metric: str | None) -> str:
-    from medsight.classification.metrics import METRIC_KEYS
+    from medsight.metric_names import METRIC_KEYS
 
     allowed = ("dice",) if task == "segmentation" else METRIC_KEYS
     metric = metric or ("dice" if task == "segmentation" else "auc")

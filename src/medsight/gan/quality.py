@@ -108,10 +108,10 @@ def train_on_synthetic(generator_net, real_train_labels: np.ndarray, real_val, *
     import torch
 
     from medsight.classification.metrics import classification_metrics
-    from medsight.classification.predict import CalibratedClassifier
     from medsight.classification.synthetic import class_quota
     from medsight.classification.trainer import fit
     from medsight.config import TrainConfig
+    from medsight.inference.classifier import CalibratedClassifier
     from medsight.models import create_model
 
     def labels_for(n: int, offset: int):

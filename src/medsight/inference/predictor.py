@@ -8,7 +8,7 @@ It is the one prediction path of a classification bundle: ``medsight evaluate``,
 service, the promotion gate, retrain, export parity, robustness and triage all build a
 ``Predictor`` (from a folder or an in-memory :class:`~medsight.bundle.Bundle`) and call
 :meth:`Predictor.predict_tensors` or :meth:`Predictor.predict_sample`. Both run its
-:class:`~medsight.classification.predict.CalibratedClassifier`, which training's calibration and
+:class:`~medsight.inference.classifier.CalibratedClassifier`, which training's calibration and
 report use too, so the bundle's temperature is applied in one place.
 
 Two backends run the network:
@@ -77,7 +77,7 @@ class Predictor:
     def __init__(self, bundle: Bundle | str | Path, *, device: str = "cpu", backend: str = "auto") -> None:
         import torch
 
-        from medsight.classification.predict import CalibratedClassifier
+        from medsight.inference.classifier import CalibratedClassifier
 
         if backend not in BACKENDS:
             raise ConfigError(f"backend={backend}", "unknown backend", f"use one of {', '.join(BACKENDS)}")
@@ -113,7 +113,7 @@ class Predictor:
         """Preprocessed ``(N, C, *size)`` float tensors -> ``(N, K)`` calibrated probabilities.
 
         Both backends take the network's logits, divide them by the bundle's temperature
-        (calibration) and apply the head (:class:`~medsight.classification.predict.CalibratedClassifier`),
+        (calibration) and apply the head (:class:`~medsight.inference.classifier.CalibratedClassifier`),
         so the probabilities are the calibrated ones the evaluation reports. (The ONNX graph's
         ``probabilities`` are calibrated too, for other runtimes; the predictor reads the raw ``logits``,
         so exports made before the graph applied the temperature still give calibrated probabilities.)
@@ -188,7 +188,7 @@ class Predictor:
 
 class OnnxLogits:
     """The ONNX graph's ``logits`` output as the network of a
-    :class:`~medsight.classification.predict.CalibratedClassifier`: a float tensor batch in, CPU logits out.
+    :class:`~medsight.inference.classifier.CalibratedClassifier`: a float tensor batch in, CPU logits out.
     It runs on the CPU only, so moving it (``to``) and its eval mode change nothing."""
 
     def __init__(self, session) -> None:

@@ -31,8 +31,8 @@ from medsight.inference.postprocess import (
     write_mask,
     write_probability_maps,
 )
+from medsight.inference.uncertainty import case_uncertainty, entropy_map
 from medsight.sample import Sample
-from medsight.segmentation.uncertainty import case_uncertainty, entropy_map
 
 
 @dataclass

@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from medsight.classification.evaluate import DISTANCE_KEYS
+from medsight.metric_names import DISTANCE_KEYS
 from medsight.report.html import Figure, figures, fmt, key_values, page, paragraph, section, table
 
 HEADLINE_ORDER = (

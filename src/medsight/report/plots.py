@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from medsight.atomic_write import replacing  # noqa: E402
-from medsight.classification.metrics import METRIC_KEYS  # noqa: E402
+from medsight.metric_names import METRIC_KEYS  # noqa: E402
 
 _DPI = 110
 

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from medsight.atomic_write import atomic_write_text  # noqa: E402
-from medsight.classification.evaluate import DISTANCE_KEYS  # noqa: E402
+from medsight.metric_names import DISTANCE_KEYS  # noqa: E402
 from medsight.report.html import Figure, figures, page, paragraph, section, table  # noqa: E402
 from medsight.report.plots import save_figure  # noqa: E402
 

@@ -39,13 +39,13 @@ from typing import Any
 import numpy as np
 
 from medsight.atomic_write import replacing
-from medsight.classification.evaluate import DISTANCE_KEYS
 from medsight.errors import DatasetError, InvalidImageError
+from medsight.inference.uncertainty import case_uncertainty, entropy_map
+from medsight.metric_names import DISTANCE_KEYS
 from medsight.result_files import write_csv_table, write_strict_json
 from medsight.sample import Sample
 from medsight.segmentation.metrics import SEG_METRIC_KEYS, segmentation_case_metrics, summarise_cases
 from medsight.segmentation.pixel_scores import PixelScores
-from medsight.segmentation.uncertainty import case_uncertainty, entropy_map
 
 #: one case to score: ``(case_id, image, reference labels, region of interest or None)``
 Case = tuple[str, Sample, np.ndarray, np.ndarray | None]

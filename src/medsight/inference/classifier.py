@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from medsight.classification.batches import TensorSet
 from medsight.models.heads import logits_to_probs
 from medsight.runtime.device import autocast, to_device
 
@@ -56,13 +55,13 @@ class CalibratedClassifier:
             self.device = torch.device(self.device)
             self.network.to(self.device)
 
-    def logits(self, images: TensorSet | torch.Tensor, *, eval_mode: bool = True) -> torch.Tensor:
+    def logits(self, images: torch.Tensor, *, eval_mode: bool = True) -> torch.Tensor:
         """Float32 CPU logits ``(N, outputs)`` of ``images`` ``(N, C, *spatial)``.
 
         ``eval_mode=False`` leaves the modules' train/eval modes as they are (Monte Carlo dropout
         sets them itself); by default the network is put in eval mode.
         """
-        images = images.images if isinstance(images, TensorSet) else images
+        images = getattr(images, "images", images)  # a TensorSet's images, or a tensor
         return batched_logits(self.network, images, batch_size=self.batch_size, device=self.device, amp=False,
                               eval_mode=eval_mode)
 
@@ -70,7 +69,7 @@ class CalibratedClassifier:
         """``(N, K)`` probabilities of :meth:`logits`; ``calibrated=False`` leaves out the temperature."""
         return probs_from_logits(logits, self.head, self.temperature if calibrated else None)
 
-    def predict(self, images: TensorSet | torch.Tensor, *, eval_mode: bool = True) -> np.ndarray:
+    def predict(self, images: torch.Tensor, *, eval_mode: bool = True) -> np.ndarray:
         """Calibrated ``(N, K)`` probabilities of ``images``: :meth:`probabilities` of :meth:`logits`."""
         return self.probabilities(self.logits(images, eval_mode=eval_mode))
 
