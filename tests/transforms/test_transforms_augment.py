@@ -11,6 +11,7 @@ import torch
 from medsight.config import AugmentConfig
 from medsight.errors import ConfigError
 from medsight.transforms import BatchAugment
+from medsight.transforms.fixed import elastic_displacement
 
 EVERYTHING = AugmentConfig(
     flip_h=0.5, flip_v=0.5, rotate_deg=20, scale=0.1, shift=0.1,
@@ -195,11 +196,9 @@ def test_a_uniform_elastic_displacement_is_a_shift_and_a_zero_one_changes_nothin
 
 @pytest.mark.parametrize("shape", [(4, 1, 40, 40), (2, 1, 20, 24, 24)])
 def test_elastic_moves_no_pixel_further_than_configured_and_bends_the_image(shape):
-    from medsight.transforms.augment import _displacement
-
     aug = BatchAugment(AugmentConfig(elastic=3.0), spatial_dims=len(shape) - 2)
     params = aug.sample(shape, gen(5))
-    pixels = _displacement(params.elastic, torch.Size(shape[2:])) / torch.tensor(
+    pixels = elastic_displacement(params.elastic, shape[2:]) / torch.tensor(
         [2.0 / s for s in reversed(shape[2:])]
     )
     assert pixels.abs().max() <= 3.0 + 1e-4 and pixels.abs().max() > 2.0
@@ -210,11 +209,9 @@ def test_elastic_moves_no_pixel_further_than_configured_and_bends_the_image(shap
 
 def test_elastic_per_axis_bounds_leave_a_zero_axis_still():
     """[0, 3, 3] on a 3D batch: no displacement across slices, up to 3 px within them."""
-    from medsight.transforms.augment import _displacement
-
     shape = (2, 1, 20, 24, 24)
     params = BatchAugment(AugmentConfig(elastic=[0.0, 3.0, 3.0]), spatial_dims=3).sample(shape, gen(5))
-    pixels = _displacement(params.elastic, torch.Size(shape[2:])) / torch.tensor([2.0 / s for s in shape[:1:-1]])
+    pixels = elastic_displacement(params.elastic, shape[2:]) / torch.tensor([2.0 / s for s in shape[:1:-1]])
     assert pixels[..., 2].abs().max() == 0  # the grid's last channel is D
     assert 2.0 < pixels[..., :2].abs().max() <= 3.0 + 1e-4
     same = BatchAugment(AugmentConfig(elastic=[3.0, 3.0, 3.0]), spatial_dims=3).sample(shape, gen(5))

@@ -1,8 +1,10 @@
 """Random augmentation of whole batches of tensors, on CPU or GPU, reproducible from a seed.
 
 Following STYLE rule 5, :class:`BatchAugment` first samples every example's parameters
-from the caller's ``torch.Generator`` (:meth:`BatchAugment.sample`), then applies a fixed
-transform (:meth:`BatchAugment.apply`). The same seed gives the same batch.
+from the caller's ``torch.Generator`` (:meth:`BatchAugment.sample`), then applies them
+(:meth:`BatchAugment.apply`) with the public fixed operations of
+:mod:`medsight.transforms.fixed`, which the robustness corruptions share. The same seed gives
+the same batch.
 
 What each :class:`~medsight.config.AugmentConfig` knob does, per example:
 
@@ -48,11 +50,23 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from medsight.config import AugmentConfig
 from medsight.errors import ConfigError
+from medsight.transforms.fixed import (
+    add_gaussian_noise,
+    adjust_gamma,
+    affine_matrix,
+    elastic_displacement,
+    flip,
+    gaussian_blur,
+    sampling_grid,
+    scale_contrast,
+    shift_brightness,
+    warp,
+    warp_labels,
+)
 
 ELASTIC_SPACING = 32
 """Pixels between the control points of the ``elastic`` deformation."""
@@ -63,8 +77,9 @@ class AugmentParams:
     """Per-example parameters of one batch; every field has the batch size as its first axis.
 
     ``shift`` is ``(N, spatial_dims)`` in the order of ``F.affine_grid`` (W, H[, D]) as a
-    fraction of the size; ``color`` is ``(N, C)``; ``noise`` is the noise tensor itself
-    (already scaled), or None; ``elastic`` is the displacement in pixels at the control points,
+    fraction of the size; ``color`` is ``(N, C)``; ``noise`` is the standard normal draw
+    with the batch's shape (scaled by ``noise_std`` when applied), or None; ``elastic`` is the
+    displacement in pixels at the control points,
     ``(N, spatial_dims, *control_grid)`` with its channels in ``F.affine_grid`` order, or None.
     """
 
@@ -74,6 +89,7 @@ class AugmentParams:
     scale: Tensor
     shift: Tensor
     blur_sigma: Tensor
+    noise_std: Tensor
     contrast: Tensor
     brightness: Tensor
     gamma: Tensor
@@ -138,7 +154,6 @@ class BatchAugment:
         noise = None
         if c.noise_std > 0:
             noise = torch.randn(tuple(shape), generator=generator, device=generator.device)
-            noise = noise * (u[:, 4] * c.noise_std).view(-1, *[1] * (len(shape) - 1))
         # gamma and color draw after everything else, so configs without them keep their batches.
         gamma, color = torch.ones(n), torch.ones(n, int(shape[1]))
         if c.gamma > 0:
@@ -158,6 +173,7 @@ class BatchAugment:
             scale=1 + signed[:, 3] * c.scale,
             shift=signed[:, 8:] * c.shift,
             blur_sigma=u[:, 5] * c.blur_sigma,
+            noise_std=u[:, 4] * c.noise_std,
             contrast=1 + signed[:, 6] * c.contrast,
             brightness=signed[:, 7] * c.brightness,
             gamma=gamma,
@@ -167,47 +183,38 @@ class BatchAugment:
         )
 
     def apply(self, images: Tensor, masks: Tensor | None, params: AugmentParams) -> tuple[Tensor, Tensor | None]:
-        """Apply fixed, already-sampled parameters (no randomness here)."""
+        """Apply fixed, already-sampled parameters (no randomness here), one fixed operation per knob."""
         c = self.cfg
         if self._resamples:
             images, masks = self._affine(images, masks, params)
         elif c.flip_h > 0 or c.flip_v > 0:
-            images, masks = _flip(images, masks, params)
+            for flags, axis in ((params.flip_h, -1), (params.flip_v, -2)):
+                images = flip(images, flags, axis)
+                masks = None if masks is None else flip(masks, flags, axis)
         if c.blur_sigma > 0:
-            images = _blur(images, params.blur_sigma.to(images.device), c.blur_sigma)
-        reduce = tuple(range(1, images.ndim))
-        view = (-1,) + (1,) * (images.ndim - 1)
+            images = gaussian_blur(images, params.blur_sigma, radius=max(1, math.ceil(3 * c.blur_sigma)))
         if c.gamma > 0:
-            images = _gamma(images, params.gamma.to(images).view(view))
+            images = adjust_gamma(images, params.gamma)
         if c.contrast > 0:
-            images = _scale_around_mean(images, params.contrast.to(images).view(view), reduce)
+            images = scale_contrast(images, params.contrast)
         if c.color > 0:
-            spatial = tuple(range(2, images.ndim))
-            images = _scale_around_mean(images, params.color.to(images).view(*params.color.shape, *view[2:]), spatial)
+            images = scale_contrast(images, params.color, per_channel=True)
         if c.brightness > 0:
-            std = images.std(dim=reduce, keepdim=True)
-            images = images + params.brightness.to(images).view(view) * std
+            std = images.std(dim=tuple(range(1, images.ndim)))
+            images = shift_brightness(images, params.brightness.to(images) * std)
         if params.noise is not None:
-            images = images + params.noise.to(images)
+            images = add_gaussian_noise(images, params.noise_std, params.noise)
         return images, masks
 
     def _affine(
         self, images: Tensor, masks: Tensor | None, p: AugmentParams
     ) -> tuple[Tensor, Tensor | None]:
-        spatial = images.shape[2:]
-        dtype = images.dtype if images.dtype.is_floating_point else torch.float32
-        theta = _theta(p, spatial).to(device=images.device, dtype=dtype)
-        grid = F.affine_grid(theta, [images.shape[0], 1, *spatial], align_corners=False)
-        if p.elastic is not None:
-            grid = grid + _displacement(p.elastic, spatial).to(grid)
-        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        if masks is not None:
-            squeeze = masks.ndim == images.ndim - 1
-            m = (masks.unsqueeze(1) if squeeze else masks).to(dtype)
-            m = F.grid_sample(m, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-            m = m.squeeze(1) if squeeze else m
-            masks = m.to(masks.dtype)
-        return images, masks
+        """Flip, rotate, zoom and shift (plus the elastic displacement) on one grid, shared by images and masks."""
+        spatial = tuple(images.shape[2:])
+        theta = affine_matrix(spatial, p.angle, p.scale, p.shift, p.flip_h, p.flip_v)
+        displacement = None if p.elastic is None else elastic_displacement(p.elastic, spatial)
+        grid = sampling_grid(theta, images, displacement)
+        return warp(images, grid), None if masks is None else warp_labels(masks, grid)
 
     def _check(self, images: Tensor, masks: Tensor | None) -> None:
         dims = self.spatial_dims
@@ -227,26 +234,6 @@ class BatchAugment:
             )
 
 
-def _theta(p: AugmentParams, spatial: torch.Size) -> Tensor:
-    """``(N, d, d + 1)`` matrices mapping output to input coordinates, as ``F.affine_grid`` wants.
-
-    Built in pixel units (so a rotation stays a rotation on a non-square image) and
-    converted to the normalised ``[-1, 1]`` grid: ``A = D^-1 R D diag(flip) / scale``.
-    """
-    n, dims = p.angle.shape[0], len(spatial)
-    angle, scale = p.angle.float().cpu(), p.scale.float().cpu()
-    half = torch.tensor([s / 2 for s in reversed(spatial)])
-    rot = torch.eye(dims).repeat(n, 1, 1)
-    rot[:, 0, 0], rot[:, 0, 1] = torch.cos(angle), -torch.sin(angle)
-    rot[:, 1, 0], rot[:, 1, 1] = torch.sin(angle), torch.cos(angle)
-    diag = torch.ones(n, dims)
-    diag[:, 0] = torch.where(p.flip_h.cpu(), -1.0, 1.0)
-    diag[:, 1] = torch.where(p.flip_v.cpu(), -1.0, 1.0)
-    diag = diag / scale.view(-1, 1)
-    matrix = rot / half.view(1, -1, 1) * half.view(1, 1, -1) * diag.view(n, 1, dims)
-    return torch.cat([matrix, 2 * p.shift.float().cpu().view(n, dims, 1)], dim=2)
-
-
 def _elastic_bounds(elastic: float | list[float], spatial_dims: int) -> tuple[float, ...] | None:
     """``augment.elastic`` as one bound per axis in ``F.affine_grid`` order (W, H[, D]); None when all are 0.
 
@@ -261,60 +248,3 @@ def _elastic_bounds(elastic: float | list[float], spatial_dims: int) -> tuple[fl
             f"give one number for every axis, or {spatial_dims} ({'D, ' if spatial_dims == 3 else ''}H, W)",
         )
     return tuple(reversed(bounds)) if max(bounds) > 0 else None
-
-
-def _displacement(control: Tensor, spatial: torch.Size) -> Tensor:
-    """The control points' pixel displacements interpolated over ``spatial``, in grid units.
-
-    Returns ``(N, *spatial, d)``, to add to an ``F.affine_grid`` grid (whose last axis runs
-    W, H[, D]; one pixel is ``2 / size`` there).
-    """
-    mode = "bilinear" if len(spatial) == 2 else "trilinear"
-    field = F.interpolate(control.float(), size=tuple(spatial), mode=mode, align_corners=True)
-    pixel = torch.tensor([2.0 / s for s in reversed(spatial)], device=field.device)
-    return field.movedim(1, -1) * pixel
-
-
-def _flip(images: Tensor, masks: Tensor | None, p: AugmentParams) -> tuple[Tensor, Tensor | None]:
-    """Mirror the examples whose flip flag is set, by indexing (exact, no resampling)."""
-    for flags, axis in ((p.flip_h, -1), (p.flip_v, -2)):
-        if not bool(flags.any()):
-            continue
-        flags = flags.to(images.device)
-        images = torch.where(flags.view(-1, *[1] * (images.ndim - 1)), images.flip(axis), images)
-        if masks is not None:
-            masks = torch.where(flags.view(-1, *[1] * (masks.ndim - 1)), masks.flip(axis), masks)
-    return images, masks
-
-
-def _blur(images: Tensor, sigma: Tensor, max_sigma: float) -> Tensor:
-    """Separable Gaussian blur with one sigma per example (0 leaves the example unchanged)."""
-    n, c, *spatial = images.shape
-    radius = max(1, math.ceil(3 * max_sigma))
-    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    sigma = sigma.to(images.dtype).clamp_min(1e-3).view(-1, 1)
-    kernel = torch.exp(-(offsets.view(1, -1) ** 2) / (2 * sigma**2))
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)
-    flat = F.pad(images.reshape(1, n * c, *spatial), [radius] * (2 * len(spatial)), mode="replicate")
-    conv = F.conv2d if len(spatial) == 2 else F.conv3d
-    for axis in range(len(spatial)):
-        shape = [n * c, 1] + [1] * len(spatial)
-        shape[2 + axis] = 2 * radius + 1
-        flat = conv(flat, kernel.view(shape), groups=n * c)
-    return flat.reshape(images.shape)
-
-
-def _scale_around_mean(images: Tensor, factor: Tensor, dims: tuple[int, ...]) -> Tensor:
-    """Scale the spread around the mean over ``dims`` by ``factor`` (broadcast to the images)."""
-    mean = images.mean(dim=dims, keepdim=True)
-    return (images - mean) * factor + mean
-
-
-def _gamma(images: Tensor, exponent: Tensor) -> Tensor:
-    """Raise each example, scaled to ``[0, 1]``, to its exponent; keep its mean and std."""
-    reduce = tuple(range(1, images.ndim))
-    low, high = images.amin(dim=reduce, keepdim=True), images.amax(dim=reduce, keepdim=True)
-    mean, std = images.mean(dim=reduce, keepdim=True), images.std(dim=reduce, keepdim=True)
-    unit = ((images - low) / (high - low).clamp_min(1e-6)).clamp(0, 1) ** exponent
-    out = (unit - unit.mean(dim=reduce, keepdim=True)) / unit.std(dim=reduce, keepdim=True).clamp_min(1e-6)
-    return torch.where(high > low, out * std + mean, images)
