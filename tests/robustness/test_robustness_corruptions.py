@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from medsight.errors import ConfigError, MedsightError
+from medsight.robustness import corruptions
 from medsight.robustness.corruptions import KINDS, corrupt
 
 
@@ -65,6 +66,44 @@ def test_contrast_keeps_mean_and_shrinks_spread() -> None:
     out = corrupt(image, "contrast", 5, np.random.default_rng(0))
     assert abs(float(out.mean()) - float(image.mean())) < 1e-3 * float(image.mean())
     assert float(out.std()) == pytest.approx(0.2 * float(image.std()), rel=1e-3)
+
+
+def _as_before(image: np.ndarray, kind: str, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """The corruption as it was written before it shared transforms.fixed: SciPy and NumPy, float64."""
+    from scipy import ndimage
+
+    lo, hi = image.min(), image.max()
+    span, side = hi - lo, min(image.shape[-2:])
+    in_plane = (0.0,) * (image.ndim - 2)
+    if kind == "noise":
+        return np.clip(image + rng.normal(0.0, corruptions.NOISE_STD[severity] * span, image.shape), lo, hi)
+    if kind == "blur":
+        sigma = corruptions.BLUR_SIGMA[severity] * side
+        return ndimage.gaussian_filter(image, sigma=in_plane + (sigma, sigma), mode="nearest")
+    if kind == "contrast":
+        mean = image.mean()
+        return np.clip(mean + (image - mean) * corruptions.CONTRAST_FACTOR[severity], lo, hi)
+    sign = 1.0 if rng.random() < 0.5 else -1.0
+    if kind == "brightness":
+        return np.clip(image + sign * corruptions.BRIGHTNESS_SHIFT[severity] * span, lo, hi)
+    degrees = sign * corruptions.ROTATION_DEG[severity]
+    return ndimage.rotate(image, degrees, axes=(-2, -1), reshape=False, order=1, mode="nearest")
+
+
+@pytest.mark.parametrize("shape", [(1, 48, 48), (2, 4, 32, 30)])
+@pytest.mark.parametrize("kind", ["noise", "blur", "contrast", "brightness", "rotation"])
+def test_corruptions_shared_with_augmentation_give_the_arrays_they_gave_before(kind: str, shape) -> None:
+    """Noise, blur, contrast, brightness and rotation now run on transforms.fixed, in float64.
+
+    Only the order of float64 sums and the grid's coordinate arithmetic differ (~10 roundings of
+    eps x 48 px, times a slope of at most the range per pixel): 1e-12 of the range, 1e5 below float32's eps.
+    """
+    image = _image(shape).astype(np.float64)
+    for severity in (1, 5):
+        got = corrupt(image, kind, severity, np.random.default_rng(severity))
+        expected = _as_before(image, kind, severity, np.random.default_rng(severity))
+        span = float(image.max() - image.min())
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * span)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,8 @@
-"""Image corruptions at graded severities, as pure NumPy functions.
+"""Image corruptions at graded severities: NumPy arrays in and out, reproducible from a NumPy generator.
+
+Noise, blur, contrast, brightness and rotation are the fixed operations that augmentation
+samples (:mod:`medsight.transforms.fixed`), run here in float64 at fixed severities; the
+k-space artefacts, the bias field and JPEG exist only here.
 
 Every corruption works on the **raw decoded image** (a :class:`~medsight.sample.Sample`'s
 ``array``: channel-first float, ``(C, H, W)`` or ``(C, D, H, W)``, in the file's own units),
@@ -40,8 +44,10 @@ import io
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from medsight.errors import ConfigError
+from medsight.transforms.fixed import add_gaussian_noise, gaussian_blur, rotate, scale_contrast, shift_brightness
 
 MAX_SEVERITY = 5
 
@@ -127,29 +133,37 @@ def _range(image: np.ndarray) -> tuple[float, float, float]:
     return lo, hi, max(hi - lo, 1e-8)
 
 
+def _fixed(image: np.ndarray, operation: Callable[[torch.Tensor], torch.Tensor], *, planes: bool = False) -> np.ndarray:
+    """Run a fixed operation of :mod:`medsight.transforms.fixed` on a float64 image.
+
+    The image is one example ``(1, C, ...)``, or with ``planes`` every in-plane slice is an
+    example ``(C * D, 1, H, W)``, so spatial operations act in the plane of the last two axes.
+    """
+    batch = image.reshape(-1, 1, *image.shape[-2:]) if planes else image[None]
+    return operation(torch.from_numpy(np.ascontiguousarray(batch))).numpy().reshape(image.shape)
+
+
 def _noise(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     lo, hi, span = _range(image)
-    return np.clip(image + rng.normal(0.0, NOISE_STD[severity] * span, image.shape), lo, hi)
+    draw = torch.from_numpy(rng.standard_normal(image.shape)[None])
+    return np.clip(_fixed(image, lambda x: add_gaussian_noise(x, NOISE_STD[severity] * span, draw)), lo, hi)
 
 
 def _blur(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    from scipy import ndimage
-
     sigma = BLUR_SIGMA[severity] * min(image.shape[-2:])
-    sigmas = (0.0,) * (image.ndim - 2) + (sigma, sigma)
-    return ndimage.gaussian_filter(image, sigma=sigmas, mode="nearest")
+    radius = int(4 * sigma + 0.5)  # scipy.ndimage.gaussian_filter's truncate=4, which this corruption always used
+    return _fixed(image, lambda x: gaussian_blur(x, sigma, radius=radius), planes=True)
 
 
 def _contrast(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     lo, hi, _ = _range(image)
-    mean = image.mean()
-    return np.clip(mean + (image - mean) * CONTRAST_FACTOR[severity], lo, hi)
+    return np.clip(_fixed(image, lambda x: scale_contrast(x, CONTRAST_FACTOR[severity])), lo, hi)
 
 
 def _brightness(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     lo, hi, span = _range(image)
     sign = 1.0 if rng.random() < 0.5 else -1.0
-    return np.clip(image + sign * BRIGHTNESS_SHIFT[severity] * span, lo, hi)
+    return np.clip(_fixed(image, lambda x: shift_brightness(x, sign * BRIGHTNESS_SHIFT[severity] * span)), lo, hi)
 
 
 def _jpeg(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
@@ -168,10 +182,9 @@ def _jpeg(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndar
     return out.reshape(image.shape)
 
 
-def _rotate_plane(image: np.ndarray, degrees: float, order: int = 1) -> np.ndarray:
-    from scipy import ndimage
-
-    return ndimage.rotate(image, degrees, axes=(-2, -1), reshape=False, order=order, mode="nearest")
+def _rotate_plane(image: np.ndarray, degrees: float) -> np.ndarray:
+    """Bilinear rotation in the plane of the last two axes, the edges extended (``ndimage.rotate``'s ``nearest``)."""
+    return _fixed(image, lambda x: rotate(x, degrees, padding="border"), planes=True)
 
 
 def _rotation(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
