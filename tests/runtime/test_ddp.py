@@ -26,9 +26,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -438,3 +440,39 @@ def test_segmentation_batch_that_does_not_split_is_refused_before_launch(seg_set
     result = _cli([str(config), "--data", str(data), "--nproc", "2", "--set", "segment.batch_size=7"])
     assert result.exit_code == 2
     assert "segment.batch_size=7: does not split evenly over 2 processes" in result.output
+
+
+KILL_EPOCHS = 6
+
+
+def test_a_ddp_run_killed_with_sigkill_resumes_to_bit_identical_weights(setup: tuple[Path, Path],
+                                                                         tmp_path: Path) -> None:
+    """``--nproc 2``: torchrun and both ranks killed with SIGKILL after an epoch's checkpoint, then
+    ``--resume``: the final weights equal those of an unbroken ``--nproc 2`` run, bit for bit (the same
+    world size, the same arithmetic in the same order, so no tolerance)."""
+    data, config = setup
+    common = [str(config), "--data", str(data), "--nproc", "2", "--no-progress", "--epochs", str(KILL_EPOCHS)]
+    straight = _launch([*common, "--out", str(tmp_path / "straight")], fresh=tmp_path / "straight")
+    assert straight.returncode == 0, _failure(straight.stderr)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*MEDSIGHT, *common, "--out", str(killed)], env=_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + TIMEOUT
+    while not (killed / "metrics.csv").is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its two ranks, at once
+    proc.wait()
+    interrupted_at = len(_history(killed)) if (killed / "metrics.csv").is_file() else 0
+    assert 1 <= interrupted_at < KILL_EPOCHS, "the run should have been killed mid-way"
+    assert not (killed / "model").exists()
+    before = _history(killed)
+
+    resumed = _launch([*common, "--out", str(killed), "--resume"])
+    assert resumed.returncode == 0, _failure(resumed.stderr)
+    after = _history(killed)
+    assert [row["epoch"] for row in after] == [str(e) for e in range(1, KILL_EPOCHS + 1)]
+    assert after[:interrupted_at] == before  # the epochs it had trained were kept (timings too), not trained again
+    a, b = _weights(tmp_path / "straight"), _weights(killed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), _max_diff(a, b)
