@@ -75,7 +75,7 @@ def test_with_a_roi_on_every_case_dice_is_the_pooled_pixel_f1_inside_it(trained,
     result = CliRunner().invoke(app, ["predict", str(run / "model"), str(data / "images"),
                                       "--out", str(tmp_path / "pred"), "--no-progress"])
     assert result.exit_code == 0, result.output
-    result = CliRunner().invoke(app, ["evaluate", str(run / "model"), "--data", str(data),
+    result = CliRunner().invoke(app, ["evaluate", str(run / "model"), "--data", str(data), "--split", "all",
                                       "--out", str(tmp_path / "ev"), "--no-progress"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
@@ -104,11 +104,17 @@ def test_evaluate_on_the_val_cases_reproduces_the_training_metrics(trained, tmp_
     assert len(rows) == 2 and {"case_id", "dice", "foreground_hd95"} <= set(rows[0])
 
 
-def test_evaluate_defaults_to_every_case_and_scores_inside_the_roi(trained, tmp_path):
+def test_evaluate_on_the_training_data_needs_a_split_and_all_scores_every_case_inside_the_roi(trained, tmp_path):
     data, run = trained
     result = CliRunner().invoke(app, ["evaluate", str(run / "model"), "--data", str(data),
+                                      "--out", str(tmp_path / "none"), "--no-progress"])
+    assert result.exit_code == 2
+    assert "is the data the model was trained on" in result.output and "--split all" in result.output
+    assert not (tmp_path / "none").exists()
+    result = CliRunner().invoke(app, ["evaluate", str(run / "model"), "--data", str(data), "--split", "all",
                                       "--out", str(tmp_path / "all"), "--no-progress"])
     assert result.exit_code == 0, result.output
+    assert f"scored 10 cases of {data}: the all split (--split)" in result.output
     metrics = json.loads((tmp_path / "all" / "metrics.json").read_text())
     assert metrics["n"] == 10 and metrics["split"] == "all"
     # pixel accuracy is pooled over ROI pixels only: every ROI pixel of the 10 cases, once
@@ -128,6 +134,19 @@ def test_evaluate_val_split_on_other_data_is_a_clear_error(trained, tmp_path):
     assert result.exit_code != 0
     assert "none of the model's 'val' cases" in result.output and "--split all" in result.output
     assert not (tmp_path / "ev" / "metrics.json").exists()
+
+
+def test_evaluate_without_a_split_scores_every_case_of_other_data(trained, tmp_path):
+    """External data is scored whole by default, and the summary says which cases and how many."""
+    data, run = trained
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    result = CliRunner().invoke(app, ["evaluate", str(run / "model"), "--data", str(other),
+                                      "--out", str(tmp_path / "ev"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["n"] == 10 and metrics["split"] == "all"
+    assert f"scored 10 cases of {other}: every case (the data is not the model's training data)" in result.output
 
 
 def test_predict_writes_png_masks_on_the_input_grid_and_error_rows(trained, tmp_path):
@@ -255,8 +274,8 @@ def test_uncertainty_maps_scores_and_their_link_to_dice(trained, tmp_path):
     uniform, certain = np.full((2, 4, 4), 0.5), np.stack([np.ones((4, 4)), np.zeros((4, 4))])
     assert np.allclose(entropy_map(uniform), 1.0) and np.allclose(entropy_map(certain), 0.0, atol=1e-9)
     assert case_uncertainty(np.array([[0.2, 0.8]]), np.array([[0, 1]])) == pytest.approx(0.8)
-    result = CliRunner().invoke(app, ["evaluate", str(run / "model"), "--data", str(data), "--out",
-                                      str(tmp_path / "ev"), "--no-progress"])
+    result = CliRunner().invoke(app, ["evaluate", str(run / "model"), "--data", str(data), "--split", "all",
+                                      "--out", str(tmp_path / "ev"), "--no-progress"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     link = metrics["uncertainty"]

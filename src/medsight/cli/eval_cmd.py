@@ -13,7 +13,8 @@ from medsight.cli.errors import reports_errors
 def evaluate(
     bundle: Path = typer.Argument(..., help="A model folder written by training (RUN_DIR/model)."),
     data: str = typer.Option(..., help="The data set: any layout medsight trains on (classification or segmentation)."),
-    split: str = typer.Option(None, help="train, val, test, or all (default: test; segmentation: all)."),
+    split: str = typer.Option(None, help="train, val, test, or all (default: every case of data the model was not "
+                              "trained on; the held-out test split of its own training data)."),
     out: Path = typer.Option(..., help="Output folder for metrics.json, per_case.csv, report.html."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
@@ -24,12 +25,14 @@ def evaluate(
     if metrics.get("task") == "segmentation":
         from medsight.segmentation.evaluate import seg_summary
 
-        typer.echo(f"{seg_summary(metrics['split'], metrics)}\nwrote {out / 'metrics.json'} and {out / 'report.html'}")
+        typer.echo(f"{seg_summary(metrics['split'], metrics)}\n{metrics['scored']}\n"
+                   f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
         return
     typer.echo(
         f"{metrics['split']}: n={metrics['n']} accuracy={metrics['accuracy']:.4f} auc={metrics['auc']:.4f} "
         f"sensitivity={metrics['sensitivity']:.4f} specificity={metrics['specificity']:.4f} "
-        f"(threshold {_threshold(metrics['threshold'])})\nwrote {out / 'metrics.json'} and {out / 'report.html'}"
+        f"(threshold {_threshold(metrics['threshold'])})\n{metrics['scored']}\n"
+        f"wrote {out / 'metrics.json'} and {out / 'report.html'}"
     )
 
 

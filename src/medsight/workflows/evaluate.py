@@ -1,4 +1,15 @@
-"""``medsight evaluate``: score a bundle on one split of a data set (metrics.json, per_case.csv, report.html)."""
+"""``medsight evaluate``: score a bundle on a data set (metrics.json, per_case.csv, report.html).
+
+Which cases, when ``--split`` is not given (the same rule for both tasks):
+
+* data that is not the model's training data: **every case** (external data is scored whole);
+* the model's own training data: its **held-out test split**; a run that kept none is a clear error
+  (the other splits chose the weights, the epoch or the threshold, so their scores are optimistic).
+
+The data counts as the training data when it is the folder the run trained on, or, for a classifier,
+when it rebuilds the very training split the run recorded (the same files and labels: its hash).
+``--split train|val|test|all`` picks the cases explicitly, as before.
+"""
 
 from __future__ import annotations
 
@@ -6,50 +17,116 @@ from pathlib import Path
 
 from medsight.config import EvalConfig
 from medsight.data.file_errors import write_skipped_files
+from medsight.errors import DatasetError
 
 
 def run_evaluation(*, bundle: Path, data: str, split: str | None = None, out: Path, progress: bool = True) -> dict:
-    """Evaluate a bundle on one split of a data set; writes metrics.json, per_case.csv, report.html.
+    """Evaluate a bundle on ``split`` of a data set (default: see the module); writes metrics.json,
+    per_case.csv and report.html into ``out``. The result's ``scored`` says which cases were scored.
 
-    ``split``: ``train``, ``val``, ``test`` or ``all``; default ``test`` for classifiers and
-    ``all`` for segmenters (a segmentation run keeps no test split: evaluate on a held-out folder).
+    Raises:
+        DatasetError: the model's own training data without a held-out test split and no ``split``.
     """
     from medsight.bundle import load_bundle
+
+    model_bundle = load_bundle(bundle)
+    split, scored = (split, f"the {split} split (--split)") if split else default_split(model_bundle, data)
+    evaluate = evaluate_segmenter if model_bundle.task == "segmentation" else evaluate_classifier
+    metrics = evaluate(model_bundle, bundle=Path(bundle), data=data, split=split, out=Path(out), progress=progress,
+                       scored=scored)
+    metrics["scored"] = f"scored {metrics['n']} cases of {data}: {scored}"
+    return metrics
+
+
+def default_split(model_bundle, data: str | Path) -> tuple[str, str]:
+    """``(split, why)``: the cases ``evaluate`` scores when no ``--split`` is given.
+
+    Raises:
+        DatasetError: ``data`` is the model's training data and the run kept no test split.
+    """
+    if not is_training_data(model_bundle, data):
+        return "all", "every case (the data is not the model's training data)"
+    if not _has_test_split(model_bundle, data):
+        raise DatasetError(
+            data,
+            "is the data the model was trained on, and its run kept no held-out test split "
+            "(its other cases chose the weights, the epoch or the threshold, so their scores are optimistic)",
+            "evaluate on held-out data, or pass --split val or --split all knowing that",
+        )
+    return "test", "the held-out test split of the model's training data"
+
+
+def is_training_data(model_bundle, data: str | Path) -> bool:
+    """True when ``data`` is the folder the bundle was trained on, or (a classifier) rebuilds the training
+    split the run recorded."""
+    recorded = model_bundle.data.path
+    if recorded and Path(recorded).resolve() == Path(data).resolve():
+        return True
+    if model_bundle.task == "segmentation" or not model_bundle.data.hash:
+        return False
+    return _training_split_hash(model_bundle, data) == model_bundle.data.hash
+
+
+def _training_split_hash(model_bundle, data: str | Path) -> str | None:
+    """The hash of the training split the bundle's data settings rebuild on ``data`` (None where they cannot)."""
+    from medsight.classification.split import bundle_split
+    from medsight.classification.train import data_hash
+    from medsight.data.layouts import item_id
+
+    try:
+        ds, _, indices = bundle_split(model_bundle, data, "train")
+    except DatasetError:  # other classes or no such split: not the training data
+        return None
+    items = [ds.items[i] for i in indices]
+    return data_hash([item_id(item) for item in items], [item.label for item in items])
+
+
+def _has_test_split(model_bundle, data: str | Path) -> bool:
+    if model_bundle.task == "segmentation":
+        return bool(model_bundle.split.of("test"))
+    from medsight.classification.split import bundle_split
+
+    try:
+        bundle_split(model_bundle, data, "test")
+    except DatasetError:
+        return False
+    return True
+
+
+def evaluate_classifier(model_bundle, *, bundle: Path, data: str, split: str, out: Path, progress: bool,
+                        scored: str) -> dict:
+    """Score a classification bundle on ``split`` of ``data``."""
     from medsight.classification.evaluate import evaluate_predictions
     from medsight.classification.prepare import load_tensors
     from medsight.classification.score import calibration_kwargs, score
     from medsight.classification.split import bundle_split
     from medsight.inference.predictor import Predictor
 
-    model_bundle = load_bundle(bundle)
-    if model_bundle.task == "segmentation":
-        return evaluate_segmenter(model_bundle, bundle=bundle, data=data, split=split or "all", out=Path(out),
-                                  progress=progress)
-    split = split or "test"
     ds, data_cfg, indices = bundle_split(model_bundle, data, split)
     tensors, bad = load_tensors(
         ds, indices, model_bundle.preprocess, on_bad_file=data_cfg.on_bad_file, progress=progress, desc=split
     )
     write_skipped_files(out, bad)
     eval_cfg = model_bundle.threshold_choice.evaluation or EvalConfig()
-    scored = score(Predictor(model_bundle).classifier, tensors, cfg=eval_cfg)
+    result = score(Predictor(model_bundle).classifier, tensors, cfg=eval_cfg)
     return evaluate_predictions(
         tensors.labels.numpy(),
-        scored["probs"],
+        result["probs"],
         label_names=model_bundle.label_names,
         case_ids=tensors.ids,
         threshold=model_bundle.threshold,
         threshold_note=model_bundle.threshold_choice.note_or("stored in the bundle"),
         cfg=eval_cfg,
-        **calibration_kwargs(scored, model_bundle.temperature, model_bundle.threshold_choice.calibration),
-        out=Path(out),
-        title=f"{Path(bundle).resolve().parent.name}: {split} split of {Path(data).name}",
+        **calibration_kwargs(result, model_bundle.temperature, model_bundle.threshold_choice.calibration),
+        out=out,
+        title=f"{bundle.resolve().parent.name}: {split} split of {Path(data).name}",
         split=split,
-        extra={"bundle": str(bundle), "data": str(data), "skipped files": len(bad)},
+        extra={"bundle": str(bundle), "data": str(data), "cases scored": scored, "skipped files": len(bad)},
     )
 
 
-def evaluate_segmenter(model_bundle, *, bundle: Path, data: str, split: str, out: Path, progress: bool) -> dict:
+def evaluate_segmenter(model_bundle, *, bundle: Path, data: str, split: str, out: Path, progress: bool,
+                       scored: str) -> dict:
     """Score a segmentation bundle on the cases of ``data`` (``split`` all, or the run's train/val cases)."""
     from medsight.inference.segmenter import Segmenter
     from medsight.segmentation.evaluate import DatasetCases, evaluate_segmentation, open_split
@@ -57,7 +134,7 @@ def evaluate_segmenter(model_bundle, *, bundle: Path, data: str, split: str, out
     dataset, items = open_split(model_bundle, data, split)
     return evaluate_segmentation(
         Segmenter(model_bundle), DatasetCases(dataset, items), out=out, progress=progress,
-        title=f"{Path(bundle).resolve().parent.name}: {split} cases of {Path(data).name}",
-        extra={"split": split, "bundle": str(bundle), "data": str(data),
+        title=f"{bundle.resolve().parent.name}: {split} cases of {Path(data).name}",
+        extra={"split": split, "bundle": str(bundle), "data": str(data), "cases scored": scored,
                "threshold_note": model_bundle.threshold_choice.note_or("")},
     )
