@@ -247,3 +247,23 @@ def test_structured_report_is_not_an_image(shared_data: Path, tmp_path: Path) ->
     path = shutil.copy(shared_data / "dicom/dcmqi/sr-example/sr.dcm", tmp_path / "sr.dcm")
     with pytest.raises(UnsupportedFileError, match="Comprehensive SR Storage.*not an image"):
         read_dicom_file(path)
+
+
+def test_ct_without_rescale_tags_uses_the_stored_values_and_says_so(pydicom_dir: Path, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The stated fallback (issue 33, bad input): slope 1, intercept 0, recorded in the sample and warned
+    about for a CT, whose values are taken as HU."""
+    import logging
+
+    from medsight.io.dicom import NO_RESCALE
+
+    ds = pydicom.dcmread(pydicom_dir / "CT_small.dcm")
+    stored = ds.pixel_array.astype(np.float32)
+    del ds.RescaleSlope, ds.RescaleIntercept
+    ds.save_as(tmp_path / "norescale.dcm")
+    with caplog.at_level(logging.WARNING, logger="medsight.io.dicom"):
+        sample = read_dicom_file(tmp_path / "norescale.dcm")
+    np.testing.assert_array_equal(sample.array[0], stored)
+    assert sample.meta["rescale"] == NO_RESCALE
+    assert "norescale.dcm: a CT image without RescaleSlope/RescaleIntercept" in caplog.text
+    assert read_dicom_file(pydicom_dir / "CT_small.dcm").meta["rescale"] == "slope 1, intercept -1024"

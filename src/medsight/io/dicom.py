@@ -204,6 +204,9 @@ def read_dicom_file(
         spacing, affine = _file_geometry(ds, values.ndim - 1, frame)
         meta = dicom_meta(ds, path)
     meta.update(n_frames=n_frames, frame=frame, window=window_used)
+    if meta["rescale"] == NO_RESCALE and meta["modality"] == "CT":
+        log.warning("%s: a CT image without RescaleSlope/RescaleIntercept: its stored values are used as HU "
+                    "(slope 1, intercept 0); if they are not, re-export the file with its rescale tags", path)
     return Sample(values, spacing=spacing, affine=affine, meta=meta)
 
 
@@ -254,6 +257,7 @@ def dicom_meta(ds: Dataset, path: str | Path) -> dict:
         "transfer_syntax_name": UID(ts).name if ts else None,
         "rows": int(ds.get("Rows") or 0),
         "cols": int(ds.get("Columns") or 0),
+        "rescale": rescale_note(ds),
     }
     for keyword in _META_KEYWORDS:
         meta[keyword] = str(ds[keyword].value) if keyword in ds else None
@@ -305,6 +309,23 @@ def _rescale(plane: np.ndarray, ds: Dataset, frame: int) -> np.ndarray:
         return apply_modality_lut(plane, ds).astype(np.float32)
     slope, intercept = _slope_intercept(ds, frame)
     return plane.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+
+#: ``meta["rescale"]`` of a file that states no modality rescale: the stored values are used as they are.
+NO_RESCALE = "none in the file: stored values used as they are (slope 1, intercept 0)"
+
+
+def rescale_note(ds: Dataset) -> str:
+    """How the stored values became the sample's: the Modality LUT, the slope and intercept of the first
+    frame, or :data:`NO_RESCALE` (the stated fallback for a file without rescale tags)."""
+    if "ModalityLUTSequence" in ds:
+        return "modality LUT"
+    slope = geo.attribute(ds, "PixelValueTransformationSequence", "RescaleSlope", 0)
+    intercept = geo.attribute(ds, "PixelValueTransformationSequence", "RescaleIntercept", 0)
+    if slope in (None, "") and intercept in (None, ""):
+        return NO_RESCALE
+    slope, intercept = _slope_intercept(ds, 0)
+    return f"slope {slope:g}, intercept {intercept:g}"
 
 
 def _slope_intercept(ds: Dataset, frame: int) -> tuple[float, float]:
