@@ -212,14 +212,29 @@ def _write_png(image: np.ndarray, path: Path) -> None:
 
 
 def _write_dicom(image: np.ndarray, path: Path, *, uid_key: str, number: int) -> None:
-    """A minimal CT image: int16 stored values, HU = stored + intercept, deterministic UIDs."""
+    """A chest phantom (``image`` in [0, 1]) as a CT slice: air 0 -> -1000 HU, 1700 HU per unit."""
+    hu = np.round(_HU_AIR + image * _HU_PER_UNIT)
+    write_ct_slice(hu, path, uid_key=uid_key, number=number, patient_id="PHANTOM",
+                   description="synthetic chest phantom", window=(-600, 1500))
+
+
+def write_ct_slice(
+    hu: np.ndarray, path: Path, *, uid_key: str, number: int, patient_id: str, description: str,
+    window: tuple[float, float], spacing: float = 1.0,
+) -> None:
+    """Write HU values (whole numbers, HxW) as a minimal CT Image Storage DICOM file.
+
+    int16 stored values with RescaleSlope 1 and RescaleIntercept -1024 (HU = stored - 1024),
+    UIDs derived from ``uid_key`` so the same call writes the same bytes, a synthetic patient
+    (``PHANTOM^SYNTHETIC``, ``patient_id``), ``spacing`` mm pixels, ``window`` as
+    (WindowCenter, WindowWidth).
+    """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
     def uid(part: str) -> str:
         return generate_uid(entropy_srcs=[uid_key, part])
 
-    hu = np.round(_HU_AIR + image * _HU_PER_UNIT)
     stored = (hu - _RESCALE_INTERCEPT).astype(np.int16)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
@@ -234,14 +249,14 @@ def _write_dicom(image: np.ndarray, path: Path, *, uid_key: str, number: int) ->
     ds.FrameOfReferenceUID = uid("frame")
     ds.Modality = "CT"
     ds.PatientName = "PHANTOM^SYNTHETIC"
-    ds.PatientID = "PHANTOM"
-    ds.SeriesDescription = "synthetic chest phantom"
+    ds.PatientID = patient_id
+    ds.SeriesDescription = description
     ds.InstanceNumber = number + 1
     ds.ImagePositionPatient = [0.0, 0.0, 0.0]
     ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    ds.PixelSpacing = [1.0, 1.0]
+    ds.PixelSpacing = [spacing, spacing]
     ds.SliceThickness = 1.0
-    ds.Rows, ds.Columns = image.shape
+    ds.Rows, ds.Columns = hu.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated = 16
@@ -251,7 +266,7 @@ def _write_dicom(image: np.ndarray, path: Path, *, uid_key: str, number: int) ->
     ds.RescaleIntercept = _RESCALE_INTERCEPT
     ds.RescaleSlope = 1.0
     ds.RescaleType = "HU"
-    ds.WindowCenter = -600
-    ds.WindowWidth = 1500
+    ds.WindowCenter = window[0]
+    ds.WindowWidth = window[1]
     ds.PixelData = stored.tobytes()
     ds.save_as(path, enforce_file_format=True)
