@@ -54,3 +54,34 @@ def test_patients_not_images_count_for_the_folds(tmp_path: Path) -> None:
     check_classes(ds, folds=2)  # two patients per class: two folds are fine
     with pytest.raises(DatasetError, match="'nodule' has 2 patients, fewer than the 3 folds"):
         check_classes(ds, folds=3)
+
+
+def test_a_data_set_that_mixes_modalities_is_refused_with_the_counts(tmp_path: Path) -> None:
+    """CT slices and MR slices in one data set: refused before training, each modality with its count."""
+    import pydicom
+
+    from medsight.data.ct_phantoms import make_ct_vessel_phantoms
+
+    data = make_ct_vessel_phantoms(tmp_path / "data", n_per_class=3, size=32, seed=0)
+    for file in sorted((data / "enhanced").iterdir())[:2]:  # two of the six become MR
+        ds = pydicom.dcmread(file)
+        ds.Modality = "MR"
+        ds.save_as(file)
+    result = _train(data, tmp_path / "run")
+    assert result.exit_code == 2
+    assert f"{data}: mixes modalities (CT: 4, MR: 2 images)" in result.output
+    assert "train one model per modality" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_one_modality_and_pictures_pass_the_check(tmp_path: Path) -> None:
+    from medsight.data.ct_phantoms import make_ct_vessel_phantoms
+    from medsight.data.layouts import open_dataset
+    from medsight.data.modalities import check_one_modality, dicom_modalities
+
+    ct = open_dataset(make_ct_vessel_phantoms(tmp_path / "ct", n_per_class=2, size=32, seed=0))
+    assert dicom_modalities(ct) == {"CT": 4}
+    check_one_modality(ct)
+    pictures = open_dataset(make_chest_phantoms(tmp_path / "png", n_per_class=2, size=16, seed=1))
+    assert dicom_modalities(pictures) == {}
+    check_one_modality(pictures)

@@ -12,6 +12,7 @@ from pathlib import Path
 from medsight.classification.split import check_classes
 from medsight.classification.train import STOPPED_EARLY, train_classifier
 from medsight.config import RunConfig
+from medsight.data.modalities import check_one_modality
 from medsight.errors import ConfigError
 
 
@@ -36,6 +37,7 @@ def run_training(cfg: RunConfig, *, out: Path, resume: bool = False, progress: b
     ds = open_dataset(cfg.data.path, series_uid=cfg.data.series_uid, class_names=cfg.data.class_names,
                       strict=cfg.data.on_bad_file == "error")  # skip: bad manifest rows are skipped files too
     check_classes(ds, folds=cfg.data.folds)
+    check_one_modality(ds)
     if cfg.data.folds == 1 or cfg.data.fold is not None:  # one run (one fold of k when data.fold is set)
         metrics = train_classifier(cfg, ds, out=out, resume=resume, progress=progress)
         return _summary(out, metrics) if is_main() else ""  # under DDP only rank 0 reports
