@@ -50,6 +50,8 @@ class DataConfig(Strict):
         "and runs skip decoding"
     )
     cache_dir: str | None = Field(None, description="disk cache folder; default ~/.cache/medsight/samples")
+    modality: str | None = Field(None, description="the images' modality (CT, MR, XR, US, photo, ...) for the plan "
+                                 "and the domain check; default: the DICOM Modality tag, else a stated guess")
 
 
 class PreprocessConfig(Strict):
@@ -63,8 +65,16 @@ class PreprocessConfig(Strict):
 
     size: list[int] = Field(default_factory=lambda: [64, 64])
     channels: int = Field(1, ge=1, le=4)
-    normalize: Literal["minmax", "zscore", "ct_window", "none"] = "minmax"
+    normalize: Literal["minmax", "zscore", "ct_window", "dataset", "none"] = "minmax"
     window: str | list[float] | None = None
+    intensity_clip: list[float] | None = Field(None, description="normalize=dataset: clip the file's own values "
+                                               "(HU for CT) to [low, high] (the plan: the data set's foreground "
+                                               "0.5 and 99.5 percentiles) before the global z-score")
+    intensity_mean: float = Field(0.0, description="normalize=dataset: the data set's mean after clipping")
+    intensity_std: float = Field(1.0, gt=0, description="normalize=dataset: the data set's standard deviation "
+                                 "after clipping")
+    keep_aspect: bool = Field(False, description="pad the image to the aspect ratio of size (with its smallest "
+                              "value, centred) before resizing, instead of squashing it")
     clahe: bool = False
     clahe_clip: float = Field(0.01, gt=0.0, le=1.0, description="CLAHE's clip limit (scikit-image's, a fraction "
                               "of each tile's pixels per histogram bin); higher equalises harder")
@@ -173,6 +183,18 @@ class EvalConfig(Strict):
         "tta", description="per-case entropy from flip TTA, MC dropout, or the single prediction (none)"
     )
     uncertainty_passes: int = Field(4, ge=1, le=64, description="passes for tta (at most 2**dims flips) or mc_dropout")
+    tta: Literal["none", "flips", "auto"] = Field(
+        "none", description="test-time augmentation of every prediction: flips averages over the augmentation's "
+        "flips (augment.flip_h, flip_v); auto keeps them only where the out-of-fold predictions of a "
+        "cross-validation say they pay")
+
+
+class PredictConfig(Strict):
+    """What prediction does with an input outside the training data's domain (stored in the bundle)."""
+
+    out_of_domain: Literal["flag", "refuse", "off"] = Field(
+        "flag", description="flag: answer, with out_of_domain and the reason; refuse: no answer, the reason "
+        "instead; off: no check")
 
 
 class SegmentConfig(Strict):
@@ -232,6 +254,7 @@ class RunConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
 
     @model_validator(mode="after")

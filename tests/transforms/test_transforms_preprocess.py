@@ -11,6 +11,7 @@ from medsight.config import PreprocessConfig
 from medsight.errors import ConfigError, InvalidImageError
 from medsight.sample import Sample
 from medsight.transforms import preprocess, resize
+from medsight.transforms.preprocess import aspect_padding
 
 
 def sample(array: np.ndarray, path: str = "scan.png", **meta) -> Sample:
@@ -198,3 +199,39 @@ def test_the_default_clahe_clip_is_scikit_images_default_so_existing_bundles_are
 def test_a_clahe_clip_outside_0_1_is_refused_naming_the_field():
     with pytest.raises(ValueError, match="clahe_clip"):
         PreprocessConfig(clahe_clip=0.0)
+
+
+def test_keep_aspect_pads_with_the_smallest_value_instead_of_squashing():
+    """A 100 x 50 image to 32 x 32: 25 columns of padding each side, so the object keeps its shape."""
+    image = np.full((1, 100, 50), 5.0, np.float32)
+    image[0, 0, 0] = 1.0  # the smallest value: what the padding is filled with
+    mask = np.ones((100, 50), np.uint8)
+    cfg = PreprocessConfig(size=[32, 32], keep_aspect=True, normalize="none")
+    out, resized_mask = preprocess(Sample(image, (1.0, 1.0)), cfg, mask=mask)
+    assert out.shape == (1, 32, 32) and resized_mask.shape == (32, 32)
+    # the middle row: 8 padded columns each side (25 of 100 -> 8 of 32), image in between
+    np.testing.assert_allclose(out[0, 16, :7], 1.0, atol=1e-5)
+    np.testing.assert_allclose(out[0, 16, 9:23], 5.0, atol=1e-5)
+    assert resized_mask[16, :8].sum() == 0 and resized_mask[16, 8:24].all() and resized_mask[16, 24:].sum() == 0
+    squashed = preprocess(Sample(image, (1.0, 1.0)), cfg.model_copy(update={"keep_aspect": False}))
+    assert squashed[0, 16, 1:].min() > 4.9  # without it the image fills the width
+
+
+def test_aspect_padding_is_none_for_a_matching_aspect():
+    assert aspect_padding((64, 64), (32, 32)) is None
+    assert aspect_padding((100, 50), (64, 64)) == [(0, 0), (25, 25)]
+    assert aspect_padding((10, 30, 30), (20, 20, 20)) == [(10, 10), (0, 0), (0, 0)]
+
+
+def test_dataset_normalisation_clips_then_applies_one_global_z_score():
+    hu = np.kron(np.array([[-1000.0, 0.0], [40.0, 3000.0]], np.float32), np.ones((2, 2), np.float32))[None]
+    cfg = PreprocessConfig(size=[4, 4], normalize="dataset", intensity_clip=[-100.0, 300.0],
+                           intensity_mean=50.0, intensity_std=100.0)
+    out = preprocess(Sample(hu, (1.0, 1.0)), cfg)
+    np.testing.assert_allclose(out[0, ::2, ::2], [[-1.5, -0.5], [-0.1, 2.5]], atol=1e-6)
+
+
+def test_dataset_normalisation_without_its_statistics_is_a_clear_error():
+    with pytest.raises(ConfigError, match="needs preprocess.intensity_clip"):
+        preprocess(Sample(np.zeros((1, 4, 4), np.float32), (1.0, 1.0)), PreprocessConfig(size=[4, 4],
+                                                                                         normalize="dataset"))

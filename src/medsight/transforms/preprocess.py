@@ -11,9 +11,12 @@ Steps, in order (each skipped when it would do nothing):
    reader already applied that same window (``sample.meta["window"]``);
 3. denoise: median or Gaussian, ``cfg.denoise_size`` pixels, per channel;
 4. CLAHE, per channel, on data rescaled to ``[0, 1]``;
-5. resize to ``cfg.size`` (bilinear/trilinear with anti-aliasing when shrinking; masks nearest);
-6. normalise: ``minmax``, ``zscore``, ``ct_window`` (step 2 already gave ``[0, 1]``)
-   or ``none``.
+5. with ``cfg.keep_aspect``, pad to the aspect ratio of ``cfg.size`` (centred, with the image's
+   smallest value; masks with 0), so that the resize does not squash the anatomy;
+6. resize to ``cfg.size`` (bilinear/trilinear with anti-aliasing when shrinking; masks nearest);
+7. normalise: ``minmax``, ``zscore``, ``ct_window`` (step 2 already gave ``[0, 1]``), ``dataset``
+   (clip to ``cfg.intensity_clip``, then one global z-score with ``intensity_mean`` and
+   ``intensity_std``: the plan's CT scheme) or ``none``.
 
 Example:
     >>> cfg = PreprocessConfig(size=[32, 32], normalize="minmax")
@@ -70,14 +73,48 @@ def preprocess(
     where = sample.meta.get("path", "sample")
     size = tuple(int(n) for n in cfg.size)
     image = intensity_steps(sample, cfg)
+    padding = aspect_padding(image.shape[1:], size) if cfg.keep_aspect else None
+    if padding is not None:
+        image = np.pad(image, [(0, 0), *padding], constant_values=float(image.min()))
     image = resize(image, size)
-    image = normalize(image, cfg.normalize)
+    if cfg.normalize == "dataset":
+        image = plan_normalize(image, dataset_normalization(cfg))
+    else:
+        image = normalize(image, cfg.normalize)
     if image is sample.array:
         image = image.copy()
     image = np.ascontiguousarray(image, dtype=np.float32)
     if mask is None:
         return image
-    return image, _resize_mask(mask, sample, size, where)
+    return image, _resize_mask(mask, sample, size, where, padding)
+
+
+def aspect_padding(shape: Sequence[int], size: Sequence[int]) -> list[tuple[int, int]] | None:
+    """``np.pad`` widths that bring a ``shape`` grid to the aspect ratio of ``size``, centred; None when
+    it already has it (within one pixel).
+
+    Example:
+        >>> aspect_padding((100, 50), (64, 64))
+        [(0, 0), (25, 25)]
+    """
+    scale = max(n / s for n, s in zip(shape, size, strict=True))
+    target = [max(n, round(s * scale)) for n, s in zip(shape, size, strict=True)]
+    if all(t - n <= 1 for n, t in zip(shape, target, strict=True)):
+        return None
+    return [((t - n) // 2, t - n - (t - n) // 2) for n, t in zip(shape, target, strict=True)]
+
+
+def dataset_normalization(cfg: PreprocessConfig) -> dict:
+    """``normalize: dataset`` as the plan's CT scheme (see :func:`plan_normalize`).
+
+    Raises:
+        ConfigError: no ``intensity_clip``.
+    """
+    if cfg.intensity_clip is None or len(cfg.intensity_clip) != 2:
+        raise ConfigError("preprocess.normalize=dataset", "needs preprocess.intensity_clip [low, high]",
+                          "run medsight plan on the data (it sets them), or set intensity_clip, intensity_mean "
+                          "and intensity_std")
+    return {"scheme": "ct", "clip": list(cfg.intensity_clip), "mean": cfg.intensity_mean, "std": cfg.intensity_std}
 
 
 def preprocess_for_segmentation(sample: Sample, cfg: PreprocessConfig, normalization: dict) -> np.ndarray:
@@ -227,16 +264,21 @@ def _window(sample: Sample, cfg: PreprocessConfig, where: str) -> tuple[float, f
 
 
 def _resize_mask(
-    mask: np.ndarray, sample: Sample, size: tuple[int, ...], where: str
+    mask: np.ndarray, sample: Sample, size: tuple[int, ...], where: str, padding: list[tuple[int, int]] | None
 ) -> np.ndarray:
+    """The label map on the network's grid: padded as the image was (with 0), then nearest-neighbour resized."""
     mask = np.asarray(mask)
     spatial = sample.spatial_shape
-    if mask.shape == spatial:
-        return resize(mask[None], size, nearest=True)[0]
-    if mask.ndim == len(spatial) + 1 and mask.shape[1:] == spatial:
-        return resize(mask, size, nearest=True)
-    raise InvalidImageError(
-        where,
-        f"the mask's shape {mask.shape} does not fit the image's grid {spatial}",
-        "pair each image with the mask drawn on it (same rows, columns and slices)",
-    )
+    no_channel = mask.shape == spatial
+    if not no_channel and not (mask.ndim == len(spatial) + 1 and mask.shape[1:] == spatial):
+        raise InvalidImageError(
+            where,
+            f"the mask's shape {mask.shape} does not fit the image's grid {spatial}",
+            "pair each image with the mask drawn on it (same rows, columns and slices)",
+        )
+    if no_channel:
+        mask = mask[None]
+    if padding is not None:
+        mask = np.pad(mask, [(0, 0), *padding])
+    resized = resize(mask, size, nearest=True)
+    return resized[0] if no_channel else resized
