@@ -30,8 +30,9 @@ import numpy as np
 from medsight.atomic_write import atomic_write_text
 from medsight.data import duplicates
 from medsight.data.file_errors import file_error, one_line
-from medsight.data.layouts import LabelledSet, item_id, open_dataset
+from medsight.data.layouts import Item, LabelledSet, item_id, open_dataset
 from medsight.hashing import file_sha256
+from medsight.sample import Sample
 
 #: The most examples of one kind of problem the table shows (the JSON report lists them all).
 SHOWN = 10
@@ -94,14 +95,11 @@ def inspect_dataset(
         "unreadable": feats.unreadable,
         "summary": summary,
     }
-    exact = duplicates.exact_groups(feats.digests)
-    hashes = duplicates.centred_hashes(np.array(feats.features)) if feats.features else np.zeros(0, np.uint64)
-    near = duplicates.near_groups(feats.digests, hashes, max_bits=near_threshold)
-    report["exact_duplicates"] = [[ids[i] for i in g] for g in exact]
-    report["near_duplicates"] = [[ids[i] for i in g] for g in near]
-    groups = [("exact", g) for g in exact] + [("near", g) for g in near]
-    report["cross_split_duplicates"] = _mixed(ds, feats, ids, groups, "split")
-    report["conflicting_labels"] = _mixed(ds, feats, ids, groups, "label")
+    found = find_duplicates(ds, feats.index, feats.digests, feats.features, near_threshold=near_threshold)
+    exact = report["exact_duplicates"] = found["exact"]
+    near = report["near_duplicates"] = found["near"]
+    report["cross_split_duplicates"] = found["cross_split"]
+    report["conflicting_labels"] = found["conflicting_labels"]
     report["intensity_outliers"] = _outliers(
         ids, {"mean": np.array(feats.means), "std": np.array(feats.stds)}, z_threshold
     )
@@ -122,6 +120,42 @@ def inspect_dataset(
     if out is not None:
         atomic_write_text(Path(out), json.dumps(report, indent=2))
     return report
+
+
+def find_duplicates(
+    ds: LabelledSet, index: list[int], digests: list[str], features: list[np.ndarray], *, near_threshold: int = 4
+) -> dict[str, list]:
+    """Duplicates among the items ``ds.items[index]`` (given their digests and perceptual features).
+
+    Args:
+        index: positions in ``ds.items`` of the items read.
+        digests: each one's content digest (:func:`item_digest`).
+        features: each one's 64 low frequencies (:func:`medsight.data.duplicates.low_frequencies`).
+        near_threshold: the most perceptual-hash bits (of 64) two near duplicates may differ in.
+
+    Returns:
+        ``exact`` and ``near``: groups of item ids; ``cross_split`` and ``conflicting_labels``: the
+        groups whose members sit in different splits (leakage) or carry different labels.
+    """
+    ids = [item_id(ds.items[i]) for i in index]
+    exact = duplicates.exact_groups(digests)
+    hashes = duplicates.centred_hashes(np.array(features)) if features else np.zeros(0, np.uint64)
+    near = duplicates.near_groups(digests, hashes, max_bits=near_threshold)
+    groups = [("exact", g) for g in exact] + [("near", g) for g in near]
+    return {
+        "exact": [[ids[i] for i in g] for g in exact],
+        "near": [[ids[i] for i in g] for g in near],
+        "cross_split": _mixed(ds, index, ids, groups, "split"),
+        "conflicting_labels": _mixed(ds, index, ids, groups, "label"),
+    }
+
+
+def item_digest(item: Item, sample: Sample) -> str:
+    """The SHA-256 of an item's file, or of its pixels when it is no single file (a series, an npz row)."""
+    source = Path(item.source)
+    if source.is_file() and item.index is None:
+        return file_sha256(source)
+    return hashlib.sha256(np.ascontiguousarray(sample.array).tobytes()).hexdigest()
 
 
 def render_inspection(report: dict, console) -> None:
@@ -184,10 +218,7 @@ def _inspect_item(ds: LabelledSet, i: int, feats: _Features, checked: set[Path])
     item = ds.items[i]
     sample = ds.read(item)
     source = Path(item.source)
-    if source.is_file():
-        digest = file_sha256(source)
-    else:
-        digest = hashlib.sha256(np.ascontiguousarray(sample.array).tobytes()).hexdigest()
+    digest = item_digest(item, sample)
     features = duplicates.low_frequencies(duplicates.grey_plane(sample.array))
     mean, std = float(sample.array.mean()), float(sample.array.std())
     dicom_files = []
@@ -240,11 +271,11 @@ def _split_counts(ds: LabelledSet) -> dict[str, dict[str, Any]] | None:
     return {name: {"n": len(idx), "class_counts": _class_counts(ds, idx)} for name, idx in splits.items()}
 
 
-def _mixed(ds: LabelledSet, feats: _Features, ids: list[str], groups, attr: str) -> list[dict[str, Any]]:
+def _mixed(ds: LabelledSet, index: list[int], ids: list[str], groups, attr: str) -> list[dict[str, Any]]:
     """Duplicate groups whose members differ in ``attr`` (split: leakage; label: a conflict)."""
     found = []
     for kind, group in groups:
-        values = [getattr(ds.items[feats.index[i]], attr) for i in group]
+        values = [getattr(ds.items[index[i]], attr) for i in group]
         if len(set(values)) > 1 and None not in values:
             shown = values if attr == "split" else [ds.class_names[v] for v in values]
             found.append({"kind": kind, "paths": [ids[i] for i in group], f"{attr}s": shown})

@@ -85,6 +85,7 @@ _META_KEYWORDS = (
     "StudyInstanceUID",
     "FrameOfReferenceUID",
     "SeriesDescription",
+    "BodyPartExamined",  # the domain check compares it with the training data's
 )
 
 
