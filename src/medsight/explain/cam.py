@@ -2,6 +2,9 @@
 
 Every method takes the network, one preprocessed input ``(1, C, *spatial)`` and the class to
 explain, and returns a ``float32`` map of the input's spatial shape scaled to ``[0, 1]``.
+A fold ensemble's map (:func:`saliency`) is the average of its members' maps, each member explained
+on its own (its own Grad-CAM layer, its own class score), over the flipped views the ensemble
+averages too (each view's map flipped back), then scaled to ``[0, 1]`` again.
 Hooks live in :func:`capture`, a context manager that always removes them; gradients are
 taken with :func:`torch.autograd.grad` with respect to the captured activations only, so no
 parameter's ``.grad`` is touched and the model leaves exactly as it came (tested).
@@ -22,6 +25,7 @@ from torch import nn
 from torch.nn import functional
 
 from medsight.errors import ConfigError
+from medsight.models.ensemble import ProbabilityAverage
 
 METHODS = ("gradcam", "gradcam++", "occlusion")
 
@@ -128,9 +132,47 @@ def occlusion(model: nn.Module, x: torch.Tensor, *, target: int, head: str = "so
     return _scaled(heat.numpy())
 
 
+def explained_networks(model: nn.Module) -> list[tuple[nn.Module, tuple[int, ...]]]:
+    """The networks a map is averaged over, each with the spatial axes its input is flipped along: a fold
+    ensemble's members on the input as it is and on each view in its ``flips``; any other model alone."""
+    if isinstance(model, ProbabilityAverage):
+        views = [(), *(tuple(axes) for axes in getattr(model, "flips", ()))]
+        return [(member, axes) for axes in views for member in model.members]
+    return [(model, ())]
+
+
+def check_layer(model: nn.Module, layer: str | None) -> None:
+    """Fail now, not once per file, when a network :func:`saliency` explains has no such layer (a fold
+    ensemble's ``layer`` is a layer of its member network).
+
+    Raises:
+        ConfigError: no such layer, or no default layer.
+    """
+    for network, _ in explained_networks(model):
+        with capture(network, target_layer(network, layer)):
+            pass
+
+
 def saliency(model: nn.Module, x: torch.Tensor, *, method: str, target: int, layer: str | None = None,
              head: str = "softmax") -> np.ndarray:
-    """One of :data:`METHODS` by name."""
+    """One of :data:`METHODS` by name; for a fold ensemble, the average of its members' maps (the module doc).
+
+    Example:
+        >>> heat = saliency(ensemble, x, method="gradcam", target=1)  # mean of the members' Grad-CAMs, peak 1
+    """
+    networks = explained_networks(model)
+    if networks == [(model, ())]:
+        return _one_saliency(model, x, method=method, target=target, layer=layer, head=head)
+    maps = []
+    for network, axes in networks:
+        view = torch.flip(x, axes) if axes else x
+        heat = _one_saliency(network, view, method=method, target=target, layer=layer, head=head)
+        maps.append(np.flip(heat, axes) if axes else heat)
+    return _scaled(np.mean(maps, axis=0))
+
+
+def _one_saliency(model: nn.Module, x: torch.Tensor, *, method: str, target: int, layer: str | None,
+                  head: str) -> np.ndarray:
     if method == "gradcam":
         return gradcam(model, x, target=target, layer=layer, head=head)
     if method == "gradcam++":

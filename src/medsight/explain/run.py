@@ -22,7 +22,7 @@ import numpy as np
 from medsight.atomic_write import atomic_write_text
 from medsight.data.file_errors import file_error, one_line
 from medsight.errors import ConfigError
-from medsight.explain.cam import METHODS, _scaled, capture, saliency, target_layer
+from medsight.explain.cam import METHODS, _scaled, check_layer, saliency
 from medsight.sample import Sample
 
 
@@ -35,8 +35,8 @@ def explain_sample(bundle, model, sample: Sample, *, method: str, layer: str | N
     """
     import torch
 
+    from medsight.inference.classifier import probs_from_logits
     from medsight.inference.predictor import check_spatial_dims
-    from medsight.models.heads import logits_to_probs
     from medsight.transforms import preprocess
     from medsight.transforms.preprocess import resize
 
@@ -44,7 +44,7 @@ def explain_sample(bundle, model, sample: Sample, *, method: str, layer: str | N
     check_spatial_dims(sample, len(bundle.preprocess.size))
     x = torch.from_numpy(preprocess(sample, bundle.preprocess)[None])
     with torch.no_grad():
-        probs = logits_to_probs(model(x), bundle.model.head)[0].numpy()
+        probs = probs_from_logits(model(x), bundle.model.head, bundle.temperature)[0]  # calibrated, as predicted
     names = bundle.label_names
     full = probs if len(probs) == len(names) else np.array([1 - probs[0], probs[0]])
     if bundle.threshold is not None and len(names) == 2:
@@ -119,8 +119,7 @@ def explain_files(*, bundle: str | Path, images: list[Path], method: str, out: P
     _check_request(model_bundle, target)
     model = model_bundle.build_model()
     if method != "occlusion":
-        with capture(model, target_layer(model, layer)):  # a bad --layer fails here, not once per file
-            pass
+        check_layer(model, layer)  # a bad --layer fails here, not once per file
     files = expand_inputs(images)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 
 The exported graph maps an image batch to ``probabilities`` (and the raw ``logits``):
 
-* classification: ``image (N, C, *size)`` -> final intensity normalisation -> network ->
+* classification: ``image (N, C, *size)`` -> final intensity normalisation -> network (a fold
+  ensemble's members and flipped views, their probabilities averaged, all in the one graph) ->
   division of the logits by the bundle's calibration temperature ``T`` (when it has one) ->
   probability head, so ``probabilities`` are the calibrated ones the bundle's threshold was
   chosen on; ``logits`` are the network's own, before the division. The normalisation is in
@@ -171,7 +172,7 @@ def describe_preprocessing(bundle: Bundle) -> dict[str, Any]:
             f"resize to {cfg.size}: {dims}, align_corners=False; when shrinking, 2D uses PyTorch's "
             "anti-aliased bilinear and 3D a Gaussian pre-filter with sigma (factor - 1) / 2 per shrunk axis"
         )
-        in_graph = [_normalize_text(split_preprocess(cfg)[1], cfg.normalize), "network"]
+        in_graph = [_normalize_text(split_preprocess(cfg)[1], cfg.normalize), _network_text(bundle)]
         if bundle.temperature is not None:
             in_graph.append(calibration_text(bundle.temperature))
         in_graph.append(
@@ -197,6 +198,19 @@ def calibration_text(temperature: float) -> str:
     """How the graph applies a calibration temperature, in words (export.json)."""
     return (f"temperature scaling: logits / {temperature!r} before the head (the 'logits' output is the "
             "network's, before this division)")
+
+
+def _network_text(bundle: Bundle) -> str:
+    """The network in words; a fold ensemble's members and views averaged inside the one graph."""
+    if bundle.model.name != "fold_ensemble":
+        return "network"
+    kwargs = bundle.model.kwargs
+    views = kwargs.get("flips") or []
+    flips = f", each on the image and flipped along axes {views}" if views else ""
+    mean = ("the logit of the mean of their sigmoid probabilities" if bundle.model.head == "sigmoid"
+            else "the log of the mean of their softmax probabilities")
+    return (f"fold ensemble: the {kwargs.get('members')} member networks ({kwargs.get('member')}){flips}, "
+            f"averaged in the graph; 'logits' is {mean}")
 
 
 def _plan_text(scheme: dict[str, Any]) -> str:
