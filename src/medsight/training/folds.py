@@ -154,11 +154,13 @@ def summarise_folds(fold_metrics: list[dict], title: str, keys: Sequence[str],
     return summary
 
 
-def ensemble_model(members: list[Bundle]) -> ModelConfig:
-    """The fold ensemble's model: ``fold_ensemble`` of the members' network and settings."""
+def ensemble_model(members: list[Bundle], flips: Sequence[Sequence[int]] = ()) -> ModelConfig:
+    """The fold ensemble's model: ``fold_ensemble`` of the members' network, settings and head, averaged
+    also over the flipped views ``flips`` (test-time augmentation; none: the kwargs have no ``flips``)."""
     first = members[0]
-    return ModelConfig(name=FOLD_ENSEMBLE, kwargs={"member": first.model.name, "members": len(members),
-                                                   "member_kwargs": first.model.kwargs})
+    views = {"flips": [list(axes) for axes in flips]} if flips else {}
+    return ModelConfig(name=FOLD_ENSEMBLE, head=first.model.head, kwargs={
+        "member": first.model.name, "members": len(members), "member_kwargs": first.model.kwargs, **views})
 
 
 def member_weights(members: list[Bundle]) -> dict[str, Any]:

@@ -2,12 +2,16 @@
 
 The task's own training is :func:`medsight.classification.train.train_classifier` and
 :mod:`medsight.workflows.segmentation`; this module dispatches, and runs a classifier's folds through
-the task-neutral :func:`medsight.training.folds.cross_validate`.
+the task-neutral :func:`medsight.training.folds.cross_validate`, then builds their fold ensemble
+(:func:`medsight.classification.ensemble.ensemble_classifier_folds`): ``RUN/model`` and the out-of-fold
+estimate in ``RUN/metrics.json``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 
 from medsight.classification.split import check_classes
 from medsight.classification.train import STOPPED_EARLY, train_classifier
@@ -41,25 +45,59 @@ def run_training(cfg: RunConfig, *, out: Path, resume: bool = False, progress: b
     if cfg.data.folds == 1 or cfg.data.fold is not None:  # one run (one fold of k when data.fold is set)
         metrics = train_classifier(cfg, ds, out=out, resume=resume, progress=progress)
         return _summary(out, metrics) if is_main() else ""  # under DDP only rank 0 reports
+    from medsight.classification.ensemble import ensemble_classifier_folds
     from medsight.classification.evaluate import aggregate_folds
     from medsight.training.folds import cross_validate
 
-    fold_metrics, _ = cross_validate(cfg, out, resume=resume, train_fold=lambda run: train_classifier(
-        run.config, ds, out=run.folder, resume=run.resume, progress=progress))
+    fold_metrics, folders = cross_validate(cfg, out, resume=resume, train_fold=lambda run: train_classifier(
+        run.config, ds, out=run.folder, resume=run.resume, progress=progress, cv_fold=True))
     if not is_main():
         return ""
-    aggregate_folds(fold_metrics, out, title=f"{cfg.name}: {cfg.data.folds}-fold cross-validation")
-    return f"cross-validation of {cfg.data.folds} folds written to {out}/cv_report.html"
+    aggregate_folds(fold_metrics, out, title=f"{cfg.name}: {cfg.data.folds}-fold cross-validation, each fold on "
+                    "its validation cases")
+    result = ensemble_classifier_folds(cfg, ds, out, folders, progress=progress)
+    return _cv_summary(out, result)
+
+
+def _cv_summary(out: Path, result) -> str:
+    """The out-of-fold estimate first, then the ensemble on the test split (where there is one) and the files."""
+    oof, test = result.oof, result.test
+    lines = [f"{oof['split']} ({oof['extra']['folds']} folds, n={oof['n']}): {_scores(oof)}"]
+    if test is not None:
+        lines.append(f"test (the fold ensemble, n={test['n']}): {_scores(test)}")
+    choice = oof["calibration"].get("temperature_choice")
+    lines += [f"test-time augmentation: {result.tta.reason}", f"threshold: {oof['threshold_note']}"]
+    lines += [f"temperature scaling: {choice['reason']}"] if choice else []
+    lines += [f"bundle:  {out / 'model'}  (the fold ensemble)", f"report:  {out / 'report.html'}",
+              f"metrics: {out / 'metrics.json'}", f"folds:   {out / 'cv_report.html'}"]
+    lines += [f"test:    {result.test_folder / 'report.html'}"] if test is not None else []
+    return "\n".join(lines)
+
+
+def _scores(metrics: dict) -> str:
+    """``accuracy=… [95% CI …] auc=… [95% CI …]`` and the rest of the headline of one metrics.json."""
+    level = round(100 * metrics["ci_level"])
+    parts = []
+    for key in ("accuracy", "auc"):
+        entry = metrics["metrics"][key]
+        ci = (f" [{level}% CI {entry['ci_low']:.4f}-{entry['ci_high']:.4f}]"
+              if entry["ci_low"] is not None and np.isfinite(entry["ci_low"]) else "")
+        parts.append(f"{key}={metrics[key]:.4f}{ci}")
+    threshold = "argmax" if metrics["threshold"] is None else f"{metrics['threshold']:.4f}"
+    return " ".join([*parts, f"sensitivity={metrics['sensitivity']:.4f}", f"specificity={metrics['specificity']:.4f}",
+                     f"threshold={threshold}"])
 
 
 def _summary(out: Path, metrics: dict) -> str:
     threshold = "argmax" if metrics["threshold"] is None else f"{metrics['threshold']:.4f}"
     choice = metrics["calibration"].get("temperature_choice")
     stopped = metrics["extra"].get(STOPPED_EARLY)
+    tta = metrics["extra"].get("tta")
     return (
         f"{metrics['split']}: n={metrics['n']} accuracy={metrics['accuracy']:.4f} auc={metrics['auc']:.4f} "
         f"sensitivity={metrics['sensitivity']:.4f} specificity={metrics['specificity']:.4f} threshold={threshold}\n"
         + (f"{STOPPED_EARLY}: {stopped}\n" if stopped else "")
         + (f"temperature scaling: {choice['reason']}\n" if choice else "")
+        + (f"test-time augmentation: {tta['reason']}\n" if tta and tta["mode"] != "none" else "")
         + f"bundle:  {out / 'model'}\nreport:  {out / 'report.html'}\nmetrics: {out / 'metrics.json'}"
     )

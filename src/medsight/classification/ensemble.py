@@ -1,0 +1,208 @@
+"""The fold ensemble of a classification cross-validation: k fold models as one bundle, judged out of fold.
+
+After ``medsight train --folds k`` trains fold 0 .. k-1 (each validating on its own share of the
+cross-validation pool: train plus an official val split; a test split is in no fold),
+:func:`ensemble_classifier_folds` writes ``RUN/model``: a ``fold_ensemble`` bundle that averages the fold
+models' probabilities, with segmentation's task-neutral parts (:mod:`medsight.training.folds`).
+
+Every fold kept its validation cases' uncalibrated logits (``fold{k}/val_logits.npz``, with the flipped
+views), so this step runs no network on them; a fold whose file is missing or unreadable is predicted
+again from its model and the data, and kept. Each case's **out-of-fold** prediction comes from the one
+fold model that did not train on it; those predictions, concatenated in fold order, decide ``eval.tta``
+(:func:`medsight.classification.tta.decide_tta`) and choose the temperature and the operating threshold
+(:func:`medsight.classification.operating_point.choose_operating_point`), and ``RUN/metrics.json``,
+``per_case.csv`` and ``report.html`` score them, with bootstrap CIs: the cross-validation's estimate of
+how a model trained this way does on unseen cases. The ensemble itself is scored only on a test split
+(``RUN/test/``): on the pool, each case was trained on by k - 1 of its members.
+
+The temperature is fitted on single models' out-of-fold logits; the ensemble's averaged probabilities
+are usually a little less confident than one member's, so it errs toward under-confidence.
+
+Example:
+    >>> result = ensemble_classifier_folds(cfg, ds, Path("runs/cv"), [Path("runs/cv/fold0"), Path("runs/cv/fold1")])
+    >>> result.oof["auc"], result.test and result.test["auc"]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medsight.bundle import Bundle, build_bundle, load_bundle, provenance
+from medsight.bundle_fields import DataSettings, SplitRecord, ThresholdChoice
+from medsight.classification.operating_point import OperatingPoint, choose_operating_point
+from medsight.classification.train import data_hash
+from medsight.classification.tta import VAL_LOGITS, KeptLogits, TtaDecision, candidate_flips, decide_tta, kept_views
+from medsight.classification.uncertainty import flip_combinations, predictive_entropy
+from medsight.config import RunConfig
+from medsight.inference.classifier import probs_from_logits
+from medsight.training.folds import (
+    check_members_agree,
+    ensemble_model,
+    fold_records,
+    fold_runs,
+    member_weights,
+    out_of_fold,
+)
+
+#: the split name of the out-of-fold estimate in metrics.json and the report
+OUT_OF_FOLD = "out-of-fold"
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    """The out-of-fold ``metrics.json``, the ensemble's test-split metrics (None without a test split), the
+    TTA decision and the folder of the test report."""
+
+    oof: dict[str, Any]
+    test: dict[str, Any] | None
+    tta: TtaDecision
+    test_folder: Path
+
+
+def ensemble_classifier_folds(cfg: RunConfig, ds, out: Path, folders: list[Path], *,
+                              progress: bool = False) -> EnsembleResult:
+    """Write the fold ensemble ``out/model``, the out-of-fold report in ``out`` and, with a test split, the
+    ensemble's test report in ``out/test``. Building it again from the same folds writes the same bundle.
+
+    Raises:
+        MedsightError: a fold's model is missing, the folds were trained with other settings, or two folds
+            validated the same case.
+    """
+    bundles = [load_bundle(folder / "model") for folder in folders]
+    check_members_agree(bundles, folders, _shared_settings)
+    head, spatial_dims = bundles[0].model.head, bundles[0].spatial_dims
+    views = kept_views(cfg.augment, cfg.eval, spatial_dims)
+    kept = [_fold_logits(run.config, ds, bundle, run.folder, views, progress=progress)
+            for run, bundle in zip(fold_runs(cfg, out, resume=False), bundles, strict=True)]
+    val_cases = [part.ids for part in kept]
+    owner = out_of_fold(val_cases, lambda fold, case: fold)
+    oof = KeptLogits.concatenate([kept[fold].rows([c for c, f in owner.items() if f == fold])
+                                  for fold in range(len(kept))])
+    chosen_on = f"the out-of-fold predictions of {len(oof.ids)} cases"
+    tta = decide_tta(cfg.eval.tta, candidate_flips(cfg.augment, spatial_dims), oof, head=head, chosen_on=chosen_on)
+    point = choose_operating_point(oof.mean_of(tta.flips), oof.labels, head=head, cfg=cfg.eval, chosen_on=chosen_on)
+    bundle = _ensemble_bundle(cfg, bundles, val_cases, oof, point, tta)
+    metrics = _evaluate_out_of_fold(cfg, ds, out, oof, point, tta, bundle)
+    bundle.metrics = {f"oof_{key}": float(metrics[key]) for key in ("accuracy", "auc", "ece")
+                      if metrics.get(key) is not None and np.isfinite(metrics[key])}
+    bundle.save(out / "model")
+    test = _evaluate_test(cfg, ds, out / "test", bundle, progress=progress)
+    return EnsembleResult(metrics, test, tta, out / "test")
+
+
+def _shared_settings(bundle: Bundle) -> tuple:
+    """What the members must share to take one input: network, head, preprocessing and classes."""
+    return bundle.model.model_dump(), bundle.preprocess.model_dump(), bundle.label_names
+
+
+def _fold_logits(fold_cfg: RunConfig, ds, bundle: Bundle, folder: Path, views: list[list[int]], *,
+                 progress: bool) -> KeptLogits:
+    """The fold's kept validation logits; predicted again (and kept) where the file is missing, unreadable
+    or lacks a view."""
+    from medsight.classification.prepare import load_tensors
+    from medsight.data.splits import resolve_splits
+
+    kept = KeptLogits.load(folder / VAL_LOGITS)
+    if kept is not None and kept.has(views):
+        return kept
+    print(f"{folder}: no usable {VAL_LOGITS}; predicting its validation cases again")
+    indices = resolve_splits(ds, fold_cfg.data)["val"]
+    tensors, _ = load_tensors(ds, indices, bundle.preprocess, on_bad_file=fold_cfg.data.on_bad_file,
+                              progress=progress, desc=f"{folder.name} val")
+    kept = KeptLogits.compute(bundle.build_model(), tensors, views=views)
+    kept.save(folder / VAL_LOGITS)
+    return kept
+
+
+def _ensemble_bundle(cfg: RunConfig, bundles: list[Bundle], val_cases: list[list[str]], oof: KeptLogits,
+                     point: OperatingPoint, tta: TtaDecision) -> Bundle:
+    first = bundles[0]
+    folds = fold_records(bundles, val_cases, "val_auc")
+    return build_bundle(
+        task="classification",
+        model=ensemble_model(bundles, tta.flips),
+        preprocess=first.preprocess,
+        label_names=first.label_names,
+        threshold=point.threshold,
+        temperature=point.temperature,
+        provenance=provenance(
+            run=cfg.name, seed=cfg.train.seed, folds=folds, n_train=len(oof.ids), tta=tta.as_dict(),
+            train_seconds=round(sum(fold["train_seconds"] or 0 for fold in folds), 1),
+        ),
+        state_dict=member_weights(bundles),
+        data=DataSettings.of(cfg.data, hash=data_hash(oof.ids, oof.labels.tolist())),
+        split=SplitRecord(note=f"a fold ensemble: every case of the {len(oof.ids)}-case cross-validation pool "
+                          "trained all but one of its members; the out-of-fold scores are in the run folder's "
+                          "metrics.json"),
+        threshold_choice=ThresholdChoice(note=point.note, evaluation=cfg.eval, calibration=point.calibration.as_dict()),
+    )
+
+
+def _evaluate_out_of_fold(cfg: RunConfig, ds, out: Path, oof: KeptLogits, point: OperatingPoint,
+                          tta: TtaDecision, bundle: Bundle) -> dict[str, Any]:
+    """``out/metrics.json``, ``per_case.csv`` and ``report.html`` of the out-of-fold predictions."""
+    from medsight.classification.evaluate import evaluate_predictions
+
+    folds = bundle.provenance["folds"]
+    entropy, uncertainty = _entropy(cfg, oof, point)
+    return evaluate_predictions(
+        oof.labels, point.probs, label_names=ds.class_names, case_ids=oof.ids, threshold=point.threshold,
+        threshold_note=point.note, cfg=cfg.eval,
+        uncalibrated=point.uncalibrated if point.temperature is not None else None,
+        temperature=point.temperature, temperature_choice=point.calibration.as_dict(),
+        entropy=entropy, uncertainty=uncertainty, out=out,
+        title=f"{cfg.name}: the {len(folds)} fold models, each case scored by the fold that did not train on it",
+        split=OUT_OF_FOLD,
+        extra={
+            "data": str(cfg.data.path), "model": f"fold_ensemble of {len(folds)} {bundle.model.kwargs['member']}",
+            "folds": len(folds), "best epoch": [f["best_epoch"] for f in folds],
+            "epochs run": [f["epochs_run"] for f in folds], "training time (s)": bundle.provenance["train_seconds"],
+            "cases per split": {"out_of_fold": len(oof.ids)}, "test-time augmentation": tta.reason,
+            "tta": tta.as_dict(),
+        },
+    )
+
+
+def _entropy(cfg: RunConfig, oof: KeptLogits, point: OperatingPoint) -> tuple[np.ndarray, dict]:
+    """Per-case predictive entropy of the out-of-fold predictions: of the out-of-fold model's mean calibrated
+    probability over the flips (``eval.uncertainty: tta``, from the kept views), else of the predictions
+    themselves (Monte Carlo dropout needs a network, which this step does not run)."""
+    if cfg.eval.uncertainty != "tta":
+        return predictive_entropy(point.probs), {"method": "none", "passes": 1}
+    combos = flip_combinations(len(cfg.preprocess.size))[:cfg.eval.uncertainty_passes]
+    probs = [probs_from_logits(torch.from_numpy(oof.view(list(axes))), cfg.model.head, point.temperature)
+             for axes in combos]
+    return predictive_entropy(np.mean(probs, axis=0)), {"method": "tta", "passes": len(combos)}
+
+
+def _evaluate_test(cfg: RunConfig, ds, out: Path, bundle: Bundle, *, progress: bool) -> dict[str, Any] | None:
+    """The ensemble scored on the run's test split (``out``: its own report folder); None without one."""
+    from medsight.classification.evaluate import evaluate_predictions
+    from medsight.classification.prepare import load_tensors
+    from medsight.classification.score import calibration_kwargs, score
+    from medsight.data.splits import resolve_splits
+    from medsight.inference.classifier import CalibratedClassifier
+
+    indices = resolve_splits(ds, cfg.data)["test"]
+    if not len(indices):
+        return None
+    tensors, _ = load_tensors(ds, indices, bundle.preprocess, on_bad_file=cfg.data.on_bad_file,
+                              progress=progress, desc="test")
+    classifier = CalibratedClassifier(bundle.build_model(), head=bundle.model.head, temperature=bundle.temperature)
+    scored = score(classifier, tensors, cfg=cfg.eval)
+    return evaluate_predictions(
+        tensors.labels.numpy(), scored["probs"], label_names=ds.class_names, case_ids=tensors.ids,
+        threshold=bundle.threshold, threshold_note=bundle.threshold_choice.note, cfg=cfg.eval,
+        **calibration_kwargs(scored, bundle.temperature, bundle.threshold_choice.calibration), out=out,
+        title=f"{cfg.name}: the fold ensemble on the test split", split="test",
+        extra={"data": str(cfg.data.path), "model": f"fold_ensemble of {bundle.model.kwargs['members']} "
+               f"{bundle.model.kwargs['member']}", "cases per split": {"test": len(tensors.ids)}},
+    )
+
+
+__all__ = ["OUT_OF_FOLD", "EnsembleResult", "ensemble_classifier_folds"]
