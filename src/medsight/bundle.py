@@ -9,7 +9,9 @@ A bundle is a folder::
                             (absent or null in older bundles: 1.0), validation metrics
                             and provenance;
                             segmentation bundles add ``segmentation``: the plan's intensity
-                            normalisation and the sliding-window / postprocessing settings
+                            normalisation and the sliding-window / postprocessing settings;
+                            classification bundles may add ``domain``: what the model was trained on
+      domain.safetensors    the domain record's training feature vectors (only with ``domain``)
 
 Evaluate, predict, explain, export and serve take a bundle and nothing else, so the
 preprocessing used in training is replayed exactly.
@@ -42,6 +44,7 @@ from medsight import __version__
 from medsight.atomic_write import atomic_write_bytes, write_error
 from medsight.bundle_fields import (
     DataSettings,
+    DomainRecord,
     SegmentationSettings,
     SplitRecord,
     ThresholdChoice,
@@ -56,6 +59,7 @@ from medsight.hashing import files_sha256
 FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
 MANIFEST = "bundle.json"
+DOMAIN_FEATURES = "domain.safetensors"
 
 
 @dataclass
@@ -80,6 +84,7 @@ class Bundle:
     data: DataSettings = field(default_factory=DataSettings)
     split: SplitRecord = field(default_factory=SplitRecord)
     threshold_choice: ThresholdChoice = field(default_factory=ThresholdChoice)
+    domain: DomainRecord | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.segmentation, dict):
@@ -131,13 +136,16 @@ class Bundle:
         if self.state_dict is None:
             raise BundleError(folder, "no weights to save", "train the model first")
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict.items()}
+        files = [(WEIGHTS, save(tensors)), (MANIFEST, json.dumps(self.manifest(), indent=2).encode())]
+        if self.domain is not None and self.domain.reference is not None:
+            files.append((DOMAIN_FEATURES, _domain_bytes(self.domain)))
         try:
             folder.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         except OSError as exc:
             raise write_error(folder, exc) from exc
         try:
-            for name, data in ((WEIGHTS, save(tensors)), (MANIFEST, json.dumps(self.manifest(), indent=2).encode())):
+            for name, data in files:
                 try:
                     atomic_write_bytes(staging / name, data)
                 except OutputWriteError as exc:  # name the file the user asked for, not the staging copy
@@ -166,6 +174,7 @@ class Bundle:
             "metrics": self.metrics,
             "provenance": {**self.provenance, **record_keys(self.data, self.split, self.threshold_choice)},
             **({"segmentation": self.segmentation.model_dump(mode="json")} if self.segmentation is not None else {}),
+            **({"domain": self.domain.model_dump(mode="json")} if self.domain is not None else {}),
         }
 
 
@@ -207,6 +216,8 @@ def load_bundle(folder: str | Path, *, weights: bool = True) -> Bundle:
         except Exception as exc:  # safetensors raises its own error types
             raise BundleError(weights_path, f"unreadable weights ({exc})", "copy the bundle again") from exc
     fields = {name: getattr(manifest, name) for name in _Manifest.model_fields}
+    if weights and manifest.domain is not None and manifest.domain.features is not None:
+        fields["domain"] = manifest.domain.model_copy(update={"reference": _domain_reference(folder)})
     return build_bundle(**fields, state_dict=state, temperature=temperature, source=manifest_path)
 
 
@@ -225,6 +236,7 @@ def build_bundle(
     data: DataSettings | None = None,
     split: SplitRecord | None = None,
     threshold_choice: ThresholdChoice | None = None,
+    domain: DomainRecord | None = None,
     source: str | Path | None = None,
 ) -> Bundle:
     """The one way a Bundle is assembled: by a training run (``provenance`` from :func:`provenance`) and
@@ -244,6 +256,7 @@ def build_bundle(
         data=recorded["data"] if data is None else data,
         split=recorded["split"] if split is None else split,
         threshold_choice=recorded["threshold_choice"] if threshold_choice is None else threshold_choice,
+        domain=domain,
     )
 
 
@@ -260,6 +273,7 @@ class _Manifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     provenance: dict[str, Any] = Field(default_factory=dict)
     segmentation: SegmentationSettings | None = None
+    domain: DomainRecord | None = None
 
     @field_validator("metrics", "provenance", mode="before")
     @classmethod
@@ -268,8 +282,11 @@ class _Manifest(BaseModel):
 
 
 def bundle_hash(folder: str | Path) -> str:
-    """``sha256:<16 hex>`` over bundle.json and the weights: the model version the service, registry and triage use."""
-    return f"sha256:{files_sha256(Path(folder) / MANIFEST, Path(folder) / WEIGHTS)[:16]}"
+    """``sha256:<16 hex>`` over bundle.json, the weights and (where there is one) the domain's feature file: the
+    model version the service, registry and triage use."""
+    folder = Path(folder)
+    extra = [folder / DOMAIN_FEATURES] if (folder / DOMAIN_FEATURES).is_file() else []
+    return f"sha256:{files_sha256(folder / MANIFEST, folder / WEIGHTS, *extra)[:16]}"
 
 
 def provenance(**extra: Any) -> dict[str, Any]:
@@ -293,6 +310,33 @@ def _temperature(value: Any, manifest_path: Path) -> float | None:
         raise BundleError(manifest_path, f"temperature {value!r} is not a positive number",
                           "remove the temperature key (no calibration) or retrain the model")
     return float(value)
+
+
+def _domain_bytes(domain: DomainRecord) -> bytes:
+    """The domain record's feature vectors as safetensors bytes (``{"features": (n, dim)}``, float16)."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    return save({"features": np.ascontiguousarray(domain.reference, dtype=np.float16)})
+
+
+def _domain_reference(folder: Path):
+    """The training feature vectors of ``domain.safetensors`` as float32 ``(n, dim)``.
+
+    Raises:
+        BundleError: bundle.json records a feature reference and the file is missing or unreadable.
+    """
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    path = folder / DOMAIN_FEATURES
+    if not path.is_file():
+        raise BundleError(folder, f"bundle.json records a domain feature reference and {DOMAIN_FEATURES} is missing",
+                          "copy the whole model folder")
+    try:
+        return load_file(str(path))["features"].astype(np.float32)
+    except Exception as exc:  # safetensors raises its own error types
+        raise BundleError(path, f"unreadable domain features ({exc})", "copy the bundle again") from exc
 
 
 def _remove_tree(path: Path) -> None:

@@ -5,10 +5,12 @@
 - :class:`DataSettings`: where the training data was and the data settings its split is rebuilt from;
 - :class:`SplitRecord`: the case ids of each split a segmentation run made;
 - :class:`ThresholdChoice`: how the operating threshold was chosen, with which evaluation settings,
-  and how the temperature was (or was not) fitted.
+  and how the temperature was (or was not) fitted;
+- :class:`DomainRecord`: the manifest's ``domain``, what a classifier was trained on (modalities, body parts,
+  channels, sizes, intensities, the feature-space reference), which prediction checks each input against.
 
-The last three live in the manifest under the ``provenance`` keys medsight has always written
-(``data``, ``data_hash``, ``data_config``, ``split``, ``split_note``, ``threshold_note``,
+DataSettings, SplitRecord and ThresholdChoice live in the manifest under the ``provenance`` keys medsight has
+always written (``data``, ``data_hash``, ``data_config``, ``split``, ``split_note``, ``threshold_note``,
 ``eval_config``, ``calibration``), so bundles written before these settings were typed load into
 them, and bundles written now load in older medsight. :func:`recorded_fields` reads them out of a
 provenance record; :func:`record_keys` writes them back. Code reads the typed fields, never the record.
@@ -22,7 +24,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
 
@@ -170,5 +172,62 @@ def field_error(source: str | Path | None, exc: ValidationError, *, prefix: str 
                        "correct that value in bundle.json, or retrain the model")
 
 
-__all__ = ["DataSettings", "SegmentationSettings", "SplitRecord", "ThresholdChoice",
-           "field_error", "record_keys", "recorded_fields"]
+
+
+class IntensityRange(BaseModel):
+    """The training images' intensities in the files' own units (HU for CT, stored values otherwise), from the
+    fingerprint: the 0.5 and 99.5 percentiles (``low``, ``high``) and the extremes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    unit: str = "stored value"
+    low: float
+    high: float
+    min: float | None = None
+    max: float | None = None
+
+
+class FeatureReference(BaseModel):
+    """The training set in the network's feature space: ``n_reference`` penultimate feature vectors (the input of
+    the last ``nn.Linear``; a fold ensemble's members concatenated) kept in ``domain.safetensors``; an input's
+    distance is the mean cosine distance to its ``k`` nearest; above ``threshold`` (the ``quantile`` of the
+    distances of ``n_threshold_cases`` calibration cases the model never trained on) it is out of domain.
+    ``false_alarm_rate`` is the share of ``n_holdout_cases`` other calibration cases above that threshold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_reference: int
+    dim: int
+    k: int
+    quantile: float
+    threshold: float
+    n_threshold_cases: int
+    n_holdout_cases: int
+    false_alarm_rate: float | None = None
+    seed: int = 0
+
+
+class DomainRecord(BaseModel):
+    """What a classifier was trained on, so prediction can say when an input lies outside it (``domain`` in
+    ``bundle.json``; the feature vectors, ``reference``, in ``domain.safetensors``, never in the JSON).
+
+    Empty lists and ``None`` mean "not known" and are not checked. ``action`` is the training config's
+    ``predict.out_of_domain`` (flag, refuse, off); ``notes`` say what could not be recorded.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    action: Literal["flag", "refuse", "off"] = "flag"
+    modalities: list[str] = Field(default_factory=list)
+    body_parts: list[str] = Field(default_factory=list)
+    channels: list[int] = Field(default_factory=list)
+    size_min: list[int] | None = None
+    size_max: list[int] | None = None
+    intensity: IntensityRange | None = None
+    features: FeatureReference | None = None
+    notes: list[str] = Field(default_factory=list)
+    reference: Any = Field(None, exclude=True)
+
+
+__all__ = ["DataSettings", "DomainRecord", "FeatureReference", "IntensityRange", "SegmentationSettings",
+           "SplitRecord", "ThresholdChoice", "field_error", "record_keys", "recorded_fields"]

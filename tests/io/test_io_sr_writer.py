@@ -29,7 +29,8 @@ def test_round_trip_gives_back_label_probability_model_and_uids(source, tmp_path
     back = read_classification_sr(path)
     assert back == {"label": "pneumonia", "finding": "pneumonia", "probability": 0.8765432108766,
                     "model": "resnet18", "version": "run-3", "study_uid": image.meta["StudyInstanceUID"],
-                    "referenced_series_uid": image.meta["SeriesInstanceUID"]}
+                    "referenced_series_uid": image.meta["SeriesInstanceUID"], "out_of_domain": None,
+                    "domain_reasons": []}
     sr = pydicom.dcmread(path)
     assert sr.SeriesInstanceUID != image.meta["SeriesInstanceUID"]
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34" and sr.Modality == "SR"  # Comprehensive 3D SR
@@ -144,3 +145,21 @@ def test_an_image_without_geometry_stays_in_the_evidence_but_not_the_library(sha
     assert _library_images(path) == []
     evidence = hd.sr.srread(path).get_evidence(current_procedure_only=True)
     assert [str(sop) for _, _, sop, _ in evidence] == [pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID]
+
+
+@pytest.mark.parametrize("flagged", [True, False])
+def test_an_out_of_domain_input_says_so_and_why_in_the_report(shared_data, tmp_path, flagged):
+    image = read_image(shared_data / "dicom/pydicom/CT_small.dcm")
+    reasons = ["DICOM Modality CT was not seen in training (seen: MR)", "the image is blank: every pixel is 0"]
+    prediction = PREDICTION | {"out_of_domain": flagged, "domain_reasons": reasons if flagged else []}
+    path = write_classification_sr(prediction, image, tmp_path / "sr.dcm", label_names=NAMES, model="m", version="1")
+    back = read_classification_sr(path)
+    assert (back["out_of_domain"], back["domain_reasons"], back["label"]) == (flagged, prediction["domain_reasons"],
+                                                                             "pneumonia")
+    (group,) = hd.sr.srread(path).content.get_image_measurement_groups()
+    (evaluation,) = [e for e in group.get_qualitative_evaluations() if e.name.meaning == "Out of domain"]
+    assert (evaluation.value.value, evaluation.value.meaning) == (("373066001", "Yes") if flagged else
+                                                                  ("373067005", "No"))
+    comments = [item.TextValue for item in group[0].ContentSequence if "TextValue" in item
+                and item.ConceptNameCodeSequence[0].CodeValue == "121106"]
+    assert comments == ([f"out of domain: {reasons[0]}; {reasons[1]}"] if flagged else [])

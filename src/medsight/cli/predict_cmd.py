@@ -21,6 +21,11 @@ def predict(
     resume: bool = typer.Option(False, "--resume", help="Skip files that already have a row in the output CSV."),
     backend: str = typer.Option("auto", help="Classifiers: torch, onnx (needs medsight export), or auto."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    out_of_domain: str = typer.Option(
+        None, "--out-of-domain", help="Classifiers: flag (answer, with out_of_domain and domain_reasons columns), "
+        "refuse (no answer: an error row with the reasons) or off, for inputs outside the training domain; "
+        "default: the bundle's own (its training config's predict.out_of_domain)."
+    ),
     workers: int = typer.Option(1, min=1, help="Worker processes (each loads the model once); rows stay in input "
                                 "order."),
     probabilities: bool = typer.Option(
@@ -44,6 +49,9 @@ def predict(
     if header.task == "segmentation":
         from medsight.inference.segmenter import segment_to_folder
 
+        if out_of_domain is not None:
+            raise ConfigError("--out-of-domain", "is for classification models",
+                              "drop it: a segmentation bundle keeps no domain record")
         out = out or Path("masks")
         if out.suffix.lower() in {".csv", ".json"}:
             raise ConfigError(f"--out {out}", "a segmentation model writes mask files into a folder",
@@ -64,6 +72,7 @@ def predict(
         flag = "--probabilities" if probabilities else "--mixed-precision"
         raise ConfigError(flag, "is for segmentation models", "drop it: a classifier's class probabilities are "
                           "already columns of its output, and it runs in float32 (or ONNX: --backend onnx)")
+    from medsight.inference.domain import NO_RECORD
     from medsight.inference.predictor import decision_rule, predict_to_file
 
     out = out or Path("predictions.csv")
@@ -71,10 +80,12 @@ def predict(
         from medsight.inference.parallel import predict_parallel
 
         counts = predict_parallel(bundle=bundle, inputs=inputs, out=out, workers=workers, progress=progress,
-                                  resume=resume, backend=backend)
+                                  resume=resume, backend=backend, out_of_domain=out_of_domain)
     else:
         counts = predict_to_file(bundle=bundle, inputs=inputs, out=out, progress=progress, resume=resume,
-                                 backend=backend)
+                                 backend=backend, out_of_domain=out_of_domain)
+    if header.domain is None:
+        typer.echo(f"note: {NO_RECORD}")
     typer.echo(f"wrote {out}: {counts['ok']} predicted, {counts['errors']} failed, {counts['skipped']} already done; "
                f"{decision_rule(header.label_names, header.threshold)}")
     finish_batch(counts)

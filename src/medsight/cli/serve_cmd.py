@@ -40,10 +40,15 @@ def serve(
         False, "--mixed-precision", help="Segmenters: run the network in bfloat16 where the CPU has native bf16 "
         "(about 2x faster; masks agree on >99% of pixels), autocast on CUDA."
     ),
+    out_of_domain: str | None = typer.Option(
+        None, "--out-of-domain", help="Classifiers: flag (answer, marked out_of_domain with the reasons), refuse "
+        "(422 with the reasons) or off, for inputs outside the training domain; default: the bundle's own."
+    ),
 ) -> None:
     """Serve a model over HTTP: REST API (/v1/predict, /v1/explain, /v1/model), metrics and a web page."""
     from medsight.serve.server import run_server
 
     run_server(bundle=bundle, registry=registry, feedback=feedback, host=host, port=port, workers=workers,
                api_keys_file=api_keys, no_auth=no_auth, max_body_mb=max_body_mb, max_voxels=max_voxels,
-               auth_failures_per_minute=auth_failures_per_minute, device=device, mixed_precision=mixed_precision)
+               auth_failures_per_minute=auth_failures_per_minute, device=device, mixed_precision=mixed_precision,
+               out_of_domain=out_of_domain)

@@ -33,7 +33,7 @@ def worker_threads(workers: int) -> int:
 
 def predict_parallel(
     *, bundle: str | Path, inputs: list[Path], out: Path, workers: int, backend: str = "auto",
-    resume: bool = False, progress: bool = True,
+    resume: bool = False, progress: bool = True, out_of_domain: str | None = None,
 ) -> dict[str, int]:
     """:func:`~medsight.inference.predictor.predict_to_file` (CSV output) on ``workers`` processes.
 
@@ -42,22 +42,23 @@ def predict_parallel(
         BundleError: the bundle cannot be loaded (checked here, before any worker starts).
     """
     from medsight.inference.predictor import Predictor, expand_inputs
-    from medsight.inference.results_csv import ResultsCsv
+    from medsight.inference.results_csv import ResultsCsv, prediction_fields
 
     _check_workers(workers)
     out = Path(out)
     if out.suffix.lower() == ".json":
         raise ConfigError(f"--out {out}", "parallel prediction streams rows into a CSV",
                           "use a .csv output, or --workers 1 for JSON")
-    predictor = Predictor(bundle, backend=backend)  # fails here, in one clear line, on a bad bundle
+    # fails here, in one clear line, on a bad bundle
+    predictor = Predictor(bundle, backend=backend, out_of_domain=out_of_domain)
     files = expand_inputs(inputs)
-    fields = ["path", "label", *(f"prob_{n}" for n in predictor.label_names), "threshold", "error"]
+    fields = prediction_fields(predictor.label_names, domain=predictor.bundle.domain is not None)
     resolved = predictor.backend
     del predictor
     with ResultsCsv(out, fields, resume=resume) as results:
         todo = [path for path in files if str(path) not in results.done]
         counts = {"ok": 0, "errors": 0, "skipped": len(files) - len(todo)}
-        job = ("classify", str(bundle), resolved, None, None)
+        job = ("classify", str(bundle), resolved, None, out_of_domain)
         for row in _ordered_rows(job, todo, workers, progress, "predicting"):
             counts["errors" if row["error"] else "ok"] += 1
             results.write(row)
@@ -128,10 +129,10 @@ class _Sized:
 
 
 def _start_worker(kind: str, bundle: str, backend: str | None, out: str | None,
-                  options: tuple[bool, bool] | None, threads: int) -> None:
+                  options: tuple[bool, bool] | str | None, threads: int) -> None:
     """Runs once in each worker: thread count, then the model (loaded once per process).
 
-    ``options``: a segmenter's ``(probabilities, mixed_precision)``.
+    ``options``: a segmenter's ``(probabilities, mixed_precision)``; a classifier's out-of-domain action.
     """
     import torch
 
@@ -139,7 +140,7 @@ def _start_worker(kind: str, bundle: str, backend: str | None, out: str | None,
     if kind == "classify":
         from medsight.inference.predictor import Predictor
 
-        _WORKER["row"] = _classify_row(Predictor(bundle, backend=backend or "auto"))
+        _WORKER["row"] = _classify_row(Predictor(bundle, backend=backend or "auto", out_of_domain=options))
     else:
         from medsight.inference.segmenter import Segmenter
 
@@ -154,9 +155,11 @@ def _row(path: str) -> dict[str, Any]:
 
 def _classify_row(predictor) -> Callable[[Path], dict[str, Any]]:
     """The CSV row :func:`~medsight.inference.predictor.predict_to_file` writes for one file."""
-    from medsight.inference.predictor import csv_row, iter_predictions
+    from medsight.inference.predictor import iter_predictions
+    from medsight.inference.results_csv import csv_row, prediction_fields
 
-    return lambda path: csv_row(next(iter_predictions(predictor, [path], progress=False)), predictor.label_names)
+    fields = prediction_fields(predictor.label_names, domain=predictor.bundle.domain is not None)
+    return lambda path: csv_row(next(iter_predictions(predictor, [path], progress=False)), fields)
 
 
 def _segment_row(segmenter, out: Path, probabilities: bool) -> Callable[[Path], dict[str, Any]]:

@@ -20,6 +20,11 @@ Two backends run the network:
   outside the graph, and the predictor applies exactly that. The predictor reads the graph's
   ``logits`` and applies the bundle's temperature and head itself, as for PyTorch.
 
+Each input is checked against the bundle's domain record (:mod:`medsight.inference.domain`) before its
+answer is trusted: every result has ``out_of_domain`` (true or false; None where nothing was checked: the
+action is ``off``, or the bundle has no record) and ``domain_reasons``. With the action ``refuse`` an input
+outside the domain raises :class:`~medsight.inference.domain.OutOfDomainError` (no class, the reasons instead).
+
 ``backend="auto"`` (the default) takes ``"onnx"`` when the predictor is given a bundle folder
 whose ``export.json`` records an ONNX export of the very weights in that folder (SHA-256 of
 ``weights.safetensors`` and of ``model.onnx`` both match), ONNX Runtime is installed and the
@@ -53,6 +58,8 @@ from medsight.config import PreprocessConfig
 from medsight.data.file_errors import file_error, one_line
 from medsight.errors import BundleError, ConfigError, InvalidImageError, UnsupportedFileError
 from medsight.hashing import file_sha256
+from medsight.inference.domain import CHECK_OFF, NO_RECORD, OutOfDomainError, domain_check, unchecked
+from medsight.inference.domain_features import probs_and_features
 from medsight.sample import Sample
 
 #: The export record that ``medsight export`` writes beside ``bundle.json``.
@@ -68,13 +75,16 @@ class Predictor:
             folder, so it always runs on PyTorch).
         device: where the PyTorch backend runs (``"cpu"``, ``"cuda"``...).
         backend: ``"auto"``, ``"torch"`` or ``"onnx"`` (see the module docstring).
+        out_of_domain: ``flag``, ``refuse`` or ``off`` for inputs outside the training domain; None takes the
+            bundle's (its training config's ``predict.out_of_domain``).
 
     Raises:
-        ConfigError: an unknown backend, or ``"onnx"`` on a device other than the CPU.
+        ConfigError: an unknown backend or out_of_domain action, or ``"onnx"`` on a device other than the CPU.
         BundleError: ``"onnx"`` on a bundle without a current ONNX export.
     """
 
-    def __init__(self, bundle: Bundle | str | Path, *, device: str = "cpu", backend: str = "auto") -> None:
+    def __init__(self, bundle: Bundle | str | Path, *, device: str = "cpu", backend: str = "auto",
+                 out_of_domain: str | None = None) -> None:
         import torch
 
         from medsight.inference.classifier import CalibratedClassifier
@@ -95,6 +105,10 @@ class Predictor:
         #: the network (PyTorch, or the ONNX graph's logits) with the bundle's head and temperature
         self.classifier = CalibratedClassifier(network, head=self.bundle.model.head,
                                                temperature=self.bundle.temperature, device=self.device)
+        #: the check of each input against the bundle's domain record; None: not checked (no record, or off)
+        self.domain = domain_check(self.bundle.domain, out_of_domain)
+        #: why inputs are not checked (None when they are)
+        self.domain_note = None if self.domain is not None else NO_RECORD if self.bundle.domain is None else CHECK_OFF
 
     @cached_property
     def model(self):
@@ -129,16 +143,26 @@ class Predictor:
         return self.predict_tensors(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))
 
     def predict_sample(self, sample: Sample) -> dict[str, Any]:
-        """One decoded image -> label, probabilities and the threshold used.
+        """One decoded image -> label, probabilities, the threshold used, ``out_of_domain`` and ``domain_reasons``.
 
         Raises:
             InvalidImageError: a 3D volume for a 2D model, or the reverse.
+            OutOfDomainError: the input is outside the training domain and the action is ``refuse``.
         """
         from medsight.transforms import preprocess
 
         check_spatial_dims(sample, len(self._input_preprocess.size))
-        probs = self.predict_arrays(preprocess(sample, self._input_preprocess)[None])[0]
-        return self._decide(probs)
+        batch = preprocess(sample, self._input_preprocess)[None]
+        if self.domain is None:
+            return {**self._decide(self.predict_arrays(batch)[0]), **unchecked()}
+        reasons = self.domain.input_reasons(sample)
+        if self.domain.uses_features:  # read in the same forward pass on PyTorch; a second pass beside ONNX
+            probs, features = probs_and_features(self.predict_arrays, self.model, batch,
+                                                 same_pass=self.backend == "torch", device=self.device)
+            reasons += self.domain.feature_reasons(features)
+        else:
+            probs = self.predict_arrays(batch)
+        return {**self._decide(probs[0]), **self.domain.verdict(str(sample.meta.get("path", "image")), reasons)}
 
     def predict_file(self, path: str | Path) -> dict[str, Any]:
         from medsight.io import read_image
@@ -297,8 +321,11 @@ def decision_rule(label_names: list[str], threshold: float | None) -> str:
 
 
 def error_row(path: Path, exc: Exception) -> dict[str, Any]:
-    """The row of a file that failed: no label or probabilities, the one-line reason in ``error``."""
+    """The row of a file that failed: no label or probabilities, the one-line reason in ``error``; a refused
+    out-of-domain input also has ``out_of_domain`` true and its ``domain_reasons``."""
+    refused = isinstance(exc, OutOfDomainError)
     return {"path": str(path), "label": "", "probabilities": {}, "threshold": None,
+            "out_of_domain": True if refused else None, "domain_reasons": exc.reasons if refused else [],
             "error": one_line(file_error(path, exc))}
 
 
@@ -321,19 +348,20 @@ def iter_predictions(predictor: Predictor, files: list[Path], *, progress: bool)
 
 def predict_to_file(
     *, bundle: str | Path, inputs: list[Path], out: Path, progress: bool = True, backend: str = "auto",
-    resume: bool = False,
+    resume: bool = False, out_of_domain: str | None = None,
 ) -> dict[str, int]:
     """Predict every input and write a CSV (streamed row by row) or a JSON list.
 
     With ``resume`` (CSV only), files that already have a row in ``out`` are skipped and the
-    new rows are appended; ``counts["skipped"]`` says how many.
+    new rows are appended; ``counts["skipped"]`` says how many. ``out_of_domain`` overrides the bundle's action
+    (a refused input is an error row).
 
     Raises:
         ConfigError: ``resume`` with a JSON output, or a CSV another model wrote.
     """
-    from medsight.inference.results_csv import ResultsCsv
+    from medsight.inference.results_csv import ResultsCsv, csv_row, prediction_fields
 
-    predictor = Predictor(bundle, backend=backend)
+    predictor = Predictor(bundle, backend=backend, out_of_domain=out_of_domain)
     files = expand_inputs(inputs)
     counts = {"ok": 0, "errors": 0, "skipped": 0}
     out = Path(out)
@@ -348,17 +376,11 @@ def predict_to_file(
             collected.append(row)
         atomic_write_text(out, json.dumps(collected, indent=2))
         return counts
-    fields = ["path", "label", *(f"prob_{n}" for n in predictor.label_names), "threshold", "error"]
+    fields = prediction_fields(predictor.label_names, domain=predictor.bundle.domain is not None)
     with ResultsCsv(out, fields, resume=resume) as results:
         todo = [path for path in files if str(path) not in results.done]
         counts["skipped"] = len(files) - len(todo)
         for row in iter_predictions(predictor, todo, progress=progress):
             counts["errors" if row["error"] else "ok"] += 1
-            results.write(csv_row(row, predictor.label_names))
+            results.write(csv_row(row, fields))
     return counts
-
-
-def csv_row(row: dict[str, Any], label_names: list[str]) -> dict[str, Any]:
-    """A prediction row flattened for ``predictions.csv``: one ``prob_<class>`` column per class."""
-    probs = {f"prob_{n}": row["probabilities"].get(n, "") for n in label_names}
-    return {"path": row["path"], "label": row["label"], **probs, "threshold": row["threshold"], "error": row["error"]}

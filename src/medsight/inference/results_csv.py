@@ -63,3 +63,19 @@ class ResultsCsv:
                     "resume with the model and options that started it, or choose a new --out",
                 )
             return [row for row in reader if None not in row.values() and None not in row and not row.get("error")]
+
+
+def prediction_fields(label_names: list[str], *, domain: bool) -> list[str]:
+    """The columns of a classifier's ``predictions.csv``; ``out_of_domain`` and ``domain_reasons`` when its bundle
+    has a domain record (``domain``), so an older bundle's CSV keeps its columns."""
+    checked = ["out_of_domain", "domain_reasons"] if domain else []
+    return ["path", "label", *(f"prob_{n}" for n in label_names), "threshold", *checked, "error"]
+
+
+def csv_row(row: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    """A prediction row flattened into ``fields``: one ``prob_<class>`` column per class, the domain reasons
+    joined by ``; ``, and ``out_of_domain`` empty where nothing was checked."""
+    flat = {**row, **{f"prob_{n}": p for n, p in row["probabilities"].items()},
+            "out_of_domain": "" if row.get("out_of_domain") is None else row["out_of_domain"],
+            "domain_reasons": "; ".join(row.get("domain_reasons") or [])}
+    return {name: flat.get(name, "") for name in fields}

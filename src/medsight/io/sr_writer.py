@@ -10,7 +10,11 @@ The report is a highdicom Comprehensive 3D SR holding one TID 1500 *Imaging Meas
 * one TID 1501 measurement group (algorithm *medsight <model>*, version = the model version) with
   the finding (*Finding*, DCM 121071 = the positive class: ``label_names[1]`` for a binary model, the decided label
   otherwise), its probability as a numeric measurement (DCM 122157 *Probability*, UCUM unit ``1``) and the
-  decided label as the qualitative evaluation *Conclusion* (DCM 121077).
+  decided label as the qualitative evaluation *Conclusion* (DCM 121077);
+* where the input was checked against the model's training domain (``prediction["out_of_domain"]`` true or
+  false), a qualitative evaluation *Out of domain* (``99MEDSIGHT`` OUT-OF-DOMAIN) valued SNOMED CT *Yes*
+  (373066001) or *No* (373067005), and for an input outside the domain a text item *Comment* (DCM 121106) in the
+  same group: ``out of domain: <reason>; <reason>``. A reader that knows none of this still reads the label.
 
 Class names are coded with SNOMED CT where a name maps (:data:`FINDING_CODES`: pneumonia, normal,
 abnormal, malignant, benign, nodule, tumour, mass, lesion; case and separators ignored). Any other name
@@ -56,6 +60,9 @@ FINDING_CODES = {
 PRIVATE_SCHEME = "99MEDSIGHT"
 #: DCM concept *Algorithm Version*
 ALGORITHM_VERSION = "111003"
+#: DCM concept *Comment*, the text item that says why an input is out of domain
+COMMENT = "121106"
+OUT_OF_DOMAIN_PREFIX = "out of domain: "
 
 
 class PredictionError(MedsightError):
@@ -122,8 +129,10 @@ def write_classification_sr(prediction: dict, image: Sample, path: Path, *, labe
         measurements=[hd.sr.Measurement(name=codes.DCM.Probability, value=probability,
                                         unit=hd.sr.CodedConcept(value="1", scheme_designator="UCUM",
                                                                 meaning="no units"))],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Conclusion, value=finding_code(label))],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Conclusion, value=finding_code(label)),
+                                 *_domain_evaluation(prediction)],
     )
+    _add_domain_reasons(group, prediction)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=_procedure(str(sources[0].get("Modality", ""))),
@@ -137,6 +146,31 @@ def write_classification_sr(prediction: dict, image: Sample, path: Path, *, labe
             device_serial_number="none", series_description=f"medsight {model} classification", is_complete=True,
         )
     return save_dataset(sr, path)
+
+
+def _domain_evaluation(prediction: dict) -> list:
+    """The *Out of domain* Yes/No evaluation of a checked prediction; none where nothing was checked."""
+    import highdicom as hd
+
+    flagged = prediction.get("out_of_domain")
+    if flagged is None:
+        return []
+    answer = ("373066001", "Yes") if flagged else ("373067005", "No")
+    return [hd.sr.QualitativeEvaluation(
+        name=hd.sr.CodedConcept(value="OUT-OF-DOMAIN", scheme_designator=PRIVATE_SCHEME, meaning="Out of domain"),
+        value=hd.sr.CodedConcept(value=answer[0], scheme_designator="SCT", meaning=answer[1]))]
+
+
+def _add_domain_reasons(group, prediction: dict) -> None:
+    """A *Comment* text item ``out of domain: <reasons>`` in the measurement group of an out-of-domain input."""
+    import highdicom as hd
+
+    if not prediction.get("out_of_domain"):
+        return
+    reasons = "; ".join(str(r) for r in prediction.get("domain_reasons") or []) or "no reason recorded"
+    group[0].ContentSequence.append(hd.sr.TextContentItem(
+        name=hd.sr.CodedConcept(value=COMMENT, scheme_designator="DCM", meaning="Comment"),
+        value=f"{OUT_OF_DOMAIN_PREFIX}{reasons}", relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
 
 
 def library_entries(sources: list) -> list:
@@ -173,7 +207,8 @@ def read_classification_sr(path: Path) -> dict[str, Any]:
     """Read a report written by :func:`write_classification_sr` back with highdicom.
 
     Returns:
-        ``{"label", "finding", "probability", "model", "version", "study_uid", "referenced_series_uid"}``.
+        ``{"label", "finding", "probability", "model", "version", "study_uid", "referenced_series_uid",
+        "out_of_domain", "domain_reasons"}``; ``out_of_domain`` is None for a report of an unchecked input.
 
     Raises:
         UnreadableFileError: not a DICOM SR, or one without a medsight classification group.
@@ -206,7 +241,17 @@ def read_classification_sr(path: Path) -> dict[str, Any]:
         "version": _text_item(group[0], ALGORITHM_VERSION),
         "study_uid": str(sr.StudyInstanceUID),
         "referenced_series_uid": str(series[0][1]) if series else None,
+        **_domain_read(group),
     }
+
+
+def _domain_read(group) -> dict[str, Any]:
+    """``out_of_domain`` (None: not checked) and ``domain_reasons`` of a measurement group."""
+    flagged = next((item.value.meaning == "Yes" for item in group.get_qualitative_evaluations()
+                    if item.name.value == "OUT-OF-DOMAIN" and item.name.scheme_designator == PRIVATE_SCHEME), None)
+    comment = _text_item(group[0], COMMENT) or ""
+    reasons = comment.removeprefix(OUT_OF_DOMAIN_PREFIX).split("; ") if comment.startswith(OUT_OF_DOMAIN_PREFIX) else []
+    return {"out_of_domain": flagged, "domain_reasons": reasons}
 
 
 def _checked(prediction: dict, label_names: list[str], path: Path) -> tuple[str, float, str]:

@@ -5,7 +5,9 @@ description; segmentations, reports and other non-image series are never inputs)
 is retrieved (WADO-RS) into ``work_dir``, read as a volume, and
 
 * a segmentation bundle writes a DICOM SEG referencing the source slices,
-* a classification bundle writes a DICOM SR with the predicted label and probabilities,
+* a classification bundle writes a DICOM SR with the predicted label and probabilities, and whether the
+  series lies outside the model's training domain and why (the bundle's ``predict.out_of_domain``: under
+  ``refuse`` an out-of-domain series is an :class:`~medsight.inference.domain.OutOfDomainError`, no SR),
 
 which is stored (STOW-RS) into the same study.
 

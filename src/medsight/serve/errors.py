@@ -109,8 +109,9 @@ def headers_for(exc: MedsightError) -> dict[str, str] | None:
 
 
 def error_body(exc: MedsightError) -> dict[str, Any]:
-    """The JSON the service answers with: the one-line message and its three parts."""
-    return {
+    """The JSON the service answers with: the one-line message and its three parts; a refused out-of-domain
+    input (which has ``reasons``) also ``out_of_domain: true`` and its ``domain_reasons``."""
+    body: dict[str, Any] = {
         "error": {
             "type": type(exc).__name__,
             "message": str(exc),
@@ -119,6 +120,9 @@ def error_body(exc: MedsightError) -> dict[str, Any]:
             "fix": exc.fix,
         }
     }
+    if isinstance(getattr(exc, "reasons", None), list):
+        body.update(out_of_domain=True, domain_reasons=list(exc.reasons))
+    return body
 
 
 def too_large(limit_bytes: int) -> PayloadTooLargeError:
@@ -145,6 +149,8 @@ class ErrorBody(BaseModel):
     """Every error answer of the service (4xx and 5xx)."""
 
     error: ErrorDetail
+    out_of_domain: bool | None = None
+    domain_reasons: list[str] | None = None
 
 
 _MEANING = {
@@ -155,7 +161,8 @@ _MEANING = {
     406: "no acceptable mask format for the Accept header",
     413: "the body is over the size limit, or the image declares more voxels than the service's limit",
     415: "not an image the service reads, or a file that refers to other files",
-    422: "a readable request the model cannot take (missing field, wrong label, wrong dimensions)",
+    422: "a readable request the model cannot take (missing field, wrong label, wrong dimensions, or an input "
+         "outside the model's training domain under out_of_domain refuse: then out_of_domain and domain_reasons)",
     429: "too many failed authentications from this client; wait Retry-After seconds",
     500: "an internal error (logged without patient data)",
     501: "explanations are not installed",

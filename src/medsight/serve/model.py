@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -23,6 +24,7 @@ import numpy as np
 
 from medsight.bundle import bundle_hash, load_bundle
 from medsight.errors import BundleError
+from medsight.inference.domain import OutOfDomainError
 from medsight.inference.predictor import Predictor
 from medsight.sample import Sample
 from medsight.serve.errors import ExplainUnavailableError
@@ -38,15 +40,17 @@ _SPLIT_KEYS = ("split", "splits")
 class ModelService:
     """A bundle loaded for serving: the network, its preprocessing, version and card."""
 
-    def __init__(self, bundle_path: str | Path, *, device: str = "cpu", mixed_precision: bool = False) -> None:
+    def __init__(self, bundle_path: str | Path, *, device: str = "cpu", mixed_precision: bool = False,
+                 out_of_domain: str | None = None) -> None:
         """``mixed_precision``: a segmenter's network runs under autocast (bfloat16 on a CPU with native
-        bf16); classifiers run as they are. ``version["precision"]`` says what it computes in."""
+        bf16); classifiers run as they are. ``version["precision"]`` says what it computes in.
+        ``out_of_domain``: a classifier's action for inputs outside its training domain (None: the bundle's)."""
         start = perf_counter()
         self.path = Path(bundle_path)
         self.task = load_bundle(self.path, weights=False).task
         # the runners get the folder, not a loaded Bundle, so a classifier can pick its ONNX export
         if self.task == "classification":
-            self.runner: Any = Predictor(self.path, device=device)
+            self.runner: Any = Predictor(self.path, device=device, out_of_domain=out_of_domain)
         elif self.task == "segmentation":
             from medsight.inference.segmenter import Segmenter
 
@@ -70,13 +74,15 @@ class ModelService:
         ramp = np.linspace(0.0, 1.0, int(np.prod(size)) * cfg.channels, dtype=np.float32)
         sample = Sample(ramp.reshape(cfg.channels, *size), spacing=(1.0,) * len(size))
         if self.task == "classification":
-            self.classify(sample)
+            with suppress(OutOfDomainError):  # a ramp is outside any domain; refusing it warmed the model up too
+                self.classify(sample)
         else:
             self.segment(sample)
 
     def classify(self, sample: Sample) -> dict[str, Any]:
-        """Label, probabilities and threshold, as :meth:`Predictor.predict_sample`; with a triage policy in
-        the bundle, also ``triage``: ``{action, expected_costs, policy_version}``."""
+        """Label, probabilities, threshold, ``out_of_domain`` and ``domain_reasons``, as
+        :meth:`Predictor.predict_sample` (which raises :class:`OutOfDomainError`, a 422, when it refuses); with a
+        triage policy in the bundle, also ``triage``: ``{action, expected_costs, policy_version}``."""
         result = self.runner.predict_sample(sample)
         if self.triage is not None:
             result["triage"] = self.triage.decide_sample(sample)
@@ -133,8 +139,19 @@ class ModelService:
             "version": self.version,
             "provenance": public_provenance(bundle.provenance),
             "explain_available": self.explainer is not None,
+            "domain": domain_card_of(self.runner),
             "accepts": ["DICOM", "NIfTI (.nii, .nii.gz)", "PNG", "JPEG"],
         }
+
+
+def domain_card_of(runner: Any) -> dict[str, Any] | None:
+    """The model card's ``domain``: the check's action and record, or the note that says why nothing is checked;
+    None for a segmenter."""
+    if not isinstance(runner, Predictor):
+        return None
+    if runner.domain is None:
+        return {"action": "off", "note": runner.domain_note}
+    return runner.domain.summary()
 
 
 def model_version(folder: Path, name: str, provenance: dict[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ def run_server(
     auth_failures_per_minute: int | None = None,
     device: str = "cpu",
     mixed_precision: bool = False,
+    out_of_domain: str | None = None,
     log_level: str = "info",
 ) -> None:
     """Serve ``bundle`` (or ``registry``'s production version) until interrupted.
@@ -40,7 +41,8 @@ def run_server(
     ``mixed_precision`` runs a segmenter's network in bfloat16 where the CPU has native bf16.
     ``max_voxels`` (default :data:`~medsight.io.limits.SERVICE_MAX_VOXELS`) is the most values an upload may
     declare; ``auth_failures_per_minute`` (default 10) the failed authentications one client address may make
-    in a minute before it is answered 429.
+    in a minute before it is answered 429. ``out_of_domain`` (flag, refuse, off) overrides a classifier bundle's
+    action for inputs outside its training domain (refuse: 422 with the reasons).
 
     Raises:
         ConfigError: no API key (and no ``no_auth``), ``no_auth`` off loopback, a key that is not printable
@@ -57,7 +59,7 @@ def run_server(
     settings = _checked_settings(
         bundle=bundle, registry=registry, feedback=feedback, host=host, api_keys_file=api_keys_file, no_auth=no_auth,
         max_body_mb=max_body_mb, max_voxels=max_voxels, auth_failures_per_minute=auth_failures_per_minute,
-        device=device, mixed_precision=mixed_precision,
+        device=device, mixed_precision=mixed_precision, out_of_domain=out_of_domain,
     )
     os.environ[SETTINGS_ENV] = settings_to_env(settings, Path(api_keys_file).resolve() if api_keys_file else None)
     # Idle OpenMP threads sleep instead of spinning for a few hundred ms after each request, which on a
@@ -71,7 +73,7 @@ def run_server(
 def _checked_settings(
     *, bundle: Path | None, registry: Path | None, feedback: Path | None, host: str, api_keys_file: Path | None,
     no_auth: bool, max_body_mb: float, max_voxels: int | None, auth_failures_per_minute: int | None, device: str,
-    mixed_precision: bool,
+    mixed_precision: bool, out_of_domain: str | None = None,
 ) -> ServeSettings:
     """The workers' settings, every option checked once here (an error now, not one in every worker).
 
@@ -87,6 +89,8 @@ def _checked_settings(
         load_api_keys,
     )
 
+    if out_of_domain not in (None, "flag", "refuse", "off"):
+        raise ConfigError(f"--out-of-domain {out_of_domain}", "is not an action", "use flag, refuse or off")
     if max_body_mb <= 0:
         raise ConfigError(f"--max-body-mb {max_body_mb}", "must be positive", "use e.g. --max-body-mb 64")
     max_voxels = resolve_max_voxels(SERVICE_MAX_VOXELS if max_voxels is None else max_voxels)
@@ -114,7 +118,7 @@ def _checked_settings(
                          api_keys=tuple(keys), no_auth=no_auth, host=host,
                          max_body_bytes=int(max_body_mb * 2**20), device=device,
                          mixed_precision=mixed_precision, max_voxels=max_voxels,
-                         auth_failures_per_minute=auth_failures_per_minute)
+                         auth_failures_per_minute=auth_failures_per_minute, out_of_domain=out_of_domain)
 
 
 def _log_config(level: str) -> dict:

@@ -41,6 +41,8 @@ class ServeSettings:
     registry_poll_s: float = 1.0
     max_voxels: int = SERVICE_MAX_VOXELS
     auth_failures_per_minute: int = DEFAULT_AUTH_FAILURES_PER_MINUTE
+    #: flag, refuse or off for inputs outside a classifier's training domain; None: the bundle's own action
+    out_of_domain: str | None = None
 
 
 def settings_from_env(env: dict[str, str] | None = None) -> ServeSettings:

@@ -30,6 +30,22 @@ async function problemText(response) {
   return `HTTP ${response.status}`;
 }
 
+// An input outside the model's training domain: a visible warning with each reason (flagged or refused).
+function showDomainWarning(body) {
+  const box = $("domain-warning");
+  const reasons = (body && body.domain_reasons) || [];
+  if (!body || body.out_of_domain !== true) {
+    box.replaceChildren();
+    box.hidden = true;
+    return;
+  }
+  const title = body.label ? "Out of domain: this image is unlike the images the model was trained on, so do not "
+    + "trust this answer." : "Out of domain: the model refused this image, which is unlike its training images.";
+  box.replaceChildren(element("strong", {}, title), element("ul", {}));
+  for (const reason of reasons) box.lastChild.appendChild(element("li", {}, reason));
+  box.hidden = false;
+}
+
 function showError(text) {
   const box = $("error");
   box.textContent = text || "";
@@ -112,6 +128,7 @@ async function drawHeatmap(blob) {
 }
 
 function showClassification(body) {
+  showDomainWarning(body);
   const label = $("label");
   label.textContent = "Prediction: ";
   label.appendChild(element("strong", { id: "label-name" }, body.label));
@@ -210,6 +227,7 @@ async function analyse(file) {
   $("explain-note").hidden = true;
   $("explain").disabled = true;
   $("feedback").hidden = true;
+  showDomainWarning(null);
   $("label").textContent = "Analysing…";
   $("probabilities").replaceChildren();
   const form = new FormData();
@@ -223,6 +241,8 @@ async function analyse(file) {
     return;
   }
   if (!response.ok) {
+    const refused = response.status === 422 ? await response.clone().json().catch(() => null) : null;
+    showDomainWarning(refused);
     showError(await problemText(response));
     $("label").textContent = "No result.";
     return;
