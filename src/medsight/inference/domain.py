@@ -177,7 +177,7 @@ class DomainCheck:
         distance = float(knn_distance(features, self.record.reference, k=ref.k)[0])
         if distance <= ref.threshold:
             return []
-        return [f"feature distance {distance:.3f} to the training images is above the threshold {ref.threshold:.3f} "
+        return [f"feature distance {distance:.4g} to the training images is above the threshold {ref.threshold:.4g} "
                 f"(the {ref.quantile:g} quantile of {ref.n_threshold_cases} calibration cases)"]
 
     def verdict(self, where: str, reasons: list[str]) -> dict:
