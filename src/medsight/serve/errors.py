@@ -149,8 +149,6 @@ class ErrorBody(BaseModel):
     """Every error answer of the service (4xx and 5xx)."""
 
     error: ErrorDetail
-    out_of_domain: bool | None = None
-    domain_reasons: list[str] | None = None
 
 
 _MEANING = {
