@@ -340,8 +340,8 @@ def _fit_budget(size, network, folds, pool, channels, budget_min, timer: StepTim
             return size, network, folds, min(epochs, MAX_EPOCHS), seconds, batch
         step = _step_down(size, network, folds)
         if step is None:
-            gave_up.append(f"epochs: only {max(1, epochs)} fit {budget_min:g} min even with the smallest plan "
-                           f"(the plan wants {MIN_EPOCHS}); raise --time-budget for a better model")
+            gave_up.append(f"epochs: {epochs} fit {budget_min:g} min even with the smallest plan (the plan wants "
+                           f"{MIN_EPOCHS}); it trains {max(1, epochs)}: raise --time-budget for a better model")
             return size, network, folds, max(1, epochs), seconds, batch
         (size, network, folds), said = step
         gave_up.append(f"{said} to fit {budget_min:g} min ({epochs} epochs fitted, the plan wants {MIN_EPOCHS})")

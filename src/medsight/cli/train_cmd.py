@@ -5,6 +5,11 @@ several machines) re-launches the same command under ``torchrun`` as N data-para
 processes; the direct form ``torchrun --nproc-per-node N -m medsight.cli.main train ...``
 works as well. torchrun's per-rank folders (a failed rank's ``error.json``) go to
 ``RUN_DIR/torchrun/``.
+
+A classification with neither ``--recipe`` nor a config file plans itself first
+(:func:`medsight.workflows.plan.plan_for_training`): ``RUN_DIR/fingerprint.json`` and ``RUN_DIR/plan.json``,
+within ``--time-budget`` minutes; ``--recipe none`` keeps the plain defaults. ``--resume``, and each rank
+of a ``--nproc`` launch (the launcher plans before it starts them), read ``RUN_DIR/plan.json`` back.
 """
 
 from __future__ import annotations
@@ -27,8 +32,11 @@ def train(
     config_opt: Path = typer.Option(None, "--config", help="YAML config (same as the argument)."),
     recipe: str = typer.Option(
         None, help="A packaged recipe: demo, medmnist, photos, drive, demo_seg; none for the defaults. "
-        "Without a recipe or config, segmentation of a DRIVE folder trains the drive recipe."
+        "Without a recipe or config, a classification plans itself from the data (RUN/plan.json) and "
+        "segmentation of a DRIVE folder trains the drive recipe."
     ),
+    time_budget: float = typer.Option(None, "--time-budget", help="Minutes of training the plan fits every "
+                                      "fold into (a planned classification; default 10)."),
     task: str = typer.Option(None, help="classification or segmentation."),
     data: str = typer.Option(
         None, help="Classification: a .npz, class folders, a CSV manifest or DICOM folders. Segmentation: "
@@ -78,13 +86,15 @@ def train(
     chosen = _recipe_for(recipe, config or config_opt, data, overrides)
     cfg = load_config(config or config_opt, recipe=chosen, overrides=overrides)
     run_dir = out or Path("runs") / cfg.name
+    cfg = _planned(cfg, run_dir, planned=chosen is None and not (config or config_opt), time_budget=time_budget,
+                   resume=resume, progress=progress)
     if (nproc > 1 or nnodes > 1) and not distributed.under_torchrun():
         _check_launch(cfg, nproc=nproc, nnodes=nnodes, node_rank=node_rank)
         flags = {
             "--config": config or config_opt, "--recipe": recipe, "--out": run_dir.resolve(), "--task": task,
             "--data": data, "--model": model, "--epochs": epochs, "--batch-size": batch_size, "--lr": lr,
             "--seed": seed, "--folds": folds, "--on-bad-file": on_bad_file, "--pretrained": pretrained,
-            "--synthetic": synthetic, "--synthetic-ratio": synthetic_ratio,
+            "--synthetic": synthetic, "--synthetic-ratio": synthetic_ratio, "--time-budget": time_budget,
         }
         args = _cli_args(flags, sets=set_, resume=resume, progress=progress)
         command = torchrun_command(
@@ -114,6 +124,32 @@ def _recipe_for(recipe: str | None, config: Path | None, data: str | None, overr
     if not distributed.under_torchrun():  # the launcher says it once, not every rank
         typer.echo(f"{data} is a DRIVE folder: training the drive recipe (--recipe none for the defaults)", err=True)
     return "drive"
+
+
+def _planned(cfg, run_dir: Path, *, planned: bool, time_budget: float | None, resume: bool, progress: bool):
+    """``cfg`` planned from the data when it is a classification without recipe or config; else ``cfg``.
+
+    A DDP rank (under torchrun) reads the plan its launcher wrote, like ``--resume``.
+
+    Raises:
+        ConfigError: ``--time-budget`` where nothing is planned.
+    """
+    from medsight.errors import ConfigError
+    from medsight.runtime import distributed
+    from medsight.workflows.plan import DEFAULT_BUDGET_MIN, plan_for_training
+
+    if not planned or cfg.task != "classification":
+        if time_budget is not None:
+            raise ConfigError("--time-budget", "sets the budget of a planned classification, but this run is not "
+                              "planned (a recipe, a config file or a segmentation)",
+                              "drop --time-budget, or train a classification without --recipe and config")
+        return cfg
+    rank = distributed.under_torchrun()
+    cfg, line = plan_for_training(cfg, run_dir, time_budget_min=time_budget or DEFAULT_BUDGET_MIN,
+                                  reuse=resume or rank, progress=progress and not rank)
+    if not rank:  # the launcher says it once, not every rank
+        typer.echo(line, err=True)
+    return cfg
 
 
 def _exit_without_teardown() -> None:
