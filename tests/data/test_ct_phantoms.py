@@ -88,14 +88,49 @@ def _held_out_auc(train_set, test_set, prep: PreprocessConfig, run_dir) -> float
     return float(roc_auc_score(test.labels.numpy(), probs))
 
 
-def test_hu_window_learns_the_enhancement_and_per_image_minmax_does_not(tmp_path):
+@pytest.fixture(scope="module")
+def phantom_sets(tmp_path_factory):
+    """Training phantoms (32 per class, seed 0) and held-out ones (40 per class, seed 100)."""
+    root = tmp_path_factory.mktemp("ct_sets")
     names = list(CT_CLASSES)
-    train_set = open_dataset(make_ct_vessel_phantoms(tmp_path / "train", n_per_class=32, seed=0), class_names=names)
-    test_set = open_dataset(make_ct_vessel_phantoms(tmp_path / "test", n_per_class=40, seed=100), class_names=names)
+    train_set = open_dataset(make_ct_vessel_phantoms(root / "train", n_per_class=32, seed=0), class_names=names)
+    test_set = open_dataset(make_ct_vessel_phantoms(root / "test", n_per_class=40, seed=100), class_names=names)
+    return train_set, test_set
+
+
+@pytest.fixture(scope="module")
+def minmax_auc(phantom_sets, tmp_path_factory) -> float:
+    """The old default's held-out AUC: 64 px, per-image min-max."""
+    train_set, test_set = phantom_sets
     old_default = PreprocessConfig(size=[64, 64], normalize="minmax")
+    return _held_out_auc(train_set, test_set, old_default, tmp_path_factory.mktemp("minmax"))
+
+
+def test_hu_window_learns_the_enhancement_and_per_image_minmax_does_not(phantom_sets, minmax_auc, tmp_path):
+    train_set, test_set = phantom_sets
     hu_window = PreprocessConfig(size=[64, 64], normalize="ct_window", window=[150, 700])  # -200..500 HU
     auc_hu = _held_out_auc(train_set, test_set, hu_window, tmp_path / "hu")
-    auc_minmax = _held_out_auc(train_set, test_set, old_default, tmp_path / "minmax")
     assert auc_hu >= 0.9
     # min-max leaves only the tissue level over a random scale: best possible AUC ~0.69 (module docstring)
-    assert auc_minmax <= 0.8 and auc_hu - auc_minmax >= 0.2
+    assert minmax_auc <= 0.8 and auc_hu - minmax_auc >= 0.2
+
+
+def test_the_plan_normalises_ct_by_the_data_sets_hu_and_learns_it(phantom_sets, minmax_auc, tmp_path):
+    """The plan reads CT from the DICOM tags, clips to the body's HU percentiles with one global z-score,
+    and a classifier trained with that preprocessing separates the held-out phantoms; the old default does not."""
+    from medsight.classification.fingerprint import fingerprint_images
+    from medsight.classification.plan import make_classification_plan
+
+    train_set, test_set = phantom_sets
+    fingerprint = fingerprint_images(train_set, progress=False)
+    plan = make_classification_plan(fingerprint, time_budget_min=10, seconds_per_image=lambda *_: 1e-3)
+    keys = plan.overrides()
+    assert keys["data.modality"] == "CT" and keys["preprocess.normalize"] == "dataset"
+    low, high = keys["preprocess.intensity_clip"]
+    assert (low, high) == (fingerprint["intensity"]["p00_5"], fingerprint["intensity"]["p99_5"])
+    assert -200 < low < 40 and 700 < high <= 3071  # below the plain tissue (fat, noise); in the bone
+    assert keys["preprocess.size"] == [64, 64] and keys["preprocess.keep_aspect"] is False
+    planned = PreprocessConfig(**{key.split(".", 1)[1]: value for key, value in keys.items()
+                                  if key.startswith("preprocess.")})
+    auc_plan = _held_out_auc(train_set, test_set, planned, tmp_path / "plan")
+    assert auc_plan >= 0.9 and auc_plan - minmax_auc >= 0.2
