@@ -8,6 +8,12 @@ on the original data's validation split, which the production bundle's stored sp
 freeze; the candidate is promoted only when it passes. The gate's numbers are recorded on the
 candidate's registry entry either way.
 
+A fold ensemble in production (``medsight train --folds K``) is fine-tuned member by member: member k
+starts from its own weights and trains on its own fold's training split plus the feedback cases, its
+best epoch chosen on its own fold's validation split (cases it never trained on), so each member stays
+the out-of-fold model it was; the fine-tuned members are put back together as the same ensemble (the
+same members, flipped views, temperature and threshold). The gate then compares the two ensembles.
+
 Classification only for now: a segmentation production model is refused with a clear error.
 
 Example:
@@ -18,7 +24,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -50,7 +56,6 @@ def retrain(
         ConfigError: the production model is a segmenter.
         DatasetError: the feedback labels are not among the model's classes.
     """
-    from medsight.classification.trainer import fit
     from medsight.config import TrainConfig
     from medsight.registry import ModelRegistry
     from medsight.registry.gate import compare_bundles
@@ -59,20 +64,16 @@ def retrain(
     reg = ModelRegistry(registry)
     parent_path, parent = reg.production_bundle(), reg.production()
     prod = _classifier(parent_path, parent["version"])
-    train, val, feedback_cases = _training_sets(prod, data=data, feedback=feedback, out=out, progress=progress)
+    extra, feedback_cases = _feedback_set(prod, feedback=feedback, out=out, progress=progress)
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, warmup_epochs=0, schedule="none",
                       num_threads=1)
-    model = prod.build_model()
-    result = fit(model, train, val, cfg=cfg, head=prod.model.head, num_classes=len(prod.label_names),
-                 run_dir=out, progress=progress)
-    candidate, train_hash = _candidate_bundle(prod, parent, result, train=train, val=val, cfg=cfg,
-                                              device=next(model.parameters()).device,
-                                              feedback_cases=feedback_cases)
+    tuned = _fine_tune(prod, data=data, extra=extra, cfg=cfg, out=out, progress=progress)
+    candidate, train_hash = _candidate_bundle(prod, parent, tuned, cfg=cfg, feedback_cases=feedback_cases)
     candidate = candidate.save(out / "model")
     version = reg.register(candidate, data_hash=train_hash, parent=parent["version"])
     gate = compare_bundles(candidate, parent_path, data=data, split="val", n_boot=n_boot, margin=margin, seed=seed)
     reg.annotate(version, gate=gate.as_dict(), retrain={"feedback_cases": feedback_cases, "epochs": epochs,
-                                                       "lr": lr, "run": str(out)})
+                                                       "lr": lr, "run": str(out), "members": len(tuned.fits)})
     if gate.passed:
         reg.promote(version)
     return {"version": version, "parent": parent["version"], "promoted": gate.passed, "gate": gate.as_dict(),
@@ -94,34 +95,107 @@ def _classifier(path: Path, version: str):
     return prod
 
 
-def _training_sets(prod, *, data: str | Path, feedback: str | Path, out: Path, progress: bool):
-    """The original training split plus the feedback cases (exported to ``out/feedback_data``), the
-    original validation split, and the number of feedback cases; read with ``prod``'s preprocessing."""
-    import torch
+class _Tuned(NamedTuple):
+    """What fine-tuning gave: the weights (an ensemble's members under ``members.{k}.``), each member's fit
+    (one for a single model), the training sets they used, production's own validation split and the device
+    they trained on."""
 
-    from medsight.classification.batches import TensorSet
+    state: dict[str, Any]
+    fits: list[Any]
+    train_sets: list[Any]
+    val: Any
+    device: str
+
+
+def _fine_tune(prod, *, data: str | Path, extra, cfg, out: Path, progress: bool) -> _Tuned:
+    """Fine-tune production, or each member of a fold ensemble on its own fold (the module doc), in ``out``
+    (a member in ``out/member{k}``)."""
+    from medsight.classification.trainer import fit
+
+    members = _members(prod)
+    fits, train_sets, vals = [], [], []
+    for k, member in enumerate(members):
+        train, val = _training_sets(member, data=data, extra=extra, progress=progress)
+        model = member.build_model()
+        fits.append(fit(model, train, val, cfg=cfg, head=prod.model.head, num_classes=len(prod.label_names),
+                        run_dir=out if member is prod else out / f"member{k}", progress=progress))
+        train_sets.append(train)
+        vals.append(val)
+    device = str(next(model.parameters()).device)
+    if not _is_ensemble(prod):
+        return _Tuned(fits[0].best_state, fits, train_sets, vals[0], device)
+    state = {f"members.{k}.{key}": value for k, result in enumerate(fits) for key, value in result.best_state.items()}
+    return _Tuned(state, fits, train_sets, vals[_own_fold(prod, len(members))], device)
+
+
+def _is_ensemble(bundle) -> bool:
+    from medsight.training.folds import FOLD_ENSEMBLE
+
+    return bundle.model.name == FOLD_ENSEMBLE
+
+
+def _members(prod) -> list:
+    """A fold ensemble's members as bundles of their own (member k's weights, network and fold k's split
+    settings, when the ensemble records a k-fold split of as many folds); any other bundle: itself."""
+    from dataclasses import replace
+
+    from medsight.config import ModelConfig
+
+    if not _is_ensemble(prod):
+        return [prod]
+    kwargs = prod.model.kwargs
+    model = ModelConfig(name=kwargs["member"], kwargs=kwargs.get("member_kwargs") or {}, head=prod.model.head)
+    count, config = int(kwargs["members"]), prod.data.config
+    members = []
+    for k in range(count):
+        prefix = f"members.{k}."
+        state = {key[len(prefix):]: value for key, value in prod.state_dict.items() if key.startswith(prefix)}
+        folds = config is not None and config.folds == count
+        data = prod.data.model_copy(update={"config": config.model_copy(update={"fold": k})}) if folds else prod.data
+        members.append(replace(prod, model=model, state_dict=state, data=data, temperature=None))
+    return members
+
+
+def _own_fold(prod, members: int) -> int:
+    """The member whose validation split is production's own (the split the gate scores)."""
+    config = prod.data.config
+    return (config.fold or 0) if config is not None and config.folds == members else 0
+
+
+def _feedback_set(prod, *, feedback: str | Path, out: Path, progress: bool):
+    """The feedback cases (exported to ``out/feedback_data``, read with ``prod``'s preprocessing) and their number."""
     from medsight.classification.prepare import load_tensors
-    from medsight.classification.split import bundle_split
     from medsight.data.layouts import open_dataset
     from medsight.feedback import export_dataset
 
     manifest = export_dataset(feedback, out / "feedback_data")
     fb_ds = open_dataset(out / "feedback_data", class_names=prod.label_names)
-    ds, data_cfg, train_idx = bundle_split(prod, data, "train")
-    _, _, val_idx = bundle_split(prod, data, "val")
+    extra, _ = load_tensors(fb_ds, np.arange(len(fb_ds.items)), prod.preprocess, desc="feedback", progress=progress)
+    return extra, manifest["n_cases"]
+
+
+def _training_sets(bundle, *, data: str | Path, extra, progress: bool):
+    """``bundle``'s training split of ``data`` plus the ``extra`` (feedback) cases, and its validation split."""
+    import torch
+
+    from medsight.classification.batches import TensorSet
+    from medsight.classification.prepare import load_tensors
+    from medsight.classification.split import bundle_split
+
+    ds, data_cfg, train_idx = bundle_split(bundle, data, "train")
+    _, _, val_idx = bundle_split(bundle, data, "val")
     load = {"on_bad_file": data_cfg.on_bad_file, "progress": progress}
-    original, _ = load_tensors(ds, train_idx, prod.preprocess, desc="train", **load)
-    extra, _ = load_tensors(fb_ds, np.arange(len(fb_ds.items)), prod.preprocess, desc="feedback", **load)
-    val, _ = load_tensors(ds, val_idx, prod.preprocess, desc="val", **load)
+    original, _ = load_tensors(ds, train_idx, bundle.preprocess, desc="train", **load)
+    val, _ = load_tensors(ds, val_idx, bundle.preprocess, desc="val", **load)
     train = TensorSet(torch.cat([original.images, extra.images]), torch.cat([original.labels, extra.labels]),
                       original.ids + [f"feedback:{Path(i).stem}" for i in extra.ids])
-    return train, val, manifest["n_cases"]
+    return train, val
 
 
-def _candidate_bundle(prod, parent: dict, result, *, train, val, cfg, device, feedback_cases: int):
+def _candidate_bundle(prod, parent: dict, tuned: _Tuned, *, cfg, feedback_cases: int):
     """The fine-tuned weights as a bundle with production's settings, its validation metrics (from the
-    :class:`~medsight.inference.predictor.Predictor`, at production's threshold and temperature) and
-    its provenance; with the hash of its training data."""
+    :class:`~medsight.inference.predictor.Predictor`, at production's threshold and temperature, on production's
+    validation split) and its provenance; with the hash of its training data (every member's)."""
     from dataclasses import replace
 
     from medsight.bundle import build_bundle, provenance
@@ -130,9 +204,15 @@ def _candidate_bundle(prod, parent: dict, result, *, train, val, cfg, device, fe
     from medsight.classification.train import data_hash
     from medsight.inference.predictor import Predictor
 
-    val_probs = Predictor(replace(prod, state_dict=result.best_state), device=str(device)).predict_tensors(val.images)
-    val_metrics = classification_metrics(val.labels.numpy(), val_probs, prod.threshold)
-    train_hash = data_hash(train.ids, train.labels.tolist())
+    val_probs = Predictor(replace(prod, state_dict=tuned.state), device=tuned.device).predict_tensors(tuned.val.images)
+    val_metrics = classification_metrics(tuned.val.labels.numpy(), val_probs, prod.threshold)
+    train_hash = data_hash([i for t in tuned.train_sets for i in t.ids],
+                           [label for t in tuned.train_sets for label in t.labels.tolist()])
+    per_member = _is_ensemble(prod)  # an ensemble's figures are lists, member by member
+
+    def figure(values: list) -> Any:
+        return values if per_member else values[0]
+
     candidate = build_bundle(
         task=prod.task, model=prod.model, preprocess=prod.preprocess, label_names=prod.label_names,
         threshold=prod.threshold, temperature=prod.temperature,
@@ -140,10 +220,11 @@ def _candidate_bundle(prod, parent: dict, result, *, train, val, cfg, device, fe
         provenance=provenance(
             run=f"retrain of registry version {parent['version']}",
             parent_version=parent["version"], parent_hash=parent["hash"],
-            feedback_cases=feedback_cases, n_train=len(train.ids), best_epoch=result.best_epoch,
-            epochs_run=result.epochs_run, train_config=cfg.model_dump(mode="json"),
+            feedback_cases=feedback_cases, n_train=figure([len(t.ids) for t in tuned.train_sets]),
+            best_epoch=figure([f.best_epoch for f in tuned.fits]),
+            epochs_run=figure([f.epochs_run for f in tuned.fits]), train_config=cfg.model_dump(mode="json"),
         ),
-        state_dict=result.best_state,
+        state_dict=tuned.state,
         data=prod.data.model_copy(update={"hash": train_hash}),
         threshold_choice=ThresholdChoice(note=f"kept from the parent model ({prod.threshold_choice.note_or('stored')})",
                                          evaluation=prod.threshold_choice.evaluation),
