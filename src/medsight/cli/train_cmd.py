@@ -83,24 +83,23 @@ def train(
         "train.synthetic_ratio": synthetic_ratio,
         **parse_overrides(set_),
     }
-    chosen = _recipe_for(recipe, config or config_opt, data, overrides)
-    cfg = load_config(config or config_opt, recipe=chosen, overrides=overrides)
+    config = config or config_opt
+    chosen = _recipe_for(recipe, config, data, overrides)
+    cfg = load_config(config, recipe=chosen, overrides=overrides)
     run_dir = out or Path("runs") / cfg.name
-    cfg = _planned(cfg, run_dir, planned=chosen is None and not (config or config_opt), time_budget=time_budget,
-                   resume=resume, progress=progress)
+    cfg = _planned(cfg, run_dir, planned=chosen is None and not config, time_budget=time_budget, resume=resume,
+                   progress=progress)
     if (nproc > 1 or nnodes > 1) and not distributed.under_torchrun():
         _check_launch(cfg, nproc=nproc, nnodes=nnodes, node_rank=node_rank)
         flags = {
-            "--config": config or config_opt, "--recipe": recipe, "--out": run_dir.resolve(), "--task": task,
+            "--config": config, "--recipe": recipe, "--out": run_dir.resolve(), "--task": task,
             "--data": data, "--model": model, "--epochs": epochs, "--batch-size": batch_size, "--lr": lr,
             "--seed": seed, "--folds": folds, "--on-bad-file": on_bad_file, "--pretrained": pretrained,
             "--synthetic": synthetic, "--synthetic-ratio": synthetic_ratio, "--time-budget": time_budget,
         }
-        args = _cli_args(flags, sets=set_, resume=resume, progress=progress)
-        command = torchrun_command(
-            args, nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port,
-            log_dir=run_dir.resolve() / TORCHRUN_LOGS,
-        )
+        command = torchrun_command(_cli_args(flags, sets=set_, resume=resume, progress=progress), nproc=nproc,
+                                   nnodes=nnodes, node_rank=node_rank, master_addr=master_addr,
+                                   master_port=master_port, log_dir=run_dir.resolve() / TORCHRUN_LOGS)
         raise typer.Exit(subprocess.run(command, check=False).returncode)
     with distributed.session(cfg.train.device):
         summary = run_training(cfg, out=run_dir, resume=resume, progress=progress and distributed.is_main())
