@@ -105,6 +105,25 @@ def with_flips(ensemble: Path, out: Path, flips: list[list[int]]) -> Path:
     return replace(bundle, model=model).save(out)
 
 
+def sigmoid_ensemble(ensemble: Path, out: Path) -> tuple[Path, list]:
+    """A copy of the ensemble bundle with a sigmoid head (one logit per member) and untrained members (seed 0),
+    written to ``out``; returns it and the member networks."""
+    from dataclasses import replace
+
+    import torch
+
+    from medsight.bundle import load_bundle
+    from medsight.models import create_model
+
+    bundle = load_bundle(ensemble)
+    torch.manual_seed(0)
+    nets = [create_model(bundle.model.kwargs["member"], in_channels=1, num_outputs=1, spatial_dims=2,
+                         **bundle.model.kwargs["member_kwargs"]).eval() for _ in range(bundle.model.kwargs["members"])]
+    state = {f"members.{k}.{key}": value for k, net in enumerate(nets) for key, value in net.state_dict().items()}
+    model = bundle.model.model_copy(update={"head": "sigmoid"})
+    return replace(bundle, model=model, state_dict=state).save(out), nets
+
+
 def member_probabilities(members: list[Path], images, flips: list[list[int]] = ()) -> np.ndarray:
     """The ensemble's calibrated probabilities computed by hand from its members' own bundles:
     ``softmax(log(mean softmax(member_k(view))) / T)`` over the members and the views (the images and

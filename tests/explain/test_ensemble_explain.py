@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from class_ensemble import TEMPERATURE, class_ensemble, phantom_files, with_flips
+from class_ensemble import TEMPERATURE, class_ensemble, phantom_files, sigmoid_ensemble, with_flips
 from typer.testing import CliRunner
 
 from medsight.bundle import load_bundle
@@ -57,6 +57,15 @@ def test_a_flipped_view_is_explained_and_its_map_flipped_back(built, tmp_path: P
     each = [saliency(member, view, method="gradcam", target=1) for member in _members(built)
             for view in (x, torch.flip(x, (-1,)))]
     each = [m if k % 2 == 0 else np.flip(m, -1) for k, m in enumerate(each)]
+    np.testing.assert_allclose(heat, _scaled(np.mean(each, axis=0)), atol=ATOL)
+
+
+@pytest.mark.parametrize("target", [0, 1])
+def test_a_sigmoid_ensembles_map_is_the_average_of_its_members_maps(built, tmp_path: Path, target: int) -> None:
+    folder, nets = sigmoid_ensemble(built.bundle, tmp_path / "sigmoid")
+    x = _input(built, 4)
+    heat = saliency(load_bundle(folder).build_model(), x, method="gradcam", target=target, head="sigmoid")
+    each = [saliency(net, x, method="gradcam", target=target, head="sigmoid") for net in nets]
     np.testing.assert_allclose(heat, _scaled(np.mean(each, axis=0)), atol=ATOL)
 
 

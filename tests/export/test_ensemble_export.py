@@ -9,7 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from class_ensemble import class_ensemble, member_probabilities, phantom_files, prepared, with_flips
+from class_ensemble import (
+    TEMPERATURE,
+    class_ensemble,
+    member_probabilities,
+    phantom_files,
+    prepared,
+    sigmoid_ensemble,
+    with_flips,
+)
 
 from medsight.bundle import load_bundle
 from medsight.config import PreprocessConfig
@@ -63,3 +71,16 @@ def test_torchscript_is_one_module_with_the_same_probabilities(built, tmp_path: 
         probabilities, _ = load_torchscript(folder / "model.torchscript.pt")(torch.from_numpy(graph_input))
     np.testing.assert_allclose(probabilities.numpy(), member_probabilities(built.members, normalised),
                                atol=PARITY_TOLERANCE)
+
+
+def test_a_sigmoid_ensemble_exports_the_logit_of_its_members_mean_probability(built, tmp_path: Path) -> None:
+    folder, nets = sigmoid_ensemble(built.bundle, tmp_path / "model")
+    record = export_bundle(bundle=folder, fmt="onnx", progress=False)
+    assert record["parity"]["max_abs_diff"] <= PARITY_TOLERANCE
+    assert "the logit of the mean of their sigmoid probabilities" in " ".join(record["preprocessing"]["in_graph"])
+    graph_input, normalised = _inputs(built, folder, "onnx")
+    exported = onnx_session(folder / "model.onnx", threads=1).run(["probabilities"], {"image": graph_input})[0]
+    with torch.no_grad():
+        mean = torch.stack([torch.sigmoid(net(normalised)[:, 0].double()) for net in nets]).mean(dim=0)
+    positive = torch.sigmoid(torch.log(mean / (1 - mean)) / TEMPERATURE).numpy()
+    np.testing.assert_allclose(exported, np.stack([1 - positive, positive], axis=1), atol=PARITY_TOLERANCE)
