@@ -43,10 +43,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SETS = {"pneumoniamnist": "medmnist/pneumoniamnist.npz", "breastmnist": "medmnist/breastmnist.npz",
         "brain_mri_tumor": "brain_mri_tumor"}
 FALLBACK_FOLDS = 5
+#: the run's data settings that decide its splits (the reference rebuilds the same folds from them)
+SPLIT_KEYS = ("val_fraction", "test_fraction", "folds")
 #: the plan's main choices: a label and the config keys (dotted) that may hold it
 CHOICES = {"input size": ("preprocess.size", "input_size", "size"),
            "normalisation": ("preprocess.normalize", "normalize", "normalisation", "normalization"),
-           "channels": ("preprocess.channels", "channels"), "network": ("model.name", "network"),
+           "channels": ("preprocess.channels", "channels"), "network": ("model.name", "model_name", "network"),
            "folds": ("data.folds", "folds"), "epochs": ("train.epochs", "epochs"), "TTA": ("eval.tta", "tta")}
 
 
@@ -115,6 +117,18 @@ def read_estimate(run: Path, planned: bool) -> dict:
             "split": "out-of-fold", **oof_estimate(y, probs)}
 
 
+def held_out(run: Path) -> dict | None:
+    """The run's own held-out split (RUN/test/metrics.json: carved out of train + val, not an official
+    test split, which this bench never reads), scored by the ensemble; None when the run kept none."""
+    path = run / "test" / "metrics.json"
+    if not path.exists():
+        return None
+    m = json.loads(path.read_text())
+    ci = m.get("metrics", {})
+    return {"n": m.get("n"), "accuracy": m.get("accuracy"), "auc": m.get("auc"),
+            "auc_ci": [ci.get("auc", {}).get("ci_low"), ci.get("auc", {}).get("ci_high")]}
+
+
 def pooled_fold_predictions(run: Path) -> tuple[np.ndarray, np.ndarray]:
     """Labels and probabilities of every fold's held-out cases (its per_case.csv), in one pool."""
     y, probs, seen = [], [], set()
@@ -145,14 +159,21 @@ def scored_cases(run: Path) -> set[str] | None:
 
 
 def plan_choices(run: Path) -> dict:
-    """The plan's main choices from RUN/plan.json, else from the resolved config the run saved."""
-    for source in (run / "plan.json", run / "config.yaml", run / "fold0" / "config.yaml"):
-        if source.exists():
-            text = source.read_text()
-            flat = _flatten(json.loads(text) if source.suffix == ".json" else yaml.safe_load(text))
-            found = {label: _pick(flat, keys) for label, keys in CHOICES.items()}
-            return {"source": source.relative_to(run).as_posix(), **found}
-    return {"source": None}
+    """The plan's main choices (RUN/plan.json) and those the run trained with (its saved config, which
+    has the command's overrides, e.g. --folds and --epochs, on top of the plan)."""
+    plan = run / "plan.json"
+    ran = run_config(run)
+    flat_plan = _flatten(json.loads(plan.read_text())) if plan.exists() else {}
+    return {"planned": plan.exists(), "plan": {label: _pick(flat_plan, keys) for label, keys in CHOICES.items()},
+            "ran": {label: _pick(_flatten(ran), keys) for label, keys in CHOICES.items()}}
+
+
+def run_config(run: Path) -> dict:
+    """The resolved config the run saved (RUN/config.yaml, else its first fold's); {} without one."""
+    for path in (run / "config.yaml", run / "fold0" / "config.yaml"):
+        if path.exists():
+            return yaml.safe_load(path.read_text()) or {}
+    return {}
 
 
 def _flatten(value: object, prefix: str = "") -> dict[str, object]:
@@ -175,16 +196,19 @@ def _pick(flat: dict[str, object], keys: tuple[str, ...]) -> object:
     return None
 
 
-def reference_settings(data: Path, choices: dict, folds: int) -> dict:
-    """The reference's folds, input size and channels: the plan's (from plan.json only), else 28 px for
-    MedMNIST, 64 px for a folder, and 1 channel."""
-    planned = choices["source"] == "plan.json"
-    size, channels = choices.get("input size"), choices.get("channels")
-    if not (planned and isinstance(size, list) and len(size) == 2):
+def reference_settings(data: Path, run: Path, choices: dict, folds: int) -> dict:
+    """The reference's splits, input size and channels. Splits: the run's own ``data`` settings (folds,
+    test_fraction, ...) from its saved config, so both arms cross-validate the same pool; input size and
+    channels: those of a planned run, else 28 px for MedMNIST, 64 px for a folder, and 1 channel."""
+    ran = choices["ran"]
+    size, channels = ran.get("input size"), ran.get("channels")
+    if not (choices["planned"] and isinstance(size, list) and len(size) == 2):
         size = [28, 28] if data.suffix == ".npz" else [64, 64]
-    if not (planned and channels in (1, 3)):
+    if not (choices["planned"] and channels in (1, 3)):
         channels = 1
-    return {"folds": folds, "size": [int(s) for s in size], "channels": int(channels)}
+    split = {key: value for key, value in run_config(run).get("data", {}).items() if key in SPLIT_KEYS}
+    split = {"test_fraction": 0.0, **split, "folds": folds}
+    return {"split": split, "size": [int(v) for v in size], "channels": int(channels)}
 
 
 def run_set(name: str, data: Path, args: argparse.Namespace, planned: bool) -> dict:
@@ -192,15 +216,14 @@ def run_set(name: str, data: Path, args: argparse.Namespace, planned: bool) -> d
     if args.quick:
         data = quick_subset(data, out / "quick-data", n=args.quick_images)
     ours = run_medsight(data, out / "run", args, planned)
-    estimate = read_estimate(out / "run", planned)
+    estimate = {**read_estimate(out / "run", planned), "held_out": held_out(out / "run")}
     choices = plan_choices(out / "run")
-    folds = int(choices.get("folds") or args.folds or FALLBACK_FOLDS)
-    settings = reference_settings(data, choices, folds)
-    ref = reference_cv(data, epochs=args.ref_epochs, **settings)
+    folds = int(choices["ran"].get("folds") or args.folds or FALLBACK_FOLDS)
+    ref = reference_cv(data, epochs=args.ref_epochs, **reference_settings(data, out / "run", choices, folds))
     scored = scored_cases(out / "run")
     estimate["same_cases"] = None if scored is None else scored == set(ref.pop("case_ids"))
     return {"dataset": name, "data": str(data), "planned": planned, "medsight": {**ours, **estimate},
-            "plan": choices, "reference": ref, "ratio_auc": _ratio(estimate.get("auc"), ref["auc"]),
+            "choices": choices, "reference": ref, "ratio_auc": _ratio(estimate.get("auc"), ref["auc"]),
             "ratio_wall": _ratio(ours["wall_seconds"], ref["wall_seconds"])}
 
 
@@ -219,16 +242,25 @@ def _fmt(value: float | None, ci: list | None = None) -> str:
 
 def report(row: dict) -> str:
     """A readable block for one data set."""
-    m, r, plan = row["medsight"], row["reference"], row["plan"]
-    choices = ", ".join(f"{label} {plan.get(label)}" for label in CHOICES)
+    m, r, plan, ran = row["medsight"], row["reference"], row["choices"]["plan"], row["choices"]["ran"]
+    if row["choices"]["planned"]:
+        source = "plan.json; where the run differs (an override), what it ran"
+        choices = ", ".join(f"{label} {plan.get(label)}" + (f" (ran: {ran.get(label)})" if ran.get(label) !=
+                                                             plan.get(label) else "") for label in CHOICES)
+    else:
+        source = "no plan.json; the run's config"
+        choices = ", ".join(f"{label} {ran.get(label)}" for label in CHOICES)
     lines = [
         f"== {row['dataset']}: {row['data']}",
         f"medsight: {m['command']}",
         f"  estimate ({m['split']}, {m['source']}): n={m['n']} ACC {_fmt(m['accuracy'], m['accuracy_ci'])} "
         f"AUC {_fmt(m['auc'], m['auc_ci'])} (threshold: {m.get('threshold_note')})",
-        f"  wall {m['wall_seconds']} s; choices ({plan['source']}): {choices}",
+        *([f"  its held-out split (RUN/test, carved from train + val; the ensemble): n={m['held_out']['n']} "
+           f"ACC {_fmt(m['held_out']['accuracy'])} AUC {_fmt(m['held_out']['auc'], m['held_out']['auc_ci'])}"]
+          if m.get("held_out") else []),
+        f"  wall {m['wall_seconds']} s; choices ({source}): {choices}",
         f"reference: MONAI ResNet-18, Adam lr {r['lr']}, batch {r['batch_size']}, {r['epochs']} epochs, "
-        f"{r['size'][0]}x{r['size'][1]} px, {r['channels']} channel(s), min-max, {r['folds']} folds (same folds)",
+        f"{r['size'][0]}x{r['size'][1]} px, {r['channels']} channel(s), min-max; the run's splits {r['split']}",
         f"  estimate (out-of-fold): n={r['n']} ACC {_fmt(r['accuracy'], r['accuracy_ci'])} "
         f"AUC {_fmt(r['auc'], r['auc_ci'])}; wall {r['wall_seconds']} s",
         f"ratio medsight / reference: AUC {row['ratio_auc']}, wall time {row['ratio_wall']}",

@@ -1,10 +1,10 @@
 """Parts of ``bench/classification.py``: the plain MONAI ResNet-18 reference, the out-of-fold estimate
 both arms are scored with, and the small subsets of ``--quick``.
 
-The reference trains on exactly the folds medsight's cross-validation uses
-(:func:`medsight.data.splits.resolve_splits` with ``data.folds = K``: stratified
+The reference trains on exactly the folds medsight's cross-validation used: the run's saved ``data``
+settings (folds, test_fraction) through :func:`medsight.data.splits.resolve_splits` (stratified
 :func:`~medsight.data.splits.kfold_indices`, the fixed split seed 0, patients and byte-identical files
-kept in one fold, an official test split left out), so the two out-of-fold estimates score the same
+kept in one fold, a held-out test split left out), so the two out-of-fold estimates score the same
 cases, each predicted by the one fold model that never trained on it.
 """
 
@@ -23,9 +23,10 @@ from medsight.data.layouts import LabelledSet, open_dataset
 from medsight.data.splits import resolve_splits
 
 
-def cv_folds(ds: LabelledSet, folds: int) -> list[dict[str, np.ndarray]]:
-    """The ``{"train", "val"}`` item indices of each fold, as ``medsight train --folds K`` splits ``ds``."""
-    return [resolve_splits(ds, DataConfig(folds=folds, fold=k, test_fraction=0.0)) for k in range(folds)]
+def cv_folds(ds: LabelledSet, split: dict) -> list[dict[str, np.ndarray]]:
+    """The ``{"train", "val", "test"}`` item indices of each fold, as ``medsight train`` splits ``ds`` under
+    the ``data`` settings ``split`` (``folds`` > 1, ``test_fraction``, ...)."""
+    return [resolve_splits(ds, DataConfig(**{**split, "fold": k})) for k in range(split["folds"])]
 
 
 def oof_estimate(y: np.ndarray, probs: np.ndarray, *, n_boot: int = 1000) -> dict:
@@ -46,9 +47,10 @@ def oof_estimate(y: np.ndarray, probs: np.ndarray, *, n_boot: int = 1000) -> dic
     }
 
 
-def reference_cv(data: Path, *, folds: int, size: list[int], channels: int, epochs: int,
+def reference_cv(data: Path, *, split: dict, size: list[int], channels: int, epochs: int,
                  batch_size: int = 128, lr: float = 1e-3) -> dict:
-    """Out-of-fold estimate of a plain MONAI ResNet-18 + PyTorch loop over ``folds`` folds of ``data``.
+    """Out-of-fold estimate of a plain MONAI ResNet-18 + PyTorch loop over the folds of ``data`` that the
+    ``data`` settings ``split`` make (:func:`cv_folds`; a held-out test split is left out, as medsight does).
 
     Each image is read by medsight's reader, resized to ``size`` (squashed, as the old default did) and
     min-max scaled to [0, 1] per image; each fold trains a fresh ``resnet18(spatial_dims=2)`` with Adam
@@ -61,7 +63,7 @@ def reference_cv(data: Path, *, folds: int, size: list[int], channels: int, epoc
     """
     start = time.perf_counter()
     ds = open_dataset(data)
-    parts = cv_folds(ds, folds)
+    parts = cv_folds(ds, split)
     pool = np.sort(np.concatenate([part["val"] for part in parts]))
     prep = PreprocessConfig(size=list(size), channels=channels, normalize="minmax")
     tensors, _ = load_tensors(ds, pool, prep, progress=False, desc="reference")
@@ -74,7 +76,7 @@ def reference_cv(data: Path, *, folds: int, size: list[int], channels: int, epoc
                               epochs=epochs, batch_size=batch_size, lr=lr, seed=k)
         probs[val.numpy()] = _probabilities(net, tensors.images[val])
     estimate = oof_estimate(tensors.labels.numpy(), probs)
-    return {**estimate, "wall_seconds": round(time.perf_counter() - start, 1), "folds": folds, "size": list(size),
+    return {**estimate, "wall_seconds": round(time.perf_counter() - start, 1), "split": split, "size": list(size),
             "channels": channels, "epochs": epochs, "batch_size": batch_size, "lr": lr, "case_ids": tensors.ids}
 
 
