@@ -167,11 +167,11 @@ def _read_one(ds: LabelledSet, i: int, reads: _Reads) -> None:
 
 
 def _draw(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """At most VALUES_PER_IMAGE of ``values`` (seeded), with the extremes always kept, as float64."""
+    """At most VALUES_PER_IMAGE of ``values`` (seeded), with the extremes always kept (float32, summed in float64)."""
     if values.size <= VALUES_PER_IMAGE:
-        return values.astype(np.float64)
+        return values.astype(np.float32)
     pick = rng.choice(values.size, VALUES_PER_IMAGE - 2, replace=False)
-    return np.concatenate([values[pick], [values.min(), values.max()]]).astype(np.float64)
+    return np.concatenate([values[pick], [values.min(), values.max()]]).astype(np.float32)
 
 
 def _is_colour(array: np.ndarray) -> bool:
@@ -230,10 +230,10 @@ def _modality(configured: str | None, dicom: Counter, colour: bool, reads: _Read
 def _intensity(modality: str, reads: _Reads, whole: np.ndarray) -> dict:
     """Statistics in the file's own units; CT in HU (files that are not 8-bit pictures) over the body."""
     hu = modality.upper() == "CT" and set(reads.bit_depth) != {"uint8"}
-    values = np.concatenate(reads.body) if hu else whole
+    values = (np.concatenate(reads.body) if hu else whole).astype(np.float64)
     region = f"the body (HU > {BODY_HU:g})" if hu else "every pixel"
     if hu and values.size == 0:
-        values, region = whole, f"every pixel (no value above {BODY_HU:g} HU)"
+        values, region = whole.astype(np.float64), f"every pixel (no value above {BODY_HU:g} HU)"
     return {
         "unit": "HU" if hu else "stored value",
         "region": region,
