@@ -121,8 +121,10 @@ def test_folds_follow_the_data_size_and_the_smallest_class() -> None:
     many = make_classification_plan(_fp(n=30_000, classes=(15_000, 15_000)), time_budget_min=1e6,
                                     seconds_per_image=_constant(1e-9))
     assert many.folds == 1 and many.notes["folds"].startswith("1: 30,000 images, at least 20,000")
+    assert "data.test_fraction" not in many.overrides()  # one split keeps the default held-out test split
     few = make_classification_plan(_fp(classes=(997, 3)), time_budget_min=10, seconds_per_image=_constant(1e-6))
     assert few.folds == 3 and "the smallest class has 3 images" in few.notes["folds"]
+    assert few.overrides()["data.test_fraction"] == 0.0 and "No test split is carved out" in few.notes["folds"]
     assert few.class_weights == "balanced" and "332 x the smallest" in few.notes["class_weights"]
     one = make_classification_plan(_fp(), time_budget_min=10, seconds_per_image=_constant(1e-6),
                                    min_class_members=1)
@@ -170,6 +172,8 @@ def test_the_users_keys_win_over_the_plan() -> None:
     assert cfg.train.time_limit_min is None  # the budget's safety net goes with the user's epochs
     assert cfg.preprocess.normalize == "dataset" and cfg.preprocess.intensity_clip == [-130.0, 2704.0]
     assert cfg.data.folds == plan.folds and cfg.eval.tta == plan.tta and cfg.data.path == "x"
+    held_out = apply_plan(load_config(overrides={"data.path": "x", "data.test_fraction": 0.2}), plan)
+    assert held_out.data.test_fraction == 0.2  # the user's own test split wins over the cross-validation's none
     plain = apply_plan(load_config(overrides={"data.path": "x"}), plan)
     assert plain.train.epochs == plan.epochs and plain.model.kwargs == plan.model_kwargs
     assert plain.train.time_limit_min == plan.time_limit_min and plain.train.anneal_to_time_limit is False

@@ -87,6 +87,7 @@ class ClassificationPlan(BaseModel):
         keys: dict[str, Any] = {
             "data.modality": self.modality,
             "data.folds": self.folds,
+            **({"data.test_fraction": 0.0} if self.folds > 1 else {}),
             "preprocess.size": list(self.size),
             "preprocess.keep_aspect": self.keep_aspect,
             "preprocess.channels": self.channels,
@@ -200,7 +201,9 @@ def _folds(n_images: int, smallest: int, notes: dict[str, str]) -> int:
         return 1
     why = "" if folds == FOLDS else f" (not {FOLDS}: the smallest class has {smallest} images or patients)"
     notes["folds"] = (f"{folds}{why}: below {CV_BELOW:,} images one validation split is too small to choose "
-                      "the epoch, threshold and temperature on, so every image is validated once, out of fold.")
+                      "the epoch, threshold and temperature on, so every image is validated once, out of fold. No "
+                      "test split is carved out (data.test_fraction 0): the out-of-fold predictions are the estimate "
+                      "on unseen cases; an official test split is kept and never touched.")
     return folds
 
 

@@ -205,13 +205,17 @@ def _user_keys(section: BaseModel, prefix: str = "") -> dict[str, object]:
 
 
 def _cv_pool(ds, cfg: RunConfig) -> tuple[int, int]:
-    """The images training and validation share (all but the test split) and the smallest class's
-    patients among them (images where there are no patient ids)."""
+    """The images training and validation share (all but an official test split, or the one the user asked
+    for with ``data.test_fraction``) and the smallest class's patients among them (images where there are no
+    patient ids)."""
     import numpy as np
 
     from medsight.data.splits import resolve_splits
 
-    splits = resolve_splits(ds, cfg.data.model_copy(update={"folds": 1, "fold": None}))
+    data = cfg.data.model_copy(update={"folds": 1, "fold": None})
+    if "test_fraction" not in cfg.data.model_fields_set:  # a cross-validation keeps no test split of its own
+        data.test_fraction = 0.0
+    splits = resolve_splits(ds, data)
     pool = np.concatenate([splits["train"], splits["val"]]).astype(int)
     members: dict[int, set[str]] = {k: set() for k in range(len(ds.class_names))}
     for i in pool:
