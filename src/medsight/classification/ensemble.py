@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,8 @@ def _fold_logits(fold_cfg: RunConfig, ds, bundle: Bundle, folder: Path, views: l
     kept = KeptLogits.load(folder / VAL_LOGITS)
     if kept is not None and kept.has(views):
         return kept
-    print(f"{folder}: no usable {VAL_LOGITS}; predicting its validation cases again")
+    warnings.warn(f"{folder}: no usable {VAL_LOGITS} (missing, unreadable or without the flipped views); "
+                  "predicting its validation cases again with its model", stacklevel=2)
     indices = resolve_splits(ds, fold_cfg.data)["val"]
     tensors, _ = load_tensors(ds, indices, bundle.preprocess, on_bad_file=fold_cfg.data.on_bad_file,
                               progress=progress, desc=f"{folder.name} val")

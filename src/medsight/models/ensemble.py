@@ -40,8 +40,9 @@ from medsight.models.registry import create_model, register_model
 def mean_probability_logits(outputs: Sequence[torch.Tensor], *, sigmoid: bool | None = None) -> torch.Tensor:
     """Logits of the mean probability of ``outputs`` (each ``(N, K, ...)`` logits of one member or view).
 
-    ``sigmoid`` (by default: ``K == 1``) is a sigmoid output: the mean sigmoid probability ``p`` comes back as ``log(p / (1 - p))``;
-    otherwise ``log(mean softmax)`` over dim 1. Both are computed with log-sum-exp, so stable for large logits.
+    ``sigmoid`` (by default: ``K == 1``) is a sigmoid output: the mean sigmoid probability ``p`` comes back
+    as ``log(p / (1 - p))``; otherwise ``log(mean softmax)`` over dim 1. Both are computed with
+    log-sum-exp, so they stay finite for large logits.
 
     Example:
         >>> mean_probability_logits([torch.tensor([[0.0]]), torch.tensor([[math.log(3)]])])  # p = (0.5 + 0.75) / 2
