@@ -116,7 +116,7 @@ def test_the_tta_decision_is_recorded_with_both_numbers(cv) -> None:
     again = decide_tta("auto", [[-1]], oof, head="softmax", chosen_on=decision["chosen_on"])
     assert again.as_dict() == decision
     assert all(decision[k] is not None for k in ("log_loss_with", "log_loss_without", "auc_with", "auc_without"))
-    assert json.loads((out / "metrics.json").read_text())["extra"]["tta"] == decision
+    assert json.loads((out / "metrics.json").read_text())["tta"] == decision
     assert f"test-time augmentation: {decision['reason']}" in text
 
 

@@ -37,7 +37,15 @@ from medsight.bundle import Bundle, build_bundle, load_bundle, provenance
 from medsight.bundle_fields import DataSettings, SplitRecord, ThresholdChoice
 from medsight.classification.operating_point import OperatingPoint, choose_operating_point
 from medsight.classification.train import data_hash
-from medsight.classification.tta import VAL_LOGITS, KeptLogits, TtaDecision, candidate_flips, decide_tta, kept_views
+from medsight.classification.tta import (
+    VAL_LOGITS,
+    KeptLogits,
+    TtaDecision,
+    candidate_flips,
+    decide_tta,
+    kept_views,
+    record_decision,
+)
 from medsight.classification.uncertainty import flip_combinations, predictive_entropy
 from medsight.config import RunConfig
 from medsight.inference.classifier import probs_from_logits
@@ -88,7 +96,7 @@ def ensemble_classifier_folds(cfg: RunConfig, ds, out: Path, folders: list[Path]
     tta = decide_tta(cfg.eval.tta, candidate_flips(cfg.augment, spatial_dims), oof, head=head, chosen_on=chosen_on)
     point = choose_operating_point(oof.mean_of(tta.flips), oof.labels, head=head, cfg=cfg.eval, chosen_on=chosen_on)
     bundle = _ensemble_bundle(cfg, bundles, val_cases, oof, point, tta)
-    metrics = _evaluate_out_of_fold(cfg, ds, out, oof, point, tta, bundle)
+    metrics = record_decision(_evaluate_out_of_fold(cfg, ds, out, oof, point, tta, bundle), out, tta)
     bundle.metrics = {f"oof_{key}": float(metrics[key]) for key in ("accuracy", "auc", "ece")
                       if metrics.get(key) is not None and np.isfinite(metrics[key])}
     bundle.save(out / "model")
@@ -165,7 +173,6 @@ def _evaluate_out_of_fold(cfg: RunConfig, ds, out: Path, oof: KeptLogits, point:
             "folds": len(folds), "best epoch": [f["best_epoch"] for f in folds],
             "epochs run": [f["epochs_run"] for f in folds], "training time (s)": bundle.provenance["train_seconds"],
             "cases per split": {"out_of_fold": len(oof.ids)}, "test-time augmentation": tta.reason,
-            "tta": tta.as_dict(),
         },
     )
 

@@ -17,7 +17,15 @@ from medsight.bundle import Bundle, build_bundle, provenance
 from medsight.bundle_fields import DataSettings, ThresholdChoice
 from medsight.classification.operating_point import OperatingPoint, choose_operating_point
 from medsight.classification.score import calibration_kwargs, score
-from medsight.classification.tta import VAL_LOGITS, KeptLogits, TtaDecision, candidate_flips, decide_tta, kept_views
+from medsight.classification.tta import (
+    VAL_LOGITS,
+    KeptLogits,
+    TtaDecision,
+    candidate_flips,
+    decide_tta,
+    kept_views,
+    record_decision,
+)
 from medsight.config import RunConfig, save_config
 from medsight.data.file_errors import write_skipped_files
 from medsight.data.splits import resolve_splits
@@ -61,7 +69,7 @@ def train_classifier(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: b
     report_split = "test" if "test" in tensors else "val"
     classifier = CalibratedClassifier(bundle.build_model() if tta.flips else model, head=cfg.model.head,
                                       temperature=bundle.temperature)
-    return _report(cfg, ds, out, classifier, tensors[report_split], report_split, bundle, {
+    metrics = _report(cfg, ds, out, classifier, tensors[report_split], report_split, bundle, {
         "data": str(cfg.data.path),
         "model": cfg.model.name,
         "best epoch": result.best_epoch,
@@ -71,8 +79,8 @@ def train_classifier(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: b
         "cases per split": {k: len(v.ids) for k, v in tensors.items()},
         "skipped files": len(bad),
         "test-time augmentation": tta.reason,
-        "tta": tta.as_dict(),
     })
+    return record_decision(metrics, out, tta)
 
 
 def _fit(cfg: RunConfig, tensors: dict, *, num_classes: int, out: Path, resume: bool, progress: bool):

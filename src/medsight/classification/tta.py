@@ -178,6 +178,16 @@ def decide_tta(mode: str, candidates: list[list[int]], kept: KeptLogits, *, head
     return TtaDecision(mode, [], candidates, f"{what} not kept: they did not lower the {figures}", **numbers)
 
 
+def record_decision(metrics: dict, out: Path, decision: TtaDecision) -> dict:
+    """``metrics`` (a run's metrics.json, already written in ``out``) with the decision under ``tta``, saved
+    again (the report shows the decision's reason; the file keeps its numbers)."""
+    from medsight.result_files import write_strict_json
+
+    metrics["tta"] = decision.as_dict()
+    write_strict_json(Path(out) / "metrics.json", metrics)
+    return metrics
+
+
 def _best_log_loss(logits: torch.Tensor, y: np.ndarray, head: str) -> float:
     """Mean negative log-likelihood (nats per case) at the temperature that minimises it."""
     from medsight.classification.calibration import fit_temperature

@@ -92,7 +92,7 @@ def _summary(out: Path, metrics: dict) -> str:
     threshold = "argmax" if metrics["threshold"] is None else f"{metrics['threshold']:.4f}"
     choice = metrics["calibration"].get("temperature_choice")
     stopped = metrics["extra"].get(STOPPED_EARLY)
-    tta = metrics["extra"].get("tta")
+    tta = metrics.get("tta")
     return (
         f"{metrics['split']}: n={metrics['n']} accuracy={metrics['accuracy']:.4f} auc={metrics['auc']:.4f} "
         f"sensitivity={metrics['sensitivity']:.4f} specificity={metrics['specificity']:.4f} threshold={threshold}\n"
