@@ -192,7 +192,9 @@ class FeatureReference(BaseModel):
     the last ``nn.Linear``; a fold ensemble's members concatenated) kept in ``domain.safetensors``; an input's
     distance is the mean cosine distance to its ``k`` nearest; above ``threshold`` (the ``quantile`` of the
     distances of ``n_threshold_cases`` calibration cases the model never trained on) it is out of domain.
-    ``false_alarm_rate`` is the share of ``n_holdout_cases`` other calibration cases above that threshold."""
+    ``false_alarm_rate`` is the share of ``n_holdout_cases`` other calibration cases above that threshold.
+    ``member``: the features are those of one fold-ensemble member alone, calibrated on its own fold's validation
+    cases (the only cases a member of a fold ensemble never trained on)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -205,6 +207,7 @@ class FeatureReference(BaseModel):
     n_holdout_cases: int
     false_alarm_rate: float | None = None
     seed: int = 0
+    member: int | None = None  # a fold ensemble's member whose features these are (None: the whole network)
 
 
 class DomainRecord(BaseModel):

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from medsight.bundle import Bundle, build_bundle, load_bundle, provenance
+from medsight.classification.domain import ensemble_domain
 from medsight.bundle_fields import DataSettings, SplitRecord, ThresholdChoice
 from medsight.classification.operating_point import OperatingPoint, choose_operating_point
 from medsight.classification.train import data_hash
@@ -73,10 +74,11 @@ class EnsembleResult:
     test_folder: Path
 
 
-def ensemble_classifier_folds(cfg: RunConfig, ds, out: Path, folders: list[Path], *,
-                              progress: bool = False) -> EnsembleResult:
+def ensemble_classifier_folds(cfg: RunConfig, ds, out: Path, folders: list[Path], *, progress: bool = False,
+                              fingerprint: dict | None = None) -> EnsembleResult:
     """Write the fold ensemble ``out/model``, the out-of-fold report in ``out`` and, with a test split, the
-    ensemble's test report in ``out/test``. Building it again from the same folds writes the same bundle.
+    ensemble's test report in ``out/test``. Building it again from the same folds writes the same bundle. The
+    bundle's domain record (:func:`medsight.classification.domain.ensemble_domain`) uses the data's ``fingerprint``.
 
     Raises:
         MedsightError: a fold's model is missing, the folds were trained with other settings, or two folds
@@ -86,8 +88,9 @@ def ensemble_classifier_folds(cfg: RunConfig, ds, out: Path, folders: list[Path]
     check_members_agree(bundles, folders, _shared_settings)
     head, spatial_dims = bundles[0].model.head, bundles[0].spatial_dims
     views = kept_views(cfg.augment, cfg.eval, spatial_dims)
+    runs = fold_runs(cfg, out, resume=False)
     kept = [_fold_logits(run.config, ds, bundle, run.folder, views, progress=progress)
-            for run, bundle in zip(fold_runs(cfg, out, resume=False), bundles, strict=True)]
+            for run, bundle in zip(runs, bundles, strict=True)]
     val_cases = [part.ids for part in kept]
     owner = out_of_fold(val_cases, lambda fold, case: fold)
     oof = KeptLogits.concatenate([kept[fold].rows([c for c, f in owner.items() if f == fold])
@@ -99,6 +102,7 @@ def ensemble_classifier_folds(cfg: RunConfig, ds, out: Path, folders: list[Path]
     metrics = record_decision(_evaluate_out_of_fold(cfg, ds, out, oof, point, tta, bundle), out, tta)
     bundle.metrics = {f"oof_{key}": float(metrics[key]) for key in ("accuracy", "auc", "ece")
                       if metrics.get(key) is not None and np.isfinite(metrics[key])}
+    bundle.domain = ensemble_domain(bundle, runs[0].config, ds, fingerprint, progress=progress)
     bundle.save(out / "model")
     test = _evaluate_test(cfg, ds, out / "test", bundle, progress=progress)
     return EnsembleResult(metrics, test, tta, out / "test")

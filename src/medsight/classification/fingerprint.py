@@ -65,6 +65,9 @@ def fingerprint_images(ds: LabelledSet, *, modality: str | None = None, progress
                        max_images: int = 2000) -> dict:
     """Read the images of ``ds`` (all, or a seeded class-stratified subset of ``max_images``) and summarise them.
 
+    An official test split (a manifest's split column, an npz's test arrays, a ``test/`` folder) is left out:
+    the plan and the domain record are made from the data training may see, never from the test cases.
+
     Args:
         ds: the data set (:func:`medsight.data.layouts.open_dataset`).
         modality: the configured modality (``data.modality``); it wins over the DICOM tags.
@@ -87,7 +90,8 @@ def fingerprint_images(ds: LabelledSet, *, modality: str | None = None, progress
     """
     from medsight.progress import track
 
-    chosen = _stratified_subset(ds, max_images)
+    pool = np.array([i for i, item in enumerate(ds.items) if item.split != "test"], dtype=np.int64)
+    chosen = _stratified_subset(ds, pool, max_images)
     reads = _Reads()
     for i in track(chosen, description="fingerprinting", enabled=progress):
         try:
@@ -105,9 +109,9 @@ def fingerprint_images(ds: LabelledSet, *, modality: str | None = None, progress
     found = _modality(modality, dicom, colour, reads, whole)
     return {
         "task": "classification",
-        "n_images": len(ds.items),
+        "n_images": len(pool),
         "n_read": len(reads.index),
-        "class_counts": {name: int(np.sum(ds.labels() == k)) for k, name in enumerate(ds.class_names)},
+        "class_counts": {name: int(np.sum(ds.labels()[pool] == k)) for k, name in enumerate(ds.class_names)},
         "spatial_dims": len(reads.shapes[0]),
         "sizes": _sizes(reads.shapes),
         "aspect_ratio": _aspect(reads.shapes),
@@ -124,16 +128,17 @@ def fingerprint_images(ds: LabelledSet, *, modality: str | None = None, progress
     }
 
 
-def _stratified_subset(ds: LabelledSet, max_images: int) -> list[int]:
-    """Every item when there are at most ``max_images``; else a seeded draw keeping each class's share
+def _stratified_subset(ds: LabelledSet, pool: np.ndarray, max_images: int) -> list[int]:
+    """Every item of ``pool`` when there are at most ``max_images``; else a seeded draw keeping each class's share
     (at least one image of every class)."""
-    n = len(ds.items)
+    n = len(pool)
     if n <= max_images:
-        return list(range(n))
+        return pool.tolist()
     rng = np.random.default_rng(SEED)
-    labels = ds.labels()
+    labels = np.full(len(ds.items), -1)
+    labels[pool] = ds.labels()[pool]
     chosen: list[int] = []
-    for label in np.unique(labels):
+    for label in np.unique(labels[pool]):
         members = np.flatnonzero(labels == label)
         take = max(1, round(max_images * len(members) / n))
         chosen += rng.choice(members, size=min(take, len(members)), replace=False).tolist()

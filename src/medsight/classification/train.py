@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medsight.bundle import Bundle, build_bundle, provenance
+from medsight.classification.domain import single_run_domain
 from medsight.bundle_fields import DataSettings, ThresholdChoice
 from medsight.classification.operating_point import OperatingPoint, choose_operating_point
 from medsight.classification.score import calibration_kwargs, score
@@ -37,14 +38,16 @@ from medsight.training.folds import ensemble_model, member_weights
 STOPPED_EARLY = "stopped early"
 
 
-def train_classifier(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool, cv_fold: bool = False) -> dict:
+def train_classifier(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: bool, cv_fold: bool = False,
+                     fingerprint: dict | None = None) -> dict:
     """Train one classifier in ``out`` and report on its held-out split (test, else validation).
 
     Every run keeps its validation logits (``out/val_logits.npz``, with the flipped views ``eval.tta`` and
     the flip uncertainty may need). A single run decides ``eval.tta`` on its validation split and, where
     flips are kept, ships a one-member ``fold_ensemble`` that averages them. ``cv_fold``: one fold of a
     cross-validation, a member of the fold ensemble: no TTA of its own, and it reports on its validation
-    cases (the test split is left to the ensemble).
+    cases (the test split is left to the ensemble). Any other run's bundle gets its domain record
+    (:func:`medsight.classification.domain.single_run_domain`, with the data's ``fingerprint``).
     """
     from medsight.runtime.distributed import is_main
 
@@ -65,6 +68,8 @@ def train_classifier(cfg: RunConfig, ds, *, out: Path, resume: bool, progress: b
     point = choose_operating_point(kept.mean_of(tta.flips), kept.labels, head=cfg.model.head, cfg=cfg.eval,
                                    chosen_on=chosen_on)
     bundle = _calibrated_bundle(cfg, ds, tensors, result, synthetic, point, tta)
+    if not cv_fold:
+        bundle.domain = single_run_domain(bundle, cfg, tensors, fingerprint)
     bundle.save(out / "model")
     report_split = "test" if "test" in tensors else "val"
     classifier = CalibratedClassifier(bundle.build_model() if tta.flips else model, head=cfg.model.head,

@@ -64,7 +64,8 @@ class OutOfDomainError(InvalidImageError):
 
 def domain_record(model: nn.Module, train_images: torch.Tensor | None, calibration_images: torch.Tensor | None,
                   fingerprint: dict | None, *, action: str = "flag", max_reference: int = 2000, k: int = 5,
-                  quantile: float = 0.99, seed: int = 0, device: torch.device | str = "cpu") -> DomainRecord:
+                  quantile: float = 0.99, seed: int = 0, device: torch.device | str = "cpu",
+                  member: int | None = None) -> DomainRecord:
     """The domain record of a trained classifier, for its bundle.
 
     Args:
@@ -77,6 +78,9 @@ def domain_record(model: nn.Module, train_images: torch.Tensor | None, calibrati
         fingerprint: the data's fingerprint (``RUN/fingerprint.json``); None: only the feature distance and the
             blank-image rule are checked.
         action: the training config's ``predict.out_of_domain``.
+        member: a fold ensemble's member whose features alone are used (its fold's training images as the
+            reference, its fold's validation cases, which it never trained on, as calibration); None: the whole
+            network's.
 
     Returns:
         the record; ``notes`` say what it could not record.
@@ -85,7 +89,7 @@ def domain_record(model: nn.Module, train_images: torch.Tensor | None, calibrati
     fields = _fingerprint_fields(fingerprint, notes)
     features, reference = _feature_reference(model, train_images, calibration_images, notes,
                                              max_reference=max_reference, k=k, quantile=quantile, seed=seed,
-                                             device=device)
+                                             device=device, member=member)
     return DomainRecord(action=action, **fields, features=features, notes=notes, reference=reference)
 
 
@@ -116,7 +120,8 @@ def _fingerprint_fields(fingerprint: dict | None, notes: list[str]) -> dict:
 
 
 def _feature_reference(model: nn.Module, train_images, calibration_images, notes: list[str], *, max_reference: int,
-                       k: int, quantile: float, seed: int, device) -> tuple[FeatureReference | None, np.ndarray | None]:
+                       k: int, quantile: float, seed: int, device,
+                       member: int | None) -> tuple[FeatureReference | None, np.ndarray | None]:
     """The feature reference and its threshold, or ``(None, None)`` with a note saying why there is none."""
     if train_images is None or len(train_images) == 0:
         notes.append("no training images: the feature distance is not checked")
@@ -125,19 +130,19 @@ def _feature_reference(model: nn.Module, train_images, calibration_images, notes
         notes.append("no calibration cases (out-of-fold or validation): the feature distance is not checked")
         return None, None
     try:
-        head_layers(model)
+        head_layers(model, member)
     except BundleError:
         notes.append(f"{type(model).__name__} has no nn.Linear head: the feature distance is not checked")
         return None, None
     picked = np.random.default_rng(seed).permutation(len(train_images))[:max_reference]
     picked = torch.from_numpy(np.sort(picked))
-    reference = features_of(model, train_images[picked], device=device)
+    reference = features_of(model, train_images[picked], device=device, member=member)
     reference = reference.astype(np.float16).astype(np.float32)  # as domain.safetensors keeps it
-    distances = knn_distance(features_of(model, calibration_images, device=device), reference, k=k)
+    distances = knn_distance(features_of(model, calibration_images, device=device, member=member), reference, k=k)
     threshold, false_alarms, n_setting, n_holdout = calibrate(distances, quantile=quantile, seed=seed)
     record = FeatureReference(n_reference=len(reference), dim=reference.shape[1], k=min(k, len(reference)),
                               quantile=quantile, threshold=threshold, n_threshold_cases=n_setting,
-                              n_holdout_cases=n_holdout, false_alarm_rate=false_alarms, seed=seed)
+                              n_holdout_cases=n_holdout, false_alarm_rate=false_alarms, seed=seed, member=member)
     return record, reference
 
 

@@ -28,13 +28,16 @@ from torch import nn
 from medsight.errors import BundleError
 
 
-def head_layers(model: nn.Module) -> list[nn.Linear]:
-    """The last ``nn.Linear`` of the network, or of each member of a fold ensemble.
+def head_layers(model: nn.Module, member: int | None = None) -> list[nn.Linear]:
+    """The last ``nn.Linear`` of the network, or of each member of a fold ensemble (only member ``member``
+    when given).
 
     Raises:
         BundleError: a network (or member) without an ``nn.Linear`` layer.
     """
     members = list(model.members) if isinstance(getattr(model, "members", None), nn.ModuleList) else [model]
+    if member is not None:
+        members = [members[member]]
     layers = []
     for member in members:
         linear = [m for m in member.modules() if isinstance(m, nn.Linear)]
@@ -46,7 +49,7 @@ def head_layers(model: nn.Module) -> list[nn.Linear]:
 
 
 @contextmanager
-def penultimate(model: nn.Module) -> Iterator[Callable[[], np.ndarray]]:
+def penultimate(model: nn.Module, member: int | None = None) -> Iterator[Callable[[], np.ndarray]]:
     """Record the penultimate features of every forward pass while the block runs; the hooks are always removed.
 
     A fold ensemble that also averages flipped views (test-time augmentation) runs each member once per view;
@@ -56,7 +59,7 @@ def penultimate(model: nn.Module) -> Iterator[Callable[[], np.ndarray]]:
         a function that returns the features recorded so far, ``(N, dim)`` float32, unit length per member
         (see the module docstring), and forgets them.
     """
-    layers = head_layers(model)
+    layers = head_layers(model, member)
     calls: list[list[list[torch.Tensor]]] = [[] for _ in layers]  # per layer, per forward pass of ``model``
 
     def new_pass(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -86,25 +89,27 @@ def penultimate(model: nn.Module) -> Iterator[Callable[[], np.ndarray]]:
 
 @torch.inference_mode()
 def features_of(model: nn.Module, images: torch.Tensor, *, batch_size: int = 64,
-                device: torch.device | str = "cpu") -> np.ndarray:
-    """Penultimate features ``(N, dim)`` of preprocessed images ``(N, C, *size)``, in eval mode."""
+                device: torch.device | str = "cpu", member: int | None = None) -> np.ndarray:
+    """Penultimate features ``(N, dim)`` of preprocessed images ``(N, C, *size)``, in eval mode (of one fold
+    ensemble member when ``member`` is given)."""
     model.eval()
-    with penultimate(model) as grab:
+    with penultimate(model, member) as grab:
         for start in range(0, len(images), batch_size):
             model(images[start : start + batch_size].to(device))
         return grab()
 
 
 def probs_and_features(predict: Callable[[np.ndarray], np.ndarray], model: nn.Module, batch: np.ndarray, *,
-                       same_pass: bool, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+                       same_pass: bool, device: torch.device | str = "cpu",
+                       member: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``predict(batch)`` and the penultimate features of ``batch``: recorded during that forward pass when
     ``predict`` runs ``model`` itself (``same_pass``), else by a second pass of ``model`` (an ONNX graph predicts)."""
     if same_pass:
-        with penultimate(model) as grab:
+        with penultimate(model, member) as grab:
             probs = predict(batch)
         return probs, grab()
     tensor = torch.from_numpy(np.ascontiguousarray(batch, np.float32))
-    return predict(batch), features_of(model, tensor, device=device)
+    return predict(batch), features_of(model, tensor, device=device, member=member)
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:

@@ -158,7 +158,8 @@ class Predictor:
         reasons = self.domain.input_reasons(sample)
         if self.domain.uses_features:  # read in the same forward pass on PyTorch; a second pass beside ONNX
             probs, features = probs_and_features(self.predict_arrays, self.model, batch,
-                                                 same_pass=self.backend == "torch", device=self.device)
+                                                 same_pass=self.backend == "torch", device=self.device,
+                                                 member=self.domain.record.features.member)
             reasons += self.domain.feature_reasons(features)
         else:
             probs = self.predict_arrays(batch)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medsight.classification.domain import training_fingerprint
 from medsight.classification.split import check_classes
 from medsight.classification.train import STOPPED_EARLY, train_classifier
 from medsight.config import RunConfig
@@ -42,8 +43,9 @@ def run_training(cfg: RunConfig, *, out: Path, resume: bool = False, progress: b
                       strict=cfg.data.on_bad_file == "error")  # skip: bad manifest rows are skipped files too
     check_classes(ds, folds=cfg.data.folds)
     check_one_modality(ds)
+    fingerprint = training_fingerprint(cfg, ds, out, progress=progress) if is_main() else None  # for the domain
     if cfg.data.folds == 1 or cfg.data.fold is not None:  # one run (one fold of k when data.fold is set)
-        metrics = train_classifier(cfg, ds, out=out, resume=resume, progress=progress)
+        metrics = train_classifier(cfg, ds, out=out, resume=resume, progress=progress, fingerprint=fingerprint)
         return _summary(out, metrics) if is_main() else ""  # under DDP only rank 0 reports
     from medsight.classification.ensemble import ensemble_classifier_folds
     from medsight.classification.evaluate import aggregate_folds
@@ -55,7 +57,7 @@ def run_training(cfg: RunConfig, *, out: Path, resume: bool = False, progress: b
         return ""
     aggregate_folds(fold_metrics, out, title=f"{cfg.name}: {cfg.data.folds}-fold cross-validation, each fold on "
                     "its validation cases")
-    result = ensemble_classifier_folds(cfg, ds, out, folders, progress=progress)
+    result = ensemble_classifier_folds(cfg, ds, out, folders, progress=progress, fingerprint=fingerprint)
     return _cv_summary(out, result)
 
 
