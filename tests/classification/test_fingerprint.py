@@ -147,3 +147,18 @@ def test_real_ct_dicom_reads_hu(tmp_path: Path) -> None:
     assert fp["intensity"]["unit"] == "HU" and fp["intensity"]["min"] > -500
     assert fp["spacing"] is not None and len(fp["spacing"]["median"]) == 2
     assert set(fp["bit_depth"]) <= {"int16", "int32", "float32"}  # HU below 0: not an unsigned type
+
+
+def test_an_official_test_split_is_never_read(tmp_path: Path) -> None:
+    """The plan and the domain record come from what training may see: a manifest's test rows are left out,
+    so a test image of another size and far brighter changes nothing."""
+    rows = ["path,label,split"]
+    for k in range(6):
+        Image.fromarray(_grey(12, 12, 30 + k)).save(tmp_path / f"t{k}.png")
+        rows.append(f"t{k}.png,{'ab'[k % 2]},{'train' if k < 4 else 'val'}")
+    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(tmp_path / "test.png")
+    rows.append("test.png,a,test")
+    (tmp_path / "all.csv").write_text("\n".join(rows) + "\n")
+    fp = fingerprint_images(open_dataset(tmp_path / "all.csv"), progress=False)
+    assert fp["n_images"] == 6 and fp["n_read"] == 6 and fp["class_counts"] == {"a": 3, "b": 3}
+    assert fp["sizes"]["max"] == [12, 12] and fp["intensity"]["max"] == 200.0

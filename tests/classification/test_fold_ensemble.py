@@ -166,6 +166,8 @@ def test_a_single_sigmoid_run_with_flips_ships_a_one_member_ensemble(data: Path,
         assert torch.allclose(torch.sigmoid(net(x).double()), expected, atol=TOL, rtol=0)
     kept = KeptLogits.load(tmp_path / VAL_LOGITS)
     assert bundle.threshold_choice.note.endswith(f"chosen on the validation split (n={len(kept.ids)})")
+    features = bundle.domain.features  # a single run's domain: the whole network, calibrated on its validation split
+    assert features.member is None and features.n_threshold_cases + features.n_holdout_cases == len(kept.ids)
 
 
 def test_auto_keeps_flips_that_lower_the_log_loss_and_drops_flips_that_raise_it() -> None:
@@ -191,3 +193,17 @@ def _rows(path: Path) -> list[dict]:
 
     with path.open() as handle:
         return list(csv.DictReader(handle))
+
+
+def test_the_ensemble_knows_its_domain_from_member_0_and_its_own_fold(cv, data: Path) -> None:
+    """The record's feature reference is member 0's, calibrated on fold 0's validation cases (the only cases
+    member 0 never trained on); the fingerprint the run wrote gives its channels and intensities."""
+    out, _ = cv
+    record = load_bundle(out / "model").domain
+    fingerprint = json.loads((out / "fingerprint.json").read_text())
+    assert record is not None and record.features is not None and record.features.member == 0
+    fold0 = resolve_splits(open_dataset(data), _config(data).data.model_copy(update={"fold": 0}))
+    assert record.features.n_threshold_cases + record.features.n_holdout_cases == len(fold0["val"])
+    assert record.features.n_reference == len(fold0["train"])
+    assert record.channels == [1] and record.intensity.high == fingerprint["intensity"]["p99_5"]
+    assert fingerprint["n_images"] == len(fold0["train"]) + len(fold0["val"]) + len(fold0["test"])
