@@ -16,6 +16,7 @@ from medsight.classification.metrics import choose_threshold
 from medsight.classification.tta import VAL_LOGITS, KeptLogits, decide_tta
 from medsight.config import load_config
 from medsight.data.layouts import open_dataset
+from medsight.data.phantoms import make_chest_phantoms
 from medsight.data.splits import resolve_splits
 from medsight.inference.classifier import probs_from_logits
 from medsight.workflows.train import run_training
@@ -207,3 +208,19 @@ def test_the_ensemble_knows_its_domain_from_member_0_and_its_own_fold(cv, data: 
     assert record.features.n_reference == len(fold0["train"])
     assert record.channels == [1] and record.intensity.high == fingerprint["intensity"]["p99_5"]
     assert fingerprint["n_images"] == len(fold0["train"]) + len(fold0["val"]) + len(fold0["test"])
+
+
+def test_the_ensembles_training_data_is_recognised_through_a_manifest(cv, data: Path, tmp_path: Path) -> None:
+    """evaluate's rule for its own data holds for a fold ensemble: a manifest listing the same files rebuilds the
+    whole cross-validation pool its hash covers, so evaluate scores the held-out test split, not every case."""
+    from medsight.workflows.evaluate import default_split, is_training_data
+
+    out, _ = cv
+    bundle = load_bundle(out / "model", weights=False)
+    ds = open_dataset(data)
+    manifest = tmp_path / "same_files.csv"
+    manifest.write_text("path,label\n" + "".join(f"{item.source},{ds.class_names[item.label]}\n"
+                                                  for item in ds.items))
+    assert is_training_data(bundle, manifest) and default_split(bundle, manifest)[0] == "test"
+    other = make_chest_phantoms(tmp_path / "other", n_per_class=10, size=16, seed=7)
+    assert not is_training_data(bundle, other) and default_split(bundle, other)[0] == "all"

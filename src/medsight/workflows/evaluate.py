@@ -68,13 +68,20 @@ def is_training_data(model_bundle, data: str | Path) -> bool:
 
 
 def _training_split_hash(model_bundle, data: str | Path) -> str | None:
-    """The hash of the training split the bundle's data settings rebuild on ``data`` (None where they cannot)."""
+    """The hash of the training split the bundle's data settings rebuild on ``data`` (None where they cannot);
+    for a fold ensemble, of its whole cross-validation pool (every fold's training and validation cases)."""
+    import numpy as np
+
     from medsight.classification.split import bundle_split
     from medsight.classification.train import data_hash
     from medsight.data.layouts import item_id
 
+    config = model_bundle.data.config
+    ensemble = config is not None and config.folds > 1 and config.fold is None
     try:
         ds, _, indices = bundle_split(model_bundle, data, "train")
+        if ensemble:
+            indices = np.concatenate([indices, bundle_split(model_bundle, data, "val")[2]])
     except DatasetError:  # other classes or no such split: not the training data
         return None
     items = [ds.items[i] for i in indices]
