@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from medsight.bundle import Bundle, build_bundle, load_bundle, provenance
-from medsight.classification.domain import ensemble_domain
 from medsight.bundle_fields import DataSettings, SplitRecord, ThresholdChoice
+from medsight.classification.domain import ensemble_domain
 from medsight.classification.operating_point import OperatingPoint, choose_operating_point
 from medsight.classification.train import data_hash
 from medsight.classification.tta import (

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from medsight.bundle import Bundle, build_bundle, provenance
-from medsight.classification.domain import single_run_domain
 from medsight.bundle_fields import DataSettings, ThresholdChoice
+from medsight.classification.domain import single_run_domain
 from medsight.classification.operating_point import OperatingPoint, choose_operating_point
 from medsight.classification.score import calibration_kwargs, score
 from medsight.classification.tta import (
