@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from medsight.atomic_write import atomic_write_text
 from medsight.errors import ConfigError
 
-Task = Literal["classification", "segmentation"]
+Task = Literal["classification", "segmentation", "detection"]
 
 
 class Strict(BaseModel):
@@ -150,6 +150,9 @@ class TrainConfig(Strict):
     balanced_sampling: bool = False
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     seed: int = 0
+    members_per_fold: int = Field(1, ge=1, le=16, description="a cross-validation trains this many models per fold, "
+                                  "seeds seed .. seed + n - 1, on the fold's same cases; the out-of-fold prediction "
+                                  "of a case averages its fold's members")
     num_threads: int = Field(0, ge=0, description="0 uses every core")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
     amp: bool = Field(True, description="mixed precision on CUDA")
@@ -243,6 +246,20 @@ class SegmentConfig(Strict):
         return value
 
 
+class DetectConfig(Strict):
+    """Lesion detection: anchors, the detector's post-processing and the operating point (stored in the bundle)."""
+
+    anchor_sizes: list[list[float]] | None = Field(
+        None, description="anchor extents in input pixels per feature level, each [size_axis0, size_axis1(, axis2)] "
+        "(default: from the plan's box-size distribution)")
+    aspect_ratios: list[float] = Field([0.5, 1.0, 2.0], description="anchor height/width ratios (2D)")
+    score_floor: float = Field(0.05, ge=0, lt=1, description="boxes scored below this are dropped before NMS")
+    nms_iou: float = Field(0.5, gt=0, le=1, description="IoU above which non-maximum suppression drops a box")
+    max_detections: int = Field(100, ge=1, description="boxes kept per image after NMS")
+    operating_fp_per_image: float = Field(1.0, gt=0, description="the score threshold shipped in the bundle is the "
+                                          "validation FROC point at this many false positives per image")
+
+
 class RunConfig(Strict):
     """Everything a training run needs."""
 
@@ -256,6 +273,7 @@ class RunConfig(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    detect: DetectConfig = Field(default_factory=DetectConfig)
 
     @model_validator(mode="after")
     def _segmentation_monitors_dice(self) -> RunConfig:
