@@ -65,7 +65,7 @@ def test_the_run_model_is_a_fold_ensemble_of_the_fold_models(cv) -> None:
         expected = torch.stack([torch.softmax(m(v).double(), 1) for v in views for m in net.members]).mean(0)
         got = torch.softmax(net(x).double(), 1)
     assert torch.allclose(got, expected, atol=TOL, rtol=0)
-    assert f"out-of-fold ({FOLDS} folds, n=" in text and "95% CI" in text and str(out / "model") in text
+    assert f"out-of-fold ({FOLDS} folds x 1 member, n=" in text and "95% CI" in text and str(out / "model") in text
 
 
 def test_temperature_and_threshold_come_from_the_out_of_fold_logits(cv) -> None:

@@ -2,6 +2,10 @@
 case, the operating threshold chosen out of fold, the folds' metrics summarised, and the parts of
 a fold-ensemble bundle that do not depend on the task.
 
+A classifier's cross-validation may train several seeded members per fold (``train.members_per_fold``
+n, :func:`fold_runs`'s ``members``): member r of fold k trains with ``train.seed + r`` on fold k's cases in
+``out/fold{k}-member{r}``; member 0 keeps ``out/fold{k}``, so one member per fold is the plain layout.
+
 A task brings only what is its own: how one fold trains (:func:`cross_validate`'s ``train_fold``,
 returning the fold's metrics), what its out-of-fold member of a case is (:func:`out_of_fold`'s
 ``member_for``), and how its threshold is chosen from out-of-fold predictions
@@ -40,36 +44,49 @@ Choice = TypeVar("Choice")
 
 
 class FoldRun(NamedTuple):
-    """One fold of a cross-validation: its config (``data.fold`` set, the name suffixed), its run
-    folder ``out/fold{k}``, and whether it resumes from a checkpoint there."""
+    """One member of one fold of a cross-validation: its config (``data.fold`` set, ``train.seed`` offset by
+    the member, the name suffixed), its run folder, whether it resumes from a checkpoint there, its fold and
+    its member number within the fold."""
 
     config: RunConfig
     folder: Path
     resume: bool
+    fold: int = 0
+    member: int = 0
 
 
-def fold_runs(cfg: RunConfig, out: Path, resume: bool) -> list[FoldRun]:
-    """The ``data.folds`` folds of ``cfg``: fold k has ``data.fold = k`` and the name ``<name>-fold<k>``,
-    trains in ``out/fold{k}``, and resumes when ``resume`` is asked and the fold has a checkpoint (a
-    fold the interrupted run never reached starts afresh)."""
+def member_name(fold: int, member: int = 0) -> str:
+    """The folder (and name suffix) of member ``member`` of fold ``fold``: ``fold{k}``, ``fold{k}-member{r}``."""
+    return f"fold{fold}" if member == 0 else f"fold{fold}-member{member}"
+
+
+def fold_runs(cfg: RunConfig, out: Path, resume: bool, members: int = 1) -> list[FoldRun]:
+    """The ``data.folds`` folds of ``cfg``, ``members`` seeded members each, pass by pass (every fold's member 0,
+    then every fold's member 1, ...). Member r of fold k has ``data.fold = k``, ``train.seed = seed + r`` and the
+    name ``<name>-fold<k>`` (``<name>-fold<k>-member<r>`` for r >= 1), trains in ``out/`` :func:`member_name`, and
+    resumes when ``resume`` is asked and its folder has a checkpoint (one the interrupted run never reached starts
+    afresh)."""
     runs = []
-    for fold in range(cfg.data.folds):
-        fold_cfg = cfg.model_copy(deep=True)
-        fold_cfg.data.fold = fold
-        fold_cfg.name = f"{cfg.name}-fold{fold}"
-        folder = Path(out) / f"fold{fold}"
-        runs.append(FoldRun(fold_cfg, folder, resume and (folder / CHECKPOINT).exists()))
+    for member in range(members):
+        for fold in range(cfg.data.folds):
+            fold_cfg = cfg.model_copy(deep=True)
+            fold_cfg.data.fold = fold
+            fold_cfg.train.seed = cfg.train.seed + member
+            fold_cfg.name = f"{cfg.name}-{member_name(fold, member)}"
+            folder = Path(out) / member_name(fold, member)
+            runs.append(FoldRun(fold_cfg, folder, resume and (folder / CHECKPOINT).exists(), fold, member))
     return runs
 
 
-def cross_validate(cfg: RunConfig, out: Path, *, resume: bool,
-                   train_fold: Callable[[FoldRun], dict]) -> tuple[list[dict], list[Path]]:
-    """Train every fold in turn with the task's ``train_fold`` (which returns the fold's metrics).
+def cross_validate(cfg: RunConfig, out: Path, *, resume: bool, train_fold: Callable[[FoldRun], dict],
+                   members: int = 1) -> tuple[list[dict], list[Path]]:
+    """Train every fold's ``members`` in turn (:func:`fold_runs`' order) with the task's ``train_fold`` (which
+    returns the member's metrics).
 
     Returns:
-        ``(the folds' metrics, the folds' run folders)``, in fold order.
+        ``(the members' metrics, their run folders)``, in :func:`fold_runs`' order.
     """
-    runs = fold_runs(cfg, out, resume)
+    runs = fold_runs(cfg, out, resume, members)
     return [train_fold(run) for run in runs], [run.folder for run in runs]
 
 
@@ -168,10 +185,14 @@ def member_weights(members: list[Bundle]) -> dict[str, Any]:
     return {f"members.{k}.{key}": value for k, member in enumerate(members) for key, value in member.state_dict.items()}
 
 
-def fold_records(members: list[Bundle], val_cases: Sequence[Sequence[str]], score: str) -> list[dict[str, Any]]:
-    """What the ensemble's provenance keeps of each fold: its validation cases, its validation ``score``
-    (a metric key of the member bundle) and when it stopped."""
-    return [{"fold": k, "val": list(cases), score: member.metrics.get(score),
+def fold_records(members: list[Bundle], val_cases: Sequence[Sequence[str]], score: str,
+                 runs: Sequence[FoldRun] | None = None) -> list[dict[str, Any]]:
+    """What the ensemble's provenance keeps of each member: its fold, its validation cases, its validation
+    ``score`` (a metric key of the member bundle) and when it stopped; with the members' ``runs`` (several
+    members per fold), also its ``member`` number within the fold and its ``seed``."""
+    return [{"fold": k if runs is None else runs[k].fold,
+             **({} if runs is None else {"member": runs[k].member, "seed": runs[k].config.train.seed}),
+             "val": list(cases), score: member.metrics.get(score),
              **{key: member.provenance.get(key) for key in ("best_epoch", "epochs_run", "train_seconds")}}
             for k, (member, cases) in enumerate(zip(members, val_cases, strict=True))]
 

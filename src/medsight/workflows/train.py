@@ -1,8 +1,9 @@
 """``medsight train``: a classifier or a segmenter, one run or a k-fold cross-validation.
 
 The task's own training is :func:`medsight.classification.train.train_classifier` and
-:mod:`medsight.workflows.segmentation`; this module dispatches, and runs a classifier's folds through
-the task-neutral :func:`medsight.training.folds.cross_validate`, then builds their fold ensemble
+:mod:`medsight.workflows.segmentation`; this module dispatches, and runs a classifier's folds (each with
+``train.members_per_fold`` seeded members) through the task-neutral
+:func:`medsight.training.folds.cross_validate`, then builds their fold ensemble
 (:func:`medsight.classification.ensemble.ensemble_classifier_folds`): ``RUN/model`` and the out-of-fold
 estimate in ``RUN/metrics.json``.
 """
@@ -33,6 +34,7 @@ def run_training(cfg: RunConfig, *, out: Path, resume: bool = False, progress: b
 
     if not cfg.data.path:
         raise ConfigError("data.path", "no data set given", "pass --data PATH or set data.path in the config")
+    _check_members(cfg)
     if cfg.task == "segmentation":
         from medsight.workflows.segmentation import train_segmentation
 
@@ -51,20 +53,45 @@ def run_training(cfg: RunConfig, *, out: Path, resume: bool = False, progress: b
     from medsight.classification.evaluate import aggregate_folds
     from medsight.training.folds import cross_validate
 
-    fold_metrics, folders = cross_validate(cfg, out, resume=resume, train_fold=lambda run: train_classifier(
-        run.config, ds, out=run.folder, resume=run.resume, progress=progress, cv_fold=True))
+    def train_member(run) -> dict:  # one member of one fold
+        return train_classifier(run.config, ds, out=run.folder, resume=run.resume, progress=progress, cv_fold=True)
+
+    fold_metrics, folders = cross_validate(cfg, out, resume=resume, train_fold=train_member,
+                                           members=cfg.train.members_per_fold)
     if not is_main():
         return ""
-    aggregate_folds(fold_metrics, out, title=f"{cfg.name}: {cfg.data.folds}-fold cross-validation, each fold on "
-                    "its validation cases")
+    members = "" if cfg.train.members_per_fold == 1 else (
+        f" (member 0 of each fold, seed {cfg.train.seed}; the other members' in fold*-member*/metrics.json)")
+    aggregate_folds(fold_metrics[:cfg.data.folds], out, title=f"{cfg.name}: {cfg.data.folds}-fold cross-validation, "
+                    f"each fold on its validation cases{members}")
     result = ensemble_classifier_folds(cfg, ds, out, folders, progress=progress, fingerprint=fingerprint)
     return _cv_summary(out, result)
+
+
+def _check_members(cfg: RunConfig) -> None:
+    """Several members per fold (``train.members_per_fold``) need a classifier's cross-validation.
+
+    Raises:
+        ConfigError: members per fold for another task, or without folds to put them in.
+    """
+    if cfg.train.members_per_fold == 1:
+        return
+    where = f"train.members_per_fold={cfg.train.members_per_fold}"
+    if cfg.task != "classification":
+        raise ConfigError(where, f"seeded members per fold are for classification; a {cfg.task} cross-validation "
+                          "trains one model per fold", "leave train.members_per_fold at 1")
+    if cfg.data.folds == 1:
+        raise ConfigError(where, "needs a cross-validation to put the members in (data.folds is 1)",
+                          "set data.folds to 2 or more (--folds K), or train.members_per_fold to 1")
 
 
 def _cv_summary(out: Path, result) -> str:
     """The out-of-fold estimate first, then the ensemble on the test split (where there is one) and the files."""
     oof, test = result.oof, result.test
-    lines = [f"{oof['split']} ({oof['extra']['folds']} folds, n={oof['n']}): {_scores(oof)}"]
+    extra = oof["extra"]
+    members = extra["members per fold"]
+    lines = [f"{oof['split']} ({extra['folds']} folds x {members} member{'s' if members > 1 else ''}, n={oof['n']}): "
+             f"{_scores(oof)}"]
     if test is not None:
         lines.append(f"test (the fold ensemble, n={test['n']}): {_scores(test)}")
     choice = oof["calibration"].get("temperature_choice")
