@@ -3,12 +3,14 @@ and the user's keys winning over the plan (issue 33, part 1)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pytest
 
 from medsight.classification.plan import (
+    MAX_MEMBERS,
     OVERHEAD,
     USABLE,
     make_classification_plan,
@@ -92,6 +94,46 @@ def test_the_epochs_fill_the_budget_over_every_fold() -> None:
     assert keys["train.epochs"] == 44 and keys["data.folds"] == 5
     assert keys["train.time_limit_min"] == 1.5 and keys["train.anneal_to_time_limit"] is False  # 5 min / 5 x 1.5
     assert plan.seconds_per_image == seconds
+    # 44 epochs, fewer than the plan's most: not even a second pass fits, so one member per fold
+    assert plan.members_per_fold == 1 and keys["train.members_per_fold"] == 1
+    assert plan.notes["members_per_fold"].startswith("1: 1 whole pass(es) of the 5 folds")
+
+
+def _seconds_for_pass(pass_min: float, n_train: int = 800, n_val: int = 200, folds: int = 5) -> float:
+    """The seconds per image at which one pass of ``folds`` folds of 60 epochs takes ``pass_min`` minutes."""
+    return pass_min * 60 * USABLE / (folds * 60 * OVERHEAD * (n_train + n_val / 3))
+
+
+@pytest.mark.parametrize(("budget", "pass_min", "members"), [(10, 4.0, 2), (10, 3.0, 3), (10, 1.0, MAX_MEMBERS),
+                                                             (1e6, 1.0, MAX_MEMBERS)])
+def test_members_per_fold_are_the_whole_passes_the_budget_holds(budget: float, pass_min: float,
+                                                                members: int) -> None:
+    plan = make_classification_plan(_fp(), time_budget_min=budget, seconds_per_image=_constant(_seconds_for_pass(
+        pass_min)), n_pool=1000)
+    assert plan.folds == 5 and plan.epochs == 60 and plan.gave_up == []
+    assert plan.members_per_fold == members and plan.overrides()["train.members_per_fold"] == members
+    passes = int(budget // pass_min)
+    assert plan.notes["members_per_fold"].startswith(
+        f"{members}: {passes} whole pass(es) of the 5 folds ({pass_min:.3g} min each) fit {budget:g} min, at most 4")
+    assert "averages its fold's members' probabilities" in plan.notes["members_per_fold"]
+    assert "0.909 for the four averaged" in plan.notes["members_per_fold"]  # the measured reason
+    assert plan.time_limit_min == round(budget / (5 * members) * 1.5, 3)  # each member's share, x 1.5
+    assert plan.notes["time_limit_min"].startswith(f"{plan.time_limit_min:g} per member: its share of the budget "
+                                                   f"({budget:g} min / (5 fold(s) x {members} member(s))) x 1.5")
+    assert plan.estimated_min == pytest.approx(members * pass_min, abs=1e-3)
+
+
+def test_a_short_budget_drops_members_before_anything_else() -> None:
+    """A pass that fits 1.5 times keeps one member and the plan's network, size and epochs."""
+    plan = make_classification_plan(_fp(), time_budget_min=6, seconds_per_image=_constant(_seconds_for_pass(4.0)),
+                                    n_pool=1000)
+    assert plan.members_per_fold == 1 and plan.epochs == 60 and plan.gave_up == []
+    assert plan.model_kwargs["width"] == 32 and plan.size == [28, 28] and plan.folds == 5
+    assert plan.time_limit_min == round(6 / 5 * 1.5, 3)
+    one_split = make_classification_plan(_fp(n=30_000, classes=(15_000, 15_000)), time_budget_min=1e6,
+                                         seconds_per_image=_constant(1e-9))
+    assert one_split.folds == 1 and one_split.members_per_fold == 1
+    assert one_split.notes["members_per_fold"].startswith("1: one train/validation split")
 
 
 def test_a_budget_too_small_says_what_it_gave_up() -> None:
@@ -177,3 +219,27 @@ def test_the_users_keys_win_over_the_plan() -> None:
     plain = apply_plan(load_config(overrides={"data.path": "x"}), plan)
     assert plain.train.epochs == plan.epochs and plain.model.kwargs == plan.model_kwargs
     assert plain.train.time_limit_min == plan.time_limit_min and plain.train.anneal_to_time_limit is False
+
+
+def test_the_users_members_per_fold_win_and_follow_the_users_folds_and_epochs() -> None:
+    plan = make_classification_plan(_fp(), time_budget_min=10, seconds_per_image=_constant(_seconds_for_pass(3.0)),
+                                    n_pool=1000)
+    assert plan.members_per_fold == 3
+    assert apply_plan(load_config(overrides={"data.path": "x"}), plan).train.members_per_fold == 3
+    mine = apply_plan(load_config(overrides={"data.path": "x", "train.members_per_fold": 2}), plan)
+    assert mine.train.members_per_fold == 2 and mine.data.folds == 5
+    assert apply_plan(load_config(overrides={"data.path": "x", "train.members_per_fold": 1}), plan).train \
+        .members_per_fold == 1
+    # the plan's members are whole passes of its own folds and epochs: other folds or epochs keep one member
+    assert apply_plan(load_config(overrides={"data.path": "x", "data.folds": 3}), plan).train.members_per_fold == 1
+    assert apply_plan(load_config(overrides={"data.path": "x", "train.epochs": 5}), plan).train.members_per_fold == 1
+    same = apply_plan(load_config(overrides={"data.path": "x", "data.folds": 5}), plan)
+    assert same.train.members_per_fold == 3
+
+
+def test_a_plan_written_before_members_per_fold_reads_back_with_one(tmp_path: Path) -> None:
+    plan = make_classification_plan(_fp(), time_budget_min=3, seconds_per_image=_constant(2e-3))
+    old = plan.model_dump(mode="json")
+    old.pop("members_per_fold")
+    (tmp_path / "plan.json").write_text(json.dumps(old))
+    assert read_classification_plan(tmp_path / "plan.json").members_per_fold == 1

@@ -169,7 +169,8 @@ def plan_for_training(
         return apply_plan(cfg, plan), f"planned run: {path} read back ({plan.epochs} epochs, not measured again)"
     planned, plan = plan_classification(cfg, out, time_budget_min=time_budget_min, progress=progress)
     return planned, (f"no recipe or config: the run is planned from the data within {time_budget_min:g} min "
-                     f"({plan.folds} fold(s) x {plan.epochs} epochs); every decision and why: {path} "
+                     f"({plan.folds} fold(s) x {plan.members_per_fold} member(s) x {plan.epochs} epochs); every "
+                     f"decision and why: {path} "
                      "(--recipe none for the plain defaults)")
 
 
@@ -177,9 +178,11 @@ def apply_plan(cfg: RunConfig, plan: ClassificationPlan) -> RunConfig:
     """``cfg`` with the plan's keys (:meth:`ClassificationPlan.overrides`) where the user set nothing.
 
     A key counts as the user's when it was given (a flag, ``--set`` or a config file; pydantic's
-    ``model_fields_set``). Two plan keys follow keys they depend on: the network's ``model.kwargs`` are
-    dropped when the user chose another ``model.name``, and the budget's ``train.time_limit_min`` when the
-    user chose ``train.epochs``.
+    ``model_fields_set``). Three plan keys follow keys they depend on: the network's ``model.kwargs`` are
+    dropped when the user chose another ``model.name``, the budget's ``train.time_limit_min`` when the
+    user chose ``train.epochs``, and its ``train.members_per_fold`` (whole passes of the plan's folds and
+    epochs) when the user chose ``train.epochs`` or another ``data.folds``: the run then trains one member per
+    fold unless the user sets ``train.members_per_fold`` too.
     """
     from medsight.config import load_config
 
@@ -189,6 +192,8 @@ def apply_plan(cfg: RunConfig, plan: ClassificationPlan) -> RunConfig:
         planned.pop("model.kwargs")
     if "train.epochs" in user:
         planned.pop("train.time_limit_min")
+    if "train.epochs" in user or user.get("data.folds", plan.folds) != plan.folds:
+        planned.pop("train.members_per_fold")
     return load_config(overrides={**planned, **user})
 
 

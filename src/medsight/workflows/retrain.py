@@ -135,8 +135,8 @@ def _is_ensemble(bundle) -> bool:
 
 
 def _members(prod) -> list:
-    """A fold ensemble's members as bundles of their own (member k's weights, network and fold k's split
-    settings, when the ensemble records a k-fold split of as many folds); any other bundle: itself."""
+    """A fold ensemble's members as bundles of their own (member k's weights, network and its fold's split
+    settings, :func:`_member_folds`); any other bundle: itself."""
     from dataclasses import replace
 
     from medsight.config import ModelConfig
@@ -146,14 +146,28 @@ def _members(prod) -> list:
     kwargs = prod.model.kwargs
     model = ModelConfig(name=kwargs["member"], kwargs=kwargs.get("member_kwargs") or {}, head=prod.model.head)
     count, config = int(kwargs["members"]), prod.data.config
+    folds = _member_folds(prod, count)
     members = []
     for k in range(count):
         prefix = f"members.{k}."
         state = {key[len(prefix):]: value for key, value in prod.state_dict.items() if key.startswith(prefix)}
-        folds = config is not None and config.folds == count
-        data = prod.data.model_copy(update={"config": config.model_copy(update={"fold": k})}) if folds else prod.data
+        data = (prod.data.model_copy(update={"config": config.model_copy(update={"fold": folds[k]})}) if folds
+                else prod.data)
         members.append(replace(prod, model=model, state_dict=state, data=data, temperature=None))
     return members
+
+
+def _member_folds(prod, count: int) -> list[int] | None:
+    """The fold each of the ``count`` members validated on: the ensemble's provenance records of a k-fold split
+    (k folds x n members), else member k is fold k where the split has ``count`` folds; None: no such split."""
+    config = prod.data.config
+    if config is None:
+        return None
+    records = prod.provenance.get("folds") or []
+    if config.folds > 1 and len(records) == count and all(isinstance(r, dict) and isinstance(r.get("fold"), int)
+                                                          for r in records):
+        return [r["fold"] for r in records]
+    return list(range(count)) if config.folds == count else None
 
 
 def _own_fold(prod, members: int) -> int:
