@@ -13,8 +13,9 @@ RGBA                           ``(3, H, W)``, composited on black
 P (palette)                    ``(3, H, W)``, or ``(1, H, W)`` luminance if the colours are grey
 =============================  ===========================================================
 
-EXIF orientation is applied; a multi-page TIFF/GIF gives its first page (``meta["n_frames"]``
-says how many there are).
+EXIF orientation is applied (``meta["exif_orientation"]`` keeps the tag, 1 when there is none, and
+:func:`picture_size` gives the oriented size from the header alone); a multi-page TIFF/GIF gives its
+first page (``meta["n_frames"]`` says how many there are).
 
 Size: :func:`read_image_file` reads the size from the header (Pillow opens lazily) and
 checks width x height x bands against medsight's voxel limit (:mod:`medsight.io.limits`)
@@ -74,6 +75,7 @@ def read_image_file(path: str | Path, *, max_voxels: int | None = None) -> Sampl
             mode, fmt, size = opened.mode, opened.format, opened.size
             check_voxels(path, (size[1], size[0], len(opened.getbands())), max_voxels)
             n_frames = int(getattr(opened, "n_frames", 1))
+            orientation = exif_orientation(opened)
             image = ImageOps.exif_transpose(opened)
             image.load()
     except _PILLOW_BOMB as err:
@@ -92,8 +94,46 @@ def read_image_file(path: str | Path, *, max_voxels: int | None = None) -> Sampl
         "mode": mode,
         "size": [int(size[0]), int(size[1])],
         "n_frames": n_frames,
+        "exif_orientation": orientation,
     }
     return Sample(_pixels(image), spacing=(1.0, 1.0), meta=meta)
+
+
+def picture_size(path: str | Path) -> tuple[int, int, int]:
+    """``(rows, columns, EXIF orientation)`` of a picture as :func:`read_image_file` returns it, from the header.
+
+    Pillow opens lazily, so no pixel is decoded. EXIF orientations 5 to 8 turn the image a quarter, so
+    rows and columns are those of the stored image swapped (what ``ImageOps.exif_transpose`` does).
+
+    Raises:
+        UnreadableFileError: missing, empty, or a header Pillow cannot read.
+
+    Example:
+        >>> picture_size("IMG0002628.jpg")   # stored 373 wide, 454 high, EXIF orientation 8
+        (373, 454, 8)
+    """
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise UnreadableFileError(path, "no such file" if not path.is_file() else "the file is empty (0 bytes)",
+                                  "check the path" if not path.is_file() else _RESAVE)
+    try:
+        with Image.open(path) as opened:  # reads the header only
+            width, height = opened.size
+            orientation = exif_orientation(opened)
+    except (SyntaxError, *DECODE_ERRORS) as err:
+        raise UnreadableFileError(path, f"the image header cannot be read ({err})", _RESAVE) from err
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return int(height), int(width), orientation
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF Orientation tag (1 to 8) of an opened image; 1 when it has none or an invalid one."""
+    try:
+        value = int(image.getexif().get(0x0112, 1))
+    except (TypeError, ValueError, SyntaxError, OSError):
+        return 1
+    return value if 1 <= value <= 8 else 1
 
 
 def _pixels(image: Image.Image) -> np.ndarray:
