@@ -39,6 +39,10 @@ def run_training(cfg: RunConfig, *, out: Path, resume: bool = False, progress: b
         from medsight.workflows.segmentation import train_segmentation
 
         return train_segmentation(cfg, out=Path(out), resume=resume, progress=progress)
+    if cfg.task == "detection":
+        from medsight.workflows.detection import train_detection
+
+        return train_detection(cfg, out=Path(out), resume=resume, progress=progress)
     set_threads(cfg.train.num_threads)
     out = Path(out)
     ds = open_dataset(cfg.data.path, series_uid=cfg.data.series_uid, class_names=cfg.data.class_names,
