@@ -49,7 +49,8 @@ SPLIT_KEYS = ("val_fraction", "test_fraction", "folds")
 CHOICES = {"input size": ("preprocess.size", "input_size", "size"),
            "normalisation": ("preprocess.normalize", "normalize", "normalisation", "normalization"),
            "channels": ("preprocess.channels", "channels"), "network": ("model.name", "model_name", "network"),
-           "folds": ("data.folds", "folds"), "epochs": ("train.epochs", "epochs"), "TTA": ("eval.tta", "tta")}
+           "folds": ("data.folds", "folds"), "members per fold": ("train.members_per_fold", "members_per_fold"),
+           "epochs": ("train.epochs", "epochs"), "TTA": ("eval.tta", "tta")}
 
 
 def medsight_command() -> list[str]:
@@ -132,7 +133,7 @@ def held_out(run: Path) -> dict | None:
 def pooled_fold_predictions(run: Path) -> tuple[np.ndarray, np.ndarray]:
     """Labels and probabilities of every fold's held-out cases (its per_case.csv), in one pool."""
     y, probs, seen = [], [], set()
-    for fold in sorted(run.glob("fold*/")):
+    for fold in fold_folders(run):
         names = json.loads((fold / "metrics.json").read_text())["label_names"]
         with (fold / "per_case.csv").open(newline="") as handle:
             for row in csv.DictReader(handle):
@@ -146,9 +147,16 @@ def pooled_fold_predictions(run: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.array(y), np.array(probs)
 
 
+def fold_folders(run: Path) -> list[Path]:
+    """The folds' member-0 folders (``fold{k}``; a fold's other seeded members, ``fold{k}-member{r}``, validated
+    the same cases), in fold order."""
+    return sorted((p for p in run.glob("fold*") if p.is_dir() and p.name[4:].isdigit()), key=lambda p: int(p.name[4:]))
+
+
 def scored_cases(run: Path) -> set[str] | None:
     """The case ids of medsight's out-of-fold estimate (RUN/per_case.csv, else the folds'); None without any."""
-    tables = [run / "per_case.csv"] if (run / "per_case.csv").exists() else sorted(run.glob("fold*/per_case.csv"))
+    tables = ([run / "per_case.csv"] if (run / "per_case.csv").exists() else
+              [fold / "per_case.csv" for fold in fold_folders(run) if (fold / "per_case.csv").exists()])
     if not tables:
         return None
     ids: set[str] = set()

@@ -68,6 +68,15 @@ def test_the_run_model_is_a_fold_ensemble_of_the_fold_models(cv) -> None:
     assert f"out-of-fold ({FOLDS} folds x 1 member, n=" in text and "95% CI" in text and str(out / "model") in text
 
 
+def test_one_member_per_fold_keeps_the_plain_layout(cv) -> None:
+    """train.members_per_fold 1 (the default): fold{k} folders only, and fold records as they always were."""
+    out, _ = cv
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["fold0", "fold1", "model", "test"]
+    records = load_bundle(out / "model", weights=False).provenance["folds"]
+    assert [set(r) for r in records] == [{"fold", "val", "val_auc", "best_epoch", "epochs_run", "train_seconds"}] * 2
+    assert [r["fold"] for r in records] == [0, 1]
+
+
 def test_temperature_and_threshold_come_from_the_out_of_fold_logits(cv) -> None:
     out, _ = cv
     bundle, oof = load_bundle(out / "model"), _oof(out)

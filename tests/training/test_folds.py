@@ -43,6 +43,29 @@ def test_fold_runs_give_each_fold_its_config_folder_and_resume(tmp_path: Path) -
     assert not any(r.resume for r in fold_runs(cfg, tmp_path, resume=False))
 
 
+def test_members_per_fold_train_pass_by_pass_with_offset_seeds_in_their_own_folders(tmp_path: Path) -> None:
+    cfg = load_config(overrides={"name": "cv", "data.folds": 2, "train.seed": 5})
+    (tmp_path / "fold1-member1" / CHECKPOINT).parent.mkdir(parents=True)
+    (tmp_path / "fold1-member1" / CHECKPOINT).write_bytes(b"")
+    runs = fold_runs(cfg, tmp_path, resume=True, members=3)
+    assert [(r.config.name, r.config.data.fold, r.config.train.seed, r.folder.name, r.resume, r.fold, r.member)
+            for r in runs] == [
+        ("cv-fold0", 0, 5, "fold0", False, 0, 0), ("cv-fold1", 1, 5, "fold1", False, 1, 0),
+        ("cv-fold0-member1", 0, 6, "fold0-member1", False, 0, 1),
+        ("cv-fold1-member1", 1, 6, "fold1-member1", True, 1, 1),
+        ("cv-fold0-member2", 0, 7, "fold0-member2", False, 0, 2),
+        ("cv-fold1-member2", 1, 7, "fold1-member2", False, 1, 2)]
+    assert cfg.train.seed == 5  # the run's own config is left alone
+    one = fold_runs(cfg, tmp_path, resume=False)  # one member per fold: the plain layout
+    assert [(r.folder.name, r.config.train.seed, r.member) for r in one] == [("fold0", 5, 0), ("fold1", 5, 0)]
+    members = [_member(float(k), 0.5 + k / 10) for k in range(6)]
+    records = fold_records(members, [VAL[r.fold] for r in runs], "val_score", runs)
+    assert [(r["fold"], r["member"], r["seed"], r["val"]) for r in records[1:3]] == [(1, 0, 5, VAL[1]),
+                                                                                     (0, 1, 6, VAL[0])]
+    _, folders = cross_validate(cfg, tmp_path, resume=False, train_fold=lambda run: {}, members=2)
+    assert [f.name for f in folders] == ["fold0", "fold1", "fold0-member1", "fold1-member1"]
+
+
 def test_cross_validate_trains_every_fold_with_the_tasks_function(tmp_path: Path) -> None:
     cfg = load_config(overrides={"data.folds": 2})
     trained = []

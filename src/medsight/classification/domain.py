@@ -5,8 +5,9 @@ read now for a run that was not planned). :func:`single_run_domain` and :func:`e
 bundle's :class:`~medsight.bundle_fields.DomainRecord` with
 :func:`medsight.inference.domain.domain_record`: the fingerprint's modalities, channels, sizes and
 intensities, and a feature reference calibrated on cases the network never trained on: the validation split
-of a single run; for a fold ensemble, member 0 alone, with its fold's training images as the reference and its
-fold's validation cases (out of fold for that member) as calibration.
+of a single run; for a fold ensemble, member 0 alone (fold 0's first member, seed ``train.seed``, also when each
+fold has several seeded members), with its fold's training images as the reference and its fold's validation
+cases (out of fold for that member) as calibration.
 
 Example:
     >>> fingerprint = training_fingerprint(cfg, ds, Path("runs/chest"), progress=False)
@@ -54,7 +55,8 @@ def single_run_domain(bundle: Bundle, cfg: RunConfig, tensors: dict, fingerprint
 
 def ensemble_domain(bundle: Bundle, fold0: RunConfig, ds, fingerprint: dict | None, *,
                     progress: bool) -> DomainRecord:
-    """The fold ensemble's record, from member 0 (fold 0's model): its training images (a seeded subsample of at
+    """The fold ensemble's record, from member 0 (fold 0's model; with several members per fold, fold 0's first,
+    trained with ``fold0.train.seed``): its training images (a seeded subsample of at
     most :data:`MAX_DOMAIN_IMAGES`) as the reference and its validation cases as calibration, read again with the
     bundle's preprocessing."""
     from medsight.classification.prepare import load_tensors
