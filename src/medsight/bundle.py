@@ -10,13 +10,15 @@ A bundle is a folder::
                             and provenance;
                             segmentation bundles add ``segmentation``: the plan's intensity
                             normalisation and the sliding-window / postprocessing settings;
+                            detection bundles add ``detection``: the anchors, the box
+                            post-processing and the shipped score threshold;
                             classification bundles may add ``domain``: what the model was trained on
       domain.safetensors    the domain record's training feature vectors (only with ``domain``)
 
 Evaluate, predict, explain, export and serve take a bundle and nothing else, so the
 preprocessing used in training is replayed exactly.
 
-What code reads back is typed (:mod:`medsight.bundle_fields`): ``segmentation``, and the data
+What code reads back is typed (:mod:`medsight.bundle_fields`): ``segmentation``, ``detection``, and the data
 settings, split and threshold choice that the manifest keeps under their old ``provenance`` keys.
 ``provenance`` itself is a record (versions, time stamp, training figures) that is shown, never
 read for behaviour. :func:`build_bundle` is the one place a Bundle is assembled, for a training
@@ -44,6 +46,7 @@ from medsight import __version__
 from medsight.atomic_write import atomic_write_bytes, write_error
 from medsight.bundle_fields import (
     DataSettings,
+    DetectionSettings,
     DomainRecord,
     SegmentationSettings,
     SplitRecord,
@@ -66,7 +69,8 @@ DOMAIN_FEATURES = "domain.safetensors"
 class Bundle:
     """A trained model with its preprocessing, its typed settings and its provenance record.
 
-    ``segmentation`` also takes the manifest's dict (validated into :class:`SegmentationSettings`).
+    ``segmentation`` and ``detection`` also take the manifest's dict (validated into :class:`SegmentationSettings`,
+    :class:`DetectionSettings`).
     ``data``, ``split`` and ``threshold_choice`` are written under their provenance keys, over
     whatever the record holds there.
     """
@@ -85,10 +89,13 @@ class Bundle:
     split: SplitRecord = field(default_factory=SplitRecord)
     threshold_choice: ThresholdChoice = field(default_factory=ThresholdChoice)
     domain: DomainRecord | None = None
+    detection: DetectionSettings | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.segmentation, dict):
             self.segmentation = SegmentationSettings.model_validate(self.segmentation)
+        if isinstance(self.detection, dict):
+            self.detection = DetectionSettings.model_validate(self.detection)
 
     @property
     def num_outputs(self) -> int:
@@ -175,6 +182,7 @@ class Bundle:
             "provenance": {**self.provenance, **record_keys(self.data, self.split, self.threshold_choice)},
             **({"segmentation": self.segmentation.model_dump(mode="json")} if self.segmentation is not None else {}),
             **({"domain": self.domain.model_dump(mode="json")} if self.domain is not None else {}),
+            **({"detection": self.detection.model_dump(mode="json")} if self.detection is not None else {}),
         }
 
 
@@ -237,6 +245,7 @@ def build_bundle(
     split: SplitRecord | None = None,
     threshold_choice: ThresholdChoice | None = None,
     domain: DomainRecord | None = None,
+    detection: DetectionSettings | None = None,
     source: str | Path | None = None,
 ) -> Bundle:
     """The one way a Bundle is assembled: by a training run (``provenance`` from :func:`provenance`) and
@@ -256,7 +265,7 @@ def build_bundle(
         data=recorded["data"] if data is None else data,
         split=recorded["split"] if split is None else split,
         threshold_choice=recorded["threshold_choice"] if threshold_choice is None else threshold_choice,
-        domain=domain,
+        domain=domain, detection=detection,
     )
 
 
@@ -274,6 +283,7 @@ class _Manifest(BaseModel):
     provenance: dict[str, Any] = Field(default_factory=dict)
     segmentation: SegmentationSettings | None = None
     domain: DomainRecord | None = None
+    detection: DetectionSettings | None = None
 
     @field_validator("metrics", "provenance", mode="before")
     @classmethod

@@ -2,6 +2,8 @@
 
 - :class:`SegmentationSettings`: the manifest's ``segmentation`` (the plan's normalisation, the
   sliding-window, TTA and postprocessing settings, the per-class thresholds);
+- :class:`DetectionSettings`: the manifest's ``detection`` (anchors, box post-processing, the shipped score
+  threshold and how it was chosen);
 - :class:`DataSettings`: where the training data was and the data settings its split is rebuilt from;
 - :class:`SplitRecord`: the case ids of each split a segmentation run made;
 - :class:`ThresholdChoice`: how the operating threshold was chosen, with which evaluation settings,
@@ -72,6 +74,36 @@ class SegmentationSettings(BaseModel):
     def __getitem__(self, key: str) -> Any:
         """A setting by its manifest key (``settings["thresholds"]``), as it was read while the settings were a dict."""
         return getattr(self, key)
+
+
+class DetectionSettings(BaseModel):
+    """How a detection bundle turns an image into boxes (the manifest's ``detection``).
+
+    ``anchor_sizes`` has one ``[extent_axis0, ..]`` per feature level in input pixels and ``aspect_ratios`` the
+    2D anchors' height/width ratios (as :func:`~medsight.models.detectors.anchor_shapes` makes them); boxes
+    scored below ``score_floor`` are dropped before non-maximum suppression at ``nms_iou``, and at most
+    ``max_detections`` are kept per image. ``score_threshold`` is the shipped operating point: boxes scored at
+    or above it are the findings; ``threshold_note`` says how it was chosen.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    anchor_sizes: list[list[float]]
+    aspect_ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0])
+    score_floor: float = Field(0.05, ge=0, lt=1)
+    nms_iou: float = Field(0.5, gt=0, le=1)
+    max_detections: int = Field(100, ge=1)
+    backbone: str = "resnet18"
+    score_threshold: float = Field(0.5, ge=0, le=1)
+    threshold_note: str = "0.5, the default: not chosen on validation"
+
+    @field_validator("anchor_sizes")
+    @classmethod
+    def _levels(cls, value: list[list[float]]) -> list[list[float]]:
+        if not value or len({len(size) for size in value}) != 1 or len(value[0]) not in (2, 3):
+            raise ValueError("anchor_sizes must list one [extent, extent(, extent)] per feature level, all 2D or "
+                             "all 3D")
+        return value
 
 
 class _Recorded(BaseModel):
@@ -232,5 +264,5 @@ class DomainRecord(BaseModel):
     reference: Any = Field(None, exclude=True)
 
 
-__all__ = ["DataSettings", "DomainRecord", "FeatureReference", "IntensityRange", "SegmentationSettings",
-           "SplitRecord", "ThresholdChoice", "field_error", "record_keys", "recorded_fields"]
+__all__ = ["DataSettings", "DetectionSettings", "DomainRecord", "FeatureReference", "IntensityRange",
+           "SegmentationSettings", "SplitRecord", "ThresholdChoice", "field_error", "record_keys", "recorded_fields"]
