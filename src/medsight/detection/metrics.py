@@ -31,6 +31,7 @@ from medsight.detection.curves import (
 from medsight.detection.matching import check_pair, match_boxes, match_image
 from medsight.errors import ConfigError, DatasetError
 from medsight.progress import track
+from medsight.report.detection import OverlayCase
 
 #: Every IoU threshold the metrics match at: COCO's ten, then nnDetection's 0.1 (AP10 and the FROC).
 IOUS = (*COCO_IOUS.tolist(), 0.1)
@@ -166,6 +167,18 @@ def score_at_fp_rate(truth: Sequence[Boxes], predicted: Sequence[Boxes], fp_per_
     return float(pool.scores[ends[fits[-1]]]) if fits.size else float(np.nextafter(pool.scores[0], np.inf))
 
 
+def overlay_case(case_id: str, image: np.ndarray, truth: Boxes, predicted: Boxes, *, iou: float,
+                 score_threshold: float) -> OverlayCase:
+    """One image for the report's overlays (:func:`medsight.report.detection.detection_report`): its hits,
+    false positives and misses at ``score_threshold`` and ``iou``, ranked by the image's F1 there.
+
+    ``image`` is the Sample's array (``(C, H, W)`` or ``(C, D, H, W)``); the boxes are in its index space.
+    """
+    m = match_boxes(truth, predicted, iou, score_threshold)
+    return OverlayCase(case_id, image, predicted.corners[m.tp], predicted.scores[m.tp], predicted.corners[m.fp],
+                       predicted.scores[m.fp], truth.corners[m.missed], m.f1)
+
+
 def _scope(pool: Pool, mine: np.ndarray, truth_counts: np.ndarray, best: np.ndarray, weights: np.ndarray) -> dict:
     """One class's metrics: ``rows`` holds each metric for the estimate (row 0) and every resample."""
     n_truth = weights @ truth_counts
@@ -219,5 +232,5 @@ def _interval(values: np.ndarray, ci: float) -> list[float]:
     return [float(v) for v in np.percentile(defined, [tail, 100 - tail])]
 
 
-__all__ = ["DETECTION_KEYS", "IOUS", "Pool", "detection_metrics", "match_boxes", "pool_matches",
+__all__ = ["DETECTION_KEYS", "IOUS", "Pool", "detection_metrics", "match_boxes", "overlay_case", "pool_matches",
            "score_at_fp_rate"]
