@@ -22,6 +22,12 @@ def evaluate(
     from medsight.workflows.evaluate import run_evaluation
 
     metrics = run_evaluation(bundle=bundle, data=data, split=split, out=out, progress=progress)
+    if metrics.get("task") == "detection":
+        from medsight.workflows.detection import det_summary
+
+        typer.echo(f"{det_summary(metrics['split'], metrics)}\n{metrics['scored']}\n"
+                   f"wrote {out / 'metrics.json'}, {out / 'per_image.csv'} and {out / 'report.html'}")
+        return
     if metrics.get("task") == "segmentation":
         from medsight.segmentation.evaluate import seg_summary
 

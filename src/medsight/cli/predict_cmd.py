@@ -16,7 +16,8 @@ def predict(
                                         "segmenter reads each folder of DICOM slices as one volume."),
     out: Path = typer.Option(
         None, help="Classifiers: a .csv or .json file (default predictions.csv). Segmenters: a folder for the "
-        "masks and predictions.csv (default masks/)."
+        "masks and predictions.csv (default masks/). Detectors: a folder for boxes.csv, boxes.json and overlays/ "
+        "(default boxes/)."
     ),
     resume: bool = typer.Option(False, "--resume", help="Skip files that already have a row in the output CSV."),
     backend: str = typer.Option("auto", help="Classifiers: torch, onnx (needs medsight export), or auto."),
@@ -37,7 +38,7 @@ def predict(
         "(AVX512-BF16/AMX; about 2x faster, probabilities within ~0.02), autocast on CUDA; float32 elsewhere."
     ),
 ) -> None:
-    """Predict labels for images (classifiers) or write masks (segmenters).
+    """Predict labels for images (classifiers), write masks (segmenters) or boxes (detectors).
 
     A file that fails gets a row with the reason in its error column and the others go on; the
     command then exits 3 and says how many failed (0 when every file succeeded).
@@ -46,6 +47,11 @@ def predict(
     from medsight.errors import ConfigError
 
     header = load_bundle(bundle, weights=False)
+    if header.task == "detection":
+        _predict_boxes(bundle, inputs, out, progress=progress, refused={
+            "--out-of-domain": out_of_domain is not None, "--probabilities": probabilities,
+            "--mixed-precision": mixed_precision, "--resume": resume, "--workers": workers > 1})
+        return
     if header.task == "segmentation":
         from medsight.inference.segmenter import segment_to_folder
 
@@ -88,4 +94,23 @@ def predict(
         typer.echo(f"note: {NO_RECORD}")
     typer.echo(f"wrote {out}: {counts['ok']} predicted, {counts['errors']} failed, {counts['skipped']} already done; "
                f"{decision_rule(header.label_names, header.threshold)}")
+    finish_batch(counts)
+
+
+def _predict_boxes(bundle: Path, inputs: list[Path], out: Path | None, *, progress: bool,
+                   refused: dict[str, bool]) -> None:
+    """A detection bundle: boxes.csv, boxes.json and overlays in the folder ``out`` (default boxes/)."""
+    from medsight.detection.predict import predict_boxes
+    from medsight.errors import ConfigError
+
+    for flag, given in refused.items():
+        if given:
+            raise ConfigError(flag, "is not available for detection models", f"drop {flag}")
+    out = out or Path("boxes")
+    if out.suffix.lower() in {".csv", ".json"}:
+        raise ConfigError(f"--out {out}", "a detection model writes boxes.csv, boxes.json and overlays into a folder",
+                          "pass a folder, e.g. --out boxes")
+    counts = predict_boxes(bundle=bundle, inputs=inputs, out=out, progress=progress)
+    typer.echo(f"wrote {out / 'boxes.csv'}, {out / 'boxes.json'} and overlays in {out / 'overlays'}/: "
+               f"{counts['ok']} image(s) done, {counts['errors']} failed (see the error column)")
     finish_batch(counts)

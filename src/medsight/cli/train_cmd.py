@@ -36,11 +36,12 @@ def train(
         "segmentation of a DRIVE folder trains the drive recipe."
     ),
     time_budget: float = typer.Option(None, "--time-budget", help="Minutes of training the plan fits every "
-                                      "fold into (a planned classification; default 10)."),
-    task: str = typer.Option(None, help="classification or segmentation."),
+                                      "fold into (a planned classification: default 10; detection: 60)."),
+    task: str = typer.Option(None, help="classification, segmentation or detection."),
     data: str = typer.Option(
         None, help="Classification: a .npz, class folders, a CSV manifest or DICOM folders. Segmentation: "
-        "images/ + masks/ (+ roi/), DRIVE, a Decathlon dataset.json, or a DICOM series with its SEG."
+        "images/ + masks/ (+ roi/), DRIVE, a Decathlon dataset.json, or a DICOM series with its SEG. Detection: "
+        "COCO, Pascal VOC, YOLO, a box CSV manifest, or images/ + masks/."
     ),
     out: Path = typer.Option(None, help="Run folder (default runs/<name>)."),
     model: str = typer.Option(None, help="Registered model name (medsight models list)."),
@@ -126,7 +127,7 @@ def _recipe_for(recipe: str | None, config: Path | None, data: str | None, overr
 
 
 def _planned(cfg, run_dir: Path, *, planned: bool, time_budget: float | None, resume: bool, progress: bool):
-    """``cfg`` planned from the data when it is a classification without recipe or config; else ``cfg``.
+    """``cfg`` planned from the data when it is a classification or detection without recipe or config; else ``cfg``.
 
     A DDP rank (under torchrun) reads the plan its launcher wrote, like ``--resume``.
 
@@ -137,15 +138,22 @@ def _planned(cfg, run_dir: Path, *, planned: bool, time_budget: float | None, re
     from medsight.runtime import distributed
     from medsight.workflows.plan import DEFAULT_BUDGET_MIN, plan_for_training
 
-    if not planned or cfg.task != "classification":
+    if not planned or cfg.task not in ("classification", "detection"):
         if time_budget is not None:
-            raise ConfigError("--time-budget", "sets the budget of a planned classification, but this run is not "
-                              "planned (a recipe, a config file or a segmentation)",
-                              "drop --time-budget, or train a classification without --recipe and config")
+            raise ConfigError("--time-budget", "sets the budget of a planned classification or detection, but this "
+                              "run is not planned (a recipe, a config file or a segmentation)",
+                              "drop --time-budget, or train without --recipe and config")
         return cfg
     rank = distributed.under_torchrun()
-    cfg, line = plan_for_training(cfg, run_dir, time_budget_min=time_budget or DEFAULT_BUDGET_MIN,
-                                  reuse=resume or rank, progress=progress and not rank)
+    if cfg.task == "detection":
+        from medsight.workflows.detection import DEFAULT_DETECTION_BUDGET_MIN, plan_for_detection_training
+
+        cfg, line = plan_for_detection_training(cfg, run_dir, time_budget_min=time_budget or
+                                                DEFAULT_DETECTION_BUDGET_MIN, reuse=resume or rank,
+                                                progress=progress and not rank)
+    else:
+        cfg, line = plan_for_training(cfg, run_dir, time_budget_min=time_budget or DEFAULT_BUDGET_MIN,
+                                      reuse=resume or rank, progress=progress and not rank)
     if not rank:  # the launcher says it once, not every rank
         typer.echo(line, err=True)
     return cfg

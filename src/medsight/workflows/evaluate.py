@@ -31,7 +31,8 @@ def run_evaluation(*, bundle: Path, data: str, split: str | None = None, out: Pa
 
     model_bundle = load_bundle(bundle)
     split, scored = (split, f"the {split} split (--split)") if split else default_split(model_bundle, data)
-    evaluate = evaluate_segmenter if model_bundle.task == "segmentation" else evaluate_classifier
+    evaluate = {"segmentation": evaluate_segmenter, "detection": evaluate_detection}.get(model_bundle.task,
+                                                                                        evaluate_classifier)
     metrics = evaluate(model_bundle, bundle=Path(bundle), data=data, split=split, out=Path(out), progress=progress,
                        scored=scored)
     metrics["scored"] = f"scored {metrics['n']} cases of {data}: {scored}"
@@ -91,6 +92,10 @@ def _training_split_hash(model_bundle, data: str | Path) -> str | None:
 def _has_test_split(model_bundle, data: str | Path) -> bool:
     if model_bundle.task == "segmentation":
         return bool(model_bundle.split.of("test"))
+    if model_bundle.task == "detection":
+        from medsight.workflows.detection import has_test_split
+
+        return has_test_split(model_bundle, data)
     from medsight.classification.split import bundle_split
 
     try:
@@ -145,3 +150,12 @@ def evaluate_segmenter(model_bundle, *, bundle: Path, data: str, split: str, out
         extra={"split": split, "bundle": str(bundle), "data": str(data), "cases scored": scored,
                "threshold_note": model_bundle.threshold_choice.note_or("")},
     )
+
+
+def evaluate_detection(model_bundle, *, bundle: Path, data: str, split: str, out: Path, progress: bool,
+                       scored: str) -> dict:
+    """Score a detection bundle on ``split`` of ``data`` (:func:`medsight.detection.evaluate.evaluate_detector`)."""
+    from medsight.detection.evaluate import evaluate_detector
+
+    return evaluate_detector(model_bundle, bundle=bundle, data=data, split=split, out=out, progress=progress,
+                             scored=scored)
