@@ -31,13 +31,13 @@ from medsight.detection.curves import (
 from medsight.detection.matching import check_pair, match_boxes, match_image
 from medsight.errors import ConfigError, DatasetError
 from medsight.progress import track
-from medsight.report.detection import OverlayCase
+from medsight.report.detection import METRIC_LABELS, OverlayCase
 
 #: Every IoU threshold the metrics match at: COCO's ten, then nnDetection's 0.1 (AP10 and the FROC).
 IOUS = (*COCO_IOUS.tolist(), 0.1)
 _AP50, _AP10 = 0, len(IOUS) - 1
 #: The flat keys (floats, NaN when undefined) that metrics.csv and the report show.
-DETECTION_KEYS = ("map", "ap50", "ap10", "froc_mean", "image_auc")
+DETECTION_KEYS = tuple(METRIC_LABELS)
 
 
 @dataclass
