@@ -31,6 +31,7 @@ from medsight.atomic_write import atomic_write_text
 from medsight.data import duplicates
 from medsight.data.file_errors import file_error, one_line
 from medsight.data.layouts import Item, LabelledSet, item_id, open_dataset
+from medsight.errors import ConfigError
 from medsight.hashing import file_sha256
 from medsight.sample import Sample
 
@@ -61,20 +62,31 @@ def inspect_dataset(
     near_threshold: int = 4,
     z_threshold: float = 4.0,
     progress: bool = True,
+    task: str | None = None,
 ) -> dict:
     """Inspect the data set at ``path`` and return (and, given ``out``, write) the JSON report.
 
     Args:
-        path: anything :func:`medsight.data.layouts.open_dataset` opens.
+        path: anything :func:`medsight.data.layouts.open_dataset` opens; with ``task="detection"`` (or a
+            path :func:`medsight.data.det_inspect.wants_detection` recognises) a detection set, whose
+            report is :func:`medsight.data.det_inspect.inspect_detection`'s.
         out: where to write the report as JSON.
         near_threshold: the most perceptual-hash bits (of 64) two near duplicates may differ in.
         z_threshold: the robust z-score (median / MAD) above which an intensity is an outlier.
         progress: show a progress bar while files are read.
+        task: ``"detection"`` for a detection set; None to recognise it from ``path``.
 
     Raises:
         DatasetError: the layout itself is unusable (see ``open_dataset``); single bad files
             are reported, not raised.
     """
+    from medsight.data.det_inspect import inspect_detection, wants_detection
+
+    if task not in (None, "classification", "detection"):
+        raise ConfigError("--task", f"data inspect knows the tasks classification and detection, not {task!r}",
+                          "leave --task out to recognise the data set, or pass one of these")
+    if task == "detection" or (task is None and wants_detection(path)):
+        return inspect_detection(path, out=out, progress=progress)
     ds = open_dataset(path, strict=False)
     feats = _npz_features(ds) if ds.kind == "npz" else _file_features(ds, progress)
     ids = [item_id(ds.items[i]) for i in feats.index]
@@ -162,6 +174,11 @@ def render_inspection(report: dict, console) -> None:
     """Print the report as a Rich table: the facts, then one row per kind of problem."""
     from rich.table import Table
 
+    from medsight.data.det_inspect import render_detection_inspection
+
+    if report.get("task") == "detection":
+        render_detection_inspection(report, console)
+        return
     table = Table(title=f"{report['path']} ({report['layout']})", show_header=False)
     table.add_column(style="bold")
     table.add_column()
