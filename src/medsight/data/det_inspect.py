@@ -191,7 +191,8 @@ def render_detection_inspection(report: dict[str, Any], console) -> None:
         rows = [f"{axis} {s['median']:g} (p10 {s['p10']:g}, p90 {s['p90']:g}, {s['min']:g}-{s['max']:g})"
                 for axis, s in sizes.items() if axis != "n"]
         table.add_row(f"  {name} sizes ({sizes['n']})", "\n".join(rows) or "no boxes")
-    table.add_row("image sizes (rows x columns)", ", ".join(f"{k}: {v}" for k, v in list(report["image_sizes"].items())[:5]))
+    shapes = list(report["image_sizes"].items())
+    table.add_row("image sizes (rows x columns)", ", ".join(f"{k}: {v}" for k, v in shapes[:5]))
     root = str(report["path"]).rstrip("/") + "/"
     kinds = dict.fromkeys([*ALWAYS_SHOWN, *report["dropped"], *report["problems"]])
     rows = [(kind, report["dropped"].get(kind, len(report["problems"].get(kind, []))), report["problems"].get(kind, []))
