@@ -156,6 +156,23 @@ def test_evaluate_recognises_the_members_ensembles_own_data(cv, data: Path) -> N
     assert is_training_data(bundle, data) and default_split(bundle, data)[0] == "test"
 
 
+def test_the_k_x_n_ensemble_exports_as_one_graph_with_parity(cv, tmp_path: Path) -> None:
+    """The exporter's parity check compares the graph with the PyTorch ensemble of all four members."""
+    import onnx
+
+    from medsight.export.exporter import PARITY_TOLERANCE, export_bundle
+    from medsight.inference.predictor import Predictor
+
+    out, _ = cv
+    folder = shutil.copytree(out / "model", tmp_path / "model")
+    record = export_bundle(bundle=folder, fmt="onnx", progress=False)
+    assert sorted(p.name for p in folder.glob("*.onnx")) == ["model.onnx"] and len(
+        onnx.load(str(folder / "model.onnx")).graph.input) == 1
+    assert record["parity"]["max_abs_diff"] <= PARITY_TOLERANCE
+    assert f"the {FOLDS * MEMBERS} member networks" in " ".join(record["preprocessing"]["in_graph"])
+    assert Predictor(folder).backend == "onnx"  # served from the one graph
+
+
 def test_members_of_one_fold_that_validated_other_cases_are_refused(tmp_path: Path) -> None:
     from medsight.classification.ensemble import _members_mean
     from medsight.training.folds import fold_runs
