@@ -173,6 +173,27 @@ def test_the_k_x_n_ensemble_exports_as_one_graph_with_parity(cv, tmp_path: Path)
     assert Predictor(folder).backend == "onnx"  # served from the one graph
 
 
+def test_the_plan_written_for_training_picks_the_members_from_the_measured_seconds(data: Path,
+                                                                                   tmp_path: Path) -> None:
+    """plan_classification with the step timer mocked: a pass of 5 folds x 60 epochs of 60 tiny images takes a
+    fraction of the 10 minutes, so the plan trains the most members, each with its share of the budget."""
+    from medsight.workflows.plan import plan_classification
+
+    def timer(name, kwargs, size, channels, batch):
+        return 1e-4
+
+    cfg, plan = plan_classification(load_config(overrides={"data.path": str(data)}), tmp_path, time_budget_min=10,
+                                    progress=False, seconds_per_image=timer)
+    written = json.loads((tmp_path / "plan.json").read_text())
+    assert written["members_per_fold"] == plan.members_per_fold == 4 and written["folds"] == 5
+    assert written["notes"]["members_per_fold"].startswith("4: ")
+    assert cfg.train.members_per_fold == 4 and cfg.train.time_limit_min == round(10 / (5 * 4) * 1.5, 3)
+    users = load_config(overrides={"data.path": str(data), "train.members_per_fold": 2})
+    mine, _ = plan_classification(users, tmp_path / "mine", time_budget_min=10, progress=False,
+                                  seconds_per_image=timer)
+    assert mine.train.members_per_fold == 2  # the user's --set wins
+
+
 def test_members_of_one_fold_that_validated_other_cases_are_refused(tmp_path: Path) -> None:
     from medsight.classification.ensemble import _members_mean
     from medsight.training.folds import fold_runs
