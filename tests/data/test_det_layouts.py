@@ -189,3 +189,22 @@ def test_bccd(shared_data: Path) -> None:
     counts = {k: np.bincount(np.concatenate([ds.cases[i].boxes.labels for i in v]), minlength=3).tolist()
               for k, v in splits.items()}
     assert counts == {"train": [209, 2381, 214], "val": [83, 967, 87]}   # README counts less each zero-area RBC
+
+
+def test_dicom_series_with_its_seg(shared_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    source = shared_data / "dicom" / "dcmqi" / "segmentations"
+    if not source.is_dir():
+        pytest.skip(f"the dcmqi DICOM SEG sample is not at {source}")
+    for file in (source / "ct-3slice").iterdir():
+        shutil.copy(file, tmp_path / file.name)
+    shutil.copy(source / "liver.dcm", tmp_path / "liver.dcm")
+    ds = open_detection_set(tmp_path)
+    (case,) = ds.cases
+    assert (ds.layout, ds.class_names, ds.spatial_dims, case.id) == ("masks", ["Liver"], 3, "liver.dcm")
+    assert case.shape == (3, 512, 512) and case.series_uid is not None
+    # the liver is one large component over the three slices (slice, row, column order) plus small islands
+    extents = case.boxes.extents()
+    assert extents.max(axis=0).tolist() == [3, 222, 272] and len(case.boxes) == 4
+    assert ds.read(case).spatial_shape == (3, 512, 512)     # the CT series, not its SEG

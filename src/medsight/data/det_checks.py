@@ -57,6 +57,8 @@ def finish_cases(root: Path, records: list[Annotated], names: list[str], drops: 
     cases, seen = [], {}
     for record in records:
         case_id = _relative(record.path, root)
+        if case_id == ".":     # a DICOM series folder that is the data set itself: named by its SEG
+            case_id = _relative(Path(record.source), root)
         if case_id in seen:
             raise DatasetError(record.source, f"annotates {case_id}, which {seen[case_id]} annotates too",
                                "annotate each image once")
@@ -74,7 +76,7 @@ def finish_cases(root: Path, records: list[Annotated], names: list[str], drops: 
         _check_declared(record, shape, orientation, drops)
         boxes = checked_boxes(record, shape, names, drops)
         cases.append(DetectionCase(case_id, record.path, boxes, record.patient_id, record.split, tuple(shape),
-                                   orientation, affine))
+                                   orientation, affine, record.series_uid))
     dims = {len(c.shape) for c in cases}
     if len(dims) > 1:
         raise DatasetError(root, "mixes 2D images and volumes", "keep one kind of image per data set")

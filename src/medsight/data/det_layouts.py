@@ -86,7 +86,7 @@ class DetectionSet:
         """
         from medsight.io import read_image
 
-        sample = read_image(case.path)
+        sample = read_image(case.path, series_uid=case.series_uid)
         if case.shape and sample.spatial_shape != tuple(case.shape):
             raise DatasetError(case.path, f"decodes to {sample.spatial_shape}, but its header said {case.shape}",
                                "the file changed since the data set was opened; open it again")
@@ -178,9 +178,19 @@ def detect_layout(path: Path) -> str:
         return "voc"
     if is_yolo(path):
         return "yolo"
-    if (path / "images").is_dir() or (path / "dataset.json").is_file():
+    if (path / "images").is_dir() or (path / "dataset.json").is_file() or _holds_dicom_seg(path):
         return "masks"
     raise DatasetError(path, "matches no detection layout", DET_LAYOUTS_HELP)
+
+
+def _holds_dicom_seg(folder: Path) -> bool:
+    """A DICOM SEG file at the top of ``folder`` (headers only)."""
+    from medsight.io.dicom import is_dicom_file, open_dataset
+
+    for file in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        if is_dicom_file(file) and str(open_dataset(file, stop_before_pixels=True).get("Modality", "")) == "SEG":
+            return True
+    return False
 
 
 def is_detection_layout(path: str | Path) -> bool:

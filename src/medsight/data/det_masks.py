@@ -69,7 +69,8 @@ def read_masks(path: Path, class_names: list[str] | None, drops: DropLog) -> tup
             drops.note("unreadable_image", item.mask or item.image, str(err))
             continue
         record = Annotated(Path(item.image), str(item.mask), shape=image.spatial_shape, patient_id=item.patient_id,
-                           affine=image.affine if image.spatial_dims == 3 else None)
+                           affine=image.affine if image.spatial_dims == 3 else None,
+                           series_uid=image.meta.get("SeriesInstanceUID") if Path(item.image).is_dir() else None)
         for value, corners in component_boxes(labels if labels is not None else np.zeros(0, np.int64)):
             label = names[0] if instances else named.get(value, f"label_{value}")
             record.add(corners, label, f"{item.mask}: value {value}")

@@ -54,6 +54,7 @@ class Annotated:
     declared: tuple[int, ...] | None = None
     shape: tuple[int, ...] | None = None
     affine: object | None = None
+    series_uid: str | None = None
     normalised: bool = False
     patient_id: str | None = None
     split: str | None = None
@@ -90,7 +91,8 @@ class DetectionCase:
 
     ``id`` is the image's path relative to the data set's folder (stable, unique); ``shape`` its spatial
     shape as read (EXIF orientation applied); ``exif_orientation`` the JPEG's tag (1: none);
-    ``affine`` the voxel-to-mm matrix for volumes (None for pictures).
+    ``affine`` the voxel-to-mm matrix for volumes (None for pictures). A DICOM series read with its SEG has
+    the series folder as ``path`` and, when that folder is the data set's, the SEG file's path as ``id``.
     """
 
     id: str
@@ -101,6 +103,8 @@ class DetectionCase:
     shape: tuple[int, ...] = ()
     exif_orientation: int = 1
     affine: np.ndarray | None = field(default=None, repr=False)
+    #: the DICOM series to read when ``path`` is a folder holding several (a series beside its SEG)
+    series_uid: str | None = None
 
     @property
     def source(self) -> str:
@@ -112,9 +116,6 @@ class DetectionCase:
         """Never an array row (the splitter's :class:`~medsight.data.layouts.Item` interface)."""
         return None
 
-    @property
-    def series_uid(self) -> None:
-        return None
 
 
 def split_name(where: str | Path, text: str) -> str:
