@@ -188,7 +188,12 @@ def test_exif_rotated_jpeg_boxes_checked_against_the_turned_image(tmp_path: Path
     ds = open_detection_set(tmp_path / "m.csv")
     (case,) = ds.cases
     assert (case.shape, case.exif_orientation, ds.dropped) == ((30, 20), 6, {})   # inside: not clipped
-    assert ds.read(case).spatial_shape == (30, 20)
+    sample = ds.read(case)
+    assert sample.spatial_shape == (30, 20) and sample.meta["exif_orientation"] == 6
+    # the header alone gives the turned size
+    from medsight.io.image import picture_size
+
+    assert picture_size(tmp_path / "images" / "r.jpg") == (30, 20, 6)
 
 
 def test_declared_size_that_differs_is_listed_not_dropped(tmp_path: Path) -> None:

@@ -208,3 +208,12 @@ def test_dicom_series_with_its_seg(shared_data: Path, tmp_path: Path) -> None:
     extents = case.boxes.extents()
     assert extents.max(axis=0).tolist() == [3, 222, 272] and len(case.boxes) == 4
     assert ds.read(case).spatial_shape == (3, 512, 512)     # the CT series, not its SEG
+
+
+def test_patients_csv_beside_a_voc_set(tmp_path: Path) -> None:
+    root = write_voc(tmp_path)
+    (root / "patients.csv").write_text("case_id,patient_id\na,p7\nb.png,p7\n")
+    ds = open_detection_set(root)
+    assert [c.patient_id for c in ds.cases] == ["p7", "p7"]
+    parts = resolve_splits(ds, DataConfig(val_fraction=0.0, test_fraction=0.0))
+    assert parts["train"].tolist() == [0, 1]

@@ -29,7 +29,9 @@ Splits: a layout's own (YOLO ``images/train``, a manifest's ``split`` column), e
 at the root: ``ImageSets/Main/{train,val,test}.txt`` (VOC, image stems) or ``splits/{train,valid,val,
 test}.{csv,txt}`` (a column ``image_id`` of file names or stems). An image in no split file is left out
 and counted (``not_in_split``). :func:`medsight.data.splits.resolve_splits` takes a DetectionSet: it keeps
-these splits, carves missing ones stratified by :meth:`DetectionSet.labels` and groups by patient.
+these splits, carves missing ones stratified by :meth:`DetectionSet.labels` and groups by patient (a
+manifest's ``patient_id`` column, a mask set's patients, else ``patients.csv`` at the root with the header
+``case_id,patient_id``, ``case_id`` an image's file name or stem).
 
 Example:
     >>> ds = open_detection_set("detection/bccd")
@@ -58,6 +60,8 @@ DET_LAYOUTS_HELP = (
     "path,x1,y1,x2,y2,label[,patient_id][,split]; or images/ with masks/ (one box per connected component)"
 )
 SPLIT_FILE_FOLDERS = ("ImageSets/Main", "splits")
+#: each image's patient, for layouts without a patient column: header ``case_id,patient_id``
+PATIENTS_CSV = "patients.csv"
 
 
 @dataclass
@@ -149,6 +153,7 @@ def open_detection_set(
     names = list(class_names) if class_names is not None else found_names
     root = path.parent if path.is_file() else path
     _apply_split_files(root, records, drops)
+    _apply_patients(root / PATIENTS_CSV, records)
     cases, dims = finish_cases(root, records, names, drops)
     if not cases:
         raise DatasetError(path, f"holds no usable image ({sum(drops.counts.values())} dropped: "
@@ -246,6 +251,21 @@ def _apply_split_files(root: Path, records: list[Annotated], drops: DropLog) -> 
         record.split = split
         kept.append(record)
     records[:] = kept
+
+
+def _apply_patients(path: Path, records: list[Annotated]) -> None:
+    """Fill in each record's patient from ``patients.csv`` (``case_id`` an image's file name or stem)."""
+    if not path.is_file():
+        return
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"case_id", "patient_id"} <= set(rows[0]):
+        raise DatasetError(path, "has no case_id and patient_id columns",
+                           "write the header case_id,patient_id and one row per image (its file name or stem)")
+    patients = {row["case_id"].strip(): row["patient_id"].strip() for row in rows if (row["patient_id"] or "").strip()}
+    for record in records:
+        if record.patient_id is None:
+            record.patient_id = patients.get(record.path.name) or patients.get(record.path.stem)
 
 
 def _split_paths(root: Path) -> list[Path]:
