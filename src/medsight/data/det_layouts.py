@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from medsight.data.det_records import Annotated, DetectionCase, DropLog, split_name
-from medsight.errors import DatasetError
+from medsight.errors import DatasetError, MedsightError
 from medsight.sample import Sample
 
 LAYOUTS = ("coco", "voc", "yolo", "csv", "masks")
@@ -193,17 +193,26 @@ def _holds_dicom_seg(folder: Path) -> bool:
     from medsight.io.dicom import is_dicom_file, open_dataset
 
     for file in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-        if is_dicom_file(file) and str(open_dataset(file, stop_before_pixels=True).get("Modality", "")) == "SEG":
-            return True
+        try:
+            if is_dicom_file(file) and str(open_dataset(file, stop_before_pixels=True).get("Modality", "")) == "SEG":
+                return True
+        except MedsightError:  # a damaged file is no SEG; the reader names it when the set is read
+            continue
     return False
 
 
 def is_detection_layout(path: str | Path) -> bool:
-    """Whether :func:`detect_layout` recognises ``path`` as a box-annotated set (masks are not counted)."""
-    try:
-        return detect_layout(Path(path)) in ("coco", "voc", "yolo")
-    except DatasetError:
-        return False
+    """Whether ``path`` holds box annotations: a COCO file (or a folder with one), a VOC or a YOLO set.
+
+    Masks are not counted (they are a segmentation set first), and no DICOM header is read.
+    """
+    from medsight.data.det_formats import is_coco_json, voc_folders
+    from medsight.data.det_text_formats import is_yolo
+
+    path = Path(path)
+    if path.is_file():
+        return path.suffix.lower() == ".json" and is_coco_json(path)
+    return path.is_dir() and bool(coco_files(path) or voc_folders(path) is not None or is_yolo(path))
 
 
 def coco_files(folder: Path) -> list[Path]:
