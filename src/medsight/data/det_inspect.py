@@ -11,7 +11,7 @@ than their image has.
 Example:
     >>> report = inspect_detection("detection/bccd")
     >>> report["dropped"], report["box_sizes"]["RBC"]["height_px"]["median"]
-    ({'zero_area': 2}, 101.0)
+    ({'zero_area': 2}, 102.0)
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ Example:
     >>> ds = open_detection_set("detection/bccd")
     >>> ds.layout, ds.class_names, len(ds.cases), ds.dropped
     ('voc', ['Platelets', 'RBC', 'WBC'], 292, {'zero_area': 2})
-    >>> ds.cases[0].boxes.corners[0]       # row, column edges
-    array([ 97., 261., 200., 388.])
+    >>> ds.cases[0].id, ds.cases[0].boxes.corners[0]       # row, column edges
+    ('JPEGImages/BloodImage_00000.jpg', array([176., 259., 376., 491.]))
 """
 
 from __future__ import annotations
