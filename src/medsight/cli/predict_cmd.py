@@ -14,11 +14,8 @@ def predict(
     bundle: Path = typer.Argument(..., help="A model folder (RUN_DIR/model)."),
     inputs: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively); a 3D "
                                         "segmenter reads each folder of DICOM slices as one volume."),
-    out: Path = typer.Option(
-        None, help="Classifiers: a .csv or .json file (default predictions.csv). Segmenters: a folder for the "
-        "masks and predictions.csv (default masks/). Detectors: a folder for boxes.csv, boxes.json and overlays/ "
-        "(default boxes/)."
-    ),
+    out: Path = typer.Option(None, help="Classifiers: a .csv or .json file (default predictions.csv). Segmenters: "
+                             "a folder for the masks and predictions.csv (default masks/); detectors: boxes/."),
     resume: bool = typer.Option(False, "--resume", help="Skip files that already have a row in the output CSV."),
     backend: str = typer.Option("auto", help="Classifiers: torch, onnx (needs medsight export), or auto."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -48,10 +45,8 @@ def predict(
 
     header = load_bundle(bundle, weights=False)
     if header.task == "detection":
-        _predict_boxes(bundle, inputs, out, progress=progress, refused={
-            "--out-of-domain": out_of_domain is not None, "--probabilities": probabilities,
-            "--mixed-precision": mixed_precision, "--resume": resume, "--workers": workers > 1})
-        return
+        return _predict_boxes(bundle, inputs, out, progress=progress, refused=[out_of_domain is not None,
+                              probabilities, mixed_precision, resume, workers > 1])
     if header.task == "segmentation":
         from medsight.inference.segmenter import segment_to_folder
 
@@ -98,12 +93,14 @@ def predict(
 
 
 def _predict_boxes(bundle: Path, inputs: list[Path], out: Path | None, *, progress: bool,
-                   refused: dict[str, bool]) -> None:
-    """A detection bundle: boxes.csv, boxes.json and overlays in the folder ``out`` (default boxes/)."""
+                   refused: list[bool]) -> None:
+    """A detection bundle: boxes.csv, boxes.json and overlays in the folder ``out`` (default boxes/); ``refused``:
+    whether each of the options a detector does not take was given."""
     from medsight.detection.predict import predict_boxes
     from medsight.errors import ConfigError
 
-    for flag, given in refused.items():
+    flags = ("--out-of-domain", "--probabilities", "--mixed-precision", "--resume", "--workers")
+    for flag, given in zip(flags, refused, strict=True):
         if given:
             raise ConfigError(flag, "is not available for detection models", f"drop {flag}")
     out = out or Path("boxes")

@@ -39,9 +39,8 @@ def train(
                                       "fold into (a planned classification: default 10; detection: 60)."),
     task: str = typer.Option(None, help="classification, segmentation or detection."),
     data: str = typer.Option(
-        None, help="Classification: a .npz, class folders, a CSV manifest or DICOM folders. Segmentation: "
-        "images/ + masks/ (+ roi/), DRIVE, a Decathlon dataset.json, or a DICOM series with its SEG. Detection: "
-        "COCO, Pascal VOC, YOLO, a box CSV manifest, or images/ + masks/."
+        None, help="Classification: a .npz, class folders, a CSV manifest or DICOM folders. Segmentation: images/ + "
+        "masks/ (+ roi/), DRIVE, an MSD dataset.json, a DICOM series + SEG. Detection: COCO, VOC, YOLO or a box CSV."
     ),
     out: Path = typer.Option(None, help="Run folder (default runs/<name>)."),
     model: str = typer.Option(None, help="Registered model name (medsight models list)."),

@@ -49,7 +49,7 @@ def evaluate_boxes(truth: list[Boxes], predicted: list[Boxes], *, cases: list, c
         metrics.json's content.
     """
     from medsight.detection.matching import match_boxes
-    from medsight.detection.metrics import detection_metrics
+    from medsight.detection.metrics import detection_metrics, overlay_case
 
     if not truth:
         raise DatasetError(extra.get("data", "detection evaluation"), "has no readable image to score",
@@ -62,7 +62,8 @@ def evaluate_boxes(truth: list[Boxes], predicted: list[Boxes], *, cases: list, c
                      "true_positives": int(match.tp.sum()), "false_positives": int(match.fp.sum()),
                      "missed": int(match.missed.sum()),
                      "top_score": f"{float(found.scores.max()):.6f}" if len(found) else "", "error": ""})
-        overlays.append(_overlay_case(case, true, found, match))
+        overlays.append(overlay_case(case.id, np.zeros((1, 1, 1)), true, found, iou=MATCH_IOU,
+                                     score_threshold=threshold))  # the pixels are read for the three drawn
     rows += [{"id": e["path"], "path": e["path"], "error": e["reason"]} for e in errors or []]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,18 +77,6 @@ def evaluate_boxes(truth: list[Boxes], predicted: list[Boxes], *, cases: list, c
     write_csv_table(out / "per_image.csv", rows, PER_IMAGE_FIELDS)
     _report(metrics, overlays, dict(zip([c.id for c in cases], cases, strict=True)), out, title, reader)
     return metrics
-
-
-def _overlay_case(case, truth: Boxes, found: Boxes, match):
-    """The report's record of one image (without its pixels), ranked by its F1 at the threshold (NaN: nothing
-    to draw: no true box and no kept prediction)."""
-    from medsight.report.detection import OverlayCase
-
-    tp, fp, missed = int(match.tp.sum()), int(match.fp.sum()), int(match.missed.sum())
-    rank = 2 * tp / (2 * tp + fp + missed) if tp + fp + missed else float("nan")
-    return OverlayCase(case_id=case.id, image=np.zeros((1, 1, 1)), true_positives=found.corners[match.tp],
-                       tp_scores=found.scores[match.tp], false_positives=found.corners[match.fp],
-                       fp_scores=found.scores[match.fp], missed=truth.corners[match.missed], rank=rank)
 
 
 def _report(metrics: dict, overlays: list, cases: dict, out: Path, title: str, reader) -> None:

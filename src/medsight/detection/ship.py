@@ -34,7 +34,7 @@ def ship_detector(cfg: RunConfig, dataset, detector, net: torch.nn.Module, fitte
     prefix = "network."
     state = {k[len(prefix):]: v for k, v in net.state_dict().items() if k.startswith(prefix)}
     bundle = _bundle(cfg, detector, state, fitted, train_set, val_set)
-    kept, truth, predicted, errors = predict_cases(Detector.from_bundle(bundle, device=str(device)), dataset,
+    kept, truth, predicted, errors = predict_cases(Detector.from_bundle(bundle), dataset,
                                                    val_set.cases, progress=progress, desc="scoring val")
     rate = cfg.detect.operating_fp_per_image
     threshold = min(1.0, float(score_at_fp_rate(truth, predicted, rate)))
