@@ -168,3 +168,21 @@ def test_detection_settings_that_contradict_the_network_are_refused(square_bundl
     bundle.detection = bundle.detection.model_copy(update={"anchor_sizes": [[4.0, 4.0], [8.0, 8.0], [16.0, 16.0]]})
     with pytest.raises(BundleError, match="detection.anchor_sizes .* is not the network's model.kwargs.anchor_sizes"):
         Detector(bundle)
+
+
+def test_a_3d_detector_gives_boxes_inside_each_volume(tmp_path):
+    torch.manual_seed(0)
+    detect = DetectConfig(score_floor=0.0, max_detections=4)
+    detector = build_detector(3, 1, CLASSES, detect, [[8.0, 8.0, 8.0], [16.0, 16.0, 16.0]], fpn_channels=8)
+    folder = build_bundle(
+        task="detection", model=detector.spec.model_config(), label_names=CLASSES, provenance=provenance(),
+        preprocess=PreprocessConfig(size=[16, 32, 32], channels=1, normalize="zscore", keep_aspect=True),
+        state_dict=detector.network.state_dict(), detection=detector.spec.settings(detect),
+    ).save(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    volumes = [Sample(rng.normal(size=(1, *shape)).astype(np.float32), (1.0, 1.0, 1.0))
+               for shape in ((20, 40, 30), (9, 64, 50))]
+    for volume, boxes in zip(volumes, Detector.from_bundle(folder).predict(volumes), strict=True):
+        assert boxes.corners.shape[1] == 6 and 0 < len(boxes) <= 4
+        assert (boxes.corners >= 0).all() and (boxes.corners[:, 3:] <= volume.spatial_shape).all()
+        assert (boxes.extents() > 0).all()
