@@ -15,10 +15,13 @@ import numpy as np
 from PIL import Image
 
 
-def write_squares(root: Path, *, n: int = 24, size: int = 64, side: int = 12, n_val: int = 6, seed: int = 0,
-                  negative_every: int = 8, splits: bool = True, boxes: bool = True) -> Path:
-    """Write the set (see the module); returns the manifest. ``boxes=False`` lists every image without a box."""
+def write_squares(root: Path, *, n: int = 24, size: int = 64, side: int | tuple[int, ...] = 12, n_val: int = 6,
+                  seed: int = 0, negative_every: int = 8, splits: bool = True, boxes: bool = True) -> Path:
+    """Write the set (see the module); returns the manifest. ``boxes=False`` lists every image without a box; a
+    tuple of ``side`` gives the squares those sides in turn."""
     rng = np.random.default_rng(seed)
+    sides = side if isinstance(side, tuple) else (side,)
+    drawn = 0
     (root / "images").mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
@@ -27,9 +30,11 @@ def write_squares(root: Path, *, n: int = 24, size: int = 64, side: int = 12, n_
         count = 0 if (i % negative_every == negative_every - 1 or not boxes) else 1 + i % 2
         name = f"images/img{i:03d}.png"
         for _ in range(count):
-            r, c = (int(v) for v in rng.integers(0, size - side, 2))
-            pixels[r:r + side, c:c + side] = 200 + rng.normal(0, 5, (side, side))
-            rows.append([name, c, r, c + side, r + side, "lesion", split])
+            edge = sides[drawn % len(sides)]
+            drawn += 1
+            r, c = (int(v) for v in rng.integers(0, size - edge, 2))
+            pixels[r:r + edge, c:c + edge] = 200 + rng.normal(0, 5, (edge, edge))
+            rows.append([name, c, r, c + edge, r + edge, "lesion", split])
         if count == 0:
             rows.append([name, "", "", "", "", "", split])
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / name)

@@ -38,7 +38,11 @@ def test_anchors_follow_the_box_sizes(tmp_path):
     assert small_plan.size == large_plan.size == [64, 64]
     assert [a[0] for a in small_plan.anchor_sizes] == [8.0] * 4  # every square is 8 px: every quantile is
     assert [a[0] for a in large_plan.anchor_sizes] == [24.0] * 4
-    assert "quantiles" in small_plan.notes["anchor_sizes"]
+    mixed = fingerprint_detection(open_detection_set(write_squares(tmp_path / "mixed", side=(8, 32))),
+                                  progress=False)
+    levels = [a[0] for a in _plan(mixed).anchor_sizes]  # geometric from the 5% quantile (8) to the 95% one (32)
+    assert levels == pytest.approx([8.0, 8 * 4 ** (1 / 3), 8 * 4 ** (2 / 3), 32.0], abs=0.05)
+    assert "spaced geometrically" in small_plan.notes["anchor_sizes"]
 
 
 def test_small_boxes_grow_the_input_and_large_ones_shrink_it(tmp_path):

@@ -8,8 +8,8 @@ in two, with MONAI doing all the work:
 * :class:`FlatHeads` wraps the detector's network: ``images -> (B, anchors, classes + 2 * D)``, the classification
   logits and box regressions of every anchor of every level, in the detector's own order (``_reshape_maps``);
 * :class:`DetectorLoss` turns that tensor and the padded targets (:func:`pad_targets`) back into what the detector
-  wants and returns its classification + box-regression loss (the ATSS matcher, the box coder and the hard-negative
-  sampler the detector was built with);
+  wants and returns its classification + box-regression loss (``compute_loss``: the ATSS matcher, the box coder and
+  the hard-negative sampler the detector was built with);
 * :func:`decode` is the detector's own post-processing (box decoding, score floor, NMS, top-k) on that tensor.
 
 The input size is fixed during training, so the anchors are generated once (:func:`anchors_for`).
@@ -106,23 +106,8 @@ class DetectorLoss:
         heads = _split(detector, outputs)
         anchors = [self.anchors.boxes.to(outputs.device)] * len(outputs)
         truth = unpad_targets(targets, detector.target_box_key, detector.target_label_key)
-        matched = [self._match(image_anchors, target) for image_anchors, target in zip(anchors, truth, strict=True)]
-        classification = detector.compute_cls_loss(heads[detector.cls_key], truth, matched)
-        regression = detector.compute_box_loss(heads[detector.box_reg_key], truth, anchors, matched)
-        return classification + regression
-
-    def _match(self, anchors: torch.Tensor, target: dict) -> torch.Tensor:
-        """Each anchor's matched box index (negative: background) by the detector's ATSS matcher.
-
-        MONAI's ``compute_anchor_matched_idxs`` does this too, but first asks whether the matcher is
-        torchvision's ``Matcher``, which fails where torchvision is not installed (as here)."""
-        detector = self.detector
-        boxes = target[detector.target_box_key]
-        if boxes.numel() == 0:
-            return torch.full((anchors.shape[0],), -1, dtype=torch.int64, device=anchors.device)
-        _, matched = detector.proposal_matcher(boxes.to(anchors.device), anchors, self.anchors.locations_per_level,
-                                               detector.num_anchors_per_loc)
-        return matched
+        losses = detector.compute_loss(heads, truth, anchors, self.anchors.locations_per_level)
+        return losses[detector.cls_key] + losses[detector.box_reg_key]
 
 
 def decode(detector, outputs: torch.Tensor, anchors: Anchors, spatial: Sequence[int]) -> list[Boxes]:

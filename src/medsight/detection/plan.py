@@ -14,8 +14,10 @@ Rules (each stated again in the notes):
   side, as a share of its image, in the class where it is least) decide the rest: the input grows (to the cap)
   until they are at least ``MIN_BOX_PX`` pixels, and shrinks (to save time) while they stay at least
   ``COMFORT_BOX_PX``. Sides are multiples of ``DIVISOR`` (the feature pyramid's coarsest stride).
-* **Anchors.** Level ``i`` of ``LEVELS`` gets, along each axis, the ``(i + 0.5) / LEVELS`` quantile of the box
-  extents scaled into the input, so the levels span the boxes from small to large.
+* **Anchors.** Along each axis, ``LEVELS`` sizes spaced geometrically from the ``LOW_Q`` quantile of the box
+  extents (in the class where it is least) to the ``HIGH_Q`` quantile (in the class where it is most), scaled into
+  the input: the levels span the boxes from small to large, and a rare class of small (or large) boxes counts as
+  much as a common one.
 * **Time model.** One epoch costs ``s * OVERHEAD * (n_train + n_val / 3)`` seconds, where ``s`` is the
   measured seconds of one training image (forward, losses, backward, optimiser) and validation is a forward
   pass (about a third of a step); ``USABLE`` of the budget goes to epochs.
@@ -51,6 +53,7 @@ MIN_BOX_PX, COMFORT_BOX_PX = 8.0, 16.0
 DIVISOR = {2: 32, 3: 16}
 MIN_SIDE = {2: 64, 3: 32}
 LEVELS = 4
+LOW_Q, HIGH_Q = 0.05, 0.95
 MIN_EPOCHS, MAX_EPOCHS = 10, 100
 USABLE = 0.85
 OVERHEAD = 1.25  # augmentation and batch assembly on top of the measured network step
@@ -204,11 +207,6 @@ def _modality(given: str | None, colour: bool, notes: dict[str, str]) -> str:
     return guess
 
 
-def _shares(fingerprint: dict) -> tuple[list[float], list[list[float]]]:
-    boxes = fingerprint["boxes"]["all"]
-    return boxes["quantiles"], boxes["quantiles_share"]
-
-
 def _input_size(fp: dict, kind: str, notes: dict[str, str]) -> tuple[list[int], float]:
     """The median image fitted under the cap, then grown or shrunk for the smallest boxes (see the module)."""
     median = [float(v) for v in fp["sizes"]["median"]]
@@ -254,19 +252,23 @@ def _rounded(values: list[float], dims: int) -> list[int]:
 
 
 def _anchors(fp: dict, size: list[int], notes: dict[str, str]) -> list[list[float]]:
-    """Level i: the (i + 0.5) / LEVELS quantile of the box extents along each axis, scaled into the input."""
-    grid, shares = _shares(fp)
-    anchors = []
-    for level in range(LEVELS):
-        q = (level + 0.5) / LEVELS
-        anchors.append([round(max(4.0, _interp(q, grid, shares[axis]) * size[axis]), 1)
-                        for axis in range(len(size))])
+    """Along each axis, ``LEVELS`` sizes spaced geometrically from the smallest class's 5th percentile of the box
+    extents to the largest class's 95th, scaled into the input (see the module)."""
+    grid = fp["boxes"]["all"]["quantiles"]
+    classes = [v for k, v in fp["boxes"].items() if k != "all" and "quantiles_share" in v] or [fp["boxes"]["all"]]
+    anchors = [[0.0] * len(size) for _ in range(LEVELS)]
+    for axis in range(len(size)):
+        low = max(4.0, min(_interp(LOW_Q, grid, c["quantiles_share"][axis]) for c in classes) * size[axis])
+        high = max(low, max(_interp(HIGH_Q, grid, c["quantiles_share"][axis]) for c in classes) * size[axis])
+        for level in range(LEVELS):
+            anchors[level][axis] = round(low * (high / low) ** (level / (LEVELS - 1)), 1)
     shown = "; ".join(f"level {i}: {a}" for i, a in enumerate(anchors))
-    levels = ", ".join(f"{(i + 0.5) / LEVELS:.3g}" for i in range(LEVELS))
-    notes["anchor_sizes"] = (f"{shown} px: along each axis, the {levels} "
-                             f"quantiles of the {fp['boxes']['all']['n']} boxes' extents scaled into the {size} input "
-                             "(each box by its own image's scale), so the feature levels cover the boxes from small "
-                             "to large; the aspect ratios (detect.aspect_ratios) vary each level's shape.")
+    notes["anchor_sizes"] = (
+        f"{shown} px: along each axis, {LEVELS} sizes spaced geometrically (like the feature levels' strides) from "
+        f"the {LOW_Q:.0%} quantile of the box extents in the class where it is least to the {HIGH_Q:.0%} quantile in "
+        f"the class where it is most, scaled into the {size} input (each box by its own image's scale), so a rare "
+        "class of small or large boxes gets its anchors too; the aspect ratios (detect.aspect_ratios) vary each "
+        "level's shape.")
     return anchors
 
 
