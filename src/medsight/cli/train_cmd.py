@@ -139,9 +139,10 @@ def _planned(cfg, run_dir: Path, *, planned: bool, time_budget: float | None, re
 
     if not planned or cfg.task not in ("classification", "detection"):
         if time_budget is not None:
-            raise ConfigError("--time-budget", "sets the budget of a planned classification or detection, but this "
-                              "run is not planned (a recipe, a config file or a segmentation)",
-                              "drop --time-budget, or train without --recipe and config")
+            raise ConfigError("--time-budget", "sets the budget of a planned classification, but this run is not "
+                              "planned (a recipe, a config file or a segmentation)",
+                              "drop --time-budget, or train a classification or detection without --recipe and "
+                              "config")
         return cfg
     rank = distributed.under_torchrun()
     if cfg.task == "detection":
