@@ -140,6 +140,14 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
@@ -149,7 +157,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "detection"))
     args = parser.parse_args()
     print("benchmark: medsight train --task detection with no recipe (planned), official train -> val")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    print(f"machine: {cpu_model()}, {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
     print("command:", shlex.join([Path(sys.executable).name, *sys.argv]))
     rows = [run_set(name, args) for name in args.sets]
     out = Path(args.out)
