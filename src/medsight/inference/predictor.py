@@ -45,7 +45,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -181,34 +181,7 @@ class Predictor:
 
     def _onnx_record(self, folder: Path | None, backend: str) -> dict[str, Any] | None:
         """The ONNX export to run, or None for PyTorch (see the module docstring)."""
-        if backend == "torch":
-            return None
-        if backend == "auto" and (
-            folder is None or self.device.type != "cpu" or importlib.util.find_spec("onnxruntime") is None
-        ):
-            return None
-        if backend == "onnx" and self.device.type != "cpu":
-            raise ConfigError(
-                f"device={self.device}", "the ONNX backend runs on the CPU", "use backend='torch' on a GPU"
-            )
-        if folder is None:
-            raise BundleError("bundle", "an ONNX backend needs the bundle folder", "pass the folder, not a Bundle")
-        problem = None
-        record = read_export_manifest(folder).get("formats", {}).get("onnx")
-        if record is None:
-            problem = "has no ONNX export"
-        elif record.get("weights_sha256") != file_sha256(folder / WEIGHTS):
-            problem = f"{record['file']} was exported from other weights than {WEIGHTS}"
-        elif not (folder / record["file"]).is_file() or file_sha256(folder / record["file"]) != record["sha256"]:
-            problem = f"{record['file']} is missing or differs from the one {EXPORT_MANIFEST} records"
-        if problem is None:
-            return record
-        fix = f"run `medsight export {folder} --format onnx`"
-        if backend == "onnx":
-            raise BundleError(folder, problem, fix)
-        if record is not None:  # an export exists but is stale: say so, then use the weights
-            warnings.warn(f"{folder}: {problem}; using PyTorch ({fix})", stacklevel=3)
-        return None
+        return onnx_export_record(folder, backend, device_type=self.device.type)
 
 
 class OnnxLogits:
@@ -245,6 +218,49 @@ def read_export_manifest(folder: str | Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise BundleError(path, f"not valid JSON ({exc})", f"delete it and run medsight export {folder}") from exc
+
+
+def onnx_export_record(folder: Path | None, backend: str, *, device_type: str = "cpu",
+                       check: Callable[[dict[str, Any]], str | None] | None = None) -> dict[str, Any] | None:
+    """The current ONNX export of the bundle in ``folder`` that ``backend`` runs, or None for PyTorch.
+
+    ``"torch"`` gives None; ``"auto"`` gives the export when the folder has a current one (its recorded
+    SHA-256 of the weights and of the ONNX file both match, and ``check(record)``, when given, finds no
+    problem), ONNX Runtime is installed and the device is the CPU, else None, with a warning when an
+    export exists but is stale or mismatched; ``"onnx"`` gives the export or raises.
+
+    Raises:
+        ConfigError: ``"onnx"`` on a device other than the CPU.
+        BundleError: ``"onnx"`` without a folder or without a current, matching export.
+    """
+    if backend == "torch":
+        return None
+    if backend == "auto" and (
+        folder is None or device_type != "cpu" or importlib.util.find_spec("onnxruntime") is None
+    ):
+        return None
+    if backend == "onnx" and device_type != "cpu":
+        raise ConfigError(f"device={device_type}", "the ONNX backend runs on the CPU", "use backend='torch' on a GPU")
+    if folder is None:
+        raise BundleError("bundle", "an ONNX backend needs the bundle folder", "pass the folder, not a Bundle")
+    problem = None
+    record = read_export_manifest(folder).get("formats", {}).get("onnx")
+    if record is None:
+        problem = "has no ONNX export"
+    elif record.get("weights_sha256") != file_sha256(folder / WEIGHTS):
+        problem = f"{record['file']} was exported from other weights than {WEIGHTS}"
+    elif not (folder / record["file"]).is_file() or file_sha256(folder / record["file"]) != record["sha256"]:
+        problem = f"{record['file']} is missing or differs from the one {EXPORT_MANIFEST} records"
+    elif check is not None:
+        problem = check(record)
+    if problem is None:
+        return record
+    fix = f"run `medsight export {folder} --format onnx`"
+    if backend == "onnx":
+        raise BundleError(folder, problem, fix)
+    if record is not None:  # an export exists but is stale: say so, then use the weights
+        warnings.warn(f"{folder}: {problem}; using PyTorch ({fix})", stacklevel=4)
+    return None
 
 
 def onnx_session(path: str | Path, *, threads: int = 0):
