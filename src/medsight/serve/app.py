@@ -4,7 +4,9 @@ Endpoints (``/v1/*`` and ``/metrics`` need an API key; the rest are open):
 
 * ``POST /v1/predict``  an image (multipart field ``file`` or the raw body) -> JSON with the label,
   probabilities, threshold, model version and timing; a segmentation bundle answers with the mask
-  (PNG, NIfTI or JSON by ``Accept``). ``?preview=1`` adds a PNG of the model's input (base64).
+  (PNG, NIfTI or JSON by ``Accept``); a detection bundle with the boxes in the image's own pixels, their
+  scores and the bundle's score threshold (JSON, :mod:`medsight.serve.detections`). ``?preview=1`` adds a
+  PNG of the model's input, or of the image the mask or boxes lie on (base64).
 * ``POST /v1/explain``  a heatmap PNG (501 until ``medsight.explain`` is installed).
 * ``GET /v1/model``     the model card.
 * ``POST /v1/feedback`` a clinician's verdict on a prediction (``agree``, the correct ``label``, or a corrected
@@ -54,6 +56,7 @@ from medsight import __version__
 from medsight.errors import MedsightError
 from medsight.serve.answers import classify_body, finish, mask_file, mask_json, ms, segment_result
 from medsight.serve.auth import FailedAuthLimit, check_auth_settings, key_from_headers, key_is_valid
+from medsight.serve.detections import detect_body
 from medsight.serve.errors import (
     COMMON_ERRORS,
     KEYED_ERRORS,
@@ -106,7 +109,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     slot = ModelSlot(settings, metrics)
 
     app = FastAPI(title="medsight", version=__version__, lifespan=slot.lifespan, docs_url=None, redoc_url=None,
-                  description="Medical image classification and segmentation from a medsight bundle.",
+                  description="Medical image classification, segmentation and detection from a medsight bundle.",
                   responses=error_responses(*COMMON_ERRORS))
     app.state.service = None
     app.state.metrics = metrics
@@ -182,7 +185,7 @@ def _add_inference_routes(app: FastAPI, settings: ServeSettings, metrics: Metric
 
     @app.post("/v1/predict", dependencies=keyed, openapi_extra=UPLOAD_DOC, tags=["inference"],
               responses={200: PREDICT_OK, **error_responses(406), **_KEYED_ERRORS},
-              summary="Classify an image, or segment it (the mask by Accept)")
+              summary="Classify an image, segment it (the mask by Accept), or find boxes in it")
     async def predict(request: Request, preview: bool = False) -> Response:
         service = _service_of(request)
         start = perf_counter()
@@ -191,8 +194,9 @@ def _add_inference_routes(app: FastAPI, settings: ServeSettings, metrics: Metric
         sample = await run_in_threadpool(upload_sample, upload)
         decode_ms = ms(perf_counter() - began)
         user = user_id(request, settings.no_auth)
-        if service.task == "classification":
-            body, seconds = await on_model(request.app, partial(classify_body, service, sample, preview))
+        if service.task in ("classification", "detection"):  # JSON whatever the Accept header
+            answer = classify_body if service.task == "classification" else detect_body
+            body, seconds = await on_model(request.app, partial(answer, service, sample, preview))
             metrics.observe_inference(service.task, seconds)
             body["timing_ms"] = {"decode": decode_ms, "inference": ms(seconds)}
             body["input_sha256"] = desk.remember(upload, prediction_record(body, service), user)

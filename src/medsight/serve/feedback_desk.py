@@ -142,8 +142,9 @@ class FeedbackDesk:
 
 
 def prediction_record(body: dict[str, Any], service: ModelService) -> dict[str, Any]:
-    """What the feedback row keeps of a prediction: label and probabilities (or voxel counts) and the model."""
-    keep = {k: body[k] for k in ("label", "probabilities", "threshold") if k in body}
+    """What the feedback row keeps of a prediction: label and probabilities (or voxel counts, or the boxes) and
+    the model."""
+    keep = {k: body[k] for k in ("label", "probabilities", "threshold", "boxes") if k in body}
     if "voxel_counts" in body:
         keep["voxel_counts"] = {str(k): int(v) for k, v in body["voxel_counts"].items()}
     return {**keep, "model_version": service.version["hash"]}

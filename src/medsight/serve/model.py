@@ -1,9 +1,9 @@
 """The loaded model behind the service: one per worker process, loaded once at start-up.
 
-:class:`ModelService` reads the bundle, builds the classifier (:class:`Predictor`) or the
-segmenter, and answers for the model: its version (name, a hash of the bundle files, the
-creation stamp), its model card, predictions, masks and (when ``medsight.explain`` is
-installed) heatmaps.
+:class:`ModelService` reads the bundle, builds the classifier (:class:`Predictor`), the
+segmenter or the detector (:class:`~medsight.inference.detector.Detector`), and answers for the
+model: its version (name, a hash of the bundle files, the creation stamp), its model card,
+predictions, masks, boxes and (when ``medsight.explain`` is installed) heatmaps.
 
 Example:
     >>> service = ModelService("runs/demo/model")
@@ -24,14 +24,14 @@ import numpy as np
 
 from medsight.bundle import bundle_hash, load_bundle
 from medsight.errors import BundleError
-from medsight.inference.domain import OutOfDomainError
+from medsight.inference.domain import CHECK_OFF, NO_RECORD, OutOfDomainError, domain_check, unchecked
 from medsight.inference.predictor import Predictor
 from medsight.sample import Sample
 from medsight.serve.errors import ExplainUnavailableError
 from medsight.serve.pictures import middle_slice, preview_png
 from medsight.triage.policy import served_policy
 
-TASKS = ("classification", "segmentation")
+TASKS = ("classification", "segmentation", "detection")
 #: Provenance keys that may list source files (and so patient names in file names); dropped from the card.
 _FILE_LIST_KEYS = ("file", "files", "paths", "skipped", "ids", "cases")
 _SPLIT_KEYS = ("split", "splits")
@@ -55,6 +55,10 @@ class ModelService:
             from medsight.inference.segmenter import Segmenter
 
             self.runner = Segmenter(self.path, device=device, mixed_precision=mixed_precision)
+        elif self.task == "detection":
+            from medsight.inference.detector import Detector
+
+            self.runner = Detector.from_bundle(self.path)  # on the CPU
         else:
             raise BundleError(self.path, f"task {self.task!r} cannot be served", f"serve one of {', '.join(TASKS)}")
         self.bundle = self.runner.bundle
@@ -64,6 +68,9 @@ class ModelService:
         self.explainer = load_explainer()
         # the bundle's triage policy (medsight triage train), None without one; one for other weights is an error
         self.triage = served_policy(self.path, self.runner) if self.task == "classification" else None
+        # a detector's check of each input against the bundle's domain record (None: not checked); a classifier's
+        # Predictor runs its own
+        self.domain = domain_check(self.bundle.domain, out_of_domain) if self.task == "detection" else None
         self._warm_up()
         self.load_seconds = perf_counter() - start
 
@@ -76,6 +83,9 @@ class ModelService:
         if self.task == "classification":
             with suppress(OutOfDomainError):  # a ramp is outside any domain; refusing it warmed the model up too
                 self.classify(sample)
+        elif self.task == "detection":
+            with suppress(OutOfDomainError):
+                self.detect(sample)
         else:
             self.segment(sample)
 
@@ -92,9 +102,27 @@ class ModelService:
         """A :class:`SegmentationResult` on the sample's own grid."""
         return self.runner.segment_sample(sample)
 
+    def detect(self, sample: Sample) -> tuple[Any, dict[str, Any]]:
+        """``(boxes, domain fields)``: every box the detector keeps (its score floor, NMS and box limit), scored,
+        in the sample's own index space (:class:`~medsight.boxes.Boxes`), and ``out_of_domain``,
+        ``domain_reasons`` and ``domain_note``.
+
+        Raises:
+            InvalidImageError: a volume for a 2D model or the reverse.
+            OutOfDomainError: the bundle has a domain record, the input lies outside it and the action is
+                ``refuse`` (checked before the detector runs).
+        """
+        if self.domain is None:
+            domain = {**unchecked(), "domain_note": NO_RECORD if self.bundle.domain is None else CHECK_OFF}
+        else:  # the file's own reasons; a detector has no penultimate features to measure a distance on
+            where = str(sample.meta.get("path", "image"))
+            domain = {**self.domain.verdict(where, self.domain.input_reasons(sample)), "domain_note": None}
+        return self.runner.predict([sample])[0], domain
+
     def preview(self, sample: Sample) -> bytes:
         """PNG of what the model sees: the preprocessed input (classification) or the image on its own grid
-        after the intensity steps (segmentation, so the mask overlays it); the middle slice of a volume."""
+        after the intensity steps (segmentation and detection, so the mask or boxes overlay it); the middle slice
+        of a volume."""
         from medsight.transforms.preprocess import intensity_steps, preprocess
 
         cfg = self.bundle.preprocess
@@ -105,8 +133,12 @@ class ModelService:
         """``medsight.explain.explain_png``.
 
         Raises:
-            ExplainUnavailableError: no ``medsight.explain`` module with ``explain_png`` is installed.
+            ExplainUnavailableError: no ``medsight.explain`` module with ``explain_png`` is installed, or the model
+                is a detector (its boxes are the explanation).
         """
+        if self.task == "detection":
+            raise ExplainUnavailableError("/v1/explain", "heatmaps (Grad-CAM) are for classifiers; this model finds "
+                                          "boxes", "use /v1/predict: each box is where the detector found a finding")
         if self.explainer is None:
             raise ExplainUnavailableError(
                 "/v1/explain",
@@ -123,6 +155,13 @@ class ModelService:
         """
         return self.require_explainer()(self.runner, sample, target=target)
 
+    def _domain_card(self) -> dict[str, Any] | None:
+        if self.task != "detection":
+            return domain_card_of(self.runner)
+        if self.domain is None:
+            return {"action": "off", "note": NO_RECORD if self.bundle.domain is None else CHECK_OFF}
+        return self.domain.summary()
+
     def card(self) -> dict[str, Any]:
         """The model card: what the model does, what it expects, how well it did, where it came from."""
         bundle = self.bundle
@@ -132,14 +171,15 @@ class ModelService:
             "label_names": bundle.label_names,
             "preprocess": bundle.preprocess.model_dump(mode="json"),
             "spatial_dims": bundle.spatial_dims,
-            "threshold": bundle.threshold,
+            "threshold": bundle.detection.score_threshold if bundle.detection is not None else bundle.threshold,
             "temperature": bundle.temperature,
             "segmentation": None if bundle.segmentation is None else bundle.segmentation.model_dump(mode="json"),
+            "detection": None if bundle.detection is None else bundle.detection.model_dump(mode="json"),
             "metrics": bundle.metrics,
             "version": self.version,
             "provenance": public_provenance(bundle.provenance),
             "explain_available": self.explainer is not None,
-            "domain": domain_card_of(self.runner),
+            "domain": self._domain_card(),
             "accepts": ["DICOM", "NIfTI (.nii, .nii.gz)", "PNG", "JPEG"],
         }
 

@@ -54,9 +54,60 @@ FEEDBACK_DOC: dict[str, Any] = {
     }
 }
 
-#: What ``/v1/predict`` answers with 200: JSON (classification, or a mask as JSON), or a mask file.
-PREDICT_OK = {"description": "the prediction (JSON), or the mask as PNG or NIfTI by Accept",
-              "content": {"application/json": {}, "image/png": {}, "application/gzip": {}}}
+_NUMBER = {"type": "number"}
+_PIXEL_EDGE = {"type": "number", "description": "a continuous pixel edge in the image's own pixels"}
+_DETECTED_BOX = {
+    "type": "object",
+    "description": "one box: x the column, y the row (pixel edges: exactly pixel (row 3, column 5) is x1=5, y1=3, "
+                   "x2=6, y2=4); a volume adds z (voxel axis 0), voxel_corners (the volume's index order) and the "
+                   "bounds in mm (RAS+)",
+    "required": ["x1", "y1", "x2", "y2", "label", "score", "finding"],
+    "properties": {
+        **{k: _PIXEL_EDGE for k in ("x1", "y1", "x2", "y2", "z1", "z2")},
+        "label": {"type": "string"},
+        "score": {"type": "number", "minimum": 0, "maximum": 1},
+        "finding": {"type": "boolean", "description": "score >= the bundle's threshold"},
+        "voxel_corners": {"type": "array", "items": _NUMBER, "minItems": 6, "maxItems": 6},
+        **{f"{k}_mm": _NUMBER for k in ("x1", "y1", "z1", "x2", "y2", "z2")},
+    },
+}
+#: The JSON a detection bundle answers (:mod:`medsight.serve.detections`).
+DETECTION_ANSWER: dict[str, Any] = {
+    "type": "object",
+    "title": "DetectionAnswer",
+    "required": ["task", "label_names", "threshold", "threshold_note", "image_size", "box_slice", "n_boxes",
+                 "n_findings", "boxes", "out_of_domain", "domain_reasons", "timing_ms", "input", "model",
+                 "input_sha256"],
+    "properties": {
+        "task": {"const": "detection"},
+        "label_names": {"type": "array", "items": {"type": "string"}},
+        "threshold": {"type": "number", "description": "the bundle's score threshold: boxes at or above are findings"},
+        "threshold_note": {"type": "string", "description": "how the threshold was chosen"},
+        "image_size": {"type": "object", "required": ["width", "height"],
+                       "properties": {k: {"type": "integer"} for k in ("width", "height", "depth")}},
+        "box_slice": {"type": ["integer", "null"], "description": "a volume: the middle slice (axis 0) the preview "
+                                                                  "shows"},
+        "n_boxes": {"type": "integer"},
+        "n_findings": {"type": "integer"},
+        "boxes": {"type": "array", "items": _DETECTED_BOX},
+        "out_of_domain": {"type": ["boolean", "null"], "description": "null: not checked (see domain_note)"},
+        "domain_reasons": {"type": "array", "items": {"type": "string"}},
+        "domain_note": {"type": ["string", "null"]},
+        "timing_ms": {"type": "object", "additionalProperties": _NUMBER},
+        "input": {"type": "object"},
+        "model": {"type": "object"},
+        "input_sha256": _SHA256,
+        "preview_png": {"type": "string", "description": "with ?preview=1: the image the boxes lie on (base64 PNG)"},
+    },
+}
+#: The JSON a classifier or a segmenter answers (described in the service's guide).
+_OTHER_ANSWER = {"type": "object", "required": ["task"], "properties": {"task": {"enum": ["classification",
+                                                                                           "segmentation"]}}}
+
+#: What ``/v1/predict`` answers with 200: JSON (classification, a mask as JSON, or boxes), or a mask file.
+PREDICT_OK = {"description": "the prediction (JSON), the mask as PNG or NIfTI by Accept, or the boxes (JSON)",
+              "content": {"application/json": {"schema": {"oneOf": [DETECTION_ANSWER, _OTHER_ANSWER]}},
+                          "image/png": {}, "application/gzip": {}}}
 
 
 class ModelVersion(BaseModel):
