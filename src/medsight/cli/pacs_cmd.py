@@ -74,7 +74,8 @@ def query(
 @reports_errors
 def run(
     study: str = typer.Option(..., "--study", help="The StudyInstanceUID to process."),
-    bundle: Path = typer.Option(..., "--bundle", help="The model bundle folder (segmentation or classification)."),
+    bundle: Path = typer.Option(..., "--bundle",
+                                help="The model bundle folder (segmentation, classification or detection)."),
     url: str = URL,
     modality: str = MODALITY,
     series_description: str = DESCRIPTION,

@@ -17,7 +17,7 @@ The report is a highdicom Comprehensive 3D SR holding one TID 1500 *Imaging Meas
   same group: ``out of domain: <reason>; <reason>``. A reader that knows none of this still reads the label.
 
 Class names are coded with SNOMED CT where a name maps (:data:`FINDING_CODES`: pneumonia, normal,
-abnormal, malignant, benign, nodule, tumour, mass, lesion; case and separators ignored). Any other name
+abnormal, malignant, benign, nodule, tumour, mass, lesion, fracture; case and separators ignored). Any other name
 falls back, as documented, to the private scheme ``99MEDSIGHT`` with the name as the code value. The code
 meaning always keeps the model's own class name, so the report reads back to the same label; the code
 value and scheme carry the concept (pydicom compares codes by value and scheme only).
@@ -55,6 +55,7 @@ FINDING_CODES = {
     "tumor": "108369006", "tumour": "108369006", "neoplasm": "108369006",  # Neoplasm
     "mass": "4147007",  # Mass
     "lesion": "52988006",  # Lesion
+    "fracture": "125605004",  # Fracture of bone
 }
 #: the documented fallback coding scheme for class names without a SNOMED CT code
 PRIVATE_SCHEME = "99MEDSIGHT"
@@ -113,15 +114,8 @@ def write_classification_sr(prediction: dict, image: Sample, path: Path, *, labe
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
-    from medsight import __version__
-
     finding, probability, label = _checked(prediction, label_names, path)
     sources = source_datasets(image)
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(), name="medsight", manufacturer_name="medsight", model_name=model),
-    )
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"medsight {model} result"),
         finding_type=finding_code(finding),
@@ -133,19 +127,51 @@ def write_classification_sr(prediction: dict, image: Sample, path: Path, *, labe
                                  *_domain_evaluation(prediction)],
     )
     _add_domain_reasons(group, prediction)
+    return save_dataset(report_document(sources, [group], model=model, kind="classification"), path)
+
+
+def report_document(sources: list, groups: list, *, model: str, kind: str):
+    """The Comprehensive 3D SR holding a TID 1500 report of ``groups`` about ``sources`` (their headers), in the
+    sources' study, a new series described ``medsight <model> <kind>``, observed by the device medsight <model>.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    from medsight import __version__
+
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(), name="medsight", manufacturer_name="medsight", model_name=model),
+    )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=_procedure(str(sources[0].get("Modality", ""))),
-        imaging_measurements=[group], referenced_images=library_entries(sources) or None,
+        imaging_measurements=groups or None, referenced_images=library_entries(sources) or None,
     )
     with no_patient_warnings():
-        sr = hd.sr.Comprehensive3DSR(
+        document = hd.sr.Comprehensive3DSR(
             evidence=sources, content=report, series_instance_uid=generate_uid(), series_number=901,
             sop_instance_uid=generate_uid(), instance_number=1, manufacturer="medsight",
             manufacturer_model_name=f"medsight {model}", software_versions=f"medsight {__version__}",
-            device_serial_number="none", series_description=f"medsight {model} classification", is_complete=True,
+            device_serial_number="none", series_description=f"medsight {model} {kind}", is_complete=True,
         )
-    return save_dataset(sr, path)
+    _identify_private_scheme(document)
+    return document
+
+
+def _identify_private_scheme(document) -> None:
+    """Describe ``99MEDSIGHT`` in the Coding Scheme Identification Sequence where the document uses it."""
+    from pydicom.dataset import Dataset
+
+    if not any(e.keyword == "CodingSchemeDesignator" and e.value == PRIVATE_SCHEME for e in document.iterall()):
+        return
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = PRIVATE_SCHEME
+    scheme.CodingSchemeName = "medsight class names"
+    scheme.CodingSchemeResponsibleOrganization = "medsight"
+    document.CodingSchemeIdentificationSequence = [scheme]
 
 
 def _domain_evaluation(prediction: dict) -> list:
@@ -238,7 +264,7 @@ def read_classification_sr(path: Path) -> dict[str, Any]:
         "finding": group.finding_type.meaning if group.finding_type is not None else None,
         "probability": float(measurement.value),
         "model": device[0].observer_identifying_attributes.model_name if device else None,
-        "version": _text_item(group[0], ALGORITHM_VERSION),
+        "version": text_item(group[0], ALGORITHM_VERSION),
         "study_uid": str(sr.StudyInstanceUID),
         "referenced_series_uid": str(series[0][1]) if series else None,
         **_domain_read(group),
@@ -249,7 +275,7 @@ def _domain_read(group) -> dict[str, Any]:
     """``out_of_domain`` (None: not checked) and ``domain_reasons`` of a measurement group."""
     flagged = next((item.value.meaning == "Yes" for item in group.get_qualitative_evaluations()
                     if item.name.value == "OUT-OF-DOMAIN" and item.name.scheme_designator == PRIVATE_SCHEME), None)
-    comment = _text_item(group[0], COMMENT) or ""
+    comment = text_item(group[0], COMMENT) or ""
     reasons = comment.removeprefix(OUT_OF_DOMAIN_PREFIX).split("; ") if comment.startswith(OUT_OF_DOMAIN_PREFIX) else []
     return {"out_of_domain": flagged, "domain_reasons": reasons}
 
@@ -285,13 +311,13 @@ def _procedure(modality: str):
     return getattr(codes.LN, name[modality]) if modality in name else codes.SCT.ImagingProcedure
 
 
-def _text_item(container, concept_value: str) -> str | None:
+def text_item(container, concept_value: str) -> str | None:
     """The text value of the first item named ``concept_value`` under ``container`` (depth-first)."""
     for item in getattr(container, "ContentSequence", []):
         name = item.ConceptNameCodeSequence[0].CodeValue if "ConceptNameCodeSequence" in item else None
         if name == concept_value and "TextValue" in item:
             return str(item.TextValue)
-        found = _text_item(item, concept_value)
+        found = text_item(item, concept_value)
         if found is not None:
             return found
     return None

@@ -8,6 +8,8 @@ is retrieved (WADO-RS) into ``work_dir``, read as a volume, and
 * a classification bundle writes a DICOM SR with the predicted label and probabilities, and whether the
   series lies outside the model's training domain and why (the bundle's ``predict.out_of_domain``: under
   ``refuse`` an out-of-domain series is an :class:`~medsight.inference.domain.OutOfDomainError`, no SR),
+* a detection bundle writes a DICOM SR with one image region per finding at the bundle's threshold and its score
+  (a 2D model runs on each image of the series, a 3D model on the volume: :mod:`medsight.detection.dicom_report`),
 
 which is stored (STOW-RS) into the same study.
 
@@ -47,7 +49,7 @@ def stored_results(client: PacsClient, study_uid: str, bundle: Bundle) -> list[S
     The watcher checks it before processing, so a crash between the STOW and the state save
     does not store a second result.
     """
-    kind = "segmentation" if bundle.task == "segmentation" else "classification"
+    kind = bundle.task if bundle.task in ("segmentation", "detection") else "classification"
     description = f"medsight {bundle.model.name} {kind}".lower()
     return [s for s in client.series(study_uid) if s.modality.upper() in ("SEG", "SR")
             and s.description.lower() == description]
@@ -60,7 +62,7 @@ def run_study(client: PacsClient, study_uid: str, bundle: Bundle | str | Path, *
     Args:
         client: the PACS.
         study_uid: the StudyInstanceUID to process.
-        bundle: a bundle folder or a loaded bundle (segmentation or classification).
+        bundle: a bundle folder or a loaded bundle (segmentation, classification or detection).
         work_dir: where the series are downloaded and the results written.
         where: which series the bundle applies to (default: every image series).
         device: where the model runs.
@@ -95,7 +97,11 @@ def run_study(client: PacsClient, study_uid: str, bundle: Bundle | str | Path, *
 
 
 def _model_for(bundle: Bundle, device: str):
-    """A Segmenter or Predictor for the bundle's task."""
+    """A Segmenter, Detector or Predictor for the bundle's task."""
+    if bundle.task == "detection":
+        from medsight.inference.detector import Detector
+
+        return Detector(bundle)
     if bundle.task == "segmentation":
         from medsight.inference.segmenter import Segmenter
 
@@ -107,6 +113,11 @@ def _model_for(bundle: Bundle, device: str):
 
 def _infer_and_write(model, bundle: Bundle, folder: Path, series_uid: str, *, name: str, version: str) -> Path:
     from medsight.io.dicom_series import read_dicom_series
+
+    if bundle.task == "detection":
+        from medsight.detection.dicom_report import detect_dicom
+
+        return detect_dicom(model, folder / "source", folder / "sr.dcm", series_uid=series_uid)
 
     sample = read_dicom_series(folder / "source", series_uid=series_uid)
     if bundle.task == "segmentation":
