@@ -149,3 +149,16 @@ def test_watch_stores_the_detection_sr_once_across_restarts(orthanc_factory, ct_
     assert recovered.processed[slices["study"]]["found_in_pacs"]
     assert _sr_count(client, slices["study"]) == 1
     assert slices["patient"] not in caplog.text
+
+
+def test_detect_dicom_refuses_a_folder_without_images_and_a_volume_for_a_2d_model(shared_data, bundle_2d, tmp_path):
+    from medsight.detection.dicom_report import detect_dicom
+    from medsight.errors import DatasetError, InvalidImageError
+
+    detector = Detector(bundle_2d[0])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="empty: holds no DICOM image.*the folder the series was retrieved into"):
+        detect_dicom(detector, tmp_path / "empty", tmp_path / "sr.dcm")
+    with pytest.raises(InvalidImageError, match="eCT_Supplemental.dcm: this model takes 2D images"):
+        detect_dicom(detector, shared_data / "dicom/pydicom/eCT_Supplemental.dcm", tmp_path / "sr.dcm")
+    assert [p.name for p in tmp_path.iterdir()] == ["empty"]  # no report written
