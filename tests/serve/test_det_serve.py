@@ -182,7 +182,7 @@ def test_the_card_explain_and_feedback_know_the_task(det_client, det_bundle: Pat
     assert card["detection"]["score_threshold"] == detector.score_threshold and card["detection"]["max_detections"]
     assert card["domain"] == {"action": "off", "note": NO_RECORD}
     explained = det_client.post("/v1/explain", files={"file": ("case.png", PNG)})
-    assert explained.status_code == 501 and "use /v1/predict" in explained.json()["error"]["fix"]
+    assert explained.status_code == 422 and "use /v1/predict" in explained.json()["error"]["fix"]
     body = det_client.post("/v1/predict", files={"file": ("case.png", PNG)}).json()
     stored = det_client.post("/v1/feedback", json={"input_sha256": body["input_sha256"], "verdict": "agree"})
     assert stored.status_code == 201, stored.text
@@ -190,3 +190,18 @@ def test_the_card_explain_and_feedback_know_the_task(det_client, det_bundle: Pat
     row = FeedbackStore(det_feedback).rows()[-1]
     assert row["kind"] == "agree" and row["prediction"]["boxes"] == body["boxes"]
     assert row["prediction"]["threshold"] == detector.score_threshold
+
+
+def test_medsight_serve_serves_a_detection_bundle(det_bundle: Path, api_key: str, tmp_path: Path) -> None:
+    """The command itself (a subprocess): the model loads as a detector and answers boxes, the key required."""
+    import httpx2
+    from live_server import live_service
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"{api_key}\n")
+    with (live_service(det_bundle, keys) as service,
+          httpx2.Client(base_url=service.base, headers={"X-API-Key": api_key}, timeout=30) as client):
+        body = client.post("/v1/predict", files={"file": ("case.png", PNG)}).json()
+        assert body["task"] == "detection" and body["n_findings"] == FINDINGS
+        assert httpx2.post(f"{service.base}/v1/predict", files={"file": ("case.png", PNG)}).status_code == 401
+    assert "model loaded: detection retinanet" in service.output

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from medsight.bundle import bundle_hash, load_bundle
-from medsight.errors import BundleError
+from medsight.errors import BundleError, ConfigError
 from medsight.inference.domain import CHECK_OFF, NO_RECORD, OutOfDomainError, domain_check, unchecked
 from medsight.inference.predictor import Predictor
 from medsight.sample import Sample
@@ -133,12 +133,12 @@ class ModelService:
         """``medsight.explain.explain_png``.
 
         Raises:
-            ExplainUnavailableError: no ``medsight.explain`` module with ``explain_png`` is installed, or the model
-                is a detector (its boxes are the explanation).
+            ExplainUnavailableError: no ``medsight.explain`` module with ``explain_png`` is installed.
+            ConfigError: the model is a detector (a 422: its boxes say where it looked).
         """
         if self.task == "detection":
-            raise ExplainUnavailableError("/v1/explain", "heatmaps (Grad-CAM) are for classifiers; this model finds "
-                                          "boxes", "use /v1/predict: each box is where the detector found a finding")
+            raise ConfigError("/v1/explain", "heatmaps (Grad-CAM) are for classifiers; this model finds boxes",
+                              "use /v1/predict: each box is where the detector found a finding")
         if self.explainer is None:
             raise ExplainUnavailableError(
                 "/v1/explain",

@@ -1,4 +1,5 @@
-// medsight web page: upload an image, show the label, probabilities and a mask or heatmap overlay.
+// medsight web page: upload an image, show the label, probabilities and a mask or heatmap overlay, or the boxes
+// a detector found with a slider on their score threshold (no new request when it moves).
 // Talks to the same server's REST API with fetch; the API key lives in sessionStorage only.
 "use strict";
 
@@ -8,10 +9,16 @@ const BROWSER_TYPES = ["image/png", "image/jpeg"];
 const PALETTE = [[0, 0, 0], [230, 57, 70], [42, 157, 143], [244, 162, 97], [69, 123, 157], [233, 196, 106],
                  [131, 56, 236], [58, 134, 255], [255, 0, 110], [128, 185, 24]];
 
+const SVG_NS = "http://www.w3.org/2000/svg";
+
 const $ = (id) => document.getElementById(id);
 let lastFile = null;
 let lastSha = null;
 let previewUrl = null;
+// the detection answer's score threshold now applied: the bundle's exactly at first (a range input rounds its value,
+// and a bundle's threshold is often one of the boxes' own scores), then wherever the slider is moved
+let scoreThreshold = null;
+let modelThreshold = null;
 
 function apiKey() { return sessionStorage.getItem(KEY_STORE) || ""; }
 
@@ -221,9 +228,111 @@ async function showSegmentation(body) {
     `model ${body.model.name} ${body.model.hash}`;
 }
 
+// A volume's boxes on the page: those that cross the middle slice (box_slice along voxel axis 0) the preview shows.
+function boxesOnPicture(body) {
+  if (body.box_slice === null) return body.boxes;
+  return body.boxes.filter((box) => box.z1 < body.box_slice + 1 && box.z2 > body.box_slice);
+}
+
+function boxGroup(box, colour, fontSize) {
+  const group = document.createElementNS(SVG_NS, "g");
+  group.setAttribute("class", "det-box");
+  group.setAttribute("data-score", String(box.score));
+  group.setAttribute("data-label", box.label);
+  const rect = document.createElementNS(SVG_NS, "rect");
+  const geometry = { x: box.x1, y: box.y1, width: box.x2 - box.x1, height: box.y2 - box.y1 };
+  for (const [name, value] of Object.entries(geometry)) rect.setAttribute(name, String(value));
+  rect.setAttribute("stroke", `rgb(${colour.join(",")})`);
+  const text = document.createElementNS(SVG_NS, "text");
+  text.setAttribute("x", String(box.x1));
+  text.setAttribute("y", String(box.y1 > fontSize ? box.y1 - fontSize / 4 : box.y2 + fontSize));
+  text.setAttribute("font-size", String(fontSize));
+  text.setAttribute("fill", `rgb(${colour.join(",")})`);
+  text.textContent = `${box.label} ${box.score.toFixed(2)}`;
+  group.append(rect, text);
+  return group;
+}
+
+function boxRow(box, colour) {
+  const row = element("div", { class: "prob box-row", "data-score": String(box.score), "data-class": box.label });
+  const swatch = element("span", { class: "swatch" });
+  swatch.style.background = `rgb(${colour.join(",")})`;
+  const title = element("span", {});
+  title.append(swatch, box.label);
+  const where = `x ${box.x1.toFixed(1)}–${box.x2.toFixed(1)}, y ${box.y1.toFixed(1)}–${box.y2.toFixed(1)}` +
+    ("z1" in box ? `, z ${box.z1.toFixed(1)}–${box.z2.toFixed(1)}` : "");
+  row.append(title, element("span", { class: "where" }, where), element("span", { class: "value" },
+    box.score.toFixed(3)));
+  return row;
+}
+
+// Show the boxes (and list rows) scored at or above the threshold; hide the others.
+function applyScoreThreshold() {
+  const threshold = scoreThreshold;
+  let shown = 0;
+  const groups = $("boxes").querySelectorAll(".det-box");
+  for (const group of groups) {
+    const keep = Number(group.getAttribute("data-score")) >= threshold;
+    group.classList.toggle("off", !keep);
+    if (keep) shown++;
+  }
+  for (const row of $("probabilities").querySelectorAll(".box-row")) {
+    row.classList.toggle("off", Number(row.getAttribute("data-score")) < threshold);
+  }
+  $("score-value").textContent = threshold.toFixed(3);
+  $("box-count").textContent = `${shown} of ${groups.length} box${groups.length === 1 ? "" : "es"} shown`;
+}
+
+function resetScoreThreshold() {
+  scoreThreshold = modelThreshold;
+  $("score-threshold").value = String(modelThreshold);
+  applyScoreThreshold();
+}
+
+function resetBoxes() {
+  $("boxes").replaceChildren();
+  $("boxes").setAttribute("hidden", "");  // an SVG element has no .hidden property
+  $("box-controls").hidden = true;
+}
+
+function showDetection(body) {
+  showDomainWarning(body);
+  const width = body.image_size.width;
+  const height = body.image_size.height;
+  const svg = $("boxes");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.removeAttribute("hidden");
+  // labels about 12 screen pixels high, whatever the image's size on the screen
+  const fontSize = 12 * width / (svg.getBoundingClientRect().width || width);
+  const list = $("probabilities");
+  list.replaceChildren();
+  const drawn = boxesOnPicture(body);
+  for (const box of drawn) {
+    const colour = PALETTE[(body.label_names.indexOf(box.label) + 1) % PALETTE.length];
+    svg.appendChild(boxGroup(box, colour, fontSize));
+    list.appendChild(boxRow(box, colour));
+  }
+  modelThreshold = body.threshold;
+  resetScoreThreshold();
+  $("box-controls").hidden = false;
+  const label = $("label");
+  label.textContent = "Detection: ";
+  label.appendChild(element("strong", { id: "label-name" },
+    `${body.n_findings} finding${body.n_findings === 1 ? "" : "s"}`));
+  label.append(` at the model's threshold ${body.threshold.toFixed(3)}`);
+  $("caption").textContent = body.box_slice === null
+    ? "The boxes the detector found; the slider hides those scored below it."
+    : `Middle slice (${body.box_slice + 1} of ${body.image_size.depth}) with the ${drawn.length} of ` +
+      `${body.n_boxes} boxes that cross it.`;
+  $("details").textContent = `threshold ${body.threshold.toFixed(3)}: ${body.threshold_note} · ` +
+    `${body.input.type}, ${body.input.shape.join("×")} · ${body.timing_ms.total} ms · ` +
+    `model ${body.model.name} ${body.model.hash}`;
+}
+
 async function analyse(file) {
   lastFile = file;
   showError(null);
+  resetBoxes();
   $("explain-note").hidden = true;
   $("explain").disabled = true;
   $("feedback").hidden = true;
@@ -250,6 +359,7 @@ async function analyse(file) {
   const body = await response.json();
   await setBaseImage(file, body);
   if (body.task === "segmentation") await showSegmentation(body);
+  else if (body.task === "detection") showDetection(body);
   else showClassification(body);
 }
 
@@ -283,6 +393,7 @@ function thresholdText(card) {
   if (perClass && Object.keys(perClass).length) {
     return Object.entries(perClass).map(([k, v]) => `${card.label_names[Number(k)] || k} ${v}`).join(", ");
   }
+  if (card.detection) return `score ${card.threshold} (${card.detection.threshold_note})`;
   return card.threshold === null ? "none (argmax)" : String(card.threshold);
 }
 
@@ -303,10 +414,14 @@ async function loadCard() {
   details.appendChild(element("pre", {}, JSON.stringify(card, null, 2)));
   target.replaceChildren(dl([
     ["Task", card.task],
-    ["Model", `${card.model.name} (${card.model.head} head)`],
+    ["Model", card.detection ? `${card.model.name} (${card.detection.backbone} FPN)`
+      : `${card.model.name} (${card.model.head} head)`],
     ["Classes", card.label_names.join(", ")],
     card.task === "segmentation"
       ? ["Input", `any size, sliding window of ${pre.size.join("×")} px, ${pre.channels} channel(s)`]
+      : card.task === "detection"
+      ? ["Input", `any size, fitted into ${pre.size.join("×")} px (aspect kept), ${pre.channels} channel(s); ` +
+        "boxes in the image's own pixels"]
       : ["Input", `${pre.size.join("×")} px, ${pre.channels} channel(s), ${pre.normalize} normalisation` +
         (pre.window ? `, window ${pre.window}` : "")],
     ["Threshold", thresholdText(card)],
@@ -330,6 +445,11 @@ function init() {
     if (file) analyse(file);
   });
   $("opacity").addEventListener("input", (event) => { $("overlay").style.opacity = event.target.value; });
+  $("score-threshold").addEventListener("input", (event) => {
+    scoreThreshold = Number(event.target.value);
+    applyScoreThreshold();
+  });
+  $("score-reset").addEventListener("click", resetScoreThreshold);
   $("overlay").style.opacity = $("opacity").value;
   $("explain").addEventListener("click", explain);
   $("agree").addEventListener("click", () => sendFeedback("agree"));
