@@ -5,6 +5,7 @@ the classification logits' bias set to 0 (instead of RetinaNet's 1% prior), so t
 detector keeps its ``max_detections`` boxes with scores spread around 0.5. It predicts the boxes of
 :func:`square_png` once and ships a score threshold half way between the 4th and 5th highest scores, so the
 bundle's findings are exactly 4 boxes and the others lie below it. Nothing is trained (about 2 s).
+:func:`make_volume_bundle` is a 3D one (16 x 32 x 32 input, 3 boxes per volume, random weights).
 """
 
 from __future__ import annotations
@@ -64,3 +65,22 @@ def make_detection_bundle(folder: Path, image: bytes | None = None) -> Path:
     scores = np.sort(Detector.from_bundle(bundle).predict([read_image(path)])[0].scores)[::-1]
     assert len(scores) > FINDINGS + 1 and scores[FINDINGS - 1] > scores[FINDINGS], scores
     return save(float((scores[FINDINGS - 1] + scores[FINDINGS]) / 2), "a test's: 4 findings on the square image")
+
+
+def make_volume_bundle(folder: Path) -> Path:
+    """A 3D RetinaNet bundle with seeded random weights that keeps 3 boxes per volume: ``folder/model3d``."""
+    import torch
+
+    from medsight.bundle import build_bundle, provenance
+    from medsight.config import DetectConfig, PreprocessConfig
+    from medsight.models.detectors import build_detector
+
+    torch.manual_seed(0)
+    detect = DetectConfig(score_floor=0.0, max_detections=3)
+    detector = build_detector(3, 1, CLASSES, detect, [[8.0, 8.0, 8.0], [16.0, 16.0, 16.0]], backbone="resnet10",
+                              fpn_channels=8)
+    return build_bundle(
+        task="detection", model=detector.spec.model_config(), label_names=CLASSES, provenance=provenance(),
+        preprocess=PreprocessConfig(size=[16, 32, 32], channels=1, normalize="zscore", keep_aspect=True),
+        state_dict=detector.network.state_dict(), detection=detector.spec.settings(detect),
+    ).save(folder / "model3d")

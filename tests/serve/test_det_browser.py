@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from det_serve_bundles import FINDINGS, make_detection_bundle, square_png
+from det_serve_bundles import FINDINGS, make_detection_bundle, make_volume_bundle, square_png
 from test_serve_page import browsing, chromium, serving  # noqa: F401  (chromium is a fixture)
 
 KEY = "det-page-key-0123456789abcdef"
@@ -107,3 +107,28 @@ def test_the_next_answer_leaves_no_box_behind(request: pytest.FixtureRequest, ti
         page.wait_for_selector("#label-name")
         assert page.locator("#probabilities .prob").count() == 2 and page.is_hidden("#box-controls")
         assert page.is_hidden("#boxes") and page.problems == []
+
+
+def test_a_volume_shows_the_boxes_that_cross_its_middle_slice(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    from medsight.serve.app import ServeSettings, create_app
+
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(28, 36, 30)).astype(np.float32), np.eye(4)), path)
+    app = create_app(ServeSettings(bundle=make_volume_bundle(tmp_path), no_auth=True))
+    with serving(app) as base, browsing(request.getfixturevalue("chromium"), base) as page:
+        with page.expect_response(lambda r: "/v1/predict" in r.url) as answered:
+            page.set_input_files("#file", str(path))
+        page.wait_for_selector("#box-controls:not([hidden])")
+        body = answered.value.json()
+        crossing = [b for b in body["boxes"] if b["z1"] < body["box_slice"] + 1 and b["z2"] > body["box_slice"]]
+        assert 0 < len(crossing) < len(body["boxes"])  # these seeded weights find boxes on and off slice 14
+        page.fill("#score-threshold", "0")
+        assert page.locator("#boxes .det-box").count() == len(crossing) == page.evaluate(SHOWN)[0]
+        assert page.get_attribute("#boxes", "viewBox") == "0 0 30 36"  # x: voxel axis 2, y: axis 1
+        assert page.evaluate("document.getElementById('preview').naturalWidth") == 30  # the server's middle slice
+        caption = f"Middle slice (15 of 28) with the {len(crossing)} of {len(body['boxes'])} boxes that cross it."
+        assert page.inner_text("#caption") == caption
+        assert page.problems == []

@@ -11,7 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from det_serve_bundles import CLASSES, FINDINGS, make_detection_bundle, square_png
+from det_serve_bundles import CLASSES, FINDINGS, make_detection_bundle, make_volume_bundle, square_png
 from image_bombs import png_of_zeros
 from PIL import Image
 
@@ -88,7 +88,7 @@ def test_a_volume_gets_z_voxel_corners_and_millimetres(tmp_path: Path, api_key: 
 
     from medsight.serve.app import ServeSettings, create_app
 
-    folder = _volume_bundle(tmp_path)
+    folder = make_volume_bundle(tmp_path)
     affine = np.array([[0.0, 0.0, 0.8, -40.0], [0.0, 0.7, 0.0, 10.0], [2.5, 0.0, 0.0, 5.0], [0, 0, 0, 1]])
     path = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(20, 40, 30)).astype(np.float32), affine), path)
@@ -106,24 +106,6 @@ def test_a_volume_gets_z_voxel_corners_and_millimetres(tmp_path: Path, api_key: 
     np.testing.assert_allclose(zyx, boxes.corners, rtol=0, atol=1e-6)
     mm = np.array([[b[f"{k}_mm"] for k in ("x1", "y1", "z1", "x2", "y2", "z2")] for b in body["boxes"]])
     np.testing.assert_allclose(mm, boxes.world(sample.affine), rtol=0, atol=1e-6)
-
-
-def _volume_bundle(folder: Path) -> Path:
-    import torch
-
-    from medsight.bundle import build_bundle, provenance
-    from medsight.config import DetectConfig, PreprocessConfig
-    from medsight.models.detectors import build_detector
-
-    torch.manual_seed(0)
-    detect = DetectConfig(score_floor=0.0, max_detections=3)
-    detector = build_detector(3, 1, CLASSES, detect, [[8.0, 8.0, 8.0], [16.0, 16.0, 16.0]], backbone="resnet10",
-                              fpn_channels=8)
-    return build_bundle(
-        task="detection", model=detector.spec.model_config(), label_names=CLASSES, provenance=provenance(),
-        preprocess=PreprocessConfig(size=[16, 32, 32], channels=1, normalize="zscore", keep_aspect=True),
-        state_dict=detector.network.state_dict(), detection=detector.spec.settings(detect),
-    ).save(folder / "model3d")
 
 
 def _truncated_png() -> bytes:
