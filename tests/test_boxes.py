@@ -16,7 +16,8 @@ def test_a_volume_box_in_millimetres_follows_the_affine():
     boxes = Boxes([[1, 2, 3, 4, 5, 6]], labels=[0])
     affine = np.diag([2.0, 3.0, 4.0, 1.0])
     affine[:3, 3] = [10, 0, -5]
-    assert boxes.world(affine).tolist() == [[12, 6, 7, 18, 15, 19]]
+    # edges 1..4, 2..5, 3..6 are indices 0.5..3.5, 1.5..4.5, 2.5..5.5 (the affine maps voxel centres)
+    assert boxes.world(affine).tolist() == [[11, 4.5, 5, 17, 13.5, 17]]
     with pytest.raises(ValueError, match="2D boxes"):
         boxes.xy()
 

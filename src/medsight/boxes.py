@@ -82,14 +82,15 @@ class Boxes:
 
     def world(self, affine: np.ndarray) -> np.ndarray:
         """``(N, 6)``: each box's axis-aligned bounds in millimetres (``x1, y1, z1, x2, y2, z2``, RAS+), the
-        extremes of its corner points mapped through the Sample's 4x4 ``affine``."""
+        extremes of its corner points mapped through the Sample's 4x4 ``affine``. The affine maps a voxel's
+        index to its centre, so a box edge ``e`` (pixel edges) is the index ``e - 0.5``."""
         d = self.spatial_dims
         out = np.zeros((len(self), 6))
         for i, box in enumerate(self.corners):
             lo, hi = box[:d], box[d:]
             grid = np.array(np.meshgrid(*[[lo[a], hi[a]] for a in range(d)], indexing="ij")).reshape(d, -1).T
             points = np.zeros((len(grid), 4))
-            points[:, :d], points[:, 3] = grid, 1.0
+            points[:, :d], points[:, 3] = grid - 0.5, 1.0
             world = (np.asarray(affine, dtype=np.float64) @ points.T).T[:, :3]
             out[i] = np.concatenate([world.min(axis=0), world.max(axis=0)])
         return out

@@ -70,8 +70,9 @@ def test_volume_boxes_from_nifti_masks_and_from_a_csv_agree(tmp_path: Path) -> N
         assert ds.spatial_dims == 3 and case.shape == (20, 30, 6)
         np.testing.assert_array_equal(case.boxes.corners, expected)
         assert case.boxes.labels.tolist() == [0, 1]
-    # millimetres: 2 x 1 x 3 mm voxels; the lesion spans i 2..6, j 3..10, k 1..4
-    np.testing.assert_allclose(masks.cases[0].boxes.world(VOLUME_AFFINE)[0], [4, 3, 3, 12, 10, 12])
+    # millimetres: 2 x 1 x 3 mm voxels whose centres the affine maps; the lesion covers voxels i 2..5, j 3..9,
+    # k 1..3, so its outer faces are at index edges 1.5..5.5, 2.5..9.5, 0.5..3.5
+    np.testing.assert_allclose(masks.cases[0].boxes.world(VOLUME_AFFINE)[0], [3, 2.5, 1.5, 11, 9.5, 10.5])
     np.testing.assert_allclose(masks.cases[0].affine, VOLUME_AFFINE)
 
 
