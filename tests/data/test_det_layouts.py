@@ -60,7 +60,8 @@ def test_layout_is_detected_from_the_folder(tmp_path: Path) -> None:
 
 def test_volume_boxes_from_nifti_masks_and_from_a_csv_agree(tmp_path: Path) -> None:
     masks = open_detection_set(write_nifti_masks(tmp_path), class_names=None)
-    rows = [f"images/v.nii.gz,{i1},{j1},{i2},{j2},{label},{k1},{k2}"
+    # x is the last voxel axis (k), y the middle (j), z the first (i), as boxes.csv writes them
+    rows = [f"images/v.nii.gz,{k1},{j1},{k2},{j2},{label},{i1},{i2}"
             for label, (i1, j1, k1, i2, j2, k2) in VOLUME_BOXES]
     (tmp_path / "boxes.csv").write_text("\n".join(["path,x1,y1,x2,y2,label,z1,z2", *rows]) + "\n")
     listed = open_detection_set(tmp_path / "boxes.csv")

@@ -9,8 +9,9 @@
   is a negative; a class id beyond the names is an ``unknown_label`` drop.
 * **CSV manifest**: the header ``path,x1,y1,x2,y2,label[,patient_id][,split]``, paths relative to the CSV's
   folder, one row per box (several rows per image). ``x`` is the column and ``y`` the row, in continuous
-  pixel edges (a box over exactly pixel column 3, row 5 is ``3,5,4,6``). For volumes add ``z1,z2``: then
-  ``x, y, z`` are the volume's voxel index axes 0, 1, 2 (NIfTI i, j, k), edges likewise. A row with the
+  pixel edges (a box over exactly pixel column 3, row 5 is ``3,5,4,6``). For volumes add ``z1,z2``: as in 2D,
+  x is the last voxel index axis and y the one before, z the first (a DICOM series: column, row, slice; a
+  NIfTI's i, j, k are z, y, x), edges likewise: the same columns ``medsight predict`` writes. A row with the
   box columns and the label empty lists a negative image. A ``z`` box on a 2D image is an error.
 """
 
@@ -142,7 +143,7 @@ def read_box_manifest(path: Path, drops: DropLog) -> tuple[list[str], list[Annot
             continue
         labels.append(row["label"])
         corners = [v["y1"], v["x1"], v["y2"], v["x2"]] if len(columns) == 4 else \
-            [v["x1"], v["y1"], v["z1"], v["x2"], v["y2"], v["z2"]]
+            [v["z1"], v["y1"], v["x1"], v["z2"], v["y2"], v["x2"]]
         record.add(corners, row["label"], where)
     splits = {r.split for r in records.values()}
     if None in splits and len(splits) > 1:
