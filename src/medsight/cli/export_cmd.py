@@ -32,6 +32,8 @@ def summary(result: dict[str, Any]) -> str:
     """The lines the command prints: files, parity, and the int8 metric loss."""
     parity = result["parity"]
     opset = f", opset {result['opset']}" if "opset" in result else ""
+    if "detection" in result:
+        return _detection_summary(result, opset)
     lines = [
         f"wrote {Path(result['folder']) / result['file']}{opset}",
         f"parity: max |p - p_torch| = {parity['max_abs_diff']:.2e} (limit {parity['tolerance']:g}) "
@@ -47,3 +49,17 @@ def summary(result: dict[str, Any]) -> str:
         ]
     lines.append(f"recorded in {Path(result['folder']) / 'export.json'}")
     return "\n".join(lines)
+
+
+def _detection_summary(result: dict[str, Any], opset: str) -> str:
+    """A detection export: the head outputs' largest differences and the boxes compared."""
+    parity, folder = result["parity"], Path(result["folder"])
+    heads = ", ".join(f"{name} {o['max_abs_diff']:.2e} (limit {o['tolerance']:.2e})"
+                      for name, o in parity["heads"].items())
+    boxes = parity["boxes"]
+    return "\n".join([
+        f"wrote {folder / result['file']}{opset}",
+        f"parity: max |head output - torch|: {heads}, on {parity['source']}",
+        f"boxes: {boxes['matched']} of {boxes['torch_boxes']} PyTorch boxes matched by the ONNX ones (IoU >= "
+        f"{boxes['min_iou']:.6f}, score difference <= {boxes['max_score_diff']:.2e}), {len(boxes['ties'])} tie(s)",
+        f"recorded in {folder / 'export.json'}"])

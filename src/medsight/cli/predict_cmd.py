@@ -17,7 +17,7 @@ def predict(
     out: Path = typer.Option(None, help="Classifiers: a .csv or .json file (default predictions.csv). Segmenters: "
                              "a folder for the masks and predictions.csv (default masks/); detectors: boxes/."),
     resume: bool = typer.Option(False, "--resume", help="Skip files that already have a row in the output CSV."),
-    backend: str = typer.Option("auto", help="Classifiers: torch, onnx (needs medsight export), or auto."),
+    backend: str = typer.Option("auto", help="torch, onnx (needs medsight export) or auto; not for segmenters."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     out_of_domain: str = typer.Option(
         None, "--out-of-domain", help="Classifiers: flag (answer, with out_of_domain and domain_reasons columns), "
@@ -45,8 +45,8 @@ def predict(
 
     header = load_bundle(bundle, weights=False)
     if header.task == "detection":
-        return _predict_boxes(bundle, inputs, out, progress=progress, refused=[out_of_domain is not None,
-                              probabilities, mixed_precision, resume, workers > 1])
+        return _predict_boxes(bundle, inputs, out, progress=progress, backend=backend, refused=[
+            out_of_domain is not None, probabilities, mixed_precision, resume, workers > 1])
     if header.task == "segmentation":
         from medsight.inference.segmenter import segment_to_folder
 
@@ -92,7 +92,7 @@ def predict(
     finish_batch(counts)
 
 
-def _predict_boxes(bundle: Path, inputs: list[Path], out: Path | None, *, progress: bool,
+def _predict_boxes(bundle: Path, inputs: list[Path], out: Path | None, *, progress: bool, backend: str,
                    refused: list[bool]) -> None:
     """A detection bundle: boxes.csv, boxes.json and overlays in the folder ``out`` (default boxes/); ``refused``:
     whether each of the options a detector does not take was given."""
@@ -107,7 +107,7 @@ def _predict_boxes(bundle: Path, inputs: list[Path], out: Path | None, *, progre
     if out.suffix.lower() in {".csv", ".json"}:
         raise ConfigError(f"--out {out}", "a detection model writes boxes.csv, boxes.json and overlays into a folder",
                           "pass a folder, e.g. --out boxes")
-    counts = predict_boxes(bundle=bundle, inputs=inputs, out=out, progress=progress)
+    counts = predict_boxes(bundle=bundle, inputs=inputs, out=out, progress=progress, backend=backend)
     typer.echo(f"wrote {out / 'boxes.csv'}, {out / 'boxes.json'} and overlays in {out / 'overlays'}/: "
                f"{counts['ok']} image(s) done, {counts['errors']} failed (see the error column)")
     finish_batch(counts)

@@ -35,9 +35,11 @@ FIELDS_3D = ("path", "x1", "y1", "z1", "x2", "y2", "z2", "label", "score", "find
 OVERLAYS = "overlays"
 
 
-def predict_boxes(*, bundle: str | Path, inputs: list[Path], out: Path, progress: bool = True) -> dict[str, int]:
+def predict_boxes(*, bundle: str | Path, inputs: list[Path], out: Path, progress: bool = True,
+                  backend: str = "auto") -> dict[str, int]:
     """Detect boxes in every input and write ``boxes.csv``, ``boxes.json`` and overlays into ``out`` (see the
-    module). Returns ``{"ok", "errors", "skipped"}`` (skipped is always 0: no resume)."""
+    module), with the Detector's ``backend`` (``auto``: the bundle's ONNX export when it has a current one).
+    Returns ``{"ok", "errors", "skipped"}`` (skipped is always 0: no resume)."""
     from medsight.bundle import load_bundle
     from medsight.data.file_errors import one_line
     from medsight.errors import MedsightError
@@ -47,7 +49,7 @@ def predict_boxes(*, bundle: str | Path, inputs: list[Path], out: Path, progress
     from medsight.progress import track
 
     model_bundle = load_bundle(bundle)
-    detector = Detector.from_bundle(model_bundle)
+    detector = Detector(model_bundle, source=bundle, backend=backend)
     names, threshold = list(model_bundle.label_names), float(model_bundle.detection.score_threshold)
     dims = model_bundle.spatial_dims
     out = Path(out)

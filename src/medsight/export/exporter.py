@@ -24,30 +24,23 @@ Example:
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from medsight import __version__
-from medsight.atomic_write import atomic_write_text
 from medsight.bundle import WEIGHTS, load_bundle
 from medsight.errors import ConfigError
 from medsight.export.errors import ExportError
+from medsight.export.records import FILES, INT8_FILE, install_export, versions
 from medsight.hashing import file_sha256
-from medsight.inference.predictor import EXPORT_MANIFEST, read_export_manifest
 
 FORMATS = ("onnx", "torchscript")
-FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
-INT8_FILE = "model.int8.onnx"
 #: Largest allowed |p_export - p_pytorch| on any probability (fp32).
 PARITY_TOLERANCE = 1e-4
 #: Largest allowed drop of the validation metric with int8 (0.01 = one point on a 0-1 metric).
 MAX_INT8_LOSS = 0.01
-MANIFEST_VERSION = 1
 
 
 def export_bundle(
@@ -68,7 +61,8 @@ def export_bundle(
         data: the data set for the checks; default the one recorded in the bundle.
         metric: the validation metric the int8 check compares; default ``auc`` for a
             classifier (any of :data:`medsight.classification.metrics.METRIC_KEYS`), ``dice`` (pooled
-            over the parity patches) for a segmenter.
+            over the parity patches) for a segmenter. A detection bundle exports to fp32 ONNX only
+            (:mod:`medsight.export.detection_export`).
         progress: show progress while loading the validation images.
 
     Returns:
@@ -91,6 +85,8 @@ def export_bundle(
     if int8 and fmt != "onnx":
         raise ConfigError("--int8", f"int8 quantisation is for ONNX, not {fmt}", "use --format onnx --int8")
     model_bundle = load_bundle(folder)
+    if model_bundle.task == "detection":
+        return _export_detector(folder, model_bundle, fmt=fmt, int8=int8, data=data, progress=progress)
     metric = _metric(model_bundle.task, metric) if int8 else None
     graph, input_preprocess = build_graph(model_bundle)
     parity = load_parity_data(
@@ -116,17 +112,23 @@ def export_bundle(
             "input_preprocess": input_preprocess.model_dump(mode="json"),
             "parity": check,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": _versions(fmt),
+            "versions": versions(fmt),
         }
         installs = {built: folder / FILES[fmt]}
         if int8:
             quantised = staging / INT8_FILE
             record["int8"] = _int8(built, quantised, model_bundle, parity, metric)
             installs[quantised] = folder / INT8_FILE
-        _install(installs, folder, record, fmt, model_bundle)
+        install_export(installs, folder, record, fmt, model_bundle)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {**record, "folder": str(folder)}
+
+
+def _export_detector(folder: Path, bundle, **options) -> dict[str, Any]:
+    from medsight.export.detection_export import export_detector
+
+    return {**export_detector(folder=folder, bundle=bundle, **options), "folder": str(folder)}
 
 
 def _build(fmt: str, graph, example, path: Path, *, segmentation: bool):
@@ -208,25 +210,6 @@ def _metric(task: str, metric: str | None) -> str:
     return metric
 
 
-def _install(installs: dict[Path, Path], folder: Path, record: dict, fmt: str, bundle) -> None:
-    """Move the checked files into the bundle folder, then rewrite ``export.json`` whole or not at all."""
-    manifest = read_export_manifest(folder)
-    for source, target in installs.items():
-        os.replace(source, target)
-    if fmt == "onnx" and "int8" not in record:  # an int8 file from an earlier export would be stale
-        (folder / INT8_FILE).unlink(missing_ok=True)
-    formats = {**manifest.get("formats", {}), fmt: record}
-    manifest = {
-        "format_version": MANIFEST_VERSION,
-        "task": bundle.task,
-        "label_names": bundle.label_names,
-        "threshold": bundle.threshold,
-        "temperature": bundle.temperature,
-        "formats": formats,
-    }
-    atomic_write_text(folder / EXPORT_MANIFEST, json.dumps(manifest, indent=2))
-
-
 def _calibration(bundle) -> dict[str, Any]:
     """How the exported graph applies the bundle's temperature, and why the bundle has one or not."""
     if bundle.task == "segmentation":
@@ -240,15 +223,3 @@ def _calibration(bundle) -> dict[str, Any]:
                "'logits' is the network's output before the division")
     why = (bundle.threshold_choice.calibration or {}).get("reason", "not recorded (an older bundle)")
     return {"temperature": bundle.temperature, "in_graph": bundle.temperature is not None, "how": how, "why": why}
-
-
-def _versions(fmt: str) -> dict[str, str]:
-    import torch
-
-    versions = {"medsight": __version__, "torch": torch.__version__}
-    if fmt == "onnx":
-        import onnx
-        import onnxruntime
-
-        versions.update(onnx=onnx.__version__, onnxruntime=onnxruntime.__version__)
-    return versions

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,9 @@ OPSET = 20
 SPATIAL_NAMES = {2: ("height", "width"), 3: ("depth", "height", "width")}
 
 
-def export_onnx(graph: InferenceGraph, example: torch.Tensor, path: Path, *, dynamic_spatial: bool) -> dict[str, Any]:
+def export_onnx(graph: InferenceGraph | torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic_spatial: bool,
+                output_names: Sequence[str] = OUTPUT_NAMES,
+                output_axes: dict[int, str] | None = None) -> dict[str, Any]:
     """Write ``graph`` to ``path`` as ONNX; returns the opset, exporter and input/output signatures.
 
     Args:
@@ -43,7 +45,10 @@ def export_onnx(graph: InferenceGraph, example: torch.Tensor, path: Path, *, dyn
         example: an input batch of the exported shape (a batch of 2 or more, so the batch axis
             is not specialised to 1).
         path: the ``.onnx`` file to write.
-        dynamic_spatial: make the spatial axes dynamic too (segmentation).
+        dynamic_spatial: make the spatial axes dynamic too (segmentation, detection).
+        output_names: the graph's outputs, in the order it returns them.
+        output_axes: the outputs' dynamic axes and their names; None: the batch, and with
+            ``dynamic_spatial`` the input's spatial axes (a segmenter's maps).
 
     Raises:
         ExportError: the exporter cannot trace the network.
@@ -56,7 +61,7 @@ def export_onnx(graph: InferenceGraph, example: torch.Tensor, path: Path, *, dyn
         with _quiet():
             torch.onnx.export(
                 graph, (example,), str(path), dynamo=True, opset_version=OPSET, external_data=False, verbose=False,
-                input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_shapes=(dims,),
+                input_names=[INPUT_NAME], output_names=list(output_names), dynamic_shapes=(dims,),
             )
     except Exception as exc:  # the exporter raises many types; all mean "this network did not export"
         raise ExportError(
@@ -64,7 +69,7 @@ def export_onnx(graph: InferenceGraph, example: torch.Tensor, path: Path, *, dyn
             f"torch.onnx.export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})",
             "try --format torchscript, or report the model and this message",
         ) from exc
-    return _name_axes(path, spatial, dynamic_spatial)
+    return _name_axes(path, spatial, dynamic_spatial, output_axes)
 
 
 def quantize_int8(source: Path, target: Path) -> None:
@@ -84,7 +89,7 @@ def quantize_int8(source: Path, target: Path) -> None:
         quantize_dynamic(str(plain), str(target), weight_type=QuantType.QInt8)
 
 
-def _name_axes(path: Path, spatial: int, dynamic_spatial: bool) -> dict[str, Any]:
+def _name_axes(path: Path, spatial: int, dynamic_spatial: bool, output_axes: dict[int, str] | None) -> dict[str, Any]:
     """Give the dynamic axes readable names in the file and return the signature."""
     import onnx
 
@@ -94,8 +99,10 @@ def _name_axes(path: Path, spatial: int, dynamic_spatial: bool) -> dict[str, Any
         axes.update({2 + i: name for i, name in enumerate(SPATIAL_NAMES[spatial])})
     for value in model.graph.input:
         _rename_axes(value, axes)
-    for value in model.graph.output:  # segmentation outputs keep the input's spatial size
-        _rename_axes(value, axes if dynamic_spatial else {0: "batch"})
+    if output_axes is None:  # segmentation outputs keep the input's spatial size
+        output_axes = axes if dynamic_spatial else {0: "batch"}
+    for value in model.graph.output:
+        _rename_axes(value, output_axes)
     onnx.save(model, str(path))
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     return {

@@ -8,6 +8,19 @@ run through the network and MONAI's post-processing (boxes scored below ``score_
 suppression at ``nms_iou`` per class, at most ``max_detections`` kept: the bundle's ``detection`` settings),
 and the boxes are mapped back to the Sample's own index space (:meth:`Placement.to_source`), clipped to it.
 
+Two backends run the network, as for the classifier's :class:`~medsight.inference.predictor.Predictor`:
+
+* ``"torch"``: the bundle's weights in PyTorch, through MONAI's ``RetinaNetDetector``;
+* ``"onnx"``: the ``model.onnx`` that ``medsight export BUNDLE --format onnx`` wrote into the bundle folder, on
+  ONNX Runtime (:mod:`medsight.inference.detector_onnx`): the graph gives the raw head outputs and
+  :meth:`Detector.boxes_from_heads` (MONAI's anchors, box coder and box selection, as in the torch path) makes
+  the boxes.
+
+``backend="auto"`` (the default) takes ``"onnx"`` when the Detector is given a bundle folder whose
+``export.json`` records an ONNX export of the very weights in that folder, made for its detection settings
+(classes, input size, anchors), and ONNX Runtime is installed; otherwise ``"torch"``, with a warning when an export
+exists but does not fit. ``"onnx"`` raises instead. The export command checked that both give the same boxes.
+
 :meth:`Detector.predict` returns every box above the score floor with its score; the findings are those at
 or above :attr:`Detector.score_threshold`, the operating point the bundle ships (:meth:`Detector.findings`).
 ``medsight evaluate``, ``predict`` and the service all call this one class, so their boxes agree.
@@ -28,8 +41,8 @@ import numpy as np
 from medsight.boxes import Boxes
 from medsight.bundle import Bundle, load_bundle
 from medsight.bundle_fields import DetectionSettings
-from medsight.errors import BundleError
-from medsight.inference.predictor import check_spatial_dims
+from medsight.errors import BundleError, ConfigError
+from medsight.inference.predictor import BACKENDS, check_spatial_dims, onnx_export_record
 from medsight.sample import Sample
 from medsight.transforms.box_geometry import Placement, fit_sample
 
@@ -43,14 +56,19 @@ class Detector:
     Args:
         bundle: a loaded bundle (``task`` "detection", with its ``detection`` settings and weights).
         batch_size: images per forward pass.
-        source: the bundle's folder, for messages.
+        source: the bundle's folder: named in messages, and where an ONNX export is looked for.
+        backend: ``"auto"``, ``"torch"`` or ``"onnx"`` (see the module).
 
     Raises:
-        BundleError: not a detection bundle, no detection settings, or settings that contradict the network.
+        BundleError: not a detection bundle, no detection settings, settings that contradict the network, or
+            ``"onnx"`` without a current export made for this bundle.
+        ConfigError: an unknown backend.
     """
 
-    def __init__(self, bundle: Bundle, *, batch_size: int = BATCH_SIZE, source: str | Path | None = None) -> None:
-        from medsight.models.detectors import wrap_network
+    def __init__(self, bundle: Bundle, *, batch_size: int = BATCH_SIZE, source: str | Path | None = None,
+                 backend: str = "auto") -> None:
+        from medsight.inference.detector_onnx import OnnxHeads, export_mismatch
+        from medsight.models.detectors import level_strides, wrap_network
 
         where = str(source or "bundle")
         if bundle.task != "detection" or bundle.detection is None:
@@ -61,13 +79,24 @@ class Detector:
         _check_anchors(bundle, where)
         self.batch_size = max(1, int(batch_size))
         self.detector = wrap_network(bundle.build_model(), self.settings).eval()
+        #: each feature level's stride in input pixels, finest first
+        self.strides = level_strides(len(self.settings.anchor_sizes), bundle.model.kwargs.get("finest_stride", 4))
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend={backend}", "unknown backend", f"use one of {', '.join(BACKENDS)}")
+        folder = Path(source) if source is not None and Path(source).is_dir() else None
+        record = onnx_export_record(folder, backend, check=lambda found: export_mismatch(found, bundle))
+        #: the backend that runs the network: "torch" or "onnx"
+        self.backend = "torch" if record is None else "onnx"
+        self._onnx = None if record is None else OnnxHeads(folder / record["file"], threads=_torch_threads())
+        self._anchors: dict[tuple[int, ...], tuple] = {}
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle | str | Path, *, batch_size: int = BATCH_SIZE) -> Detector:
-        """A Detector for a loaded bundle or a bundle folder."""
+    def from_bundle(cls, bundle: Bundle | str | Path, *, batch_size: int = BATCH_SIZE,
+                    backend: str = "auto") -> Detector:
+        """A Detector for a loaded bundle (PyTorch: it has no folder) or a bundle folder."""
         if isinstance(bundle, Bundle):
-            return cls(bundle, batch_size=batch_size)
-        return cls(load_bundle(bundle), batch_size=batch_size, source=bundle)
+            return cls(bundle, batch_size=batch_size, backend=backend)
+        return cls(load_bundle(bundle), batch_size=batch_size, source=bundle, backend=backend)
 
     @property
     def label_names(self) -> list[str]:
@@ -110,13 +139,63 @@ class Detector:
         for start in range(0, len(samples), self.batch_size):
             prepared = [self.prepare(sample) for sample in samples[start:start + self.batch_size]]
             images = torch.from_numpy(np.stack([image for image, _ in prepared]))
-            with torch.no_grad():
-                outputs = self.detector(images)
-            for (_, where), out in zip(prepared, outputs, strict=True):
-                boxes = Boxes(out["boxes"].double().numpy(), out["labels"].numpy(),
-                              out["labels_scores"].double().numpy())
-                results.append(where.to_source(boxes))
+            if self._onnx is None:
+                with torch.no_grad():
+                    found = [_boxes(out) for out in self.detector(images)]
+            else:
+                padded = self.pad(images)
+                found = self.boxes_from_heads(*self._onnx(padded), padded.shape[2:], images.shape[2:])
+            results += [where.to_source(boxes) for (_, where), boxes in zip(prepared, found, strict=True)]
         return results
+
+    def pad(self, images):
+        """A ``(B, C, *size)`` batch padded at the end of each axis with zeros to a multiple of the coarsest stride,
+        as MONAI's detector pads its input (``preprocess_images``)."""
+        from monai.apps.detection.utils.detector_utils import preprocess_images
+
+        return preprocess_images(images, self.bundle.spatial_dims, self.detector.size_divisible)[0]
+
+    def boxes_from_heads(self, classification, box_regression, padded: Sequence[int],
+                         size: Sequence[int]) -> list[Boxes]:
+        """Scored boxes in the input's pixels from the raw head outputs of a padded batch: MONAI's post-processing
+        (anchors, box decoding, score floor, top-k per level, clipping to ``size``, per-class NMS, box limit).
+
+        Args:
+            classification: ``(B, anchors, classes)`` logits, in the order of ``detector_onnx.ANCHOR_ORDER``.
+            box_regression: ``(B, anchors, 2 * D)`` box-coder offsets from each anchor.
+            padded: the spatial size the network saw (see :meth:`pad`).
+            size: the input's spatial size before the padding (boxes are clipped to it).
+        """
+        import torch
+
+        anchors, locations = self._anchors_of(tuple(int(n) for n in padded))
+        heads = {self.detector.cls_key: classification, self.detector.box_reg_key: box_regression}
+        with torch.no_grad():
+            found = self.detector.postprocess_detections(heads, [anchors] * len(classification),
+                                                         [list(size)] * len(classification), locations)
+        return [_boxes(out) for out in found]
+
+    def _anchors_of(self, padded: tuple[int, ...]) -> tuple:
+        """The anchors of a padded input size and the positions per level (MONAI's anchor generator on maps of
+        the pyramid's sizes), computed once per size."""
+        import torch
+
+        if padded not in self._anchors:
+            maps = [torch.zeros((1, 1, *(n // stride for n in padded))) for stride in self.strides]
+            anchors = self.detector.anchor_generator(torch.zeros((1, 1, *padded)), maps)[0]
+            self._anchors[padded] = (anchors, [m.shape[2:].numel() for m in maps])
+        return self._anchors[padded]
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _boxes(found: dict) -> Boxes:
+    """MONAI's detection dict of one image as scored :class:`Boxes` (float64 corners and scores)."""
+    return Boxes(found["boxes"].double().numpy(), found["labels"].numpy(), found["labels_scores"].double().numpy())
 
 
 def _check_anchors(bundle: Bundle, where: str) -> None:

@@ -222,12 +222,8 @@ def read_export_manifest(folder: str | Path) -> dict[str, Any]:
 
 def onnx_export_record(folder: Path | None, backend: str, *, device_type: str = "cpu",
                        check: Callable[[dict[str, Any]], str | None] | None = None) -> dict[str, Any] | None:
-    """The current ONNX export of the bundle in ``folder`` that ``backend`` runs, or None for PyTorch.
-
-    ``"torch"`` gives None; ``"auto"`` gives the export when the folder has a current one (its recorded
-    SHA-256 of the weights and of the ONNX file both match, and ``check(record)``, when given, finds no
-    problem), ONNX Runtime is installed and the device is the CPU, else None, with a warning when an
-    export exists but is stale or mismatched; ``"onnx"`` gives the export or raises.
+    """The current ONNX export in ``folder`` that ``backend`` runs (see the module), or None for PyTorch;
+    ``check(record)``, when given, says what else makes an export unfit for this bundle (None: nothing).
 
     Raises:
         ConfigError: ``"onnx"`` on a device other than the CPU.
