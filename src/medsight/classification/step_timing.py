@@ -14,10 +14,8 @@ Example:
 
 from __future__ import annotations
 
-import statistics
-import time
-
 from medsight.classification.plan import StepTimer
+from medsight.training.step_seconds import median_step_seconds
 
 #: timed steps after one warm-up
 STEPS = 3
@@ -42,16 +40,12 @@ def step_timer(device: str = "auto", *, steps: int = STEPS) -> StepTimer:
         images = to_device(torch.randn((batch, channels, *size), generator=generator), where)
         labels = torch.randint(0, 2, (batch,), generator=generator).to(where)
         model.train()
-        times = []
-        for step in range(steps + 1):
-            start = time.perf_counter()
+
+        def step() -> None:
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(images), labels).backward()
             optimizer.step()
-            if where.type == "cuda":
-                torch.cuda.synchronize(where)
-            if step:  # the first step warms up (allocations, kernel choice)
-                times.append(time.perf_counter() - start)
-        return statistics.median(times) / batch
+
+        return median_step_seconds(step, steps=steps, device=where) / batch
 
     return seconds_per_image

@@ -14,11 +14,9 @@ Example:
 
 from __future__ import annotations
 
-import statistics
-import time
-
 from medsight.boxes import Boxes
 from medsight.detection.plan import StepTimer
+from medsight.training.step_seconds import median_step_seconds
 
 #: timed steps after one warm-up
 STEPS = 2
@@ -45,16 +43,12 @@ def detector_step_timer(device: str = "auto", *, class_names: list[str], steps: 
         box = [s / 4 for s in size] + [s / 2 for s in size]
         targets = pad_targets([Boxes([box], [0])] * batch, len(size)).to(where)
         net.train()
-        times = []
-        for step in range(steps + 1):
-            start = time.perf_counter()
+
+        def step() -> None:
             optimizer.zero_grad(set_to_none=True)
             loss(net(images).float(), targets).backward()
             optimizer.step()
-            if where.type == "cuda":
-                torch.cuda.synchronize(where)
-            if step:  # the first step warms up (allocations, kernel choice)
-                times.append(time.perf_counter() - start)
-        return statistics.median(times) / batch
+
+        return median_step_seconds(step, steps=steps, device=where) / batch
 
     return seconds_per_image

@@ -47,7 +47,14 @@ import numpy as np
 
 from medsight.boxes import Boxes
 from medsight.errors import MedsightError, UnreadableFileError, UnsupportedFileError
-from medsight.io.sr_writer import finding_code, report_document, save_dataset, source_datasets, text_item
+from medsight.io.sr_writer import (
+    finding_code,
+    read_sr,
+    report_document,
+    save_dataset,
+    source_datasets,
+    text_item,
+)
 from medsight.sample import Sample
 
 #: DCM concept *Algorithm Parameters*: holds ``score_threshold=<value>``
@@ -245,14 +252,9 @@ def read_detection_sr(path: Path, *, label_names: list[str], volume: Sample | No
             another series.
     """
     import highdicom as hd
-    from pydicom.errors import InvalidDicomError
     from pydicom.sr.codedict import codes
 
-    try:
-        sr = hd.sr.srread(path)
-    except (InvalidDicomError, RuntimeError, ValueError, AttributeError, OSError) as exc:
-        raise UnreadableFileError(path, f"is not a readable DICOM SR ({type(exc).__name__})",
-                                  "pass a report written by medsight") from None
+    sr = read_sr(path)
     report = sr.content
     if not isinstance(report, hd.sr.MeasurementReport):
         raise UnreadableFileError(path, "holds no TID 1500 measurement report", "pass a report written by medsight")

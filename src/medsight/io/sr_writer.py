@@ -229,6 +229,22 @@ _DESCRIPTORS = {"PixelSpacing": "PixelMeasuresSequence", "SliceThickness": "Pixe
                 "ImagePositionPatient": "PlanePositionSequence"}
 
 
+def read_sr(path: Path):
+    """The highdicom SR of ``path``.
+
+    Raises:
+        UnreadableFileError: not a readable DICOM SR (whatever the decoder raised).
+    """
+    import highdicom as hd
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return hd.sr.srread(path)
+    except (InvalidDicomError, RuntimeError, ValueError, AttributeError, OSError) as exc:
+        raise UnreadableFileError(path, f"is not a readable DICOM SR ({type(exc).__name__})",
+                                  "pass a report written by medsight") from None
+
+
 def read_classification_sr(path: Path) -> dict[str, Any]:
     """Read a report written by :func:`write_classification_sr` back with highdicom.
 
@@ -240,14 +256,9 @@ def read_classification_sr(path: Path) -> dict[str, Any]:
         UnreadableFileError: not a DICOM SR, or one without a medsight classification group.
     """
     import highdicom as hd
-    from pydicom.errors import InvalidDicomError
     from pydicom.sr.codedict import codes
 
-    try:
-        sr = hd.sr.srread(path)
-    except (InvalidDicomError, RuntimeError, ValueError, AttributeError, OSError) as exc:
-        raise UnreadableFileError(path, f"is not a readable DICOM SR ({type(exc).__name__})",
-                                  "pass a report written by medsight") from None
+    sr = read_sr(path)
     report = sr.content
     groups = report.get_image_measurement_groups() if isinstance(report, hd.sr.MeasurementReport) else []
     if not groups:
