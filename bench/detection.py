@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from classification import cpu_model
 from detection_reference import reference_throughput
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,14 +139,6 @@ def table(rows: list[dict]) -> str:
                      f"{r['epochs_run']} | {_fmt(r['images_per_s'])} | {r['reference']['images_per_s']:.3f} | "
                      f"{_fmt(r['throughput_ratio'])} |")
     return "\n".join(lines)
-
-
-def cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
