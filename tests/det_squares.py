@@ -44,3 +44,53 @@ def write_squares(root: Path, *, n: int = 24, size: int = 64, side: int | tuple[
         writer.writerow(["path", "x1", "y1", "x2", "y2", "label", *(["split"] if splits else [])])
         writer.writerows(row if splits else row[:-1] for row in rows)
     return manifest
+
+
+def square_sample(shape: tuple[int, int], box: tuple[int, int, int, int], rng: np.random.Generator):
+    """A Sample of faint noise with one bright square (the finding) over ``box`` = ``(r1, c1, r2, c2)``."""
+    from medsight.sample import Sample
+
+    image = rng.normal(0.0, 0.1, (1, *shape)).astype(np.float32)
+    r1, c1, r2, c2 = box
+    image[0, r1:r2, c1:c2] += 1.0
+    return Sample(image, (1.0, 1.0), meta={"path": f"square_{shape[0]}x{shape[1]}.png"})
+
+
+def square_detector_bundle(folder: Path, *, steps: int, seed: int = 0, score_threshold: float = 0.5) -> Path:
+    """A small RetinaNet (resnet10, 16-channel pyramid, anchors 8/16/32 px) trained ``steps`` steps of 4 images to
+    find bright squares of 8-20 px on 64 px images, saved as a detection bundle in ``folder``."""
+    import torch
+
+    from medsight.boxes import Boxes
+    from medsight.bundle import build_bundle, provenance
+    from medsight.config import DetectConfig, PreprocessConfig
+    from medsight.models.detectors import build_detector
+    from medsight.transforms.box_geometry import fit_sample
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    detect = DetectConfig(score_floor=0.05)
+    sizes = [[8.0, 8.0], [16.0, 16.0], [32.0, 32.0]]
+    detector = build_detector(2, 1, ["square"], detect, sizes, backbone="resnet10", fpn_channels=16)
+    preprocess = PreprocessConfig(size=[64, 64], channels=1, normalize="zscore", keep_aspect=True)
+    optimiser = torch.optim.Adam(detector.network.parameters(), lr=3e-3)
+    detector.train()
+    for _ in range(steps):
+        images, targets = [], []
+        for _ in range(4):
+            side = int(rng.integers(8, 21))
+            r, c = (int(v) for v in rng.integers(0, 64 - side, 2))
+            image, boxes, _ = fit_sample(square_sample((64, 64), (r, c, r + side, c + side), rng), preprocess,
+                                         Boxes([[r, c, r + side, c + side]], [0]))
+            images.append(image)
+            targets.append({"boxes": torch.from_numpy(boxes.corners).float(),
+                            "labels": torch.zeros(1, dtype=torch.long)})
+        losses = detector(torch.from_numpy(np.stack(images)), targets)
+        optimiser.zero_grad()
+        (losses["classification"] + losses["box_regression"]).backward()
+        optimiser.step()
+    return build_bundle(
+        task="detection", model=detector.spec.model_config(), label_names=["square"], provenance=provenance(),
+        preprocess=preprocess, state_dict=detector.network.state_dict(),
+        detection=detector.spec.settings(detect, score_threshold=score_threshold, threshold_note="a test's"),
+    ).save(folder)

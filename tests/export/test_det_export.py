@@ -12,17 +12,14 @@ import numpy as np
 import pytest
 import torch
 import typer
-from det_squares import write_squares
+from det_squares import square_detector_bundle, square_sample, write_squares
 from typer.testing import CliRunner
 
-from medsight.boxes import Boxes
-from medsight.bundle import build_bundle, load_bundle, provenance
+from medsight.bundle import load_bundle
 from medsight.cli.export_cmd import export
-from medsight.config import DetectConfig, PreprocessConfig
 from medsight.errors import BundleError, ConfigError
 from medsight.export import ExportError, export_bundle
 from medsight.inference.detector import Detector
-from medsight.models.detectors import build_detector
 from medsight.sample import Sample
 from medsight.transforms.box_geometry import fit_sample
 
@@ -36,41 +33,11 @@ def _cli() -> typer.Typer:
     return app
 
 
-def _square(shape: tuple[int, int], box: tuple[int, int, int, int], rng: np.random.Generator) -> Sample:
-    image = rng.normal(0.0, 0.1, (1, *shape)).astype(np.float32)
-    image[0, box[0]:box[2], box[1]:box[3]] += 1.0
-    return Sample(image, (1.0, 1.0), meta={"path": f"square_{shape[0]}x{shape[1]}.png"})
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """A detector trained 40 steps on bright squares in 64 px images (a few seconds), and a square data set."""
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    detect = DetectConfig(score_floor=0.05)
-    detector = build_detector(2, 1, ["square"], detect, SIZES, backbone="resnet10", fpn_channels=16)
-    preprocess = PreprocessConfig(size=[64, 64], channels=1, normalize="zscore", keep_aspect=True)
-    optimiser = torch.optim.Adam(detector.network.parameters(), lr=3e-3)
-    detector.train()
-    for _ in range(40):
-        images, targets = [], []
-        for _ in range(4):
-            side = int(rng.integers(8, 21))
-            r, c = (int(v) for v in rng.integers(0, 64 - side, 2))
-            image, boxes, _ = fit_sample(_square((64, 64), (r, c, r + side, c + side), rng), preprocess,
-                                         Boxes([[r, c, r + side, c + side]], [0]))
-            images.append(image)
-            targets.append({"boxes": torch.from_numpy(boxes.corners).float(), "labels": torch.zeros(1).long()})
-        losses = detector(torch.from_numpy(np.stack(images)), targets)
-        optimiser.zero_grad()
-        (losses["classification"] + losses["box_regression"]).backward()
-        optimiser.step()
     root = tmp_path_factory.mktemp("det_export")
-    folder = build_bundle(
-        task="detection", model=detector.spec.model_config(), label_names=["square"], provenance=provenance(),
-        preprocess=preprocess, state_dict=detector.network.state_dict(),
-        detection=detector.spec.settings(detect, score_threshold=0.4, threshold_note="a test's"),
-    ).save(root / "model")
+    folder = square_detector_bundle(root / "model", steps=40, score_threshold=0.4)
     return folder, write_squares(root / "data", n=8, n_val=4, side=(10, 16))
 
 
@@ -135,7 +102,8 @@ def test_an_app_reproduces_the_anchors_and_a_box_from_export_json(exported):
     anchors = np.concatenate(anchors)
     detector = Detector.from_bundle(folder)
     np.testing.assert_array_equal(anchors, detector._anchors_of((64, 64))[0].numpy())
-    image = fit_sample(_square((64, 64), (20, 30, 36, 46), np.random.default_rng(1)), detector.bundle.preprocess)[0]
+    square = square_sample((64, 64), (20, 30, 36, 46), np.random.default_rng(1))
+    image = fit_sample(square, detector.bundle.preprocess)[0]
     classification, regression = (o.numpy()[0] for o in detector._onnx(torch.from_numpy(image[None])))
     best = int(classification[:, 0].argmax())
     centre, extent = (anchors[best, :2] + anchors[best, 2:]) / 2, anchors[best, 2:] - anchors[best, :2]
@@ -150,7 +118,7 @@ def test_onnx_prediction_gives_the_torch_boxes(exported):
     folder, _ = exported
     record = json.loads((folder / "export.json").read_text())["formats"]["onnx"]["parity"]["boxes"]
     rng = np.random.default_rng(3)
-    samples = [_square((96, 128), (30, 60, 50, 80), rng), _square((50, 40), (10, 12, 24, 26), rng)]
+    samples = [square_sample((96, 128), (30, 60, 50, 80), rng), square_sample((50, 40), (10, 12, 24, 26), rng)]
     on_onnx, on_torch = Detector.from_bundle(folder), Detector.from_bundle(folder, backend="torch")
     assert (on_onnx.backend, on_torch.backend) == ("onnx", "torch")
     for mine, theirs in zip(on_onnx.predict(samples), on_torch.predict(samples), strict=True):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from det_squares import square_detector_bundle, square_sample
 
 from medsight.boxes import Boxes
 from medsight.bundle import build_bundle, load_bundle, provenance
@@ -64,43 +65,10 @@ def test_a_detection_manifest_with_a_bad_setting_names_the_field(tmp_path):
         load_bundle(folder)
 
 
-def _square_sample(shape: tuple[int, int], box: tuple[int, int, int, int], rng: np.random.Generator) -> Sample:
-    """Faint noise with one bright square: the finding."""
-    image = rng.normal(0.0, 0.1, (1, *shape)).astype(np.float32)
-    r1, c1, r2, c2 = box
-    image[0, r1:r2, c1:c2] += 1.0
-    return Sample(image, (1.0, 1.0), meta={"path": f"square_{shape[0]}x{shape[1]}.png"})
-
-
 @pytest.fixture(scope="module")
 def square_bundle(tmp_path_factory) -> Path:
     """A detector trained for 80 steps to find bright squares of 8-20 pixels on 64-pixel images (about 6 s)."""
-    torch.manual_seed(SEED)
-    rng = np.random.default_rng(SEED)
-    detect = DetectConfig(score_floor=0.05)
-    detector = build_detector(2, 1, ["square"], detect, SIZES, backbone="resnet10", fpn_channels=16)
-    preprocess = PreprocessConfig(size=[64, 64], channels=1, normalize="zscore", keep_aspect=True)
-    optimiser = torch.optim.Adam(detector.network.parameters(), lr=3e-3)
-    detector.train()
-    for _ in range(80):
-        images, targets = [], []
-        for _ in range(4):
-            side = int(rng.integers(8, 21))
-            r, c = (int(v) for v in rng.integers(0, 64 - side, 2))
-            image, boxes, _ = fit_sample(_square_sample((64, 64), (r, c, r + side, c + side), rng), preprocess,
-                                         Boxes([[r, c, r + side, c + side]], [0]))
-            images.append(image)
-            targets.append({"boxes": torch.from_numpy(boxes.corners).float(),
-                            "labels": torch.zeros(1, dtype=torch.long)})
-        losses = detector(torch.from_numpy(np.stack(images)), targets)
-        optimiser.zero_grad()
-        (losses["classification"] + losses["box_regression"]).backward()
-        optimiser.step()
-    return build_bundle(
-        task="detection", model=detector.spec.model_config(), label_names=["square"], provenance=provenance(),
-        preprocess=preprocess, state_dict=detector.network.state_dict(),
-        detection=detector.spec.settings(detect, score_threshold=0.5, threshold_note="a test's"),
-    ).save(tmp_path_factory.mktemp("square") / "model")
+    return square_detector_bundle(tmp_path_factory.mktemp("square") / "model", steps=80, seed=SEED)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -113,7 +81,7 @@ def test_the_detector_finds_the_square_in_each_samples_own_pixels(square_bundle)
     and every finding overlaps it, in that image's own pixels."""
     rng = np.random.default_rng(5)
     truth = {(96, 128): (30, 60, 50, 80), (50, 40): (10, 12, 24, 26)}  # 20 px at scale 1/2, 14 px at 1.28
-    samples = [_square_sample(shape, box, rng) for shape, box in truth.items()]
+    samples = [square_sample(shape, box, rng) for shape, box in truth.items()]
     detector = Detector.from_bundle(square_bundle)
     assert detector.score_threshold == 0.5 and detector.threshold_note == "a test's"
     predicted = detector.predict(samples)
@@ -133,7 +101,7 @@ def test_predict_is_the_network_on_fit_sample_mapped_back_in_any_batch(tmp_path)
     detector = build_detector(2, 1, CLASSES, detect, SIZES, fpn_channels=16)
     folder = _bundle(tmp_path / "model", detector, detect)
     rng = np.random.default_rng(2)
-    samples = [_square_sample((80, 48), (5, 5, 20, 20), rng), _square_sample((33, 70), (3, 9, 12, 30), rng)]
+    samples = [square_sample((80, 48), (5, 5, 20, 20), rng), square_sample((33, 70), (3, 9, 12, 30), rng)]
     together = Detector.from_bundle(folder).predict(samples)
     apart = Detector.from_bundle(folder, batch_size=1).predict(samples)
     network = build_detector(2, 1, CLASSES, detect, SIZES, fpn_channels=16)
