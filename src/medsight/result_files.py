@@ -2,7 +2,8 @@
 
 Evaluation (``per_case.csv``, ``metrics.json``, ``cv_metrics.json``) and robustness
 (``robustness.csv``, ``robustness.json``) write through these two functions, so every table has the
-same dialect and every JSON file the same rules for undefined values.
+same dialect and every JSON file the same rules for undefined values. The plans (``plan.json``) are typed
+records: :func:`write_record_json` and :func:`read_record_json` keep and read them back.
 
 Example:
     >>> write_csv_table(out / "per_case.csv", [{"case_id": "a", "dice": 0.9}], ["case_id", "dice"])
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from medsight.atomic_write import atomic_write_text, replacing
+from medsight.errors import ConfigError
 
 
 def write_csv_table(path: Path, rows: Iterable[Mapping[str, object]], fields: Sequence[str]) -> None:
@@ -43,6 +45,24 @@ def write_strict_json(path: Path, data: object) -> None:
         OutputWriteError: the disk is full, or the folder is not writable; an older file stays as it was.
     """
     atomic_write_text(path, json.dumps(_strict(data), indent=2, allow_nan=False, default=str))
+
+
+def write_record_json(path: Path, record) -> None:
+    """Write a pydantic ``record`` as indented JSON, whole or not at all."""
+    atomic_write_text(Path(path), json.dumps(record.model_dump(mode="json"), indent=2) + "\n")
+
+
+def read_record_json(path: Path, record_type, *, what: str, fix: str):
+    """The ``record_type`` (a pydantic model) in the JSON file ``path``.
+
+    Raises:
+        ConfigError: the file is missing, not JSON or not ``what`` (``fix`` says what to do).
+    """
+    path = Path(path)
+    try:
+        return record_type.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as err:  # pydantic's ValidationError is a ValueError
+        raise ConfigError(path, f"is not {what} ({' '.join(str(err).split())[:300]})", fix) from err
 
 
 def _strict(value: object) -> object:

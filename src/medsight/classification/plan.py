@@ -29,11 +29,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from medsight.atomic_write import atomic_write_text
-from medsight.data.file_errors import one_line
 from medsight.errors import ConfigError
+from medsight.result_files import read_record_json, write_record_json
 
 #: ``seconds_per_image(network name, kwargs, size, channels, batch) -> seconds`` of one training image
 StepTimer = Callable[[str, dict, list, int, int], float]
@@ -181,7 +180,7 @@ def make_classification_plan(
 
 def write_classification_plan(plan: ClassificationPlan, path: Path) -> None:
     """Write ``plan`` as indented JSON, whole or not at all."""
-    atomic_write_text(Path(path), json.dumps(plan.model_dump(mode="json"), indent=2) + "\n")
+    write_record_json(path, plan)
 
 
 def read_classification_plan(path: Path) -> ClassificationPlan:
@@ -190,12 +189,8 @@ def read_classification_plan(path: Path) -> ClassificationPlan:
     Raises:
         ConfigError: the file is missing, not JSON or not a classification plan.
     """
-    path = Path(path)
-    try:
-        return ClassificationPlan.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, ValidationError) as err:
-        raise ConfigError(path, f"is not a classification plan ({one_line(err)[:300]})",
-                          "plan again: medsight plan DATA --task classification --out RUN") from err
+    return read_record_json(path, ClassificationPlan, what="a classification plan",
+                            fix="plan again: medsight plan DATA --task classification --out RUN")
 
 
 def _folds(n_images: int, smallest: int, notes: dict[str, str]) -> int:

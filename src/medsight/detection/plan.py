@@ -31,18 +31,16 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from medsight.atomic_write import atomic_write_text
-from medsight.data.file_errors import one_line
 from medsight.errors import ConfigError
+from medsight.result_files import read_record_json, write_record_json
 
 #: ``seconds_per_image(size, channels, batch) -> seconds`` of one training image at that input
 StepTimer = Callable[[list, int, int], float]
@@ -180,7 +178,7 @@ def make_detection_plan(fingerprint: dict, *, time_budget_min: float, seconds_pe
 
 def write_detection_plan(plan: DetectionPlan, path: Path) -> None:
     """Write ``plan`` as indented JSON, whole or not at all."""
-    atomic_write_text(Path(path), json.dumps(plan.model_dump(mode="json"), indent=2) + "\n")
+    write_record_json(path, plan)
 
 
 def read_detection_plan(path: Path) -> DetectionPlan:
@@ -189,12 +187,8 @@ def read_detection_plan(path: Path) -> DetectionPlan:
     Raises:
         ConfigError: the file is missing, not JSON or not a detection plan.
     """
-    path = Path(path)
-    try:
-        return DetectionPlan.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, ValidationError) as err:
-        raise ConfigError(path, f"is not a detection plan ({one_line(err)[:300]})",
-                          "plan again: medsight plan DATA --task detection --out RUN") from err
+    return read_record_json(path, DetectionPlan, what="a detection plan",
+                            fix="plan again: medsight plan DATA --task detection --out RUN")
 
 
 def _modality(given: str | None, colour: bool, notes: dict[str, str]) -> str:
