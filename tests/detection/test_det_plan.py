@@ -61,8 +61,10 @@ def test_small_boxes_grow_the_input_and_large_ones_shrink_it(tmp_path):
 def test_plan_budget_epochs_and_overrides(tmp_path):
     fp = fingerprint_detection(open_detection_set(write_squares(tmp_path)), progress=False)
     plan = _plan(fp, time_budget_min=1, seconds_per_image=lambda size, channels, batch: 0.1)
-    # 0.85 x 60 s over (18 + 6 / 3) images x 0.1 s x 1.25 = 2.5 s per epoch: 20 epochs
-    assert plan.epochs == 20 and plan.batch_size == 4
+    # 0.85 x 60 s over (18 + 6 / 3) images x 0.1 s x 1.25 = 2.5 s per epoch: 20 epochs fit; planned 1.5 x 20 as
+    # the upper bound (the 1-min time limit ends the run) and the estimate capped at the budget
+    assert plan.epochs == 30 and plan.batch_size == 4
+    assert plan.estimated_min == 1.0 and "20 epochs" in plan.notes["epochs"]
     keys = plan.overrides()
     assert keys["preprocess.size"] == [64, 64] and keys["preprocess.keep_aspect"] is True
     assert keys["detect.anchor_sizes"] == plan.anchor_sizes and keys["train.early_stopping_metric"] == "ap50"
