@@ -101,3 +101,54 @@ def test_predict_refuses_a_file_as_out(detection_run, tmp_path):
     result = _invoke("predict", root / "run" / "model", root / "data" / "images", "--out", tmp_path / "x.csv",
                      "--no-progress")
     assert result.exit_code != 0 and "into a folder" in result.output
+
+
+def test_the_bundle_records_its_domain_from_the_fingerprint(detection_run):
+    root, _ = detection_run
+    domain = load_bundle(root / "run" / "model", weights=False).domain
+    assert domain is not None and domain.action == "flag"
+    assert domain.channels == [1] and domain.size_min == [64, 64] and domain.size_max == [64, 64]
+    # the squares' images: noise around 40 with squares at 200 (8-bit values)
+    assert 0 <= domain.intensity.low < 40 < 200 <= domain.intensity.high <= 255
+    assert domain.features is None and any("feature distance is not checked" in n for n in domain.notes)
+    fingerprint = json.loads((root / "run" / "fingerprint.json").read_text())
+    assert fingerprint["intensity"]["p99_5"] == domain.intensity.high  # written by the run, not by a plan
+
+
+def _odd_inputs(folder):
+    folder.mkdir()
+    blank, colour = folder / "blank.png", folder / "colour.png"
+    Image.fromarray(np.full((64, 64), 90, np.uint8)).save(blank)
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[..., 0], rgb[..., 2] = 250, 10
+    Image.fromarray(rgb, "RGB").save(colour)
+    return blank, colour
+
+
+@pytest.mark.parametrize("action", ["flag", "refuse", "off"])
+def test_predict_checks_each_image_against_the_domain(detection_run, tmp_path, action):
+    root, _ = detection_run
+    normal = root / "data" / "images" / "img000.png"
+    blank, colour = _odd_inputs(tmp_path / "in")
+    out = tmp_path / "boxes"
+    result = _invoke("predict", root / "run" / "model", normal, blank, colour, "--out", out,
+                     "--out-of-domain", action, "--no-progress")
+    rows = list(csv.DictReader((out / "boxes.csv").open()))
+    images = json.loads((out / "boxes.json").read_text())["images"]
+    mine = [r for r in rows if r["path"] == str(normal)]
+    assert mine and all(not r["error"] for r in mine)  # the image like the training ones is answered in every mode
+    if action == "off":
+        assert result.exit_code == 0, result.output
+        assert {r["out_of_domain"] for r in rows} == {""} and images[str(blank)]["out_of_domain"] is None
+        return
+    assert all(r["out_of_domain"] == "0" for r in mine) and images[str(normal)]["domain_reasons"] == []
+    if action == "flag":
+        assert result.exit_code == 0, result.output
+        assert {r["out_of_domain"] for r in rows if r["path"] == str(blank)} == {"1"}
+        assert "blank" in images[str(blank)]["domain_reasons"][0]
+        assert any("3 channel(s)" in reason for reason in images[str(colour)]["domain_reasons"])
+    else:
+        assert result.exit_code == 3, result.output  # the two refused files failed; the normal one was answered
+        refused = {r["path"]: r["error"] for r in rows if r["error"]}
+        assert set(refused) == {str(blank), str(colour)}
+        assert "outside the model's training domain" in refused[str(blank)] and "blank" in refused[str(blank)]

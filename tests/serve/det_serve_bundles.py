@@ -31,9 +31,9 @@ def square_png(size: tuple[int, int] = (48, 72), seed: int = 3) -> bytes:
     return buffer.getvalue()
 
 
-def make_detection_bundle(folder: Path, image: bytes | None = None) -> Path:
+def make_detection_bundle(folder: Path, image: bytes | None = None, domain=None) -> Path:
     """The bundle (see the module) saved to ``folder/model``; its threshold leaves :data:`FINDINGS` findings
-    on ``image`` (default :func:`square_png`)."""
+    on ``image`` (default :func:`square_png`); ``domain``: its domain record (None: none, as an older bundle)."""
     import torch
 
     from medsight.bundle import build_bundle, provenance
@@ -56,7 +56,7 @@ def make_detection_bundle(folder: Path, image: bytes | None = None) -> Path:
             task="detection", model=detector.spec.model_config(), label_names=CLASSES,
             provenance=provenance(data="/data/squares", n_train=0), preprocess=preprocess,
             state_dict=detector.network.state_dict(),
-            detection=detector.spec.settings(detect, score_threshold=threshold, threshold_note=note),
+            detection=detector.spec.settings(detect, score_threshold=threshold, threshold_note=note), domain=domain,
         ).save(folder / "model")
 
     bundle = save(0.5, "a placeholder")

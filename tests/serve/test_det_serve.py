@@ -187,3 +187,31 @@ def test_medsight_serve_serves_a_detection_bundle(det_bundle: Path, api_key: str
         assert body["task"] == "detection" and body["n_findings"] == FINDINGS
         assert httpx2.post(f"{service.base}/v1/predict", files={"file": ("case.png", PNG)}).status_code == 401
     assert "model loaded: detection retinanet" in service.output
+
+
+@pytest.mark.parametrize("action", ["flag", "refuse"])
+def test_a_bundle_with_a_domain_record_checks_each_upload(tmp_path: Path, api_key: str, action: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from medsight.inference.domain import input_domain_record
+    from medsight.serve.app import ServeSettings, create_app
+
+    fingerprint = {"channels": {"1": 5}, "sizes": {"min": [48, 72], "max": [48, 72]},
+                   "intensity": {"unit": "stored value", "p00_5": 20.0, "p99_5": 200.0, "min": 0.0, "max": 255.0}}
+    record = input_domain_record(fingerprint, action=action, no_features="a detector: no feature reference")
+    bundle = make_detection_bundle(tmp_path, PNG, domain=record)
+    blank = io.BytesIO()
+    Image.fromarray(np.full((48, 72), 90, np.uint8)).save(blank, format="PNG")
+    app = create_app(ServeSettings(bundle=bundle, api_keys=(api_key,), max_body_bytes=2**20))
+    with TestClient(app, headers={"X-API-Key": api_key}) as client:
+        fine = client.post("/v1/predict", files={"file": ("case.png", PNG, "image/png")})
+        odd = client.post("/v1/predict", files={"file": ("blank.png", blank.getvalue(), "image/png")})
+        card = client.get("/v1/model").json()
+    assert fine.status_code == 200 and fine.json()["out_of_domain"] is False and fine.json()["n_boxes"] > FINDINGS
+    assert card["domain"]["action"] == action and card["domain"]["channels"] == [1]
+    if action == "flag":
+        assert odd.status_code == 200 and odd.json()["out_of_domain"] is True
+        assert odd.json()["domain_reasons"] == ["the image is blank: every pixel is 90"]
+    else:
+        assert odd.status_code == 422 and "boxes" not in odd.json()
+        assert "the image is blank" in odd.json()["error"]["message"]

@@ -26,15 +26,12 @@ from medsight.data.file_errors import file_error, one_line
 from medsight.data.inspect import find_duplicates, item_digest
 from medsight.data.layouts import LabelledSet, item_id
 from medsight.data.modalities import dicom_modalities
+from medsight.data.pixel_values import draw_values, is_colour, value_summary
 from medsight.errors import DatasetError
 
 SEED = 1234
-#: values kept per image for the intensity percentiles (drawn with a fixed seed)
-VALUES_PER_IMAGE = 4096
 #: CT: the body is what reads above this many HU (air is -1000, lung about -800 .. -500)
 BODY_HU = -500.0
-#: an image with channels is colour when its channels differ, on average, by more than this share of its range
-COLOUR_SHARE = 0.01
 #: pixel formats (Pillow modes) by bit depth; the others are judged by their values
 _MODE_DEPTH = {"1": "bool", "I;16": "uint16", "I;16L": "uint16", "I;16B": "uint16", "I;16N": "uint16",
                "I": "int32", "F": "float32"}
@@ -160,33 +157,15 @@ def _read_one(ds: LabelledSet, i: int, reads: _Reads) -> None:
     reads.spacings.append(tuple(float(s) for s in sample.spacing))
     mode = str(sample.meta.get("mode") or "")
     reads.channels[_MODE_CHANNELS.get(mode, sample.channels)] += 1
-    reads.colour.append(_is_colour(array))
+    reads.colour.append(is_colour(array))
     reads.bit_depth[_bit_depth(ds, item, mode, array)] += 1
     if sample.meta.get("BodyPartExamined"):
         reads.body_parts[str(sample.meta["BodyPartExamined"]).upper()] += 1
     reads.formats.append(str(sample.meta.get("format") or "").lower())
-    reads.whole.append(_draw(flat, rng))
-    reads.body.append(_draw(body, rng))
+    reads.whole.append(draw_values(flat, rng))
+    reads.body.append(draw_values(body, rng))
     reads.digests.append(digest)
     reads.features.append(features)
-
-
-def _draw(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """At most VALUES_PER_IMAGE of ``values`` (seeded), with the extremes always kept (float32, summed in float64)."""
-    if values.size <= VALUES_PER_IMAGE:
-        return values.astype(np.float32)
-    pick = rng.choice(values.size, VALUES_PER_IMAGE - 2, replace=False)
-    return np.concatenate([values[pick], [values.min(), values.max()]]).astype(np.float32)
-
-
-def _is_colour(array: np.ndarray) -> bool:
-    """True for an image of 3 or more channels whose first three really differ (not grey stored as RGB)."""
-    if array.shape[0] < 3:
-        return False
-    rgb = array[:3].astype(np.float32)
-    spread = float(np.mean(rgb.max(axis=0) - rgb.min(axis=0)))
-    value_range = float(rgb.max() - rgb.min())
-    return value_range > 0 and spread > COLOUR_SHARE * value_range
 
 
 def _bit_depth(ds: LabelledSet, item, mode: str, array: np.ndarray) -> str:
@@ -239,17 +218,7 @@ def _intensity(modality: str, reads: _Reads, whole: np.ndarray) -> dict:
     region = f"the body (HU > {BODY_HU:g})" if hu else "every pixel"
     if hu and values.size == 0:
         values, region = whole.astype(np.float64), f"every pixel (no value above {BODY_HU:g} HU)"
-    return {
-        "unit": "HU" if hu else "stored value",
-        "region": region,
-        "min": float(values.min()),
-        "max": float(values.max()),
-        "mean": float(values.mean()),
-        "std": float(values.std()),
-        "median": float(np.median(values)),
-        "p00_5": float(np.percentile(values, 0.5)),
-        "p99_5": float(np.percentile(values, 99.5)),
-    }
+    return value_summary(values, unit="HU" if hu else "stored value", region=region)
 
 
 def _sizes(shapes: list[tuple[int, ...]]) -> dict[str, list[float]]:

@@ -20,8 +20,8 @@ def predict(
     backend: str = typer.Option("auto", help="torch, onnx (needs medsight export) or auto; not for segmenters."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     out_of_domain: str = typer.Option(
-        None, "--out-of-domain", help="Classifiers: flag (answer, with out_of_domain and domain_reasons columns), "
-        "refuse (no answer: an error row with the reasons) or off, for inputs outside the training domain; "
+        None, "--out-of-domain", help="Classifiers and detectors: flag (answer, marked out_of_domain, with the "
+        "reasons), refuse (no answer: an error row with the reasons) or off, for inputs outside the training domain; "
         "default: the bundle's own (its training config's predict.out_of_domain)."
     ),
     workers: int = typer.Option(1, min=1, help="Worker processes (each loads the model once); rows stay in input "
@@ -45,8 +45,8 @@ def predict(
 
     header = load_bundle(bundle, weights=False)
     if header.task == "detection":
-        return _predict_boxes(bundle, inputs, out, progress=progress, backend=backend, refused=[
-            out_of_domain is not None, probabilities, mixed_precision, resume, workers > 1])
+        return _predict_boxes(bundle, inputs, out, progress=progress, backend=backend, out_of_domain=out_of_domain,
+                              refused=[probabilities, mixed_precision, resume, workers > 1])
     if header.task == "segmentation":
         from medsight.inference.segmenter import segment_to_folder
 
@@ -93,13 +93,13 @@ def predict(
 
 
 def _predict_boxes(bundle: Path, inputs: list[Path], out: Path | None, *, progress: bool, backend: str,
-                   refused: list[bool]) -> None:
+                   out_of_domain: str | None, refused: list[bool]) -> None:
     """A detection bundle: boxes.csv, boxes.json and overlays in the folder ``out`` (default boxes/); ``refused``:
     whether each of the options a detector does not take was given."""
     from medsight.detection.predict import predict_boxes
     from medsight.errors import ConfigError
 
-    flags = ("--out-of-domain", "--probabilities", "--mixed-precision", "--resume", "--workers")
+    flags = ("--probabilities", "--mixed-precision", "--resume", "--workers")
     for flag, given in zip(flags, refused, strict=True):
         if given:
             raise ConfigError(flag, "is not available for detection models", f"drop {flag}")
@@ -107,7 +107,8 @@ def _predict_boxes(bundle: Path, inputs: list[Path], out: Path | None, *, progre
     if out.suffix.lower() in {".csv", ".json"}:
         raise ConfigError(f"--out {out}", "a detection model writes boxes.csv, boxes.json and overlays into a folder",
                           "pass a folder, e.g. --out boxes")
-    counts = predict_boxes(bundle=bundle, inputs=inputs, out=out, progress=progress, backend=backend)
+    counts = predict_boxes(bundle=bundle, inputs=inputs, out=out, progress=progress, backend=backend,
+                           out_of_domain=out_of_domain)
     typer.echo(f"wrote {out / 'boxes.csv'}, {out / 'boxes.json'} and overlays in {out / 'overlays'}/: "
                f"{counts['ok']} image(s) done, {counts['errors']} failed (see the error column)")
     finish_batch(counts)

@@ -3,12 +3,13 @@ derived from.
 
 :func:`fingerprint_detection` takes the images of every split but an official test split (a seeded subset of
 ``max_images`` when there are more; their sizes from the headers the reader checked, the pixels of
-``COLOUR_IMAGES`` of them decoded for channels and colour) and summarises them with their ground-truth boxes:
-images per split; image sizes; channels and colour; boxes per image and the negatives (images without a box);
-each class's box sizes per axis in pixels and as a share of their image's extent along that axis (the share is
-what a box keeps when the image is fitted into the network's input); and what the reader dropped or could not
-read (:attr:`~medsight.data.det_layouts.DetectionSet.dropped`, ``problems``). A file that cannot be read is
-listed under ``unreadable`` with its reason, and the rest go on.
+``COLOUR_IMAGES`` of them decoded for channels, colour, intensities and DICOM tags) and summarises them with their
+ground-truth boxes: images per split; image sizes; channels and colour; the intensity percentiles in the files' own
+units and the DICOM Modality and BodyPartExamined (the bundle's domain record); boxes per image and the negatives
+(images without a box); each class's box sizes per axis in pixels and as a share of their image's extent along
+that axis (the share is what a box keeps when the image is fitted into the network's input); and what the reader
+dropped or could not read (:attr:`~medsight.data.det_layouts.DetectionSet.dropped`, ``problems``). A file that
+cannot be read is listed under ``unreadable`` with its reason, and the rest go on.
 
 Example:
     >>> fp = fingerprint_detection(open_detection_set("data/fractures"), progress=False)
@@ -18,23 +19,25 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
 from medsight.data.file_errors import one_line
+from medsight.data.pixel_values import draw_values, is_colour, value_summary
 from medsight.errors import DatasetError, MedsightError
 from medsight.progress import track
 
 SEED = 1234
+FINGERPRINT = "fingerprint.json"
 #: images read at most (a seeded subset beyond this): sizes and box shares are summarised from them
 MAX_IMAGES = 1000
 #: images decoded for the channels and colour (the sizes come from the headers the reader checked)
 COLOUR_IMAGES = 64
 #: quantiles kept of each axis of the box sizes (the plan's anchors and smallest boxes are read from them)
 QUANTILES = tuple(round(q, 2) for q in np.linspace(0.0, 1.0, 21))
-#: an image with channels is colour when its channels differ, on average, by more than this share of its range
-COLOUR_SHARE = 0.01
 
 
 def fingerprint_detection(dataset, *, max_images: int = MAX_IMAGES, progress: bool = True) -> dict:
@@ -53,17 +56,23 @@ def fingerprint_detection(dataset, *, max_images: int = MAX_IMAGES, progress: bo
     chosen = _subset(cases, max_images)
     colour_cases = {id(case) for case in _subset(chosen, COLOUR_IMAGES)}
     shapes, channels, colour, shares, unreadable = [], Counter(), [], [], []
-    for case in track(chosen, description="fingerprinting", enabled=progress):
+    values, tags = [], {"modality": Counter(), "BodyPartExamined": Counter()}
+    for k, case in enumerate(track(chosen, description="fingerprinting", enabled=progress)):
         shape = tuple(case.shape)
         if not shape or id(case) in colour_cases:  # the header gave the size; pixels only for the colour
             try:
-                array = dataset.read(case).array
+                sample = dataset.read(case)
             except MedsightError as err:
                 unreadable.append({"path": str(case.path), "reason": one_line(err)})
                 continue
+            array = sample.array
             shape = array.shape[1:]
             channels[str(array.shape[0])] += 1
-            colour.append(_is_colour(array))
+            colour.append(is_colour(array))
+            values.append(draw_values(np.asarray(array).reshape(-1), np.random.default_rng([SEED, k])))
+            for key, counts in tags.items():
+                if str(sample.meta.get(key) or "").strip():
+                    counts[str(sample.meta[key]).strip().upper()] += 1
         shapes.append(shape)
         if len(case.boxes):
             shares.append((case.boxes.labels, case.boxes.extents() / np.asarray(shape, dtype=float)))
@@ -79,12 +88,34 @@ def fingerprint_detection(dataset, *, max_images: int = MAX_IMAGES, progress: bo
                   "counts": dict(Counter("x".join(str(int(v)) for v in s) for s in shapes).most_common(10))},
         "channels": dict(channels), "colour": bool(colour) and bool(np.mean(colour) > 0.5),
         "n_pixels_read": len(colour),
+        "intensity": value_summary(np.concatenate(values), region="every pixel",
+                                   unit="HU" if set(tags["modality"]) == {"CT"} else "stored value")
+        if values else None,
+        "dicom_modalities": dict(tags["modality"].most_common()),
+        "body_parts": dict(tags["BodyPartExamined"].most_common()),
         "boxes_per_image": _per_image(cases),
         "negatives": sum(1 for case in cases if not len(case.boxes)),
         "boxes": _box_sizes(cases, shares, dataset.class_names),
         "dropped": dict(dataset.dropped), "problems": len(dataset.problems),
         "problem_examples": list(dataset.problems[:5]), "unreadable": unreadable,
     }
+
+
+def write_fingerprint(fingerprint: dict, out: Path) -> None:
+    """``out/fingerprint.json``, whole or not at all."""
+    from medsight.atomic_write import atomic_write_text
+
+    atomic_write_text(Path(out) / FINGERPRINT, json.dumps(fingerprint, indent=2) + "\n")
+
+
+def run_fingerprint(dataset, out: Path, *, progress: bool = True) -> dict:
+    """The run's ``out/fingerprint.json`` (the plan wrote it), else the data's fingerprint, written there now."""
+    path = Path(out) / FINGERPRINT
+    if path.is_file():
+        return json.loads(path.read_text())
+    fingerprint = fingerprint_detection(dataset, progress=progress)
+    write_fingerprint(fingerprint, out)
+    return fingerprint
 
 
 def _subset(cases: list, limit: int) -> list:
@@ -131,11 +162,3 @@ def _summary(extents: np.ndarray, shares: np.ndarray) -> dict:
         summary["quantiles_share"] = np.quantile(shares, QUANTILES, axis=0).T.tolist()
         summary["smallest_side_share"] = np.quantile(shares.min(axis=1), QUANTILES).tolist()
     return summary
-
-
-def _is_colour(array: np.ndarray) -> bool:
-    if array.shape[0] < 3:
-        return False
-    rgb = array[:3].astype(np.float32)
-    spread = float(rgb.max() - rgb.min()) or 1.0
-    return float(np.abs(rgb - rgb.mean(axis=0)).mean()) > COLOUR_SHARE * spread

@@ -9,7 +9,14 @@ writes into ``out/``:
   axis) and the box in millimetres from the image's affine (``x1_mm .. z2_mm``, RAS+). ``finding`` is 1 for a box
   scored at or above the bundle's threshold (chosen on validation). An image without a box gets one row with
   empty box columns; an image that fails gets one row with its ``error`` and the others go on.
-* ``boxes.json``: per image, its boxes (corners as above, label, score, finding) or its error, and the threshold.
+* ``boxes.json``: per image, its boxes (corners as above, label, score, finding) or its error, ``out_of_domain``
+  and ``domain_reasons``, and the threshold.
+
+Each image is checked against the bundle's domain record (:func:`~medsight.inference.domain.input_domain_record`:
+modality, body part, channels, size, intensity, blank) with ``out_of_domain`` (the bundle's
+``predict.out_of_domain`` unless given): ``flag`` answers and sets ``out_of_domain`` to 1 on the image's rows,
+with the reasons in ``boxes.json``; ``refuse`` gives the image an error row naming the reasons; ``off`` (or a bundle
+without a record) leaves ``out_of_domain`` empty: not checked.
 * ``overlays/<name>.png``: 2D images with the findings drawn (the boxes at or above the threshold), each with its
   label and score.
 
@@ -29,27 +36,30 @@ import numpy as np
 from medsight.boxes import Boxes
 from medsight.result_files import write_csv_table, write_strict_json
 
-FIELDS_2D = ("path", "x1", "y1", "x2", "y2", "label", "score", "finding", "error")
+FIELDS_2D = ("path", "x1", "y1", "x2", "y2", "label", "score", "finding", "out_of_domain", "error")
 FIELDS_3D = ("path", "x1", "y1", "z1", "x2", "y2", "z2", "label", "score", "finding",
-             "x1_mm", "y1_mm", "z1_mm", "x2_mm", "y2_mm", "z2_mm", "error")
+             "x1_mm", "y1_mm", "z1_mm", "x2_mm", "y2_mm", "z2_mm", "out_of_domain", "error")
 OVERLAYS = "overlays"
 
 
 def predict_boxes(*, bundle: str | Path, inputs: list[Path], out: Path, progress: bool = True,
-                  backend: str = "auto") -> dict[str, int]:
+                  backend: str = "auto", out_of_domain: str | None = None) -> dict[str, int]:
     """Detect boxes in every input and write ``boxes.csv``, ``boxes.json`` and overlays into ``out`` (see the
-    module), with the Detector's ``backend`` (``auto``: the bundle's ONNX export when it has a current one).
+    module), with the Detector's ``backend`` (``auto``: the bundle's ONNX export when it has a current one) and the
+    domain check's action ``out_of_domain`` (None: the bundle's).
     Returns ``{"ok", "errors", "skipped"}`` (skipped is always 0: no resume)."""
     from medsight.bundle import load_bundle
     from medsight.data.file_errors import one_line
     from medsight.errors import MedsightError
     from medsight.inference.detector import Detector
+    from medsight.inference.domain import domain_check, unchecked
     from medsight.inference.predictor import expand_inputs
     from medsight.io import read_image
     from medsight.progress import track
 
     model_bundle = load_bundle(bundle)
     detector = Detector(model_bundle, source=bundle, backend=backend)
+    check = domain_check(model_bundle.domain, out_of_domain)
     names, threshold = list(model_bundle.label_names), float(model_bundle.detection.score_threshold)
     dims = model_bundle.spatial_dims
     out = Path(out)
@@ -60,6 +70,7 @@ def predict_boxes(*, bundle: str | Path, inputs: list[Path], out: Path, progress
     for path in track(expand_inputs(inputs), description="detecting", enabled=progress):
         try:
             sample = read_image(path)
+            domain = unchecked() if check is None else check.verdict(str(path), check.input_reasons(sample))
             found = detector.predict([sample])[0]
         except MedsightError as err:
             counts["errors"] += 1
@@ -67,10 +78,11 @@ def predict_boxes(*, bundle: str | Path, inputs: list[Path], out: Path, progress
             images[str(path)] = {"error": one_line(err)}
             continue
         counts["ok"] += 1
+        flag = "" if domain["out_of_domain"] is None else int(domain["out_of_domain"])
         image_rows = box_rows(str(path), found, names, threshold, affine=sample.affine if dims == 3 else None)
-        rows += image_rows or [{"path": str(path), "error": ""}]
+        rows += [{**row, "out_of_domain": flag} for row in image_rows or [{"path": str(path), "error": ""}]]
         images[str(path)] = {"boxes": [{k: v for k, v in r.items() if k not in ("path", "error")} for r in image_rows],
-                             "error": None}
+                             **domain, "error": None}
         if dims == 2:
             _overlay(sample.array, found.select(found.scores >= threshold), names, out / OVERLAYS / f"{path.stem}.png")
     write_csv_table(out / "boxes.csv", rows, FIELDS_3D if dims == 3 else FIELDS_2D)

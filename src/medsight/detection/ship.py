@@ -5,7 +5,8 @@ bundle's own :class:`~medsight.inference.detector.Detector` in each image's pixe
 will do), sets the shipped score threshold to the validation FROC point at ``detect.operating_fp_per_image`` false
 positives per image (:func:`~medsight.detection.metrics.score_at_fp_rate`, IoU 0.1), and scores those predictions
 (:func:`~medsight.detection.evaluate.evaluate_boxes`: ``metrics.json`` with bootstrap CIs, ``per_image.csv``,
-``report.html``).
+``report.html``). The bundle's domain record holds the input rules of
+:func:`~medsight.inference.domain.input_domain_record` from the data's fingerprint.
 """
 
 from __future__ import annotations
@@ -18,10 +19,16 @@ import torch
 from medsight.config import RunConfig
 from medsight.training.loop import FitResult
 
+#: the domain record's note on what a detection bundle does not check
+NO_FEATURES = ("a detector keeps no feature reference: the feature distance is not checked, only the input rules "
+               "(modality, body part, channels, size, intensity, blank)")
+
 
 def ship_detector(cfg: RunConfig, dataset, detector, net: torch.nn.Module, fitted: FitResult, sets, device,
-                  out: Path, *, progress: bool) -> dict[str, Any]:
-    """Write ``out/model``, ``out/metrics.json``, ``per_image.csv`` and ``report.html`` (see the module).
+                  out: Path, *, fingerprint: dict | None, progress: bool) -> dict[str, Any]:
+    """Write ``out/model``, ``out/metrics.json``, ``per_image.csv`` and ``report.html`` (see the module);
+    ``fingerprint`` (the data's, :func:`~medsight.detection.fingerprint.fingerprint_detection`) gives the bundle its
+    domain record.
 
     Returns:
         ``{"threshold", "bundle", "metrics"}``.
@@ -29,11 +36,13 @@ def ship_detector(cfg: RunConfig, dataset, detector, net: torch.nn.Module, fitte
     from medsight.detection.evaluate import evaluate_boxes, predict_cases
     from medsight.detection.metrics import score_at_fp_rate
     from medsight.inference.detector import Detector
+    from medsight.inference.domain import input_domain_record
 
     train_set, val_set = sets
     prefix = "network."
     state = {k[len(prefix):]: v for k, v in net.state_dict().items() if k.startswith(prefix)}
     bundle = _bundle(cfg, detector, state, fitted, train_set, val_set)
+    bundle.domain = input_domain_record(fingerprint, action=cfg.predict.out_of_domain, no_features=NO_FEATURES)
     kept, truth, predicted, errors = predict_cases(Detector.from_bundle(bundle), dataset,
                                                    val_set.cases, progress=progress, desc="scoring val")
     rate = cfg.detect.operating_fp_per_image

@@ -64,7 +64,8 @@ def train_detector(cfg: RunConfig, *, out: Path, resume: bool = False, progress:
 
     Raises:
         DatasetError: no boxes in the training images, or no validation images.
-        ConfigError: a model other than ``retinanet``, a bad early-stopping metric, anchors of the wrong shape.
+        ConfigError: a model other than ``retinanet``, a bad early-stopping metric, anchors of the wrong shape, a
+            batch that does not split evenly over the DDP processes.
         MedsightError: unreadable files or checkpoint.
     """
     from medsight.data.det_layouts import open_detection_set
@@ -78,6 +79,7 @@ def train_detector(cfg: RunConfig, *, out: Path, resume: bool = False, progress:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     main = distributed.is_main()
+    distributed.check_config(cfg.train, distributed.world_size())  # also when started by torchrun directly
     set_threads(distributed.threads_per_process(cfg.train.num_threads))
     torch.manual_seed(cfg.train.seed)
     dataset = open_detection_set(cfg.data.path, class_names=cfg.data.class_names,
@@ -98,10 +100,11 @@ def train_detector(cfg: RunConfig, *, out: Path, resume: bool = False, progress:
               "epochs_run": fitted.epochs_run, "stop_reason": fitted.stop_reason}
     if not main:
         return {**result, "threshold": None, "bundle": "", "metrics": {}}
+    from medsight.detection.fingerprint import run_fingerprint
     from medsight.detection.ship import ship_detector
 
     shipped = ship_detector(cfg, dataset, detector, net, fitted, (train_set, val_set), device, out,
-                            progress=progress)
+                            fingerprint=run_fingerprint(dataset, out, progress=progress), progress=progress)
     return {**result, **shipped}
 
 

@@ -1,6 +1,7 @@
-"""The bundle knows its domain: what a classifier was trained on, and whether an input lies outside it.
+"""The bundle knows its domain: what a model was trained on, and whether an input lies outside it.
 
-At training time :func:`domain_record` builds a :class:`~medsight.bundle_fields.DomainRecord` from the data's
+At training time :func:`domain_record` (a classifier) or :func:`input_domain_record` (a detector: the input rules
+alone, without the feature distance) builds a :class:`~medsight.bundle_fields.DomainRecord` from the data's
 fingerprint and the network's feature space; the bundle keeps it (``domain`` in ``bundle.json``, the feature
 vectors in ``domain.safetensors``). At prediction :class:`DomainCheck` checks each input against it before its
 answer is trusted. An input is out of domain, with one reason per failed rule, when
@@ -91,6 +92,14 @@ def domain_record(model: nn.Module, train_images: torch.Tensor | None, calibrati
                                              max_reference=max_reference, k=k, quantile=quantile, seed=seed,
                                              device=device, member=member)
     return DomainRecord(action=action, **fields, features=features, notes=notes, reference=reference)
+
+
+def input_domain_record(fingerprint: dict | None, *, action: str, no_features: str) -> DomainRecord:
+    """A record of the input rules alone (modality, body part, channels, size, intensity, blank), for a model
+    without a feature reference (a detector); ``no_features`` says why, in the record's notes."""
+    notes: list[str] = []
+    fields = _fingerprint_fields(fingerprint, notes)
+    return DomainRecord(action=action, **fields, notes=[*notes, no_features])
 
 
 def _fingerprint_fields(fingerprint: dict | None, notes: list[str]) -> dict:

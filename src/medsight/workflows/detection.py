@@ -8,7 +8,6 @@ nor a config file) and ``medsight evaluate`` on a detection bundle reach these t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +31,8 @@ def plan_detection(cfg: RunConfig, out: Path, *, time_budget_min: float = DEFAUL
         ConfigError: no data path, or a budget that is not positive.
         DatasetError: no boxes at all, or no readable image.
     """
-    from medsight.atomic_write import atomic_write_text
     from medsight.data.det_layouts import open_detection_set
-    from medsight.detection.fingerprint import fingerprint_detection
+    from medsight.detection.fingerprint import fingerprint_detection, write_fingerprint
     from medsight.detection.plan import make_detection_plan, write_detection_plan
     from medsight.detection.step_timing import detector_step_timer
     from medsight.runtime.device import pick_device, set_threads
@@ -53,7 +51,7 @@ def plan_detection(cfg: RunConfig, out: Path, *, time_budget_min: float = DEFAUL
                                                                    class_names=list(dataset.class_names)),
         modality=cfg.data.modality, device=pick_device(cfg.train.device).type)
     out = Path(out)
-    atomic_write_text(out / "fingerprint.json", json.dumps(fingerprint, indent=2) + "\n")
+    write_fingerprint(fingerprint, out)
     write_detection_plan(plan, out / "plan.json")
     return apply_detection_plan(cfg, plan), plan
 
