@@ -271,3 +271,13 @@ def test_mixed_precision_runs_the_network_in_bfloat16_where_the_cpu_has_it():
         assert 1e-4 < np.abs(mixed - plain).max() < 0.05  # bfloat16 ran: close, not equal
     else:
         np.testing.assert_array_equal(mixed, plain)  # no native bf16: float32, as without the option
+
+
+def test_tta_views_of_a_window_share_its_forward_pass():
+    """16 windows of 16 px (no overlap) in the 8 views of mirror and transpose TTA, 32 patches a pass: each pass
+    takes 4 windows in all their views, so 4 passes in all (one per view and window batch before: 32)."""
+    image = intensities((64, 64), seed=4)[None]
+    net = CountingConv(2)
+    sliding_window_probs(net, image, patch_size=(16, 16), overlap=0.0, mirror_tta=True, transpose_tta=True,
+                         batch_size=32)
+    assert net.batches == [32, 32, 32, 32]

@@ -17,7 +17,8 @@ def predict(
     out: Path = typer.Option(None, help="Classifiers: a .csv or .json file (default predictions.csv). Segmenters: "
                              "a folder for the masks and predictions.csv (default masks/); detectors: boxes/."),
     resume: bool = typer.Option(False, "--resume", help="Skip files that already have a row in the output CSV."),
-    backend: str = typer.Option("auto", help="torch, onnx (needs medsight export) or auto; not for segmenters."),
+    backend: str = typer.Option("auto", help="torch, onnx (needs medsight export) or auto: ONNX Runtime where the "
+                                "bundle has a current ONNX export (segmenters: not with --mixed-precision)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     out_of_domain: str = typer.Option(
         None, "--out-of-domain", help="Classifiers and detectors: flag (answer, marked out_of_domain, with the "
@@ -61,10 +62,11 @@ def predict(
             from medsight.inference.parallel import segment_parallel
 
             counts = segment_parallel(bundle=bundle, inputs=inputs, out=out, workers=workers, progress=progress,
-                                      resume=resume, probabilities=probabilities, mixed_precision=mixed_precision)
+                                      resume=resume, probabilities=probabilities, mixed_precision=mixed_precision,
+                                      backend=backend)
         else:
             counts = segment_to_folder(bundle=bundle, inputs=inputs, out=out, progress=progress, resume=resume,
-                                       probabilities=probabilities, mixed_precision=mixed_precision)
+                                       probabilities=probabilities, mixed_precision=mixed_precision, backend=backend)
         typer.echo(f"wrote {counts['ok']} mask(s) to {out}/ and {out / 'predictions.csv'}; "
                    f"{counts['errors']} failed (see the error column); {counts['skipped']} already done")
         finish_batch(counts)

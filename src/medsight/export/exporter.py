@@ -4,6 +4,7 @@ Files written into the bundle folder (atomically: everything is built and checke
 staging folder first, so a failed export leaves the bundle as it was):
 
     model.onnx            fp32 ONNX, opset 20, dynamic batch (and spatial axes for segmentation)
+    model.member<k>.onnx  a segmentation fold ensemble's members, one file each (checked like model.onnx)
     model.int8.onnx       with --int8: ONNX Runtime dynamic int8 quantisation of model.onnx
     model.torchscript.pt  TorchScript archive (torch.jit.load; not a pickle)
     export.json           the label names, the threshold and the calibration temperature; per
@@ -37,6 +38,8 @@ from medsight.export.records import FILES, INT8_FILE, install_export, versions
 from medsight.hashing import file_sha256
 
 FORMATS = ("onnx", "torchscript")
+#: a segmentation fold ensemble's member ``k`` as an ONNX file of its own
+MEMBER_FILE = "model.member{k}.onnx"
 #: Largest allowed |p_export - p_pytorch| on any probability (fp32).
 PARITY_TOLERANCE = 1e-4
 #: Largest allowed drop of the validation metric with int8 (0.01 = one point on a 0-1 metric).
@@ -115,6 +118,8 @@ def export_bundle(
             "versions": versions(fmt),
         }
         installs = {built: folder / FILES[fmt]}
+        if fmt == "onnx" and model_bundle.task == "segmentation" and model_bundle.model.name == "fold_ensemble":
+            record["members"] = _member_files(model_bundle, parity, example, staging, installs, folder)
         if int8:
             quantised = staging / INT8_FILE
             record["int8"] = _int8(built, quantised, model_bundle, parity, metric)
@@ -123,6 +128,28 @@ def export_bundle(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {**record, "folder": str(folder)}
+
+
+def _member_files(bundle, parity, example, staging: Path, installs: dict[Path, Path],
+                  folder: Path) -> list[dict[str, Any]]:
+    """A segmentation fold ensemble's members as ONNX files of their own (``model.member<k>.onnx``), each checked
+    against its PyTorch member, so that the Segmenter can centre each member's map as it does in PyTorch and a
+    profile can run some of them; adds them to ``installs`` and returns their records."""
+    from medsight.export.graph import InferenceGraph
+    from medsight.export.onnx_export import export_onnx
+    from medsight.export.parity import check_parity, member_parity
+    from medsight.export.precise import with_precise_norms
+
+    records = []
+    for k, member in enumerate(bundle.build_model().members):
+        name = MEMBER_FILE.format(k=k)
+        graph = InferenceGraph(with_precise_norms(member), task="segmentation")
+        export_onnx(graph, example, staging / name, dynamic_spatial=True)
+        check = check_parity(_onnx_runner(staging / name), member_parity(parity, member), tolerance=PARITY_TOLERANCE)
+        check.pop("probabilities")
+        records.append({"file": name, "member": k, "sha256": file_sha256(staging / name), "parity": check})
+        installs[staging / name] = folder / name
+    return records
 
 
 def _export_detector(folder: Path, bundle, **options) -> dict[str, Any]:

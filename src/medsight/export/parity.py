@@ -63,6 +63,18 @@ def load_parity_data(
     return _classification_split(bundle, path, input_preprocess, progress)
 
 
+def member_parity(parity: ParityData, member) -> ParityData:
+    """``parity``'s segmentation inputs with one fold-ensemble member's PyTorch softmax as the reference."""
+    import torch
+
+    def reference(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.softmax(member(torch.from_numpy(x)).float(), dim=1).numpy()
+
+    return ParityData(parity.inputs, run_batched(reference, parity.inputs, SEG_BATCH), parity.labels,
+                      parity.source, [(x, reference(x)) for x, _ in parity.extra])
+
+
 def run_batched(run: Runner, inputs: np.ndarray, batch: int = BATCH) -> np.ndarray:
     """``run`` over ``inputs`` in chunks of ``batch``."""
     return np.concatenate([run(inputs[i : i + batch]) for i in range(0, len(inputs), batch)])

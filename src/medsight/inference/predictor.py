@@ -185,9 +185,12 @@ class Predictor:
 
 
 class OnnxLogits:
-    """The ONNX graph's ``logits`` output as the network of a
-    :class:`~medsight.inference.classifier.CalibratedClassifier`: a float tensor batch in, CPU logits out.
-    It runs on the CPU only, so moving it (``to``) and its eval mode change nothing."""
+    """The ONNX graph's ``logits`` output as a network (of a
+    :class:`~medsight.inference.classifier.CalibratedClassifier`, or of a segmenter's sliding window): a float
+    tensor batch in, CPU logits out. It runs on the CPU only, so moving it (``to``) and its train or eval mode
+    change nothing."""
+
+    training = False
 
     def __init__(self, session) -> None:
         self.session = session
@@ -199,6 +202,9 @@ class OnnxLogits:
         return torch.from_numpy(self.session.run(["logits"], {"image": batch})[0])
 
     def eval(self) -> OnnxLogits:
+        return self
+
+    def train(self, mode: bool = True) -> OnnxLogits:
         return self
 
     def to(self, device) -> OnnxLogits:

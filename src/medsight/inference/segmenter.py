@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +60,34 @@ class SegmentationResult:
 
 
 class Segmenter:
-    """Loads a segmentation bundle once and segments samples or files."""
+    """Loads a segmentation bundle once and segments samples or files.
 
-    def __init__(self, bundle: Bundle | str | Path, *, device: str = "cpu", mixed_precision: bool = False) -> None:
+    Two backends run the network, as for :class:`~medsight.inference.predictor.Predictor`: ``torch``, and
+    ``onnx``, the ``model.onnx`` of ``medsight export BUNDLE --format onnx`` (a fold ensemble whose members are
+    centred one by one also needs its member files, ``model.member<k>.onnx``) run by ONNX Runtime on the CPU.
+    ``auto`` (the default) takes ``onnx`` when the bundle folder has a current export and ONNX Runtime is
+    installed, on the CPU, without ``mixed_precision``; else ``torch``.
+    """
+
+    def __init__(self, bundle: Bundle | str | Path, *, device: str = "cpu", mixed_precision: bool = False,
+                 backend: str = "auto") -> None:
         """``mixed_precision``: the network runs under autocast (bfloat16 on a CPU with native bf16:
-        about 2x faster; see :func:`~medsight.inference.segment.sliding_window_probs`)."""
+        about 2x faster; see :func:`~medsight.inference.segment.sliding_window_probs`); PyTorch only.
+
+        Raises:
+            BundleError: not a segmentation bundle; ``backend="onnx"`` without a current export.
+            ConfigError: an unknown backend, or ``onnx`` with ``mixed_precision`` or on a GPU.
+        """
         import torch
 
+        from medsight.errors import ConfigError
+        from medsight.inference.predictor import BACKENDS, onnx_export_record
+
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend={backend}", "unknown backend", f"use one of {', '.join(BACKENDS)}")
+        if backend == "onnx" and mixed_precision:
+            raise ConfigError("--mixed-precision", "is for the PyTorch backend", "drop it, or use backend torch")
+        folder = None if isinstance(bundle, Bundle) else Path(bundle)
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         if self.bundle.task != "segmentation" or self.bundle.segmentation is None:
             raise BundleError(
@@ -79,7 +101,50 @@ class Segmenter:
         self.logit_median = self.settings.logit_median
         self.device = torch.device(device)
         self.mixed_precision = mixed_precision
-        self.model = self.bundle.build_model().to(self.device)
+        record = None if mixed_precision and backend == "auto" else onnx_export_record(
+            folder, backend, device_type=self.device.type,
+            check=lambda found: self._export_problem(folder, found))
+        self.backend = "onnx" if record is not None else "torch"
+        #: the networks whose probabilities are averaged: the model, or a centred ensemble's members one by one
+        self.networks = self._onnx_networks(folder, record) if record is not None else self._torch_networks()
+
+    @cached_property
+    def model(self):
+        """The PyTorch network with the bundle's weights, in eval mode on ``device`` (built on first use with
+        the ONNX backend)."""
+        return self.bundle.build_model().to(self.device).eval()
+
+    @property
+    def centred_members(self) -> bool:
+        """A fold ensemble whose members' maps are centred one by one before they are averaged."""
+        return self.logit_median is not None and self.bundle.model.name == "fold_ensemble"
+
+    def _torch_networks(self) -> list:
+        return list(self.model.members) if self.centred_members else [self.model]
+
+    def _export_problem(self, folder: Path, record: dict) -> str | None:
+        """What makes a current ``model.onnx`` unfit here: a centred ensemble's member files missing or changed."""
+        from medsight.hashing import file_sha256
+
+        if not self.centred_members:
+            return None
+        members = record.get("members") or []
+        if not members or len(members) != int(self.bundle.model.kwargs.get("members", len(members))):
+            return "its ONNX export has no member files (each member is centred on its own)"
+        for member in members:
+            path = folder / member["file"]
+            if not path.is_file() or file_sha256(path) != member["sha256"]:
+                return f"{member['file']} is missing or differs from the one export.json records"
+        return None
+
+    def _onnx_networks(self, folder: Path, record: dict) -> list:
+        import torch
+
+        from medsight.inference.predictor import OnnxLogits, onnx_session
+
+        threads = torch.get_num_threads()
+        files = [m["file"] for m in record["members"]] if self.centred_members else [record["file"]]
+        return [OnnxLogits(onnx_session(folder / name, threads=threads)) for name in files]
 
     @property
     def label_names(self) -> list[str]:
@@ -136,10 +201,9 @@ class Segmenter:
             )
             return self.centred(resize(probs, sample.spatial_shape))
 
-        members = getattr(self.model, "members", None)
-        if self.logit_median is None or members is None:
-            return predict(self.model)
-        return sum(predict(member) for member in members) / np.float32(len(members))  # two maps in memory at a time
+        if len(self.networks) == 1:
+            return predict(self.networks[0])
+        return sum(predict(net) for net in self.networks) / np.float32(len(self.networks))  # two maps at a time
 
     def centred(self, probs: np.ndarray) -> np.ndarray:
         """``probs`` with the foreground logits shifted so that their median is the bundle's ``logit_median``
@@ -252,7 +316,7 @@ def segment_row(segmenter: Segmenter, path: Path, out: Path, *, probabilities: b
 
 def segment_to_folder(
     *, bundle: str | Path, inputs: list[Path], out: Path, progress: bool = True, resume: bool = False,
-    probabilities: bool = False, mixed_precision: bool = False,
+    probabilities: bool = False, mixed_precision: bool = False, backend: str = "auto",
 ) -> dict[str, int]:
     """Segment every input and write one mask per file plus ``out/predictions.csv``.
 
@@ -260,12 +324,12 @@ def segment_to_folder(
     error that stopped it (an unreadable file never stops the others). With ``resume``, files
     that already have a row are skipped (``counts["skipped"]``). With ``probabilities``, each
     foreground class's probability map is written next to the mask, its path in the row.
-    ``mixed_precision``: see :class:`Segmenter`.
+    ``mixed_precision`` and ``backend``: see :class:`Segmenter`.
     """
     from medsight.inference.results_csv import ResultsCsv
     from medsight.progress import track
 
-    segmenter = Segmenter(bundle, mixed_precision=mixed_precision)
+    segmenter = Segmenter(bundle, mixed_precision=mixed_precision, backend=backend)
     files = segmentation_inputs(inputs, volumes=segmenter.volumes)
     out = Path(out)
     counts = {"ok": 0, "errors": 0, "skipped": 0}

@@ -144,11 +144,12 @@ def evaluate_segmenter(model_bundle, *, bundle: Path, data: str, split: str, out
     from medsight.segmentation.evaluate import DatasetCases, evaluate_segmentation, open_split
 
     dataset, items = open_split(model_bundle, data, split)
+    segmenter = Segmenter(bundle)  # the folder: its ONNX export is used where it has a current one
     return evaluate_segmentation(
-        Segmenter(model_bundle), DatasetCases(dataset, items), out=out, progress=progress,
+        segmenter, DatasetCases(dataset, items), out=out, progress=progress,
         title=f"{bundle.resolve().parent.name}: {split} cases of {Path(data).name}",
         extra={"split": split, "bundle": str(bundle), "data": str(data), "cases scored": scored,
-               "threshold_note": model_bundle.threshold_choice.note_or("")},
+               "threshold_note": model_bundle.threshold_choice.note_or(""), "backend": segmenter.backend},
     )
 
 
