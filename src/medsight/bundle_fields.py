@@ -34,13 +34,30 @@ from medsight.config import DataConfig, EvalConfig
 from medsight.errors import BundleError
 
 
+class InferenceProfile(BaseModel):
+    """A segmenter's inference options, measured (``segmentation.profiles`` in the manifest): the first ``views``
+    test-time views (:func:`~medsight.inference.segment.tta_views` order) at window ``overlap``, with the pooled
+    ``auc`` and ``f1`` and the ``seconds`` per case they gave on the cases measured."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    views: int = Field(ge=1)
+    overlap: float = Field(ge=0.0, lt=1.0)
+    auc: float | None = None
+    f1: float | None = None
+    seconds: float | None = None
+
+
 class SegmentationSettings(BaseModel):
     """How a segmentation bundle turns an image into labels (the manifest's ``segmentation``).
 
     ``normalization`` is the plan's intensity normalisation of the whole image (``{"scheme": ...}``);
     ``target_spacing`` the grid the network predicts on (None: the image's own); ``thresholds`` the
     probability threshold per class (as the manifest writes them: ``{"1": 0.72}``); ``logit_median``
-    the level each image's foreground logits are centred to (``segment.centre_logits``; None: off).
+    the level each image's foreground logits are centred to (``segment.centre_logits``; None: off);
+    ``profiles`` the measured ``fast`` and ``accurate`` inference options, ``default_profile`` the one used
+    unless another is asked for, and ``profile_note`` how they were measured (none: an older bundle, which
+    predicts with its own options).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -53,6 +70,9 @@ class SegmentationSettings(BaseModel):
     target_spacing: list[float] | None = None
     thresholds: dict[str, float] = Field(default_factory=dict)
     logit_median: float | None = None
+    profiles: dict[str, InferenceProfile] = Field(default_factory=dict)
+    default_profile: str | None = None
+    profile_note: str = ""
 
     @field_validator("thresholds", mode="before")
     @classmethod
@@ -264,5 +284,6 @@ class DomainRecord(BaseModel):
     reference: Any = Field(None, exclude=True)
 
 
-__all__ = ["DataSettings", "DetectionSettings", "DomainRecord", "FeatureReference", "IntensityRange",
-           "SegmentationSettings", "SplitRecord", "ThresholdChoice", "field_error", "record_keys", "recorded_fields"]
+__all__ = ["DataSettings", "DetectionSettings", "DomainRecord", "FeatureReference", "InferenceProfile",
+           "IntensityRange", "SegmentationSettings", "SplitRecord", "ThresholdChoice", "field_error", "record_keys",
+           "recorded_fields"]

@@ -61,6 +61,10 @@ def test_training_writes_the_contract_metrics_and_a_tuned_threshold(trained):
     threshold = manifest["segmentation"]["thresholds"]["1"]
     assert 0 < threshold < 1 and metrics["threshold"] == pytest.approx(threshold)
     assert manifest["segmentation"]["normalization"] == {"scheme": "zscore"}
+    profiles = manifest["segmentation"]["profiles"]  # measured on the 2 validation cases, fast the default
+    assert set(profiles) == {"fast", "accurate"} and manifest["segmentation"]["default_profile"] == "fast"
+    assert (profiles["accurate"]["views"], profiles["accurate"]["overlap"]) == (1, 0.5)  # no TTA, overlap 0.5
+    assert profiles["fast"]["overlap"] in (0.5, 0.25) and "2 case(s)" in manifest["segmentation"]["profile_note"]
     assert "validation cases" in manifest["provenance"]["threshold_note"]
     assert sorted(manifest["provenance"]["split"]["train"] + manifest["provenance"]["split"]["val"]) == [
         f"c{k}" for k in range(10)
@@ -308,7 +312,7 @@ def test_the_segmenter_replays_the_bundles_tta_settings(trained, tmp_path, mirro
     if not transpose:
         del manifest["segmentation"]["transpose_tta"]
     (model / "bundle.json").write_text(json.dumps(manifest))
-    segmenter = Segmenter(model)
+    segmenter = Segmenter(model, profile="accurate")  # the bundle's own options (fast was measured without TTA)
     sample = read_image(data / "images" / "c0.png")
     expected = sliding_window_probs(segmenter.model, segmenter.prepare(sample), patch_size=[48, 48],
                                     mirror_tta=mirror, transpose_tta=transpose)

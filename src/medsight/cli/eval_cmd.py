@@ -16,12 +16,14 @@ def evaluate(
     split: str = typer.Option(None, help="train, val, test, or all (default: every case of data the model was not "
                               "trained on; the held-out test split of its own training data)."),
     out: Path = typer.Option(..., help="Output folder for metrics.json, per_case.csv, report.html."),
+    profile: str = typer.Option(None, "--profile", help="Segmenters: fast or accurate, the inference profiles "
+                                "measured when the bundle was trained (default: the bundle's own, fast)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Evaluate a bundle on a data set split, with 95% bootstrap CIs and a report."""
     from medsight.workflows.evaluate import run_evaluation
 
-    metrics = run_evaluation(bundle=bundle, data=data, split=split, out=out, progress=progress)
+    metrics = run_evaluation(bundle=bundle, data=data, split=split, out=out, progress=progress, profile=profile)
     if metrics.get("task") == "detection":
         from medsight.workflows.detection import det_summary
 

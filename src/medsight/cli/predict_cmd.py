@@ -25,6 +25,8 @@ def predict(
         "reasons), refuse (no answer: an error row with the reasons) or off, for inputs outside the training domain; "
         "default: the bundle's own (its training config's predict.out_of_domain)."
     ),
+    profile: str = typer.Option(None, "--profile", help="Segmenters: fast or accurate, the inference profiles "
+                                "measured when the bundle was trained (default: the bundle's own, fast)."),
     workers: int = typer.Option(1, min=1, help="Worker processes (each loads the model once); rows stay in input "
                                 "order."),
     probabilities: bool = typer.Option(
@@ -45,6 +47,10 @@ def predict(
     from medsight.errors import ConfigError
 
     header = load_bundle(bundle, weights=False)
+    if profile is not None:
+        from medsight.inference.segmenter import check_profile
+
+        check_profile(header, profile)
     if header.task == "detection":
         return _predict_boxes(bundle, inputs, out, progress=progress, backend=backend, out_of_domain=out_of_domain,
                               refused=[probabilities, mixed_precision, resume, workers > 1])
@@ -63,10 +69,11 @@ def predict(
 
             counts = segment_parallel(bundle=bundle, inputs=inputs, out=out, workers=workers, progress=progress,
                                       resume=resume, probabilities=probabilities, mixed_precision=mixed_precision,
-                                      backend=backend)
+                                      backend=backend, profile=profile)
         else:
             counts = segment_to_folder(bundle=bundle, inputs=inputs, out=out, progress=progress, resume=resume,
-                                       probabilities=probabilities, mixed_precision=mixed_precision, backend=backend)
+                                       probabilities=probabilities, mixed_precision=mixed_precision, backend=backend,
+                                       profile=profile)
         typer.echo(f"wrote {counts['ok']} mask(s) to {out}/ and {out / 'predictions.csv'}; "
                    f"{counts['errors']} failed (see the error column); {counts['skipped']} already done")
         finish_batch(counts)

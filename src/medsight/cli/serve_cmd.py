@@ -40,6 +40,10 @@ def serve(
         False, "--mixed-precision", help="Segmenters: run the network in bfloat16 where the CPU has native bf16 "
         "(about 2x faster; masks agree on >99% of pixels), autocast on CUDA."
     ),
+    profile: str | None = typer.Option(
+        None, "--profile", help="Segmenters: fast or accurate, the inference profiles measured when the bundle was "
+        "trained (default: the bundle's own, fast)."
+    ),
     out_of_domain: str | None = typer.Option(
         None, "--out-of-domain", help="Classifiers: flag (answer, marked out_of_domain with the reasons), refuse "
         "(422 with the reasons) or off, for inputs outside the training domain; default: the bundle's own."
@@ -51,4 +55,4 @@ def serve(
     run_server(bundle=bundle, registry=registry, feedback=feedback, host=host, port=port, workers=workers,
                api_keys_file=api_keys, no_auth=no_auth, max_body_mb=max_body_mb, max_voxels=max_voxels,
                auth_failures_per_minute=auth_failures_per_minute, device=device, mixed_precision=mixed_precision,
-               out_of_domain=out_of_domain)
+               out_of_domain=out_of_domain, profile=profile)

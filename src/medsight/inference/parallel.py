@@ -67,7 +67,7 @@ def predict_parallel(
 
 def segment_parallel(
     *, bundle: str | Path, inputs: list[Path], out: Path, workers: int, resume: bool = False, progress: bool = True,
-    probabilities: bool = False, mixed_precision: bool = False, backend: str = "auto",
+    probabilities: bool = False, mixed_precision: bool = False, backend: str = "auto", profile: str | None = None,
 ) -> dict[str, int]:
     """:func:`~medsight.inference.segmenter.segment_to_folder` on ``workers`` processes.
 
@@ -79,14 +79,14 @@ def segment_parallel(
     from medsight.inference.segmenter import Segmenter, segment_fields, segmentation_inputs
 
     _check_workers(workers)
-    segmenter = Segmenter(bundle, backend=backend, mixed_precision=mixed_precision)  # fails here on a bad bundle
+    segmenter = Segmenter(bundle, backend=backend, mixed_precision=mixed_precision, profile=profile)  # fails here
     files = segmentation_inputs(inputs, volumes=segmenter.volumes)
     out = Path(out)
     fields = segment_fields(segmenter.label_names, probabilities=probabilities)
     with ResultsCsv(out / "predictions.csv", fields, resume=resume) as results:
         todo = [path for path in files if str(path) not in results.done]
         counts = {"ok": 0, "errors": 0, "skipped": len(files) - len(todo)}
-        job = ("segment", str(bundle), backend, str(out), (probabilities, mixed_precision))
+        job = ("segment", str(bundle), backend, str(out), (probabilities, mixed_precision, profile))
         for row in _ordered_rows(job, todo, workers, progress, "segmenting"):
             counts["errors" if row["error"] else "ok"] += 1
             results.write(row)
@@ -144,9 +144,9 @@ def _start_worker(kind: str, bundle: str, backend: str | None, out: str | None,
     else:
         from medsight.inference.segmenter import Segmenter
 
-        probabilities, mixed_precision = options
-        _WORKER["row"] = _segment_row(Segmenter(bundle, mixed_precision=mixed_precision, backend=backend or "auto"),
-                                      Path(out or "masks"), probabilities)
+        probabilities, mixed_precision, profile = options
+        _WORKER["row"] = _segment_row(Segmenter(bundle, mixed_precision=mixed_precision, backend=backend or "auto",
+                                                profile=profile), Path(out or "masks"), probabilities)
 
 
 def _row(path: str) -> dict[str, Any]:

@@ -37,6 +37,7 @@ def sliding_window_probs(
     batch_size: int | None = None,
     device: str | torch.device = "cpu",
     mixed_precision: bool = False,
+    views: Sequence[tuple[bool, tuple[int, ...]]] | None = None,
 ) -> np.ndarray:
     """Predict per-class probabilities for a whole image, window by window.
 
@@ -56,6 +57,8 @@ def sliding_window_probs(
         mixed_precision: run the network under autocast: bfloat16 on a CPU with native bf16
             (AVX512-BF16/AMX; float32 on other CPUs), bfloat16 or float16 on CUDA. About 2x faster
             on such a CPU; probabilities move by up to ~0.02, the softmax and stitching stay float32.
+        views: the test-time views to average, a part of :func:`tta_views` (an inference profile's); None: all
+            the views ``mirror_tta`` and ``transpose_tta`` give.
 
     Returns:
         ``(K, *spatial)`` float32 softmax probabilities (sum to 1 over K).
@@ -65,7 +68,8 @@ def sliding_window_probs(
         ConfigError: ``patch_size`` does not match the spatial axes, or a bad ``overlap``.
     """
     array = _checked_image(image, patch_size, overlap)
-    views = _tta_views(array.ndim - 1, mirror_tta=mirror_tta, transpose_tta=transpose_tta)
+    if views is None:
+        views = tta_views(array.ndim - 1, mirror_tta=mirror_tta, transpose_tta=transpose_tta)
     if batch_size is None:
         batch_size = max(4, min(64, 2**19 // int(np.prod(patch_size))))
     windows = max(1, batch_size // len(views))  # a forward pass takes each window in every view
@@ -130,7 +134,7 @@ def _checked_image(image: np.ndarray, patch_size: Sequence[int], overlap: float)
     return array
 
 
-def _tta_views(spatial_dims: int, *, mirror_tta: bool, transpose_tta: bool) -> list[tuple[bool, tuple[int, ...]]]:
+def tta_views(spatial_dims: int, *, mirror_tta: bool, transpose_tta: bool) -> list[tuple[bool, tuple[int, ...]]]:
     """The test-time views, as ``(last two axes swapped, flipped tensor axes)``: the plain view first, then every
     combination of flipped spatial axes (``mirror_tta``), each also transposed (``transpose_tta``)."""
     axes = range(2, spatial_dims + 2)

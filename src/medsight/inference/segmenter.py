@@ -35,6 +35,9 @@ from medsight.inference.postprocess import (
 from medsight.inference.uncertainty import case_uncertainty, entropy_map
 from medsight.sample import Sample
 
+#: the inference profiles a bundle may have (:mod:`medsight.segmentation.profiles`)
+PROFILES = ("fast", "accurate")
+
 
 @dataclass
 class SegmentationResult:
@@ -70,13 +73,17 @@ class Segmenter:
     """
 
     def __init__(self, bundle: Bundle | str | Path, *, device: str = "cpu", mixed_precision: bool = False,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", profile: str | None = None) -> None:
         """``mixed_precision``: the network runs under autocast (bfloat16 on a CPU with native bf16:
         about 2x faster; see :func:`~medsight.inference.segment.sliding_window_probs`); PyTorch only.
+        ``profile``: ``fast`` or ``accurate``, the bundle's measured inference profiles
+        (:mod:`medsight.segmentation.profiles`); None: the bundle's default (a bundle without profiles predicts
+        with its own options, which is what ``accurate`` is).
 
         Raises:
             BundleError: not a segmentation bundle; ``backend="onnx"`` without a current export.
-            ConfigError: an unknown backend, or ``onnx`` with ``mixed_precision`` or on a GPU.
+            ConfigError: an unknown backend or profile, ``fast`` on a bundle without profiles, or ``onnx`` with
+                ``mixed_precision`` or on a GPU.
         """
         import torch
 
@@ -96,6 +103,8 @@ class Segmenter:
                 "use medsight.inference.predictor.Predictor for classifiers",
             )
         self.settings = self.bundle.segmentation
+        #: the profile's name and options (None: the bundle's own options)
+        self.profile_name, self.profile = _profile(self.settings, profile)
         self.thresholds = self.settings.class_thresholds()
         #: binary bundles trained with ``segment.centre_logits``: each image's median foreground logit
         self.logit_median = self.settings.logit_median
@@ -179,7 +188,7 @@ class Segmenter:
         level and threshold come from were (each by one member).
         """
         from medsight.inference.predictor import check_spatial_dims
-        from medsight.inference.segment import sliding_window_probs
+        from medsight.inference.segment import sliding_window_probs, tta_views
         from medsight.transforms.preprocess import resize, spacing_shape
 
         check_spatial_dims(sample, self.bundle.spatial_dims, volumes="a NIfTI or NRRD file, a multi-frame DICOM, "
@@ -188,14 +197,18 @@ class Segmenter:
         grid = spacing_shape(sample.spatial_shape, sample.spacing, self.settings.target_spacing)
         working = resize(image, grid)
 
+        views = tta_views(self.bundle.spatial_dims, mirror_tta=self.settings.mirror_tta,
+                          transpose_tta=self.settings.transpose_tta)
+        if self.profile is not None:
+            views = views[:self.profile.views]
+
         def predict(net) -> np.ndarray:
             probs = sliding_window_probs(
                 net,
                 working,
                 patch_size=self.bundle.preprocess.size,
-                overlap=self.settings.overlap,
-                mirror_tta=self.settings.mirror_tta,
-                transpose_tta=self.settings.transpose_tta,
+                overlap=self.settings.overlap if self.profile is None else self.profile.overlap,
+                views=views,
                 device=self.device,
                 mixed_precision=self.mixed_precision,
             )
@@ -233,6 +246,40 @@ class Segmenter:
 
         sample = read_image(path)
         return sample, self.segment_sample(sample)
+
+
+def check_profile(bundle: Bundle, name: str) -> None:
+    """A clear error now when ``name`` is not a profile ``bundle`` can predict with (see :func:`_profile`).
+
+    Raises:
+        ConfigError: another task than segmentation, an unknown profile, or ``fast`` without measured profiles.
+    """
+    from medsight.errors import ConfigError
+
+    if bundle.task != "segmentation" or bundle.segmentation is None:
+        raise ConfigError(f"--profile {name}", f"is for segmentation models (this is a {bundle.task} model)",
+                          "drop --profile")
+    _profile(bundle.segmentation, name)
+
+
+def _profile(settings, name: str | None):
+    """``(name, options)`` of the profile asked for (None: the bundle's default); ``(name, None)`` where the bundle's
+    own options are what it asks for.
+
+    Raises:
+        ConfigError: an unknown profile, or ``fast`` on a bundle trained before profiles were measured.
+    """
+    from medsight.errors import ConfigError
+
+    if name not in (None, *PROFILES):
+        raise ConfigError(f"--profile {name}", "is not an inference profile", f"use one of {', '.join(PROFILES)}")
+    chosen = name or settings.default_profile
+    if chosen in (None, "accurate"):  # every view at the bundle's overlap: its own options
+        return "accurate", None
+    if chosen not in settings.profiles:
+        raise ConfigError(f"--profile {chosen}", "this bundle has no measured profiles (it was trained before they "
+                          "were measured)", "use --profile accurate (its own options), or train it again")
+    return chosen, settings.profiles[chosen]
 
 
 def _write_uncertainty(entropy: np.ndarray, sample: Sample, mask: Path) -> Path:
@@ -316,7 +363,7 @@ def segment_row(segmenter: Segmenter, path: Path, out: Path, *, probabilities: b
 
 def segment_to_folder(
     *, bundle: str | Path, inputs: list[Path], out: Path, progress: bool = True, resume: bool = False,
-    probabilities: bool = False, mixed_precision: bool = False, backend: str = "auto",
+    probabilities: bool = False, mixed_precision: bool = False, backend: str = "auto", profile: str | None = None,
 ) -> dict[str, int]:
     """Segment every input and write one mask per file plus ``out/predictions.csv``.
 
@@ -324,12 +371,12 @@ def segment_to_folder(
     error that stopped it (an unreadable file never stops the others). With ``resume``, files
     that already have a row are skipped (``counts["skipped"]``). With ``probabilities``, each
     foreground class's probability map is written next to the mask, its path in the row.
-    ``mixed_precision`` and ``backend``: see :class:`Segmenter`.
+    ``mixed_precision``, ``backend`` and ``profile``: see :class:`Segmenter`.
     """
     from medsight.inference.results_csv import ResultsCsv
     from medsight.progress import track
 
-    segmenter = Segmenter(bundle, mixed_precision=mixed_precision, backend=backend)
+    segmenter = Segmenter(bundle, mixed_precision=mixed_precision, backend=backend, profile=profile)
     files = segmentation_inputs(inputs, volumes=segmenter.volumes)
     out = Path(out)
     counts = {"ok": 0, "errors": 0, "skipped": 0}

@@ -85,6 +85,7 @@ def ensemble_folds(cfg: RunConfig, out: Path, folds: list[Path], *, progress: bo
     from medsight.data.seg_layouts import open_seg_dataset
     from medsight.progress import track
     from medsight.runtime.device import pick_device
+    from medsight.segmentation.profiles import with_profiles
 
     bundles = [load_bundle(fold / "model") for fold in folds]
     check_members_agree(bundles, folds, _shared_settings)
@@ -108,6 +109,8 @@ def ensemble_folds(cfg: RunConfig, out: Path, folds: list[Path], *, progress: bo
         member.thresholds, member.logit_median = thresholds, level
     bundle = _ensemble_bundle(cfg, bundles, val_cases, thresholds, note, level,
                               all_cases=[item.case_id for item in dataset.items])
+    bundle.segmentation = with_profiles(bundle.segmentation, lambda case_id: oof[case_id].segmenter,
+                                        DatasetCases(dataset, items), members=len(bundles), progress=progress)
     states = bundle.provenance["folds"]
     metrics = evaluate_segmentation(  # members[0] gives the label names and the (shared) threshold
         members[0], DatasetCases(dataset, items), out=out, segmenter_for=oof.__getitem__,
@@ -127,7 +130,8 @@ def ensemble_folds(cfg: RunConfig, out: Path, folds: list[Path], *, progress: bo
 def _shared_settings(bundle: Bundle) -> tuple:
     """What the members must share to take one input: the network, the preprocessing and the plan's
     normalisation (every segmentation setting but the thresholds), and the labels."""
-    settings = bundle.segmentation.model_dump(exclude={"thresholds", "logit_median"})
+    settings = bundle.segmentation.model_dump(exclude={"thresholds", "logit_median", "profiles", "default_profile",
+                                                       "profile_note"})
     return (bundle.model.model_dump(), bundle.preprocess.model_dump(), settings, bundle.label_names)
 
 

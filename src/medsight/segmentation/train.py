@@ -136,17 +136,23 @@ def _fit(cfg: RunConfig, data: TrainingSet, net: torch.nn.Module, device: torch.
 
 def _ship(cfg: RunConfig, data: TrainingSet, net: torch.nn.Module, kwargs: dict[str, Any], state: dict[str, Any],
           best_state: dict[str, torch.Tensor], device: torch.device, out: Path) -> dict[str, Any]:
-    """Choose the thresholds on the validation cases, save the bundle in ``out/model`` and score the
-    validation cases with it (``out/metrics.json``, the report; a fold's probabilities).
+    """Choose the thresholds on the validation cases, measure the inference profiles on them (not for a fold's
+    model), save the bundle in ``out/model`` and score the validation cases with it, with its default profile
+    (``out/metrics.json``, the report; a fold's probabilities).
     Returns ``{"bundle", "metrics"}``."""
     from medsight.inference.segmenter import Segmenter
     from medsight.segmentation.evaluate import evaluate_segmentation
+    from medsight.segmentation.profiles import with_profiles
 
     thresholds, note, level = _thresholds(cfg, net, data.validation(), data.patch, device, data.n_classes)
     bundle = _bundle(cfg, data, kwargs, thresholds, note, state, best_state, level)
+    val_cases = [data.cases[i] for i in data.val_idx]
+    if cfg.data.folds == 1:  # a fold's model is measured in its ensemble, out of fold
+        segmenter = Segmenter(bundle, device=str(device))
+        bundle.segmentation = with_profiles(bundle.segmentation, lambda _: segmenter, val_cases)
     bundle_path = bundle.save(out / "model")
     metrics = evaluate_segmentation(
-        Segmenter(bundle, device=str(device)), [data.cases[i] for i in data.val_idx], out=out,
+        Segmenter(bundle, device=str(device)), val_cases, out=out,
         title=f"{cfg.name}: segmentation, validation cases",
         extra={"split": "val", "data": str(cfg.data.path), "model": cfg.model.name, "best_epoch": state["best_epoch"],
                "epochs_run": state["epoch"], "training_seconds": round(state["seconds"], 1),

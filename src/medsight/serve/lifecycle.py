@@ -58,7 +58,7 @@ class ModelSlot:
     def load(self, path: Path) -> ModelService:
         """The bundle at ``path`` loaded with the service's device and precision."""
         return ModelService(path, device=self.settings.device, mixed_precision=self.settings.mixed_precision,
-                            out_of_domain=self.settings.out_of_domain)
+                            out_of_domain=self.settings.out_of_domain, profile=self.settings.profile)
 
     async def reload(self, app: FastAPI) -> bool:
         """Load the registry's production bundle off the request path and swap it in; True when it changed."""

@@ -41,10 +41,11 @@ class ModelService:
     """A bundle loaded for serving: the network, its preprocessing, version and card."""
 
     def __init__(self, bundle_path: str | Path, *, device: str = "cpu", mixed_precision: bool = False,
-                 out_of_domain: str | None = None) -> None:
+                 out_of_domain: str | None = None, profile: str | None = None) -> None:
         """``mixed_precision``: a segmenter's network runs under autocast (bfloat16 on a CPU with native
         bf16); classifiers run as they are. ``version["precision"]`` says what it computes in.
-        ``out_of_domain``: a classifier's action for inputs outside its training domain (None: the bundle's)."""
+        ``out_of_domain``: a classifier's action for inputs outside its training domain (None: the bundle's).
+        ``profile``: a segmenter's inference profile (None: the bundle's default)."""
         start = perf_counter()
         self.path = Path(bundle_path)
         self.task = load_bundle(self.path, weights=False).task
@@ -54,7 +55,7 @@ class ModelService:
         elif self.task == "segmentation":
             from medsight.inference.segmenter import Segmenter
 
-            self.runner = Segmenter(self.path, device=device, mixed_precision=mixed_precision)
+            self.runner = Segmenter(self.path, device=device, mixed_precision=mixed_precision, profile=profile)
         elif self.task == "detection":
             from medsight.inference.detector import Detector
 
@@ -64,7 +65,8 @@ class ModelService:
         self.bundle = self.runner.bundle
         self.version = {**model_version(self.path, self.bundle.model.name, self.bundle.provenance),
                         "backend": getattr(self.runner, "backend", "torch"),
-                        "precision": getattr(self.runner, "precision", "float32")}
+                        "precision": getattr(self.runner, "precision", "float32"),
+                        **({"profile": self.runner.profile_name} if self.task == "segmentation" else {})}
         self.explainer = load_explainer()
         # the bundle's triage policy (medsight triage train), None without one; one for other weights is an error
         self.triage = served_policy(self.path, self.runner) if self.task == "classification" else None

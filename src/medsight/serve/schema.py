@@ -119,6 +119,7 @@ class ModelVersion(BaseModel):
     medsight: str | None = None
     backend: str | None = None
     precision: str | None = None
+    profile: str | None = None  # a segmenter's inference profile (fast, accurate)
 
 
 class FeedbackAnswer(BaseModel):

@@ -32,6 +32,7 @@ def run_server(
     device: str = "cpu",
     mixed_precision: bool = False,
     out_of_domain: str | None = None,
+    profile: str | None = None,
     log_level: str = "info",
 ) -> None:
     """Serve ``bundle`` (or ``registry``'s production version) until interrupted.
@@ -42,12 +43,13 @@ def run_server(
     ``max_voxels`` (default :data:`~medsight.io.limits.SERVICE_MAX_VOXELS`) is the most values an upload may
     declare; ``auth_failures_per_minute`` (default 10) the failed authentications one client address may make
     in a minute before it is answered 429. ``out_of_domain`` (flag, refuse, off) overrides a classifier bundle's
-    action for inputs outside its training domain (refuse: 422 with the reasons).
+    action for inputs outside its training domain (refuse: 422 with the reasons). ``profile`` (fast, accurate)
+    is a segmenter's inference profile (default: the bundle's).
 
     Raises:
         ConfigError: no API key (and no ``no_auth``), ``no_auth`` off loopback, a key that is not printable
             ASCII, bad numbers, neither or both of ``bundle`` and ``registry``, ``mixed_precision`` for a
-            classifier bundle.
+            classifier bundle, a ``profile`` for another task or one the bundle does not have.
         BundleError: ``bundle`` is not a readable model folder.
     """
     import uvicorn
@@ -59,7 +61,7 @@ def run_server(
     settings = _checked_settings(
         bundle=bundle, registry=registry, feedback=feedback, host=host, api_keys_file=api_keys_file, no_auth=no_auth,
         max_body_mb=max_body_mb, max_voxels=max_voxels, auth_failures_per_minute=auth_failures_per_minute,
-        device=device, mixed_precision=mixed_precision, out_of_domain=out_of_domain,
+        device=device, mixed_precision=mixed_precision, out_of_domain=out_of_domain, profile=profile,
     )
     os.environ[SETTINGS_ENV] = settings_to_env(settings, Path(api_keys_file).resolve() if api_keys_file else None)
     # Idle OpenMP threads sleep instead of spinning for a few hundred ms after each request, which on a
@@ -73,7 +75,7 @@ def run_server(
 def _checked_settings(
     *, bundle: Path | None, registry: Path | None, feedback: Path | None, host: str, api_keys_file: Path | None,
     no_auth: bool, max_body_mb: float, max_voxels: int | None, auth_failures_per_minute: int | None, device: str,
-    mixed_precision: bool, out_of_domain: str | None = None,
+    mixed_precision: bool, out_of_domain: str | None = None, profile: str | None = None,
 ) -> ServeSettings:
     """The workers' settings, every option checked once here (an error now, not one in every worker).
 
@@ -81,6 +83,7 @@ def _checked_settings(
         ConfigError, BundleError: as :func:`run_server` says.
     """
     from medsight.bundle import load_bundle
+    from medsight.inference.segmenter import check_profile
     from medsight.io.limits import SERVICE_MAX_VOXELS, resolve_max_voxels
     from medsight.serve.auth import (
         DEFAULT_AUTH_FAILURES_PER_MINUTE,
@@ -108,7 +111,10 @@ def _checked_settings(
         served = ModelRegistry(registry).production_bundle()
     else:
         served = bundle
-    task = load_bundle(served, weights=False).task  # a clear error now rather than in every worker
+    header = load_bundle(served, weights=False)  # a clear error now rather than in every worker
+    task = header.task
+    if profile is not None:
+        check_profile(header, profile)
     if mixed_precision and task != "segmentation":
         raise ConfigError("--mixed-precision", f"is for segmentation models ({served} is a {task} model)",
                           "drop it: classifiers are served in float32 (or ONNX)")
@@ -118,7 +124,8 @@ def _checked_settings(
                          api_keys=tuple(keys), no_auth=no_auth, host=host,
                          max_body_bytes=int(max_body_mb * 2**20), device=device,
                          mixed_precision=mixed_precision, max_voxels=max_voxels,
-                         auth_failures_per_minute=auth_failures_per_minute, out_of_domain=out_of_domain)
+                         auth_failures_per_minute=auth_failures_per_minute, out_of_domain=out_of_domain,
+                         profile=profile)
 
 
 def _log_config(level: str) -> dict:

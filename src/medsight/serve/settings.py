@@ -36,6 +36,8 @@ class ServeSettings:
     max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 2**20)
     device: str = "cpu"
     mixed_precision: bool = False
+    #: a segmenter's inference profile (fast, accurate); None: the bundle's default
+    profile: str | None = None
     registry: Path | None = None
     feedback: Path | None = None
     registry_poll_s: float = 1.0

@@ -20,21 +20,28 @@ from medsight.data.file_errors import write_skipped_files
 from medsight.errors import DatasetError
 
 
-def run_evaluation(*, bundle: Path, data: str, split: str | None = None, out: Path, progress: bool = True) -> dict:
+def run_evaluation(*, bundle: Path, data: str, split: str | None = None, out: Path, progress: bool = True,
+                   profile: str | None = None) -> dict:
     """Evaluate a bundle on ``split`` of a data set (default: see the module); writes metrics.json,
     per_case.csv and report.html into ``out``. The result's ``scored`` says which cases were scored.
+    ``profile``: a segmenter's inference profile (None: the bundle's default).
 
     Raises:
         DatasetError: the model's own training data without a held-out test split and no ``split``.
+        ConfigError: a ``profile`` for another task, or one the bundle does not have.
     """
     from medsight.bundle import load_bundle
+    from medsight.inference.segmenter import check_profile
 
     model_bundle = load_bundle(bundle)
+    if profile is not None:
+        check_profile(model_bundle, profile)
     split, scored = (split, f"the {split} split (--split)") if split else default_split(model_bundle, data)
     evaluate = {"segmentation": evaluate_segmenter, "detection": evaluate_detection}.get(model_bundle.task,
                                                                                         evaluate_classifier)
+    options = {"profile": profile} if model_bundle.task == "segmentation" else {}
     metrics = evaluate(model_bundle, bundle=Path(bundle), data=data, split=split, out=Path(out), progress=progress,
-                       scored=scored)
+                       scored=scored, **options)
     metrics["scored"] = f"scored {metrics['n']} cases of {data}: {scored}"
     return metrics
 
@@ -138,18 +145,19 @@ def evaluate_classifier(model_bundle, *, bundle: Path, data: str, split: str, ou
 
 
 def evaluate_segmenter(model_bundle, *, bundle: Path, data: str, split: str, out: Path, progress: bool,
-                       scored: str) -> dict:
+                       scored: str, profile: str | None = None) -> dict:
     """Score a segmentation bundle on the cases of ``data`` (``split`` all, or the run's train/val cases)."""
     from medsight.inference.segmenter import Segmenter
     from medsight.segmentation.evaluate import DatasetCases, evaluate_segmentation, open_split
 
     dataset, items = open_split(model_bundle, data, split)
-    segmenter = Segmenter(bundle)  # the folder: its ONNX export is used where it has a current one
+    segmenter = Segmenter(bundle, profile=profile)  # the folder: its ONNX export is used where it has one
     return evaluate_segmentation(
         segmenter, DatasetCases(dataset, items), out=out, progress=progress,
         title=f"{bundle.resolve().parent.name}: {split} cases of {Path(data).name}",
         extra={"split": split, "bundle": str(bundle), "data": str(data), "cases scored": scored,
-               "threshold_note": model_bundle.threshold_choice.note_or(""), "backend": segmenter.backend},
+               "threshold_note": model_bundle.threshold_choice.note_or(""), "backend": segmenter.backend,
+               "profile": segmenter.profile_name},
     )
 
 
