@@ -40,6 +40,10 @@ def serve(
         False, "--mixed-precision", help="Segmenters: run the network in bfloat16 where the CPU has native bf16 "
         "(about 2x faster; masks agree on >99% of pixels), autocast on CUDA."
     ),
+    max_queue: int = typer.Option(
+        16, "--max-queue", help="Requests each worker holds for its model at most, running and waiting; more are "
+        "answered 503 with Retry-After at once instead of queueing without bound."
+    ),
     profile: str | None = typer.Option(
         None, "--profile", help="Segmenters: fast or accurate, the inference profiles measured when the bundle was "
         "trained (default: the bundle's own, fast)."
@@ -55,4 +59,4 @@ def serve(
     run_server(bundle=bundle, registry=registry, feedback=feedback, host=host, port=port, workers=workers,
                api_keys_file=api_keys, no_auth=no_auth, max_body_mb=max_body_mb, max_voxels=max_voxels,
                auth_failures_per_minute=auth_failures_per_minute, device=device, mixed_precision=mixed_precision,
-               out_of_domain=out_of_domain, profile=profile)
+               out_of_domain=out_of_domain, profile=profile, max_queue=max_queue)

@@ -83,6 +83,16 @@ class NotReadyError(ServeError):
     status = 503
 
 
+class BusyError(ServeError):
+    """The inference queue is full; the client should retry after ``Retry-After`` seconds."""
+
+    status = 503
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
 #: Core errors, most specific first: a file we do not read is 415, a file that is broken is 400,
 #: pixels or geometry the model cannot take are 422.
 _STATUS: tuple[tuple[type[MedsightError], int], ...] = (

@@ -95,6 +95,7 @@ class ModelSlot:
         # hopping between pool threads leaves idle teams spinning (10-100x slower on a small CPU).
         app.state.swap_lock = asyncio.Lock()
         app.state.inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medsight-inference")
+        app.state.queue = InferenceQueue(self.settings.max_queue)
         start = perf_counter()
         app.state.service = await on_model(app, partial(self.load, self.path()))
         self.metrics.model_loaded(perf_counter() - start)
@@ -111,6 +112,43 @@ class ModelSlot:
             app.state.inference.shutdown(wait=False)
 
 
+class InferenceQueue:
+    """How many requests wait for (or run on) the worker's inference thread, at most ``limit``.
+
+    Counted on the event loop's thread only, so a plain integer is safe.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+
+    def enter(self) -> None:
+        """Hold a place, or refuse the request.
+
+        Raises:
+            BusyError: ``limit`` requests are already held (503 with ``Retry-After``).
+        """
+        from medsight.serve.errors import BusyError
+
+        if self.held >= self.limit:
+            raise BusyError("the inference queue", f"holds {self.held} requests, its limit",
+                            "retry after a second, or run more workers (medsight serve --workers N)")
+        self.held += 1
+
+    def leave(self) -> None:
+        self.held -= 1
+
+
 async def on_model(app: FastAPI, work: Callable[[], Any]) -> Any:
-    """Run ``work`` on the worker's single inference thread."""
-    return await asyncio.get_running_loop().run_in_executor(app.state.inference, work)
+    """Run ``work`` on the worker's single inference thread, behind the bounded queue.
+
+    Raises:
+        BusyError: the queue is full (the request is answered 503 at once, nothing is run).
+    """
+    queue = getattr(app.state, "queue", None)
+    if queue is not None:
+        queue.enter()
+    try:
+        return await asyncio.get_running_loop().run_in_executor(app.state.inference, work)
+    finally:
+        if queue is not None:
+            queue.leave()

@@ -33,6 +33,7 @@ def run_server(
     mixed_precision: bool = False,
     out_of_domain: str | None = None,
     profile: str | None = None,
+    max_queue: int = 16,
     log_level: str = "info",
 ) -> None:
     """Serve ``bundle`` (or ``registry``'s production version) until interrupted.
@@ -44,7 +45,8 @@ def run_server(
     declare; ``auth_failures_per_minute`` (default 10) the failed authentications one client address may make
     in a minute before it is answered 429. ``out_of_domain`` (flag, refuse, off) overrides a classifier bundle's
     action for inputs outside its training domain (refuse: 422 with the reasons). ``profile`` (fast, accurate)
-    is a segmenter's inference profile (default: the bundle's).
+    is a segmenter's inference profile (default: the bundle's). ``max_queue`` is the most requests a worker
+    holds for its model (running and waiting); more are answered 503 with ``Retry-After``.
 
     Raises:
         ConfigError: no API key (and no ``no_auth``), ``no_auth`` off loopback, a key that is not printable
@@ -62,6 +64,7 @@ def run_server(
         bundle=bundle, registry=registry, feedback=feedback, host=host, api_keys_file=api_keys_file, no_auth=no_auth,
         max_body_mb=max_body_mb, max_voxels=max_voxels, auth_failures_per_minute=auth_failures_per_minute,
         device=device, mixed_precision=mixed_precision, out_of_domain=out_of_domain, profile=profile,
+        max_queue=max_queue,
     )
     os.environ[SETTINGS_ENV] = settings_to_env(settings, Path(api_keys_file).resolve() if api_keys_file else None)
     # Idle OpenMP threads sleep instead of spinning for a few hundred ms after each request, which on a
@@ -75,7 +78,7 @@ def run_server(
 def _checked_settings(
     *, bundle: Path | None, registry: Path | None, feedback: Path | None, host: str, api_keys_file: Path | None,
     no_auth: bool, max_body_mb: float, max_voxels: int | None, auth_failures_per_minute: int | None, device: str,
-    mixed_precision: bool, out_of_domain: str | None = None, profile: str | None = None,
+    mixed_precision: bool, out_of_domain: str | None = None, profile: str | None = None, max_queue: int = 16,
 ) -> ServeSettings:
     """The workers' settings, every option checked once here (an error now, not one in every worker).
 
@@ -94,6 +97,8 @@ def _checked_settings(
 
     if out_of_domain not in (None, "flag", "refuse", "off"):
         raise ConfigError(f"--out-of-domain {out_of_domain}", "is not an action", "use flag, refuse or off")
+    if max_queue < 1:
+        raise ConfigError(f"--max-queue {max_queue}", "must be at least 1", "use e.g. --max-queue 16")
     if max_body_mb <= 0:
         raise ConfigError(f"--max-body-mb {max_body_mb}", "must be positive", "use e.g. --max-body-mb 64")
     max_voxels = resolve_max_voxels(SERVICE_MAX_VOXELS if max_voxels is None else max_voxels)
@@ -125,7 +130,7 @@ def _checked_settings(
                          max_body_bytes=int(max_body_mb * 2**20), device=device,
                          mixed_precision=mixed_precision, max_voxels=max_voxels,
                          auth_failures_per_minute=auth_failures_per_minute, out_of_domain=out_of_domain,
-                         profile=profile)
+                         profile=profile, max_queue=max_queue)
 
 
 def _log_config(level: str) -> dict:

@@ -38,6 +38,8 @@ class ServeSettings:
     mixed_precision: bool = False
     #: a segmenter's inference profile (fast, accurate); None: the bundle's default
     profile: str | None = None
+    #: requests a worker holds for its model at most (running and waiting); more are answered 503
+    max_queue: int = 16
     registry: Path | None = None
     feedback: Path | None = None
     registry_poll_s: float = 1.0
