@@ -158,8 +158,9 @@ class TrainConfig(Strict):
     amp: bool = Field(True, description="mixed precision on CUDA")
     cpu_amp: bool = Field(False, description="bfloat16 mixed precision on a CPU with native bf16 (AVX512-BF16/AMX); "
                           "float32 elsewhere")
-    compile: bool = Field(False, description="torch.compile the training forward/backward (~20 s to compile; "
-                          "eager fallback with a note if it fails)")
+    compile: bool | Literal["auto"] = Field(
+        False, description="torch.compile the training forward/backward (~20 s to compile; eager fallback with a "
+        "note if it fails); auto: time the first steps eager and compiled and keep the faster (said in the log)")
     ema: float = Field(0.0, ge=0.0, lt=1.0, description="validate, keep and ship an exponential moving average of "
                        "the weights with this decay per step (e.g. 0.999); 0 turns it off")
     time_limit_min: float | None = Field(None, gt=0)

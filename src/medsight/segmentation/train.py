@@ -168,7 +168,7 @@ def _loss(cfg: RunConfig, n_classes: int):
     seg = cfg.segment
     try:
         return make_seg_loss(seg.loss, num_classes=n_classes, deep_supervision=seg.deep_supervision,
-                             cldice=seg.cldice, compile=cfg.train.compile, **seg.loss_kwargs)
+                             cldice=seg.cldice, compile=bool(cfg.train.compile), **seg.loss_kwargs)
     except ConfigError as exc:
         if not seg.loss_kwargs or exc.fix != "check the loss kwargs":
             raise
