@@ -93,7 +93,7 @@ def latencies(bundle_dir: Path, x: torch.Tensor, reps: int) -> dict:
     """Eager, ``torch.compile`` and ONNX Runtime batch-1 latency of a bundle's network."""
     from medsight.bundle import load_bundle
     from medsight.export.exporter import export_bundle
-    from medsight.inference.predictor import onnx_session
+    from medsight.inference.onnx_backend import onnx_session
 
     net = load_bundle(bundle_dir).build_model().eval()
     result: dict = {}

@@ -51,6 +51,7 @@ NEW_DEFAULTS = {
     "preprocess": {"intensity_clip": None, "intensity_mean": 0.0, "intensity_std": 1.0, "keep_aspect": False},
     "data_config": {"modality": None},
     "eval_config": {"tta": "none"},
+    "segmentation": {"profiles": {}, "default_profile": None, "profile_note": ""},
 }
 
 
@@ -64,6 +65,8 @@ def test_an_old_bundle_saved_again_writes_the_same_manifest(name: str, tmp_path:
     for key in ("data_config", "eval_config"):
         if key in expected["provenance"]:
             expected["provenance"][key].update(NEW_DEFAULTS[key])
+    if "segmentation" in expected:
+        expected["segmentation"].update(NEW_DEFAULTS["segmentation"])
     assert json.loads((tmp_path / name / "bundle.json").read_text()) == expected
 
 

@@ -22,7 +22,8 @@ from class_ensemble import (
 from medsight.bundle import load_bundle
 from medsight.config import PreprocessConfig
 from medsight.export.exporter import PARITY_TOLERANCE, export_bundle
-from medsight.inference.predictor import Predictor, onnx_session
+from medsight.inference.onnx_backend import onnx_session
+from medsight.inference.predictor import Predictor
 
 
 @pytest.fixture(scope="module")

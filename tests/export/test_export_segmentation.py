@@ -92,7 +92,7 @@ def test_instance_norm_on_a_zero_padded_patch_stays_precise_in_onnx(tmp_path: Pa
     from medsight.export.graph import InferenceGraph
     from medsight.export.onnx_export import export_onnx
     from medsight.export.precise import PreciseInstanceNorm, with_precise_norms
-    from medsight.inference.predictor import onnx_session
+    from medsight.inference.onnx_backend import onnx_session
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.InstanceNorm2d(4), nn.PReLU(), nn.Conv2d(4, 2, 1)).eval()

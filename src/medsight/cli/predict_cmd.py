@@ -55,29 +55,12 @@ def predict(
         return _predict_boxes(bundle, inputs, out, progress=progress, backend=backend, out_of_domain=out_of_domain,
                               refused=[probabilities, mixed_precision, resume, workers > 1])
     if header.task == "segmentation":
-        from medsight.inference.segmenter import segment_to_folder
-
         if out_of_domain is not None:
             raise ConfigError("--out-of-domain", "is for classification models",
                               "drop it: a segmentation bundle keeps no domain record")
-        out = out or Path("masks")
-        if out.suffix.lower() in {".csv", ".json"}:
-            raise ConfigError(f"--out {out}", "a segmentation model writes mask files into a folder",
-                              "pass a folder, e.g. --out masks")
-        if workers > 1:
-            from medsight.inference.parallel import segment_parallel
-
-            counts = segment_parallel(bundle=bundle, inputs=inputs, out=out, workers=workers, progress=progress,
-                                      resume=resume, probabilities=probabilities, mixed_precision=mixed_precision,
-                                      backend=backend, profile=profile)
-        else:
-            counts = segment_to_folder(bundle=bundle, inputs=inputs, out=out, progress=progress, resume=resume,
-                                       probabilities=probabilities, mixed_precision=mixed_precision, backend=backend,
-                                       profile=profile)
-        typer.echo(f"wrote {counts['ok']} mask(s) to {out}/ and {out / 'predictions.csv'}; "
-                   f"{counts['errors']} failed (see the error column); {counts['skipped']} already done")
-        finish_batch(counts)
-        return
+        return _predict_masks(bundle, inputs, out, workers=workers, progress=progress, resume=resume,
+                              probabilities=probabilities, mixed_precision=mixed_precision, backend=backend,
+                              profile=profile)
     if probabilities or mixed_precision:
         flag = "--probabilities" if probabilities else "--mixed-precision"
         raise ConfigError(flag, "is for segmentation models", "drop it: a classifier's class probabilities are "
@@ -98,6 +81,26 @@ def predict(
         typer.echo(f"note: {NO_RECORD}")
     typer.echo(f"wrote {out}: {counts['ok']} predicted, {counts['errors']} failed, {counts['skipped']} already done; "
                f"{decision_rule(header.label_names, header.threshold)}")
+    finish_batch(counts)
+
+
+def _predict_masks(bundle: Path, inputs: list[Path], out: Path | None, *, workers: int, **options) -> None:
+    """A segmentation bundle: one mask per file and predictions.csv in the folder ``out`` (default masks/)."""
+    from medsight.errors import ConfigError
+    from medsight.inference.segmenter import segment_to_folder
+
+    out = out or Path("masks")
+    if out.suffix.lower() in {".csv", ".json"}:
+        raise ConfigError(f"--out {out}", "a segmentation model writes mask files into a folder",
+                          "pass a folder, e.g. --out masks")
+    if workers > 1:
+        from medsight.inference.parallel import segment_parallel
+
+        counts = segment_parallel(bundle=bundle, inputs=inputs, out=out, workers=workers, **options)
+    else:
+        counts = segment_to_folder(bundle=bundle, inputs=inputs, out=out, **options)
+    typer.echo(f"wrote {counts['ok']} mask(s) to {out}/ and {out / 'predictions.csv'}; "
+               f"{counts['errors']} failed (see the error column); {counts['skipped']} already done")
     finish_batch(counts)
 
 

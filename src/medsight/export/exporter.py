@@ -92,14 +92,9 @@ def export_bundle(
         return _export_detector(folder, model_bundle, fmt=fmt, int8=int8, data=data, progress=progress)
     metric = _metric(model_bundle.task, metric) if int8 else None
     graph, input_preprocess = build_graph(model_bundle)
-    parity = load_parity_data(
-        model_bundle, folder, data=data, input_preprocess=input_preprocess, progress=progress
-    )
+    parity = load_parity_data(model_bundle, folder, data=data, input_preprocess=input_preprocess, progress=progress)
     example = torch.from_numpy(parity.inputs[:2] if len(parity.inputs) > 1 else parity.inputs.repeat(2, axis=0))
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
-    except OSError as exc:
-        raise ExportError(folder, f"cannot write into the bundle folder ({exc})", "export a writable copy") from exc
+    staging = _staging(folder)
     try:
         built = staging / FILES[fmt]
         info, run = _build(fmt, graph, example, built, segmentation=model_bundle.task == "segmentation")
@@ -128,6 +123,18 @@ def export_bundle(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {**record, "folder": str(folder)}
+
+
+def _staging(folder: Path) -> Path:
+    """A fresh staging folder inside the bundle folder, where the files are built and checked before they move in.
+
+    Raises:
+        ExportError: the bundle folder is not writable.
+    """
+    try:
+        return Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
+    except OSError as exc:
+        raise ExportError(folder, f"cannot write into the bundle folder ({exc})", "export a writable copy") from exc
 
 
 def _member_files(bundle, parity, example, staging: Path, installs: dict[Path, Path],
@@ -182,7 +189,7 @@ def _build(fmt: str, graph, example, path: Path, *, segmentation: bool):
 def _onnx_runner(path: Path):
     import torch
 
-    from medsight.inference.predictor import onnx_session
+    from medsight.inference.onnx_backend import onnx_session
 
     session = onnx_session(path, threads=torch.get_num_threads())
     return lambda batch: session.run(["probabilities"], {"image": batch})[0]

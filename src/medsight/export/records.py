@@ -11,7 +11,7 @@ from pathlib import Path
 
 from medsight import __version__
 from medsight.atomic_write import atomic_write_text
-from medsight.inference.predictor import EXPORT_MANIFEST, read_export_manifest
+from medsight.inference.onnx_backend import EXPORT_MANIFEST, read_export_manifest
 
 FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 INT8_FILE = "model.int8.onnx"

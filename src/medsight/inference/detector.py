@@ -42,7 +42,8 @@ from medsight.boxes import Boxes
 from medsight.bundle import Bundle, load_bundle
 from medsight.bundle_fields import DetectionSettings
 from medsight.errors import BundleError, ConfigError
-from medsight.inference.predictor import BACKENDS, check_spatial_dims, onnx_export_record
+from medsight.inference.onnx_backend import BACKENDS, onnx_export_record
+from medsight.inference.predictor import check_spatial_dims
 from medsight.sample import Sample
 from medsight.transforms.box_geometry import Placement, fit_sample
 

@@ -46,7 +46,7 @@ class OnnxHeads:
 
     def __init__(self, path: str | Path, *, threads: int = 0) -> None:
         from medsight.errors import BundleError
-        from medsight.inference.predictor import onnx_session
+        from medsight.inference.onnx_backend import onnx_session
 
         self.session = onnx_session(path, threads=threads)
         outputs = [o.name for o in self.session.get_outputs()]

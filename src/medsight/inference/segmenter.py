@@ -88,7 +88,7 @@ class Segmenter:
         import torch
 
         from medsight.errors import ConfigError
-        from medsight.inference.predictor import BACKENDS, onnx_export_record
+        from medsight.inference.onnx_backend import BACKENDS, onnx_export_record
 
         if backend not in BACKENDS:
             raise ConfigError(f"backend={backend}", "unknown backend", f"use one of {', '.join(BACKENDS)}")
@@ -149,7 +149,7 @@ class Segmenter:
     def _onnx_networks(self, folder: Path, record: dict) -> list:
         import torch
 
-        from medsight.inference.predictor import OnnxLogits, onnx_session
+        from medsight.inference.onnx_backend import OnnxLogits, onnx_session
 
         threads = torch.get_num_threads()
         files = [m["file"] for m in record["members"]] if self.centred_members else [record["file"]]
