@@ -15,6 +15,7 @@ from medsight.bundle import load_bundle
 from medsight.cli.main import app
 from medsight.data.seg_layouts import open_seg_dataset
 from medsight.errors import ConfigError
+from medsight.inference.segment import sliding_window_probs, tta_views
 from medsight.inference.segmenter import Segmenter
 from medsight.segmentation.evaluate import DatasetCases
 from medsight.segmentation.profiles import AUC_SLACK, F1_SLACK, _keeps, measure_profiles, with_profiles
@@ -65,12 +66,14 @@ def test_the_segmenter_predicts_with_the_profile_asked_for(measured):
                                Segmenter(folder, profile="accurate"))
     assert default.profile_name == "fast" and accurate.profile_name == "accurate"
     np.testing.assert_array_equal(default.probabilities(sample), fast.probabilities(sample))
-    plain = load_bundle(FIXTURES / "segmenter")  # the same network with its own options (no TTA, overlap 0.5)
-    own = Segmenter(plain).probabilities(sample)
-    chosen = measured["profiles"]["fast"]
-    if (chosen.views, chosen.overlap) == (1, 0.5):
-        np.testing.assert_allclose(fast.probabilities(sample), own, atol=1e-6)
-    assert accurate.probabilities(sample).shape == own.shape
+    chosen = measured["profiles"]["fast"]  # the fast map is the profile's views at its overlap, nothing else
+    views = tta_views(2, mirror_tta=True, transpose_tta=True)[:chosen.views]
+    expected = sliding_window_probs(fast.model, fast.prepare(sample), patch_size=fast.bundle.preprocess.size,
+                                    overlap=chosen.overlap, views=views)
+    np.testing.assert_allclose(fast.probabilities(sample), expected, atol=1e-6)
+    every = sliding_window_probs(accurate.model, accurate.prepare(sample), patch_size=fast.bundle.preprocess.size,
+                                 overlap=0.5, mirror_tta=True, transpose_tta=True)
+    np.testing.assert_allclose(accurate.probabilities(sample), every, atol=1e-6)
 
 
 def test_a_profile_the_bundle_cannot_give_is_a_clear_error(measured, tmp_path):
